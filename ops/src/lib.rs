@@ -1,0 +1,34 @@
+//! Numeric layers and the Prospective Learning solver of plflow.
+//!
+//! This crate knows nothing about pipelines or files: it holds row-major `f32` tensors whose
+//! bytes are counted by a process-wide [`ledger`], dense layers, their activations, the
+//! regularised least-squares solve at the heart of Prospective Learning (PL), and the update
+//! rule that turns a solve into new weights. The engine composes these into training runs.
+//!
+//! Crate map (one concept per module):
+//! - [`ledger`]: counts the bytes held by tracked buffers, with a high-water mark.
+//! - [`tensor`]: [`Matrix`], a ledger-tracked row-major `f32` matrix with faer views.
+//! - [`activation`]: ELU with clipping, and its derivative recovered from the output.
+//! - [`dense`]: a fully connected layer (weights, bias, forward pass).
+//! - [`init`]: seeded weight initialisation.
+//! - [`solve`]: `dTheta = -alpha (X^T X + lambda I)^-1 X^T e` by Cholesky, primal or dual.
+//! - [`update`]: momentum and spectral-norm clamp applied to a layer after its solve.
+//! - [`network`]: a chain of layers with the PL training step and inference.
+
+pub mod activation;
+pub mod dense;
+pub mod error;
+pub mod init;
+pub mod ledger;
+pub mod network;
+pub mod solve;
+pub mod tensor;
+pub mod update;
+
+pub use error::OpsError;
+pub use tensor::Matrix;
+
+/// The parallelism faer uses for large products: all threads of rayon's global pool.
+pub(crate) fn par() -> faer::Par {
+    faer::Par::rayon(0)
+}
