@@ -1,0 +1,40 @@
+//! Errors of dataset sources; each names the file or record and what to do about it.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Everything that can go wrong while finding, decoding or reading a dataset.
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    /// A file or folder the dataset needs does not exist.
+    #[error("{what} not found: looked for {}. {hint}", list(.tried))]
+    Missing { what: String, tried: Vec<PathBuf>, hint: String },
+    /// The operating system refused an operation on a file.
+    #[error("{}: {action}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its bytes are not what its format requires.
+    #[error("{}: {problem}", .path.display())]
+    Format { path: PathBuf, problem: String },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+impl DatasetError {
+    /// An I/O error on `path` while doing `action`.
+    pub fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, action, source }
+    }
+
+    /// A format error on `path`.
+    pub fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Self::Format { path: path.into(), problem: problem.into() }
+    }
+}
