@@ -1,1 +1,23 @@
-//! stub
+//! The plflow engine: pipeline files in, trained models and run reports out.
+//!
+//! A pipeline goes through four stages, each its own module, with data flowing one way:
+//! - [`spec`]: the YAML types as written, with the defaults of SPEC section 5;
+//! - [`parse`]: text and `--set` overrides into a spec, with located errors;
+//! - [`plan`]: the spec checked and expanded into a [`graph::Graph`] of typed, shaped nodes
+//!   (references, cycles, shapes, memory estimate), before any data is read;
+//! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s.
+//!
+//! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`; neither depends on
+//! this crate. The memory ledger is `plflow_ops::ledger`, re-exported here as [`ledger`].
+
+pub mod error;
+pub mod graph;
+pub mod parse;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod spec;
+
+pub use error::{EngineError, SpecError};
+pub use plflow_ops::ledger;
+pub use plan::Plan;

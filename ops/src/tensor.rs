@@ -52,21 +52,15 @@ impl Matrix {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
-    /// Keep only the first `rows` rows (for a partial last batch); the buffer is reused.
-    pub fn truncate_rows(&mut self, rows: usize) {
-        assert!(rows <= self.rows, "truncate_rows: {rows} > {}", self.rows);
-        self.rows = rows;
-    }
-
     /// A faer view of the matrix.
     pub fn view(&self) -> MatRef<'_, f32> {
-        MatRef::from_row_major_slice(&self.data[..self.rows * self.cols], self.rows, self.cols)
+        MatRef::from_row_major_slice(&self.data, self.rows, self.cols)
     }
 
     /// A mutable faer view of the matrix.
     pub fn view_mut(&mut self) -> MatMut<'_, f32> {
         let (rows, cols) = (self.rows, self.cols);
-        MatMut::from_row_major_slice_mut(&mut self.data[..rows * cols], rows, cols)
+        MatMut::from_row_major_slice_mut(&mut self.data, rows, cols)
     }
 
     /// Bytes held by the values.

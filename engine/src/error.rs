@@ -1,0 +1,116 @@
+//! Errors of the engine. [`SpecError`] locates a problem in a pipeline file; [`EngineError`]
+//! covers everything that can stop a check or a run.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A problem in a pipeline file, located as precisely as the YAML allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The stage concerned, when known.
+    pub stage: Option<String>,
+    /// Where the text came from when it is not the file alone (e.g. `--set` overrides).
+    pub origin: Option<String>,
+    /// What is wrong (and, where it helps, what to do).
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error in `file` with no location yet.
+    pub fn new(file: &Path, message: impl Into<String>) -> Self {
+        Self { file: file.to_path_buf(), line: None, stage: None, origin: None, message: message.into() }
+    }
+
+    /// Attribute the error to stage `name`, located in `text`.
+    pub fn at_stage(mut self, text: &str, name: &str) -> Self {
+        self.stage = Some(name.to_owned());
+        if let Some(line) = crate::parse::stage_line(text, name) {
+            self.line = Some(line);
+        }
+        self
+    }
+
+    /// Narrow the location to `field` of the stage already set.
+    pub fn at_field(mut self, text: &str, field: &str) -> Self {
+        if let Some(stage) = &self.stage {
+            if let Some(line) = crate::parse::field_line(text, stage, field) {
+                self.line = Some(line);
+            }
+        }
+        self
+    }
+
+    /// Replace the message.
+    pub fn with_message(mut self, message: String) -> Self {
+        self.message = message;
+        self
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(origin) = &self.origin {
+            write!(f, " (with {origin})")?;
+        }
+        write!(f, ": ")?;
+        if let Some(stage) = &self.stage {
+            write!(f, "stage `{stage}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Everything that can stop `plflow check` or `plflow run`.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The pipeline file is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A dataset could not be found or read.
+    #[error("stage `{stage}`: {source}")]
+    Dataset {
+        stage: String,
+        #[source]
+        source: plflow_datasets::DatasetError,
+    },
+    /// Data did not match what the checked plan expected.
+    #[error("stage `{stage}`: {message}")]
+    DataMismatch { stage: String, message: String },
+    /// A numeric op failed during training or evaluation.
+    #[error("stage `{stage}`, layer `{layer}`, epoch {epoch}, step {step}: {source}")]
+    Train {
+        stage: String,
+        layer: String,
+        epoch: usize,
+        step: usize,
+        #[source]
+        source: plflow_ops::OpsError,
+    },
+    /// Reading the pipeline or writing run outputs failed.
+    #[error("{}: {action}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// An I/O error on `path` while doing `action`.
+    pub fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, action, source }
+    }
+}

@@ -1,0 +1,185 @@
+//! The dataflow graph of a checked pipeline: plain data (nodes, typed ports, edges) in a
+//! petgraph DAG, kept separate from the scheduler that executes it.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use plflow_ops::activation::Activation;
+use plflow_ops::network::PlConfig;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// What flows out of a node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Port {
+    /// Labelled examples from a dataset.
+    Examples { shape: Vec<usize>, classes: usize },
+    /// Per-example activations of a layer (the dataset's labels travel alongside).
+    Activations { shape: Vec<usize>, classes: usize },
+    /// A trained model.
+    Model,
+    /// Measurements.
+    Metrics,
+}
+
+impl Port {
+    /// Shape and class count when the port carries tensors.
+    pub fn tensor(&self) -> Option<(&[usize], usize)> {
+        match self {
+            Port::Examples { shape, classes } | Port::Activations { shape, classes } => Some((shape, *classes)),
+            Port::Model | Port::Metrics => None,
+        }
+    }
+
+    /// Short human description, e.g. `1x28x28` or `model`.
+    pub fn describe(&self) -> String {
+        match self {
+            Port::Examples { shape, .. } | Port::Activations { shape, .. } => {
+                shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+            }
+            Port::Model => "model".into(),
+            Port::Metrics => "metrics".into(),
+        }
+    }
+}
+
+/// Dataset splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Training examples.
+    Train,
+    /// Held-out examples.
+    Test,
+}
+
+/// What a node does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
+    Mnist { path: PathBuf },
+    /// A fully connected layer.
+    Dense { inputs: usize, units: usize, activation: Activation },
+    /// Prospective Learning over the chain of layers `layers`, fed by the dataset `source`.
+    Pl { config: PlConfig, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
+    /// Accuracy of a trained model on a split.
+    Evaluate { split: Split },
+}
+
+impl Op {
+    /// The kind shown to users.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Mnist { .. } => "mnist",
+            Op::Dense { .. } => "dense",
+            Op::Pl { .. } => "pl",
+            Op::Evaluate { .. } => "evaluate",
+        }
+    }
+}
+
+/// One node of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Unique name: the stage name, or `stage.i` for the layers an `mlp` expands into.
+    pub name: String,
+    /// The stage of the pipeline file it came from.
+    pub stage: String,
+    /// What it does.
+    pub op: Op,
+    /// What flows out.
+    pub output: Port,
+}
+
+impl Node {
+    /// Trainable values held by the node.
+    pub fn parameter_count(&self) -> usize {
+        match &self.op {
+            Op::Dense { inputs, units, .. } => inputs * units + units,
+            _ => 0,
+        }
+    }
+}
+
+/// Why an edge exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// The target's `input`.
+    Input,
+    /// A trainer reads batches (examples and labels) from a dataset.
+    Batches,
+}
+
+/// A checked, acyclic pipeline graph with its nodes in execution order.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    dag: DiGraph<Node, Edge>,
+    order: Vec<NodeIndex>,
+}
+
+impl Graph {
+    /// Wrap a DAG; `None` if it has a cycle.
+    pub fn new(dag: DiGraph<Node, Edge>) -> Option<Self> {
+        let order = petgraph::algo::toposort(&dag, None).ok()?;
+        Some(Self { dag, order })
+    }
+
+    /// The underlying petgraph.
+    pub fn dag(&self) -> &DiGraph<Node, Edge> {
+        &self.dag
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: NodeIndex) -> &Node {
+        &self.dag[i]
+    }
+
+    /// Nodes in an order where every node comes after its inputs.
+    pub fn topological(&self) -> impl Iterator<Item = (NodeIndex, &Node)> {
+        self.order.iter().map(|&i| (i, &self.dag[i]))
+    }
+
+    /// The node's `input`, if any.
+    pub fn input_of(&self, i: NodeIndex) -> Option<NodeIndex> {
+        self.dag.edges_directed(i, petgraph::Direction::Incoming).find(|e| *e.weight() == Edge::Input).map(|e| e.source())
+    }
+
+    /// Nodes whose `input` is `i`.
+    pub fn consumers(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut v: Vec<_> = self
+            .dag
+            .edges_directed(i, petgraph::Direction::Outgoing)
+            .filter(|e| *e.weight() == Edge::Input)
+            .map(|e| e.target())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Graphviz DOT text of the graph.
+    pub fn dot(&self, title: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "digraph \"{}\" {{", title.replace('"', "'"));
+        let _ = writeln!(s, "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];");
+        for (i, n) in self.topological() {
+            let mut label = format!("{}\\n{} -> {}", n.name, n.op.kind(), n.output.describe());
+            if n.parameter_count() > 0 {
+                let _ = write!(label, "\\n{} params", n.parameter_count());
+            }
+            let shape = match n.op {
+                Op::Mnist { .. } => "cylinder",
+                Op::Pl { .. } => "hexagon",
+                Op::Evaluate { .. } => "note",
+                Op::Dense { .. } => "box",
+            };
+            let _ = writeln!(s, "  n{} [label=\"{label}\", shape={shape}];", i.index());
+        }
+        for e in self.dag.edge_references() {
+            let style = match e.weight() {
+                Edge::Input => "",
+                Edge::Batches => " [style=dashed, label=\"batches\"]",
+            };
+            let _ = writeln!(s, "  n{} -> n{}{style};", e.source().index(), e.target().index());
+        }
+        s.push_str("}\n");
+        s
+    }
+}

@@ -1,0 +1,303 @@
+//! The scheduler: executes a checked [`Plan`] node by node in topological order. Datasets are
+//! opened, layers initialised from the run's seed (in graph order, so the same seed gives the
+//! same weights), training stages stream shuffled batches through the PL step and run their
+//! evaluate stages after every epoch, and the run folder receives the reports.
+
+use crate::error::EngineError;
+use crate::graph::{Op, Split};
+use crate::plan::Plan;
+use crate::report::{self, EpochRecord, MetricsFile, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+use petgraph::graph::NodeIndex;
+use plflow_datasets::cache::Cache;
+use plflow_datasets::mnist::{Mnist, MnistSplit};
+use plflow_datasets::order::epoch_order;
+use plflow_datasets::{Source, location};
+use plflow_ops::dense::Dense;
+use plflow_ops::init::xavier_normal;
+use plflow_ops::ledger;
+use plflow_ops::network::{Layer, Network, PlConfig, StepStats, argmax};
+use plflow_ops::update::LayerState;
+use plflow_ops::{Matrix, activation::Activation};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// How to run a plan.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run folder; `None` for `runs/<name>-<timestamp>`.
+    pub out: Option<PathBuf>,
+    /// Draw a progress bar (on stderr). Epoch lines are printed either way.
+    pub progress: bool,
+    /// Where decompressed data is cached.
+    pub cache: Cache,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The figures written to `summary.json`.
+    pub summary: Summary,
+}
+
+/// Per-trainer results gathered while running.
+struct Trained {
+    records: Vec<EpochRecord>,
+    network: Network,
+}
+
+/// Execute `plan`.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
+    let started = Instant::now();
+    let trainers = plan.trainers();
+    let Some(&last_trainer) = trainers.last() else {
+        return Err(crate::SpecError::new(&plan.file, "nothing to run: the pipeline has no training stage (kind: pl)").into());
+    };
+    let dir = report::create_run_dir(opts.out.as_deref(), &plan.spec.name)?;
+    let resolved = serde_norway::to_string(&plan.spec).map_err(|e| EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
+    let header = format!("# {} as run by plflow: overrides applied, every default filled in\n", plan.file.display());
+    report::write_atomic(&dir.join("pipeline.yaml"), format!("{header}{resolved}").as_bytes())?;
+    let mut metrics = MetricsFile::create(&dir)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
+    let mut datasets: HashMap<NodeIndex, Mnist> = HashMap::new();
+    let mut layers: HashMap<NodeIndex, (Dense, Activation)> = HashMap::new();
+    let mut trained: HashMap<NodeIndex, Trained> = HashMap::new();
+
+    for (i, node) in plan.graph.topological() {
+        match &node.op {
+            Op::Mnist { path } => {
+                let dir = location::resolve(path);
+                let mnist = Mnist::open(&dir, &opts.cache).map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
+                let (want, _) = node.output.tensor().unwrap_or((&[], 0));
+                for split in [&mnist.train, &mnist.test] {
+                    if split.example_shape() != want {
+                        return Err(EngineError::DataMismatch {
+                            stage: node.stage.clone(),
+                            message: format!("examples in {} have shape {:?}, the pipeline was checked for {want:?}", dir.display(), split.example_shape()),
+                        });
+                    }
+                }
+                datasets.insert(i, mnist);
+            }
+            Op::Dense { inputs, units, activation } => {
+                let dense = Dense::new(xavier_normal(*inputs, *units, &mut rng));
+                layers.insert(i, (dense, *activation));
+            }
+            Op::Pl { config, epochs, batch_size, source, layers: chain } => {
+                let network = Network {
+                    layers: chain
+                        .iter()
+                        .map(|l| {
+                            let (dense, activation) = layers.remove(l).expect("layers are initialised before their trainer");
+                            let state = LayerState::new(&dense, &config.rule);
+                            Layer { dense, activation, state }
+                        })
+                        .collect(),
+                };
+                let data = &datasets[source];
+                let evaluators: Vec<(String, Split)> = plan
+                    .graph
+                    .consumers(i)
+                    .into_iter()
+                    .filter_map(|c| match plan.graph.node(c).op {
+                        Op::Evaluate { split } => Some((plan.graph.node(c).name.clone(), split)),
+                        _ => None,
+                    })
+                    .collect();
+                let layer_names: Vec<String> = chain.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
+                let job = TrainJob {
+                    stage: &node.name,
+                    layer_names: &layer_names,
+                    config,
+                    epochs: *epochs,
+                    batch_size: *batch_size,
+                    seed: plan.spec.seed,
+                    data,
+                    evaluators: &evaluators,
+                    progress: opts.progress,
+                };
+                let t = job.train(network, &mut metrics)?;
+                trained.insert(i, t);
+            }
+            Op::Evaluate { .. } => {} // measured by its trainer after every epoch
+        }
+    }
+
+    let t = &trained[&last_trainer];
+    let Op::Pl { config, epochs, batch_size, .. } = &plan.graph.node(last_trainer).op else { unreachable!("trainers are pl nodes") };
+    let last = t.records.last();
+    let epoch_seconds: Vec<f64> = t.records.iter().map(|r| r.epoch_seconds).collect();
+    let rates: Vec<f64> = t.records.iter().map(|r| r.samples_per_second).collect();
+    let summary = Summary {
+        name: plan.spec.name.clone(),
+        pipeline: plan.file.clone(),
+        run_dir: dir.clone(),
+        seed: plan.spec.seed,
+        test_accuracy: last.and_then(|r| r.test_accuracy),
+        test_accuracy_by_epoch: t.records.iter().filter_map(|r| r.test_accuracy).collect(),
+        epochs: t.records.len(),
+        epoch_seconds_median: report::median(&epoch_seconds),
+        samples_per_second_median: report::median(&rates),
+        train_residual: last.map_or(f64::NAN, |r| r.train_residual),
+        train_accuracy: last.map_or(f64::NAN, |r| r.train_accuracy),
+        peak_rss_mb: report::peak_rss_mb(),
+        ledger_peak_mb: report::mb(ledger::peak_bytes()),
+        ledger_estimate_mb: report::mb(plan.estimate(last_trainer).total()),
+        parameters: t.network.parameter_count(),
+        solver: solver_settings(config, *epochs, *batch_size),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
+    report::write_atomic(&dir.join("summary.json"), &json)?;
+    Ok(RunOutcome { dir, summary })
+}
+
+fn solver_settings(c: &PlConfig, epochs: usize, batch_size: usize) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "pl",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "alpha": c.ridge.alpha,
+        "lambda": c.ridge.lambda,
+        "lambda_scale": format!("{:?}", c.ridge.scale).to_lowercase(),
+        "solve": format!("{:?}", c.ridge.path).to_lowercase(),
+        "momentum": c.rule.momentum,
+        "spectral_max": c.rule.spectral_max,
+        "label_smoothing": c.label_smoothing,
+    })
+}
+
+struct TrainJob<'a> {
+    stage: &'a str,
+    layer_names: &'a [String],
+    config: &'a PlConfig,
+    epochs: usize,
+    batch_size: usize,
+    seed: u64,
+    data: &'a Mnist,
+    evaluators: &'a [(String, Split)],
+    progress: bool,
+}
+
+impl TrainJob<'_> {
+    fn train(&self, mut network: Network, metrics: &mut MetricsFile) -> Result<Trained, EngineError> {
+        let train = &self.data.train;
+        let steps_per_epoch = train.len().div_ceil(self.batch_size);
+        let bar = if self.progress {
+            let bar = ProgressBar::new((steps_per_epoch * self.epochs) as u64);
+            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, epoch {msg}, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(self.stage.to_owned());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let say = |line: String| if self.progress { bar.println(line) } else { println!("{line}") };
+
+        let mut records = Vec::with_capacity(self.epochs);
+        for epoch in 0..self.epochs {
+            bar.set_message(format!("{}/{}", epoch + 1, self.epochs));
+            let order = epoch_order(train.len(), self.seed, epoch as u64);
+            let t0 = Instant::now();
+            let mut totals = StepStats::default();
+            let len = train.example_len();
+            let mut x = Matrix::zeros(self.batch_size, len);
+            let mut labels = vec![0u32; self.batch_size];
+            for (step, idx) in order.chunks(self.batch_size).enumerate() {
+                if idx.len() != x.rows() {
+                    x = Matrix::zeros(idx.len(), len);
+                }
+                train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
+                let s = network.pl_step(&x, &labels[..idx.len()], self.config).map_err(|e| EngineError::Train {
+                    stage: self.stage.to_owned(),
+                    layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    source: e.source,
+                })?;
+                totals.rows += s.rows;
+                totals.correct += s.correct;
+                totals.sum_sq_error += s.sum_sq_error;
+                bar.inc(1);
+            }
+            drop(x);
+            let epoch_seconds = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let mut test_accuracy = None;
+            let mut parts = Vec::new();
+            for (name, split) in self.evaluators {
+                let acc = self.evaluate(&network, *split, epoch)?;
+                if *split == Split::Test && test_accuracy.is_none() {
+                    test_accuracy = Some(acc);
+                }
+                parts.push(format!("{name} {:.2}%", acc * 100.0));
+            }
+            let classes = network.layers.last().map_or(1, |l| l.dense.outputs()) as f64;
+            let record = EpochRecord {
+                stage: self.stage.to_owned(),
+                epoch: epoch + 1,
+                train_residual: totals.sum_sq_error / (totals.rows.max(1) as f64 * classes),
+                train_accuracy: totals.correct as f64 / totals.rows.max(1) as f64,
+                test_accuracy,
+                epoch_seconds,
+                samples_per_second: totals.rows as f64 / epoch_seconds.max(1e-9),
+                eval_seconds: t1.elapsed().as_secs_f64(),
+                ledger_peak_mb: report::mb(ledger::peak_bytes()),
+                peak_rss_mb: report::peak_rss_mb(),
+            };
+            say(format!(
+                "{} epoch {:>3}/{}: residual {:.5}, train {:.2}%, {}, {:.1} s, {:.0} samples/s, ledger peak {:.1} MB",
+                self.stage,
+                record.epoch,
+                self.epochs,
+                record.train_residual,
+                record.train_accuracy * 100.0,
+                if parts.is_empty() { "no evaluation".to_owned() } else { parts.join(", ") },
+                record.epoch_seconds,
+                record.samples_per_second,
+                record.ledger_peak_mb,
+            ));
+            metrics.append(&record)?;
+            records.push(record);
+        }
+        bar.finish_and_clear();
+        Ok(Trained { records, network })
+    }
+
+    fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {
+        let data: &MnistSplit = match split {
+            Split::Train => &self.data.train,
+            Split::Test => &self.data.test,
+        };
+        let len = data.example_len();
+        let all: Vec<usize> = (0..data.len()).collect();
+        let mut labels = vec![0u32; self.batch_size];
+        let mut correct = 0usize;
+        for idx in all.chunks(self.batch_size) {
+            let mut x = Matrix::zeros(idx.len(), len);
+            data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
+            let out = network.forward(&x).map_err(|e| EngineError::Train {
+                stage: self.stage.to_owned(),
+                layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                epoch: epoch + 1,
+                step: 0,
+                source: e.source,
+            })?;
+            correct += (0..idx.len()).filter(|&r| argmax(out.row(r)) == labels[r] as usize).count();
+        }
+        Ok(correct as f64 / data.len().max(1) as f64)
+    }
+}
+
+/// The cache named by the environment (`PLFLOW_CACHE_DIR`, else the user's cache folder).
+pub fn default_cache() -> Cache {
+    Cache::from_env()
+}

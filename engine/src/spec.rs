@@ -1,0 +1,266 @@
+//! The pipeline file as written: plain serde types, one per stage kind, with the defaults of
+//! SPEC section 5. Nothing here is checked beyond types and known keys; [`crate::plan`] turns a
+//! [`PipelineSpec`] into a checked graph.
+//!
+//! Every stage is a map entry under `stages:` with a `kind`; stages that consume another
+//! stage name it in `input`. New stage kinds (CIFAR and image-folder sources, Arrow/Parquet,
+//! feature extraction, sparse init, convolutions, backprop solvers) are new variants of
+//! [`StageSpec`], so files written today stay valid.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Names the run (and its default run folder).
+    pub name: String,
+    /// Seeds every random choice of the run: initial weights and batch order.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// The stages, by name, in the order written.
+    pub stages: IndexMap<String, StageSpec>,
+}
+
+/// One stage of a pipeline, selected by its `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageSpec {
+    /// MNIST-layout IDX files.
+    Mnist(MnistSpec),
+    /// One fully connected layer.
+    Dense(DenseSpec),
+    /// A stack of fully connected layers; expands into one graph node per layer.
+    Mlp(MlpSpec),
+    /// Trains the layers that feed `input` with Prospective Learning.
+    #[serde(rename = "pl", alias = "prospective_learning")]
+    Pl(PlSpec),
+    /// Measures a trained model on a split after every epoch and at the end.
+    Evaluate(EvaluateSpec),
+}
+
+impl StageSpec {
+    /// The `kind` string of this stage, as written in files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageSpec::Mnist(_) => "mnist",
+            StageSpec::Dense(_) => "dense",
+            StageSpec::Mlp(_) => "mlp",
+            StageSpec::Pl(_) => "pl",
+            StageSpec::Evaluate(_) => "evaluate",
+        }
+    }
+
+    /// The stage this one consumes, if any.
+    pub fn input(&self) -> Option<&str> {
+        match self {
+            StageSpec::Mnist(_) => None,
+            StageSpec::Dense(s) => Some(&s.input),
+            StageSpec::Mlp(s) => Some(&s.input),
+            StageSpec::Pl(s) => Some(&s.input),
+            StageSpec::Evaluate(s) => Some(&s.input),
+        }
+    }
+}
+
+/// `kind: mnist`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MnistSpec {
+    /// Folder of the four IDX files; relative paths are looked up under `PLFLOW_DATA_DIR`.
+    #[serde(default = "defaults::mnist_path")]
+    pub path: PathBuf,
+}
+
+/// Activation after a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationSpec {
+    /// ELU (alpha 1), clipped to `[-clip, clip]`.
+    #[default]
+    Elu,
+    /// No activation.
+    Linear,
+}
+
+/// `kind: dense`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseSpec {
+    /// The stage feeding this layer; its output is flattened.
+    pub input: String,
+    /// Output width.
+    pub units: usize,
+    /// Activation after the affine map.
+    #[serde(default)]
+    pub activation: ActivationSpec,
+    /// Activations are clipped to `[-clip, clip]`.
+    #[serde(default = "defaults::clip")]
+    pub clip: f32,
+}
+
+/// `kind: mlp`: hidden layers with `activation`, then a linear output layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    /// The stage feeding the first layer; its output is flattened.
+    pub input: String,
+    /// Widths of the hidden layers.
+    #[serde(default = "defaults::hidden")]
+    pub hidden: Vec<usize>,
+    /// Width of the output layer; by default the number of classes of the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<usize>,
+    /// Activation of the hidden layers.
+    #[serde(default)]
+    pub activation: ActivationSpec,
+    /// Hidden activations are clipped to `[-clip, clip]`.
+    #[serde(default = "defaults::clip")]
+    pub clip: f32,
+}
+
+/// How `lambda` is read (see `plflow_ops::solve::RidgeScale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LambdaScale {
+    /// `lambda` times the mean diagonal of the Gram matrix: follows the data's scale.
+    Relative,
+    /// `lambda` as it is (the paper's literal setting).
+    Absolute,
+}
+
+/// Which system the solve factors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SolveSpec {
+    /// The smaller of the two.
+    Auto,
+    /// The `(d+1) x (d+1)` Gram.
+    Primal,
+    /// The `n x n` kernel.
+    Dual,
+}
+
+/// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Step size of the solved update.
+    #[serde(default = "defaults::alpha")]
+    pub alpha: f64,
+    /// Ridge added to the Gram diagonal, read according to `lambda_scale`.
+    #[serde(default = "defaults::lambda")]
+    pub lambda: f64,
+    /// `relative` (default) or `absolute` (the paper's literal setting).
+    #[serde(default = "defaults::lambda_scale")]
+    pub lambda_scale: LambdaScale,
+    /// Which system to factor.
+    #[serde(default = "defaults::solve")]
+    pub solve: SolveSpec,
+    /// Momentum coefficient; `null` switches momentum off.
+    #[serde(default = "defaults::momentum")]
+    pub momentum: Option<f32>,
+    /// Largest spectral norm of each weight matrix; `null` switches the clamp off.
+    #[serde(default = "defaults::spectral_max")]
+    pub spectral_max: Option<f32>,
+    /// Label smoothing `eps` of the targets.
+    #[serde(default = "defaults::label_smoothing")]
+    pub label_smoothing: f32,
+}
+
+/// Which split of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitSpec {
+    /// The training split.
+    Train,
+    /// The test split.
+    #[default]
+    Test,
+}
+
+/// `kind: evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// The training stage whose model is measured.
+    pub input: String,
+    /// The split measured.
+    #[serde(default)]
+    pub split: SplitSpec,
+}
+
+/// Defaults from SPEC section 5, except where SPEC section 2 "Stability" shows they do not
+/// train (the ridge and step size; see `PlSpec`).
+pub mod defaults {
+    use super::*;
+
+    pub(crate) fn seed() -> u64 {
+        42
+    }
+    pub(crate) fn mnist_path() -> PathBuf {
+        PathBuf::from("mnist")
+    }
+    pub(crate) fn clip() -> f32 {
+        10.0
+    }
+    pub(crate) fn hidden() -> Vec<usize> {
+        vec![512, 128]
+    }
+    pub(crate) fn epochs() -> usize {
+        200
+    }
+    pub(crate) fn batch_size() -> usize {
+        512
+    }
+    /// Step size. The paper's 0.01 is far too timid once lambda is scaled to the data.
+    pub fn alpha() -> f64 {
+        0.1
+    }
+    /// Relative ridge: a fraction of the mean Gram diagonal.
+    pub fn lambda() -> f64 {
+        0.1
+    }
+    pub(crate) fn lambda_scale() -> LambdaScale {
+        LambdaScale::Relative
+    }
+    pub(crate) fn solve() -> SolveSpec {
+        SolveSpec::Auto
+    }
+    pub(crate) fn momentum() -> Option<f32> {
+        Some(0.9)
+    }
+    pub(crate) fn spectral_max() -> Option<f32> {
+        Some(2.0)
+    }
+    pub(crate) fn label_smoothing() -> f32 {
+        0.01
+    }
+}
+
+/// Deserialize the body of a stage of kind `kind` from YAML text as its own struct, to get
+/// the field-level error serde loses inside an internally tagged enum. `None` when the body
+/// is valid or the kind is unknown. Add a line here with every new stage kind.
+pub(crate) fn stage_body_error(kind: &str, body: &str) -> Option<serde_norway::Error> {
+    fn as_type<T: serde::de::DeserializeOwned>(body: &str) -> Option<serde_norway::Error> {
+        serde_norway::from_str::<T>(body).err()
+    }
+    match kind {
+        "mnist" => as_type::<MnistSpec>(body),
+        "dense" => as_type::<DenseSpec>(body),
+        "mlp" => as_type::<MlpSpec>(body),
+        "pl" | "prospective_learning" => as_type::<PlSpec>(body),
+        "evaluate" => as_type::<EvaluateSpec>(body),
+        _ => None,
+    }
+}
