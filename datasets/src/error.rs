@@ -10,7 +10,7 @@ pub enum DatasetError {
     #[error("{what} not found: looked for {}. {hint}", list(.tried))]
     Missing { what: String, tried: Vec<PathBuf>, hint: String },
     /// The operating system refused an operation on a file.
-    #[error("{}: {action}: {source}", .path.display())]
+    #[error("{}: {action}", .path.display())]
     Io {
         path: PathBuf,
         action: &'static str,

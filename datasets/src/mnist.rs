@@ -2,9 +2,10 @@
 //! not, in one folder. Pixels become `f32` in `[0, 1]`; examples have shape `[1, H, W]`.
 
 use crate::cache::Cache;
+use crate::location::DataPath;
 use crate::idx::IdxFile;
 use crate::{DatasetError, Source};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Number of classes in MNIST-layout datasets.
 pub const CLASSES: usize = 10;
@@ -30,7 +31,7 @@ pub struct Mnist {
 
 impl Mnist {
     /// Open the four files in `dir`, decompressing gzip'd ones into `cache` on first use.
-    pub fn open(dir: &Path, cache: &Cache) -> Result<Self, DatasetError> {
+    pub fn open(dir: &DataPath, cache: &Cache) -> Result<Self, DatasetError> {
         let [train, test] = FILES;
         Ok(Self { train: MnistSplit::open(dir, train, cache)?, test: MnistSplit::open(dir, test, cache)? })
     }
@@ -38,11 +39,11 @@ impl Mnist {
 
 /// The existing file for the IDX name `base` in `dir`: plain, `.gz`, or the dotted variant
 /// some mirrors use (`train-images.idx3-ubyte`).
-fn find(dir: &Path, base: &str) -> Result<PathBuf, DatasetError> {
+fn find(dir: &DataPath, base: &str) -> Result<PathBuf, DatasetError> {
     let dotted = base.replacen("-idx", ".idx", 1);
     let tried: Vec<PathBuf> = [base.to_owned(), format!("{base}.gz"), dotted.clone(), format!("{dotted}.gz")]
         .iter()
-        .map(|n| dir.join(n))
+        .map(|n| dir.resolved.join(n))
         .collect();
     if let Some(found) = tried.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
@@ -50,8 +51,7 @@ fn find(dir: &Path, base: &str) -> Result<PathBuf, DatasetError> {
     Err(DatasetError::Missing {
         what: format!("MNIST file {base}"),
         tried: tried[..2].to_vec(),
-        hint: crate::location::how_to_provide(
-            dir,
+        hint: dir.how_to_provide(
             "the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
              t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
         ),
@@ -59,7 +59,7 @@ fn find(dir: &Path, base: &str) -> Result<PathBuf, DatasetError> {
 }
 
 impl MnistSplit {
-    fn open(dir: &Path, (images, labels): (&str, &str), cache: &Cache) -> Result<Self, DatasetError> {
+    fn open(dir: &DataPath, (images, labels): (&str, &str), cache: &Cache) -> Result<Self, DatasetError> {
         let images = IdxFile::open(&cache.plain_file(&find(dir, images)?)?, 3)?;
         let labels = IdxFile::open(&cache.plain_file(&find(dir, labels)?)?, 1)?;
         Self::from_files(images, labels)
@@ -115,6 +115,11 @@ impl Source for MnistSplit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn at(dir: &Path) -> DataPath {
+        DataPath::resolve(dir)
+    }
 
     fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
         let mut v = vec![0, 0, 0x08, dims.len() as u8];
@@ -138,7 +143,7 @@ mod tests {
     fn reads_known_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
         fixture(dir.path(), &[3, 1, 4]);
-        let m = Mnist::open(dir.path(), &Cache::new(dir.path().join("cache"))).expect("open");
+        let m = Mnist::open(&at(dir.path()), &Cache::new(dir.path().join("cache"))).expect("open");
         assert_eq!(m.train.len(), 3);
         assert_eq!(m.train.example_shape(), &[1, 2, 2]);
         let (mut x, mut y) = (vec![0.0; 8], vec![0; 2]);
@@ -152,14 +157,14 @@ mod tests {
     fn bad_label_names_the_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         fixture(dir.path(), &[3, 12, 4]);
-        let err = Mnist::open(dir.path(), &Cache::new(dir.path().join("cache"))).expect_err("label 12");
+        let err = Mnist::open(&at(dir.path()), &Cache::new(dir.path().join("cache"))).expect_err("label 12");
         assert!(err.to_string().contains("record 1 has label 12"), "{err}");
     }
 
     #[test]
     fn missing_files_say_where_to_put_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = Mnist::open(&dir.path().join("nope"), &Cache::new(dir.path())).expect_err("missing");
+        let err = Mnist::open(&at(&dir.path().join("nope")), &Cache::new(dir.path())).expect_err("missing");
         let msg = err.to_string();
         assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("Put the four MNIST files"), "{msg}");
     }

@@ -78,7 +78,7 @@ pub enum EngineError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// A dataset could not be found or read.
-    #[error("stage `{stage}`: {source}")]
+    #[error("stage `{stage}`: cannot load the dataset")]
     Dataset {
         stage: String,
         #[source]
@@ -88,7 +88,7 @@ pub enum EngineError {
     #[error("stage `{stage}`: {message}")]
     DataMismatch { stage: String, message: String },
     /// A numeric op failed during training or evaluation.
-    #[error("stage `{stage}`, layer `{layer}`, epoch {epoch}, step {step}: {source}")]
+    #[error("stage `{stage}`, layer `{layer}`, epoch {epoch}, step {step}: training stopped")]
     Train {
         stage: String,
         layer: String,
@@ -98,7 +98,7 @@ pub enum EngineError {
         source: plflow_ops::OpsError,
     },
     /// Reading the pipeline or writing run outputs failed.
-    #[error("{}: {action}: {source}", .path.display())]
+    #[error("{}: {action}", .path.display())]
     Io {
         path: PathBuf,
         action: &'static str,

@@ -85,7 +85,7 @@ impl Plan {
     pub fn describe(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "pipeline `{}` ({}), seed {}", self.spec.name, self.file.display(), self.spec.seed);
-        let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<16} {:>10}", "#", "node", "kind", "input", "output", "params");
+        let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}", "#", "node", "kind", "input", "output", "params");
         let mut total = 0;
         for (k, (i, n)) in self.graph.topological().enumerate() {
             let input = self.graph.input_of(i).map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
@@ -99,7 +99,7 @@ impl Plan {
             let params = n.parameter_count();
             total += params;
             let params = if params > 0 { thousands(params) } else { "-".into() };
-            let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<16} {:>10}", k + 1, n.name, n.op.kind(), input, output, params);
+            let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}", k + 1, n.name, n.op.kind(), input, output, params);
         }
         let _ = writeln!(s, "trainable parameters: {}", thousands(total));
         for t in self.trainers() {

@@ -12,7 +12,8 @@ use petgraph::graph::NodeIndex;
 use plflow_datasets::cache::Cache;
 use plflow_datasets::mnist::{Mnist, MnistSplit};
 use plflow_datasets::order::epoch_order;
-use plflow_datasets::{Source, location};
+use plflow_datasets::Source;
+use plflow_datasets::location::DataPath;
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
@@ -72,14 +73,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     for (i, node) in plan.graph.topological() {
         match &node.op {
             Op::Mnist { path } => {
-                let dir = location::resolve(path);
+                let dir = DataPath::resolve(path);
                 let mnist = Mnist::open(&dir, &opts.cache).map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
                 let (want, _) = node.output.tensor().unwrap_or((&[], 0));
                 for split in [&mnist.train, &mnist.test] {
                     if split.example_shape() != want {
                         return Err(EngineError::DataMismatch {
                             stage: node.stage.clone(),
-                            message: format!("examples in {} have shape {:?}, the pipeline was checked for {want:?}", dir.display(), split.example_shape()),
+                            message: format!("examples in {} have shape {:?}, the pipeline was checked for {want:?}", dir.resolved.display(), split.example_shape()),
                         });
                     }
                 }

@@ -48,7 +48,7 @@ pub struct StepStats {
 
 /// A failure inside a step, with the index of the layer where it happened.
 #[derive(Debug, thiserror::Error)]
-#[error("layer {layer}: {source}")]
+#[error("layer {layer} failed")]
 pub struct LayerError {
     /// Index of the layer in the chain (0 = first).
     pub layer: usize,

@@ -1,0 +1,48 @@
+//! End-to-end test on the real MNIST. It needs `$PLFLOW_DATA_DIR/mnist` (`.ci/run` points
+//! `PLFLOW_DATA_DIR` at `../shared/datasets`); without it the test prints why and passes.
+
+mod common;
+
+use common::{plflow, root, text};
+use std::path::PathBuf;
+
+fn data_dir() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("PLFLOW_DATA_DIR").map(PathBuf::from) else {
+        eprintln!("skipping: PLFLOW_DATA_DIR is not set (point it at a folder holding mnist/)");
+        return None;
+    };
+    if !dir.join("mnist").is_dir() {
+        eprintln!("skipping: {} has no mnist/ folder", dir.display());
+        return None;
+    }
+    Some(std::fs::canonicalize(&dir).unwrap_or(dir))
+}
+
+#[test]
+fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("run");
+    let mut env = vec![("PLFLOW_DATA_DIR", data.as_path())];
+    let cache = std::env::var_os("PLFLOW_CACHE_DIR").map(PathBuf::from);
+    if let Some(c) = &cache {
+        env.push(("PLFLOW_CACHE_DIR", c.as_path()));
+    }
+    let out = plflow(
+        &root(),
+        &["run", "pipelines/mnist.yaml", "--set", "train.epochs=1", "--out", out_dir.to_str().expect("utf-8")],
+        &env,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).expect("summary")).expect("JSON");
+    for key in ["test_accuracy", "epochs", "epoch_seconds_median", "peak_rss_mb", "ledger_peak_mb"] {
+        assert!(summary.get(key).is_some_and(|v| !v.is_null()), "summary lacks {key}: {summary}");
+    }
+    let acc = summary["test_accuracy"].as_f64().expect("number");
+    let rss = summary["peak_rss_mb"].as_f64().expect("number");
+    assert!(acc >= 0.85, "test accuracy after one epoch {acc} < 0.85");
+    assert!(rss < 100.0, "peak RSS {rss} MB >= 100 MB");
+}
