@@ -25,7 +25,9 @@ impl Port {
     /// Shape and class count when the port carries tensors.
     pub fn tensor(&self) -> Option<(&[usize], usize)> {
         match self {
-            Port::Examples { shape, classes } | Port::Activations { shape, classes } => Some((shape, *classes)),
+            Port::Examples { shape, classes } | Port::Activations { shape, classes } => {
+                Some((shape, *classes))
+            }
             Port::Model | Port::Metrics => None,
         }
     }
@@ -33,9 +35,11 @@ impl Port {
     /// Short human description, e.g. `1x28x28` or `model`.
     pub fn describe(&self) -> String {
         match self {
-            Port::Examples { shape, .. } | Port::Activations { shape, .. } => {
-                shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
-            }
+            Port::Examples { shape, .. } | Port::Activations { shape, .. } => shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("x"),
             Port::Model => "model".into(),
             Port::Metrics => "metrics".into(),
         }
@@ -57,9 +61,19 @@ pub enum Op {
     /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
     Mnist { path: PathBuf },
     /// A fully connected layer.
-    Dense { inputs: usize, units: usize, activation: Activation },
+    Dense {
+        inputs: usize,
+        units: usize,
+        activation: Activation,
+    },
     /// Prospective Learning over the chain of layers `layers`, fed by the dataset `source`.
-    Pl { config: PlConfig, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
+    Pl {
+        config: PlConfig,
+        epochs: usize,
+        batch_size: usize,
+        source: NodeIndex,
+        layers: Vec<NodeIndex>,
+    },
     /// Accuracy of a trained model on a split.
     Evaluate { split: Split },
 }
@@ -139,7 +153,10 @@ impl Graph {
 
     /// The node's `input`, if any.
     pub fn input_of(&self, i: NodeIndex) -> Option<NodeIndex> {
-        self.dag.edges_directed(i, petgraph::Direction::Incoming).find(|e| *e.weight() == Edge::Input).map(|e| e.source())
+        self.dag
+            .edges_directed(i, petgraph::Direction::Incoming)
+            .find(|e| *e.weight() == Edge::Input)
+            .map(|e| e.source())
     }
 
     /// Nodes whose `input` is `i`.
@@ -158,7 +175,10 @@ impl Graph {
     pub fn dot(&self, title: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "digraph \"{}\" {{", title.replace('"', "'"));
-        let _ = writeln!(s, "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];");
+        let _ = writeln!(
+            s,
+            "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];"
+        );
         for (i, n) in self.topological() {
             let mut label = format!("{}\\n{} -> {}", n.name, n.op.kind(), n.output.describe());
             if n.parameter_count() > 0 {
@@ -177,7 +197,12 @@ impl Graph {
                 Edge::Input => "",
                 Edge::Batches => " [style=dashed, label=\"batches\"]",
             };
-            let _ = writeln!(s, "  n{} -> n{}{style};", e.source().index(), e.target().index());
+            let _ = writeln!(
+                s,
+                "  n{} -> n{}{style};",
+                e.source().index(),
+                e.target().index()
+            );
         }
         s.push_str("}\n");
         s

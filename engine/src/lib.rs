@@ -19,5 +19,5 @@ pub mod run;
 pub mod spec;
 
 pub use error::{EngineError, SpecError};
-pub use plflow_ops::ledger;
 pub use plan::Plan;
+pub use plflow_ops::ledger;

@@ -17,7 +17,11 @@ pub fn parse_pipeline(text: &str, file: &Path) -> Result<PipelineSpec, SpecError
 /// Parse pipeline text and apply `--set key=value` overrides (`stage.field=value`, or
 /// `field=value` for top-level fields). The file is checked on its own first, so its errors
 /// keep their line numbers; then the overrides are applied and checked like the file.
-pub fn parse_with_overrides(text: &str, file: &Path, sets: &[String]) -> Result<PipelineSpec, SpecError> {
+pub fn parse_with_overrides(
+    text: &str,
+    file: &Path,
+    sets: &[String],
+) -> Result<PipelineSpec, SpecError> {
     let spec = parse_pipeline(text, file)?;
     if sets.is_empty() {
         return Ok(spec);
@@ -37,13 +41,19 @@ pub fn parse_with_overrides(text: &str, file: &Path, sets: &[String]) -> Result<
 
 fn apply_set(doc: &mut Value, set: &str, file: &Path) -> Result<(), SpecError> {
     let bad = |msg: String| SpecError::new(file, format!("--set {set}: {msg}"));
-    let (key, raw) = set.split_once('=').ok_or_else(|| bad("expected stage.field=value".into()))?;
+    let (key, raw) = set
+        .split_once('=')
+        .ok_or_else(|| bad("expected stage.field=value".into()))?;
     let value: Value = if raw.is_empty() {
-        return Err(bad("the value is empty (write null to switch a component off)".into()));
+        return Err(bad(
+            "the value is empty (write null to switch a component off)".into(),
+        ));
     } else {
         serde_norway::from_str(raw).map_err(|e| bad(format!("the value is not valid YAML: {e}")))?
     };
-    let root = doc.as_mapping_mut().ok_or_else(|| bad("the pipeline is not a YAML mapping".into()))?;
+    let root = doc
+        .as_mapping_mut()
+        .ok_or_else(|| bad("the pipeline is not a YAML mapping".into()))?;
     match key.split_once('.') {
         None => {
             root.insert(Value::String(key.to_owned()), value);
@@ -65,7 +75,11 @@ fn apply_set(doc: &mut Value, set: &str, file: &Path) -> Result<(), SpecError> {
 }
 
 fn stage_names(stages: &Mapping) -> String {
-    stages.keys().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+    stages
+        .keys()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Turn a serde error into a located [`SpecError`], re-checking each stage on its own to find
@@ -74,20 +88,31 @@ fn explain(text: &str, file: &Path, e: serde_norway::Error, origin: Option<&str>
     let mut err = SpecError::new(file, strip_location(&e.to_string()));
     err.origin = origin.map(str::to_owned);
     err.line = e.location().map(|l| l.line());
-    let Ok(doc) = serde_norway::from_str::<Value>(text) else { return err };
-    let Some(stages) = doc.get("stages").and_then(Value::as_mapping) else { return err };
+    let Ok(doc) = serde_norway::from_str::<Value>(text) else {
+        return err;
+    };
+    let Some(stages) = doc.get("stages").and_then(Value::as_mapping) else {
+        return err;
+    };
     for (name, body) in stages {
         let Some(name) = name.as_str() else { continue };
         let Some(map) = body.as_mapping() else {
-            return err.at_stage(text, name).with_message(format!("a stage must be a mapping with a `kind`, found {}", describe(body)));
+            return err.at_stage(text, name).with_message(format!(
+                "a stage must be a mapping with a `kind`, found {}",
+                describe(body)
+            ));
         };
         let Some(kind) = map.get("kind") else {
-            return err.at_stage(text, name).with_message("missing field `kind`".into());
+            return err
+                .at_stage(text, name)
+                .with_message("missing field `kind`".into());
         };
         let kind = kind.as_str().unwrap_or_default();
         let mut rest = map.clone();
         rest.remove("kind");
-        let Ok(body_text) = serde_norway::to_string(&Value::Mapping(rest)) else { continue };
+        let Ok(body_text) = serde_norway::to_string(&Value::Mapping(rest)) else {
+            continue;
+        };
         if let Some(inner) = stage_body_error(kind, &body_text) {
             let msg = strip_location(&inner.to_string());
             let (field, msg) = split_field(&msg);
@@ -125,7 +150,11 @@ fn strip_location(msg: &str) -> String {
 /// `x`" / "missing field `x`".
 fn split_field(msg: &str) -> (Option<String>, String) {
     if let Some((path, rest)) = msg.split_once(": ") {
-        if !path.is_empty() && path.chars().all(|c| c.is_alphanumeric() || "_[].".contains(c)) {
+        if !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_[].".contains(c))
+        {
             let field = path.split(['.', '[']).next().unwrap_or(path).to_owned();
             return (Some(field), format!("field `{path}`: {rest}"));
         }
@@ -205,15 +234,22 @@ mod tests {
     const GOOD: &str = "name: t\nstages:\n  data:\n    kind: mnist\n  net:\n    kind: mlp\n    input: data\n  train:\n    kind: pl\n    input: net\n    epochs: 3\n";
 
     fn err(text: &str) -> String {
-        parse_pipeline(text, Path::new("p.yaml")).expect_err("must fail").to_string()
+        parse_pipeline(text, Path::new("p.yaml"))
+            .expect_err("must fail")
+            .to_string()
     }
 
     #[test]
     fn minimal_pipeline_gets_spec_defaults() {
         let spec = parse_pipeline(GOOD, Path::new("p.yaml")).expect("valid");
         assert_eq!(spec.seed, 42);
-        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else { panic!("pl stage") };
-        assert_eq!((pl.epochs, pl.batch_size, pl.momentum, pl.spectral_max), (3, 512, Some(0.9), Some(2.0)));
+        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else {
+            panic!("pl stage")
+        };
+        assert_eq!(
+            (pl.epochs, pl.batch_size, pl.momentum, pl.spectral_max),
+            (3, 512, Some(0.9), Some(2.0))
+        );
     }
 
     #[test]
@@ -226,20 +262,29 @@ mod tests {
     #[test]
     fn wrong_type_names_the_field() {
         let msg = err(&GOOD.replace("epochs: 3", "epochs: many"));
-        assert!(msg.starts_with("p.yaml:11: stage `train`") && msg.contains("field `epochs`"), "{msg}");
+        assert!(
+            msg.starts_with("p.yaml:11: stage `train`") && msg.contains("field `epochs`"),
+            "{msg}"
+        );
         assert!(msg.contains("expected usize"), "{msg}");
     }
 
     #[test]
     fn missing_field_points_at_the_stage() {
         let msg = err(&GOOD.replace("    input: data\n", ""));
-        assert!(msg.starts_with("p.yaml:5: stage `net`") && msg.contains("missing field `input`"), "{msg}");
+        assert!(
+            msg.starts_with("p.yaml:5: stage `net`") && msg.contains("missing field `input`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unknown_kind_and_syntax_errors_have_lines() {
         let msg = err(&GOOD.replace("kind: mnist", "kind: mnsit"));
-        assert!(msg.starts_with("p.yaml:4:") && msg.contains("unknown variant `mnsit`"), "{msg}");
+        assert!(
+            msg.starts_with("p.yaml:4:") && msg.contains("unknown variant `mnsit`"),
+            "{msg}"
+        );
         let msg = err("name: t\nstages:\n  data: [1, 2\n");
         assert!(msg.starts_with("p.yaml:"), "{msg}");
         let msg = err("name: t\nstagez: {}\n");
@@ -249,15 +294,37 @@ mod tests {
     #[test]
     fn overrides_are_validated_like_the_file() {
         let f = Path::new("p.yaml");
-        let spec = parse_with_overrides(GOOD, f, &["train.epochs=7".into(), "seed=1".into(), "train.momentum=null".into()])
-            .expect("valid overrides");
-        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else { panic!("pl stage") };
+        let spec = parse_with_overrides(
+            GOOD,
+            f,
+            &[
+                "train.epochs=7".into(),
+                "seed=1".into(),
+                "train.momentum=null".into(),
+            ],
+        )
+        .expect("valid overrides");
+        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else {
+            panic!("pl stage")
+        };
         assert_eq!((pl.epochs, pl.momentum, spec.seed), (7, None, 1));
-        let msg = parse_with_overrides(GOOD, f, &["train.epochs=lots".into()]).expect_err("bad").to_string();
-        assert!(msg.contains("--set train.epochs=lots") && msg.contains("field `epochs`"), "{msg}");
-        let msg = parse_with_overrides(GOOD, f, &["trian.epochs=1".into()]).expect_err("bad").to_string();
-        assert!(msg.contains("no stage `trian`") && msg.contains("data, net, train"), "{msg}");
-        let msg = parse_with_overrides(GOOD, f, &["train.epoks=1".into()]).expect_err("bad").to_string();
+        let msg = parse_with_overrides(GOOD, f, &["train.epochs=lots".into()])
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.contains("--set train.epochs=lots") && msg.contains("field `epochs`"),
+            "{msg}"
+        );
+        let msg = parse_with_overrides(GOOD, f, &["trian.epochs=1".into()])
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.contains("no stage `trian`") && msg.contains("data, net, train"),
+            "{msg}"
+        );
+        let msg = parse_with_overrides(GOOD, f, &["train.epoks=1".into()])
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("unknown field `epoks`"), "{msg}");
     }
 }

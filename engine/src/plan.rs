@@ -5,7 +5,9 @@
 use crate::error::{EngineError, SpecError};
 use crate::graph::{Edge, Graph, Node, Op, Port, Split};
 use crate::parse::parse_with_overrides;
-use crate::spec::{ActivationSpec, LambdaScale, PipelineSpec, PlSpec, SolveSpec, SplitSpec, StageSpec};
+use crate::spec::{
+    ActivationSpec, LambdaScale, PipelineSpec, PlSpec, SolveSpec, SplitSpec, StageSpec,
+};
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
 use plflow_ops::activation::Activation;
@@ -48,25 +50,48 @@ impl MemoryEstimate {
 impl Plan {
     /// Read, parse (with `--set` overrides) and check the pipeline at `file`.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, EngineError> {
-        let text = std::fs::read_to_string(file).map_err(EngineError::io(file, "cannot read the pipeline"))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(EngineError::io(file, "cannot read the pipeline"))?;
         let spec = parse_with_overrides(&text, file, sets)?;
         Ok(Self::check(spec, &text, file)?)
     }
 
     /// Check a parsed pipeline; `text` is used to locate errors.
     pub fn check(spec: PipelineSpec, text: &str, file: &Path) -> Result<Self, SpecError> {
-        let graph = Builder { text, file, spec: &spec, nodes: DiGraph::new(), outputs: IndexMap::new() }.build()?;
-        Ok(Self { file: file.to_path_buf(), spec, graph })
+        let graph = Builder {
+            text,
+            file,
+            spec: &spec,
+            nodes: DiGraph::new(),
+            outputs: IndexMap::new(),
+        }
+        .build()?;
+        Ok(Self {
+            file: file.to_path_buf(),
+            spec,
+            graph,
+        })
     }
 
     /// The training nodes, in execution order.
     pub fn trainers(&self) -> Vec<NodeIndex> {
-        self.graph.topological().filter(|(_, n)| matches!(n.op, Op::Pl { .. })).map(|(i, _)| i).collect()
+        self.graph
+            .topological()
+            .filter(|(_, n)| matches!(n.op, Op::Pl { .. }))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Expected peak memory of training stage `trainer`.
     pub fn estimate(&self, trainer: NodeIndex) -> MemoryEstimate {
-        let Op::Pl { config, batch_size, layers, source, .. } = &self.graph.node(trainer).op else {
+        let Op::Pl {
+            config,
+            batch_size,
+            layers,
+            source,
+            ..
+        } = &self.graph.node(trainer).op
+        else {
             return MemoryEstimate::default();
         };
         let dims: Vec<(usize, usize)> = layers
@@ -76,7 +101,12 @@ impl Plan {
                 _ => None,
             })
             .collect();
-        let input_len = self.graph.node(*source).output.tensor().map_or(0, |(s, _)| s.iter().product());
+        let input_len = self
+            .graph
+            .node(*source)
+            .output
+            .tensor()
+            .map_or(0, |(s, _)| s.iter().product());
         estimate_pl(&dims, input_len, *batch_size, &config.rule)
     }
 
@@ -84,26 +114,81 @@ impl Plan {
     /// the memory estimate of each training stage.
     pub fn describe(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "pipeline `{}` ({}), seed {}", self.spec.name, self.file.display(), self.spec.seed);
-        let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}", "#", "node", "kind", "input", "output", "params");
+        let _ = writeln!(
+            s,
+            "pipeline `{}` ({}), seed {}",
+            self.spec.name,
+            self.file.display(),
+            self.spec.seed
+        );
+        let _ = writeln!(
+            s,
+            "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
+            "#", "node", "kind", "input", "output", "params"
+        );
         let mut total = 0;
         for (k, (i, n)) in self.graph.topological().enumerate() {
-            let input = self.graph.input_of(i).map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
+            let input = self
+                .graph
+                .input_of(i)
+                .map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
             let output = match (&n.output, &n.op) {
-                (Port::Examples { classes, .. }, _) => format!("{} ({classes} classes)", n.output.describe()),
-                (_, Op::Dense { activation: Activation::Elu { .. }, .. }) => format!("{} elu", n.output.describe()),
-                (_, Op::Dense { activation: Activation::Linear, .. }) => format!("{} linear", n.output.describe()),
-                (_, Op::Evaluate { split }) => format!("{} accuracy", if *split == Split::Test { "test" } else { "train" }),
+                (Port::Examples { classes, .. }, _) => {
+                    format!("{} ({classes} classes)", n.output.describe())
+                }
+                (
+                    _,
+                    Op::Dense {
+                        activation: Activation::Elu { .. },
+                        ..
+                    },
+                ) => format!("{} elu", n.output.describe()),
+                (
+                    _,
+                    Op::Dense {
+                        activation: Activation::Linear,
+                        ..
+                    },
+                ) => format!("{} linear", n.output.describe()),
+                (_, Op::Evaluate { split }) => format!(
+                    "{} accuracy",
+                    if *split == Split::Test {
+                        "test"
+                    } else {
+                        "train"
+                    }
+                ),
                 _ => n.output.describe(),
             };
             let params = n.parameter_count();
             total += params;
-            let params = if params > 0 { thousands(params) } else { "-".into() };
-            let _ = writeln!(s, "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}", k + 1, n.name, n.op.kind(), input, output, params);
+            let params = if params > 0 {
+                thousands(params)
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                s,
+                "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
+                k + 1,
+                n.name,
+                n.op.kind(),
+                input,
+                output,
+                params
+            );
         }
         let _ = writeln!(s, "trainable parameters: {}", thousands(total));
         for t in self.trainers() {
-            let Op::Pl { config, epochs, batch_size, .. } = &self.graph.node(t).op else { continue };
+            let Op::Pl {
+                config,
+                epochs,
+                batch_size,
+                ..
+            } = &self.graph.node(t).op
+            else {
+                continue;
+            };
             let r = &config.ridge;
             let _ = writeln!(
                 s,
@@ -111,9 +196,16 @@ impl Plan {
                 self.graph.node(t).name,
                 r.alpha,
                 r.lambda,
-                if r.scale == RidgeScale::Relative { "relative to the mean Gram diagonal" } else { "absolute" },
+                if r.scale == RidgeScale::Relative {
+                    "relative to the mean Gram diagonal"
+                } else {
+                    "absolute"
+                },
                 config.rule.momentum.map_or("off".into(), |m| m.to_string()),
-                config.rule.spectral_max.map_or("off".into(), |m| m.to_string()),
+                config
+                    .rule
+                    .spectral_max
+                    .map_or("off".into(), |m| m.to_string()),
             );
             let e = self.estimate(t);
             let _ = writeln!(
@@ -131,13 +223,20 @@ impl Plan {
 
 /// Peak bytes of a PL step over a chain of dense layers `(inputs, units)`, following the
 /// order of `plflow_ops::network::Network::pl_step` and `plflow_ops::solve::ridge_update`.
-pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, rule: &UpdateRule) -> MemoryEstimate {
+pub fn estimate_pl(
+    dims: &[(usize, usize)],
+    input_len: usize,
+    n: usize,
+    rule: &UpdateRule,
+) -> MemoryEstimate {
     const F32: usize = 4;
     const F64: usize = 8;
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
     let state: usize = dims
         .iter()
-        .map(|&(d, m)| rule.momentum.map_or(0, |_| d * m * F32) + rule.spectral_max.map_or(0, |_| m * F32))
+        .map(|&(d, m)| {
+            rule.momentum.map_or(0, |_| d * m * F32) + rule.spectral_max.map_or(0, |_| m * F32)
+        })
         .sum();
     let batch = n * input_len * F32;
     let act = |l: usize| n * dims[l].1 * F32;
@@ -156,7 +255,11 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, rule: &U
         let propagate = alive_acts + err + update + if l > 0 { act(l - 1) } else { 0 };
         step = step.max(solve).max(propagate);
     }
-    MemoryEstimate { parameters, state, step: step + batch }
+    MemoryEstimate {
+        parameters,
+        state,
+        step: step + batch,
+    }
 }
 
 fn mib(bytes: usize) -> String {
@@ -199,7 +302,8 @@ impl Builder<'_> {
             let stage = &self.spec.stages[name.as_str()];
             self.add_stage(&name, stage)?;
         }
-        Graph::new(self.nodes).ok_or_else(|| SpecError::new(self.file, "internal error: expanded graph has a cycle"))
+        Graph::new(self.nodes)
+            .ok_or_else(|| SpecError::new(self.file, "internal error: expanded graph has a cycle"))
     }
 
     /// Stages in dependency order; rejects bad names, dangling references and cycles.
@@ -209,14 +313,21 @@ impl Builder<'_> {
         let idx: IndexMap<&str, NodeIndex> = names.iter().map(|&n| (n, g.add_node(n))).collect();
         for (name, stage) in &self.spec.stages {
             if name.is_empty() || name.contains(['.', ' ', '=']) {
-                return Err(self.err(name, None, format!("`{name}` is not a valid stage name (no dots, spaces or `=`)")));
+                return Err(self.err(
+                    name,
+                    None,
+                    format!("`{name}` is not a valid stage name (no dots, spaces or `=`)"),
+                ));
             }
             if let Some(input) = stage.input() {
                 let Some(&from) = idx.get(input) else {
                     return Err(self.err(
                         name,
                         Some("input"),
-                        format!("field `input`: there is no stage `{input}` (stages: {})", names.join(", ")),
+                        format!(
+                            "field `input`: there is no stage `{input}` (stages: {})",
+                            names.join(", ")
+                        ),
                     ));
                 };
                 g.add_edge(from, idx[name.as_str()], ());
@@ -225,20 +336,35 @@ impl Builder<'_> {
         match petgraph::algo::toposort(&g, None) {
             Ok(order) => Ok(order.into_iter().map(|i| g[i].to_owned()).collect()),
             Err(cycle) => {
-                let scc = petgraph::algo::tarjan_scc(&g).into_iter().find(|c| c.contains(&cycle.node_id())).unwrap_or_default();
+                let scc = petgraph::algo::tarjan_scc(&g)
+                    .into_iter()
+                    .find(|c| c.contains(&cycle.node_id()))
+                    .unwrap_or_default();
                 let mut members: Vec<&str> = scc.iter().map(|&i| g[i]).collect();
                 members.sort_by_key(|m| idx.get_index_of(m));
                 let first = members.first().copied().unwrap_or(g[cycle.node_id()]);
                 Err(self.err(
                     first,
                     Some("input"),
-                    format!("stages {} form a cycle through their `input` fields", members.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" -> ")),
+                    format!(
+                        "stages {} form a cycle through their `input` fields",
+                        members
+                            .iter()
+                            .map(|m| format!("`{m}`"))
+                            .collect::<Vec<_>>()
+                            .join(" -> ")
+                    ),
                 ))
             }
         }
     }
 
-    fn tensor_input(&self, stage: &str, input: &str, who: &str) -> Result<(NodeIndex, usize, usize), SpecError> {
+    fn tensor_input(
+        &self,
+        stage: &str,
+        input: &str,
+        who: &str,
+    ) -> Result<(NodeIndex, usize, usize), SpecError> {
         let from = self.outputs[input];
         match self.nodes[from].output.tensor() {
             Some((shape, classes)) => Ok((from, shape.iter().product(), classes)),
@@ -258,9 +384,18 @@ impl Builder<'_> {
         i
     }
 
-    fn activation(&self, stage: &str, spec: ActivationSpec, clip: f32) -> Result<Activation, SpecError> {
-        if !(clip > 0.0) {
-            return Err(self.err(stage, Some("clip"), format!("field `clip`: must be > 0, got {clip}")));
+    fn activation(
+        &self,
+        stage: &str,
+        spec: ActivationSpec,
+        clip: f32,
+    ) -> Result<Activation, SpecError> {
+        if clip.is_nan() || clip <= 0.0 {
+            return Err(self.err(
+                stage,
+                Some("clip"),
+                format!("field `clip`: must be > 0, got {clip}"),
+            ));
         }
         Ok(match spec {
             ActivationSpec::Elu => Activation::Elu { clip },
@@ -271,36 +406,93 @@ impl Builder<'_> {
     fn add_stage(&mut self, name: &str, stage: &StageSpec) -> Result<(), SpecError> {
         let out = match stage {
             StageSpec::Mnist(s) => {
-                let op = Op::Mnist { path: s.path.clone() };
-                let output = Port::Examples { shape: vec![1, 28, 28], classes: plflow_datasets::mnist::CLASSES };
-                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, None)
+                let op = Op::Mnist {
+                    path: s.path.clone(),
+                };
+                let output = Port::Examples {
+                    shape: vec![1, 28, 28],
+                    classes: plflow_datasets::mnist::CLASSES,
+                };
+                self.add_node(
+                    Node {
+                        name: name.into(),
+                        stage: name.into(),
+                        op,
+                        output,
+                    },
+                    None,
+                )
             }
             StageSpec::Dense(s) => {
                 let (from, inputs, classes) = self.tensor_input(name, &s.input, "a dense layer")?;
                 if s.units == 0 {
-                    return Err(self.err(name, Some("units"), "field `units`: must be at least 1".into()));
+                    return Err(self.err(
+                        name,
+                        Some("units"),
+                        "field `units`: must be at least 1".into(),
+                    ));
                 }
                 let activation = self.activation(name, s.activation, s.clip)?;
-                let op = Op::Dense { inputs, units: s.units, activation };
-                let output = Port::Activations { shape: vec![s.units], classes };
-                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
+                let op = Op::Dense {
+                    inputs,
+                    units: s.units,
+                    activation,
+                };
+                let output = Port::Activations {
+                    shape: vec![s.units],
+                    classes,
+                };
+                self.add_node(
+                    Node {
+                        name: name.into(),
+                        stage: name.into(),
+                        op,
+                        output,
+                    },
+                    Some(from),
+                )
             }
             StageSpec::Mlp(s) => {
-                let (mut from, mut inputs, classes) = self.tensor_input(name, &s.input, "an mlp")?;
+                let (mut from, mut inputs, classes) =
+                    self.tensor_input(name, &s.input, "an mlp")?;
                 if let Some(i) = s.hidden.iter().position(|&h| h == 0) {
-                    return Err(self.err(name, Some("hidden"), format!("field `hidden[{i}]`: a layer needs at least 1 unit")));
+                    return Err(self.err(
+                        name,
+                        Some("hidden"),
+                        format!("field `hidden[{i}]`: a layer needs at least 1 unit"),
+                    ));
                 }
                 let outputs = s.outputs.unwrap_or(classes);
                 if outputs == 0 {
-                    return Err(self.err(name, Some("outputs"), "field `outputs`: must be at least 1".into()));
+                    return Err(self.err(
+                        name,
+                        Some("outputs"),
+                        "field `outputs`: must be at least 1".into(),
+                    ));
                 }
                 let hidden = self.activation(name, s.activation, s.clip)?;
                 let widths: Vec<usize> = s.hidden.iter().copied().chain([outputs]).collect();
                 for (k, &units) in widths.iter().enumerate() {
-                    let activation = if k + 1 == widths.len() { Activation::Linear } else { hidden };
-                    let op = Op::Dense { inputs, units, activation };
-                    let output = Port::Activations { shape: vec![units], classes };
-                    let node = Node { name: format!("{name}.{k}"), stage: name.into(), op, output };
+                    let activation = if k + 1 == widths.len() {
+                        Activation::Linear
+                    } else {
+                        hidden
+                    };
+                    let op = Op::Dense {
+                        inputs,
+                        units,
+                        activation,
+                    };
+                    let output = Port::Activations {
+                        shape: vec![units],
+                        classes,
+                    };
+                    let node = Node {
+                        name: format!("{name}.{k}"),
+                        stage: name.into(),
+                        op,
+                        output,
+                    };
                     from = self.add_node(node, Some(from));
                     inputs = units;
                 }
@@ -321,7 +513,15 @@ impl Builder<'_> {
                     SplitSpec::Test => Split::Test,
                 };
                 let op = Op::Evaluate { split };
-                self.add_node(Node { name: name.into(), stage: name.into(), op, output: Port::Metrics }, Some(from))
+                self.add_node(
+                    Node {
+                        name: name.into(),
+                        stage: name.into(),
+                        op,
+                        output: Port::Metrics,
+                    },
+                    Some(from),
+                )
             }
         };
         self.outputs.insert(name.to_owned(), out);
@@ -350,16 +550,33 @@ impl Builder<'_> {
                     ));
                 }
             }
-            let Some(prev) = self.nodes.neighbors_directed(at, petgraph::Direction::Incoming).next() else {
-                return Err(self.err(name, Some("input"), "field `input`: the model is not fed by a dataset".into()));
+            let Some(prev) = self
+                .nodes
+                .neighbors_directed(at, petgraph::Direction::Incoming)
+                .next()
+            else {
+                return Err(self.err(
+                    name,
+                    Some("input"),
+                    "field `input`: the model is not fed by a dataset".into(),
+                ));
             };
             at = prev;
         };
         layers.reverse();
         if layers.is_empty() {
-            return Err(self.err(name, Some("input"), format!("field `input`: `{}` is a dataset; name the model's last layer", s.input)));
+            return Err(self.err(
+                name,
+                Some("input"),
+                format!(
+                    "field `input`: `{}` is a dataset; name the model's last layer",
+                    s.input
+                ),
+            ));
         }
-        let Some((shape, classes)) = self.nodes[model].output.tensor() else { unreachable!("layers carry tensors") };
+        let Some((shape, classes)) = self.nodes[model].output.tensor() else {
+            unreachable!("layers carry tensors")
+        };
         let units: usize = shape.iter().product();
         if units != classes {
             return Err(self.err(
@@ -372,19 +589,57 @@ impl Builder<'_> {
             ));
         }
         let range = |field: &str, ok: bool, want: &str, got: String| -> Result<(), SpecError> {
-            if ok { Ok(()) } else { Err(self.err(name, Some(field), format!("field `{field}`: must be {want}, got {got}"))) }
+            if ok {
+                Ok(())
+            } else {
+                Err(self.err(
+                    name,
+                    Some(field),
+                    format!("field `{field}`: must be {want}, got {got}"),
+                ))
+            }
         };
         range("epochs", s.epochs > 0, "at least 1", s.epochs.to_string())?;
-        range("batch_size", s.batch_size > 0, "at least 1", s.batch_size.to_string())?;
-        range("alpha", s.alpha > 0.0 && s.alpha.is_finite(), "> 0", s.alpha.to_string())?;
-        range("lambda", s.lambda > 0.0 && s.lambda.is_finite(), "> 0 (the solve needs a positive ridge)", s.lambda.to_string())?;
+        range(
+            "batch_size",
+            s.batch_size > 0,
+            "at least 1",
+            s.batch_size.to_string(),
+        )?;
+        range(
+            "alpha",
+            s.alpha > 0.0 && s.alpha.is_finite(),
+            "> 0",
+            s.alpha.to_string(),
+        )?;
+        range(
+            "lambda",
+            s.lambda > 0.0 && s.lambda.is_finite(),
+            "> 0 (the solve needs a positive ridge)",
+            s.lambda.to_string(),
+        )?;
         if let Some(m) = s.momentum {
-            range("momentum", (0.0..1.0).contains(&m), "in [0, 1) or null", m.to_string())?;
+            range(
+                "momentum",
+                (0.0..1.0).contains(&m),
+                "in [0, 1) or null",
+                m.to_string(),
+            )?;
         }
         if let Some(m) = s.spectral_max {
-            range("spectral_max", m > 0.0 && m.is_finite(), "> 0 or null", m.to_string())?;
+            range(
+                "spectral_max",
+                m > 0.0 && m.is_finite(),
+                "> 0 or null",
+                m.to_string(),
+            )?;
         }
-        range("label_smoothing", (0.0..1.0).contains(&s.label_smoothing), "in [0, 1)", s.label_smoothing.to_string())?;
+        range(
+            "label_smoothing",
+            (0.0..1.0).contains(&s.label_smoothing),
+            "in [0, 1)",
+            s.label_smoothing.to_string(),
+        )?;
 
         let config = PlConfig {
             ridge: RidgeConfig {
@@ -400,11 +655,28 @@ impl Builder<'_> {
                     SolveSpec::Dual => SolvePath::Dual,
                 },
             },
-            rule: UpdateRule { momentum: s.momentum, spectral_max: s.spectral_max },
+            rule: UpdateRule {
+                momentum: s.momentum,
+                spectral_max: s.spectral_max,
+            },
             label_smoothing: s.label_smoothing,
         };
-        let op = Op::Pl { config, epochs: s.epochs, batch_size: s.batch_size, source, layers };
-        let i = self.add_node(Node { name: name.into(), stage: name.into(), op, output: Port::Model }, Some(model));
+        let op = Op::Pl {
+            config,
+            epochs: s.epochs,
+            batch_size: s.batch_size,
+            source,
+            layers,
+        };
+        let i = self.add_node(
+            Node {
+                name: name.into(),
+                stage: name.into(),
+                op,
+                output: Port::Model,
+            },
+            Some(model),
+        );
         self.nodes.add_edge(source, i, Edge::Batches);
         Ok(i)
     }
@@ -429,18 +701,31 @@ mod tests {
     #[test]
     fn mlp_expands_into_one_node_per_layer() {
         let plan = check(GOOD).expect("valid");
-        let names: Vec<_> = plan.graph.topological().map(|(_, n)| n.name.clone()).collect();
+        let names: Vec<_> = plan
+            .graph
+            .topological()
+            .map(|(_, n)| n.name.clone())
+            .collect();
         assert_eq!(names, ["data", "net.0", "net.1", "net.2", "train", "eval"]);
         let text = plan.describe();
-        assert!(text.contains("net.0") && text.contains("25,120") && text.contains("memory estimate"), "{text}");
+        assert!(
+            text.contains("net.0") && text.contains("25,120") && text.contains("memory estimate"),
+            "{text}"
+        );
         let dot = plan.graph.dot("t");
-        assert!(dot.starts_with("digraph") && dot.contains("batches"), "{dot}");
+        assert!(
+            dot.starts_with("digraph") && dot.contains("batches"),
+            "{dot}"
+        );
     }
 
     #[test]
     fn unknown_input_is_rejected_with_its_line() {
         let msg = err(&GOOD.replace("input: train", "input: trian"));
-        assert!(msg.starts_with("p.yaml:14: stage `eval`: field `input`: there is no stage `trian`"), "{msg}");
+        assert!(
+            msg.starts_with("p.yaml:14: stage `eval`: field `input`: there is no stage `trian`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -455,30 +740,47 @@ mod tests {
     #[test]
     fn shape_mismatch_between_model_and_labels_is_rejected() {
         let msg = err(&GOOD.replace("hidden: [32, 16]", "hidden: [32, 16]\n    outputs: 12"));
-        assert!(msg.contains("shape mismatch") && msg.contains("12 units") && msg.contains("10 classes"), "{msg}");
+        assert!(
+            msg.contains("shape mismatch")
+                && msg.contains("12 units")
+                && msg.contains("10 classes"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn wrong_kind_of_input_is_rejected() {
         let msg = err(&GOOD.replace("    input: train\n", "    input: net\n"));
         assert!(msg.contains("evaluate needs a training stage"), "{msg}");
-        let msg = err(&GOOD.replace("    kind: pl\n    input: net\n", "    kind: pl\n    input: data\n"));
+        let msg = err(&GOOD.replace(
+            "    kind: pl\n    input: net\n",
+            "    kind: pl\n    input: data\n",
+        ));
         assert!(msg.contains("is a dataset"), "{msg}");
     }
 
     #[test]
     fn out_of_range_settings_are_rejected() {
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    lambda: 0\n"));
-        assert!(msg.starts_with("p.yaml:12: stage `train`: field `lambda`"), "{msg}");
+        assert!(
+            msg.starts_with("p.yaml:12: stage `train`: field `lambda`"),
+            "{msg}"
+        );
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    momentum: 1.5\n"));
         assert!(msg.contains("field `momentum`"), "{msg}");
     }
 
     #[test]
     fn estimate_counts_parameters_and_state() {
-        let rule = UpdateRule { momentum: Some(0.9), spectral_max: None };
+        let rule = UpdateRule {
+            momentum: Some(0.9),
+            spectral_max: None,
+        };
         let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &rule);
-        assert_eq!(e.parameters, (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4);
+        assert_eq!(
+            e.parameters,
+            (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4
+        );
         assert_eq!(e.state, (784 * 512 + 512 * 128 + 128 * 10) * 4);
         assert!(e.step > 512 * 784 * 4);
     }

@@ -47,7 +47,10 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, EngineE
                 return Err(EngineError::Io {
                     path: dir.to_path_buf(),
                     action: "refusing to write a run into a folder that is not empty",
-                    source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "choose a new --out folder or remove this one"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "choose a new --out folder or remove this one",
+                    ),
                 });
             }
             dir.to_path_buf()
@@ -68,12 +71,22 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, EngineE
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_alphanumeric() || "-_".contains(c) { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.
 fn timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -85,7 +98,12 @@ fn timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// One line of `metrics.jsonl`.
@@ -130,9 +148,13 @@ impl MetricsFile {
 
     /// Append one record.
     pub fn append(&mut self, record: &EpochRecord) -> Result<(), EngineError> {
-        let mut line = serde_json::to_vec(record).map_err(|e| EngineError::io(&self.path, "cannot encode")(e.into()))?;
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| EngineError::io(&self.path, "cannot encode")(e.into()))?;
         line.push(b'\n');
-        self.file.write_all(&line).and_then(|()| self.file.flush()).map_err(EngineError::io(&self.path, "cannot write"))
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.flush())
+            .map_err(EngineError::io(&self.path, "cannot write"))
     }
 }
 
@@ -184,7 +206,11 @@ pub fn median(v: &[f64]) -> f64 {
     }
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +247,10 @@ mod tests {
         write_atomic(&p, b"one").expect("write");
         write_atomic(&p, b"two").expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "no temp files left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            1,
+            "no temp files left"
+        );
     }
 }

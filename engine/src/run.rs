@@ -9,11 +9,11 @@ use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
+use plflow_datasets::Source;
 use plflow_datasets::cache::Cache;
+use plflow_datasets::location::DataPath;
 use plflow_datasets::mnist::{Mnist, MnistSplit};
 use plflow_datasets::order::epoch_order;
-use plflow_datasets::Source;
-use plflow_datasets::location::DataPath;
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
@@ -57,12 +57,24 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     let started = Instant::now();
     let trainers = plan.trainers();
     let Some(&last_trainer) = trainers.last() else {
-        return Err(crate::SpecError::new(&plan.file, "nothing to run: the pipeline has no training stage (kind: pl)").into());
+        return Err(crate::SpecError::new(
+            &plan.file,
+            "nothing to run: the pipeline has no training stage (kind: pl)",
+        )
+        .into());
     };
     let dir = report::create_run_dir(opts.out.as_deref(), &plan.spec.name)?;
-    let resolved = serde_norway::to_string(&plan.spec).map_err(|e| EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
-    let header = format!("# {} as run by plflow: overrides applied, every default filled in\n", plan.file.display());
-    report::write_atomic(&dir.join("pipeline.yaml"), format!("{header}{resolved}").as_bytes())?;
+    let resolved = serde_norway::to_string(&plan.spec).map_err(|e| {
+        EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e))
+    })?;
+    let header = format!(
+        "# {} as run by plflow: overrides applied, every default filled in\n",
+        plan.file.display()
+    );
+    report::write_atomic(
+        &dir.join("pipeline.yaml"),
+        format!("{header}{resolved}").as_bytes(),
+    )?;
     let mut metrics = MetricsFile::create(&dir)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
@@ -74,30 +86,54 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         match &node.op {
             Op::Mnist { path } => {
                 let dir = DataPath::resolve(path);
-                let mnist = Mnist::open(&dir, &opts.cache).map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
+                let mnist =
+                    Mnist::open(&dir, &opts.cache).map_err(|source| EngineError::Dataset {
+                        stage: node.stage.clone(),
+                        source,
+                    })?;
                 let (want, _) = node.output.tensor().unwrap_or((&[], 0));
                 for split in [&mnist.train, &mnist.test] {
                     if split.example_shape() != want {
                         return Err(EngineError::DataMismatch {
                             stage: node.stage.clone(),
-                            message: format!("examples in {} have shape {:?}, the pipeline was checked for {want:?}", dir.resolved.display(), split.example_shape()),
+                            message: format!(
+                                "examples in {} have shape {:?}, the pipeline was checked for {want:?}",
+                                dir.resolved.display(),
+                                split.example_shape()
+                            ),
                         });
                     }
                 }
                 datasets.insert(i, mnist);
             }
-            Op::Dense { inputs, units, activation } => {
+            Op::Dense {
+                inputs,
+                units,
+                activation,
+            } => {
                 let dense = Dense::new(xavier_normal(*inputs, *units, &mut rng));
                 layers.insert(i, (dense, *activation));
             }
-            Op::Pl { config, epochs, batch_size, source, layers: chain } => {
+            Op::Pl {
+                config,
+                epochs,
+                batch_size,
+                source,
+                layers: chain,
+            } => {
                 let network = Network {
                     layers: chain
                         .iter()
                         .map(|l| {
-                            let (dense, activation) = layers.remove(l).expect("layers are initialised before their trainer");
+                            let (dense, activation) = layers
+                                .remove(l)
+                                .expect("layers are initialised before their trainer");
                             let state = LayerState::new(&dense, &config.rule);
-                            Layer { dense, activation, state }
+                            Layer {
+                                dense,
+                                activation,
+                                state,
+                            }
                         })
                         .collect(),
                 };
@@ -111,7 +147,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         _ => None,
                     })
                     .collect();
-                let layer_names: Vec<String> = chain.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
+                let layer_names: Vec<String> = chain
+                    .iter()
+                    .map(|&l| plan.graph.node(l).name.clone())
+                    .collect();
                 let job = TrainJob {
                     stage: &node.name,
                     layer_names: &layer_names,
@@ -131,7 +170,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     }
 
     let t = &trained[&last_trainer];
-    let Op::Pl { config, epochs, batch_size, .. } = &plan.graph.node(last_trainer).op else { unreachable!("trainers are pl nodes") };
+    let Op::Pl {
+        config,
+        epochs,
+        batch_size,
+        ..
+    } = &plan.graph.node(last_trainer).op
+    else {
+        unreachable!("trainers are pl nodes")
+    };
     let last = t.records.last();
     let epoch_seconds: Vec<f64> = t.records.iter().map(|r| r.epoch_seconds).collect();
     let rates: Vec<f64> = t.records.iter().map(|r| r.samples_per_second).collect();
@@ -154,7 +201,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         solver: solver_settings(config, *epochs, *batch_size),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
+    let json = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
     report::write_atomic(&dir.join("summary.json"), &json)?;
     Ok(RunOutcome { dir, summary })
 }
@@ -187,21 +235,33 @@ struct TrainJob<'a> {
 }
 
 impl TrainJob<'_> {
-    fn train(&self, mut network: Network, metrics: &mut MetricsFile) -> Result<Trained, EngineError> {
+    fn train(
+        &self,
+        mut network: Network,
+        metrics: &mut MetricsFile,
+    ) -> Result<Trained, EngineError> {
         let train = &self.data.train;
         let steps_per_epoch = train.len().div_ceil(self.batch_size);
         let bar = if self.progress {
             let bar = ProgressBar::new((steps_per_epoch * self.epochs) as u64);
-            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, epoch {msg}, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps, epoch {msg}, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(self.stage.to_owned());
             bar
         } else {
             ProgressBar::hidden()
         };
-        let say = |line: String| if self.progress { bar.println(line) } else { println!("{line}") };
+        let say = |line: String| {
+            if self.progress {
+                bar.println(line)
+            } else {
+                println!("{line}")
+            }
+        };
 
         let mut records = Vec::with_capacity(self.epochs);
         for epoch in 0..self.epochs {
@@ -217,13 +277,15 @@ impl TrainJob<'_> {
                     x = Matrix::zeros(idx.len(), len);
                 }
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
-                let s = network.pl_step(&x, &labels[..idx.len()], self.config).map_err(|e| EngineError::Train {
-                    stage: self.stage.to_owned(),
-                    layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    source: e.source,
-                })?;
+                let s = network
+                    .pl_step(&x, &labels[..idx.len()], self.config)
+                    .map_err(|e| EngineError::Train {
+                        stage: self.stage.to_owned(),
+                        layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        source: e.source,
+                    })?;
                 totals.rows += s.rows;
                 totals.correct += s.correct;
                 totals.sum_sq_error += s.sum_sq_error;
@@ -261,7 +323,11 @@ impl TrainJob<'_> {
                 self.epochs,
                 record.train_residual,
                 record.train_accuracy * 100.0,
-                if parts.is_empty() { "no evaluation".to_owned() } else { parts.join(", ") },
+                if parts.is_empty() {
+                    "no evaluation".to_owned()
+                } else {
+                    parts.join(", ")
+                },
                 record.epoch_seconds,
                 record.samples_per_second,
                 record.ledger_peak_mb,
@@ -292,7 +358,9 @@ impl TrainJob<'_> {
                 step: 0,
                 source: e.source,
             })?;
-            correct += (0..idx.len()).filter(|&r| argmax(out.row(r)) == labels[r] as usize).count();
+            correct += (0..idx.len())
+                .filter(|&r| argmax(out.row(r)) == labels[r] as usize)
+                .count();
         }
         Ok(correct as f64 / data.len().max(1) as f64)
     }

@@ -88,7 +88,12 @@ impl Network {
     }
 
     /// One Prospective Learning step on batch `x` with class labels `labels`.
-    pub fn pl_step(&mut self, x: &Matrix, labels: &[u32], cfg: &PlConfig) -> Result<StepStats, LayerError> {
+    pub fn pl_step(
+        &mut self,
+        x: &Matrix,
+        labels: &[u32],
+        cfg: &PlConfig,
+    ) -> Result<StepStats, LayerError> {
         let count = self.layers.len();
         if count == 0 {
             return Ok(StepStats::default());
@@ -100,7 +105,9 @@ impl Network {
             layer.activation.apply(z.as_mut_slice());
             acts.push(z);
         }
-        let Some(mut err) = acts.pop() else { return Ok(StepStats::default()) };
+        let Some(mut err) = acts.pop() else {
+            return Ok(StepStats::default());
+        };
         let stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
 
         for l in (0..count).rev() {
@@ -108,7 +115,9 @@ impl Network {
             let update = ridge_update(input, &err, &cfg.ridge).map_err(at(l))?;
             let previous = if l > 0 {
                 let mut e = self.layers[l].dense.input_error(&err).map_err(at(l))?;
-                self.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), acts[l - 1].as_slice());
+                self.layers[l - 1]
+                    .activation
+                    .scale_by_derivative(e.as_mut_slice(), acts[l - 1].as_slice());
                 Some(e)
             } else {
                 None
@@ -116,7 +125,10 @@ impl Network {
             drop(err);
             acts.truncate(l.saturating_sub(1));
             let layer = &mut self.layers[l];
-            layer.state.apply(&mut layer.dense, update, &cfg.rule).map_err(at(l))?;
+            layer
+                .state
+                .apply(&mut layer.dense, update, &cfg.rule)
+                .map_err(at(l))?;
             match previous {
                 Some(e) => err = e,
                 None => break,
@@ -131,11 +143,25 @@ impl Network {
 fn output_error(z: &mut Matrix, labels: &[u32], eps: f32) -> Result<StepStats, OpsError> {
     let (n, classes) = (z.rows(), z.cols());
     if labels.len() != n {
-        return Err(OpsError::Shape { op: "PL targets", detail: format!("{} labels for {n} rows", labels.len()) });
+        return Err(OpsError::Shape {
+            op: "PL targets",
+            detail: format!("{} labels for {n} rows", labels.len()),
+        });
     }
-    let off = if classes > 1 { eps / (classes - 1) as f32 } else { 0.0 };
-    let mut stats = StepStats { rows: n, ..StepStats::default() };
-    for (row, &label) in z.as_mut_slice().chunks_exact_mut(classes.max(1)).zip(labels) {
+    let off = if classes > 1 {
+        eps / (classes - 1) as f32
+    } else {
+        0.0
+    };
+    let mut stats = StepStats {
+        rows: n,
+        ..StepStats::default()
+    };
+    for (row, &label) in z
+        .as_mut_slice()
+        .chunks_exact_mut(classes.max(1))
+        .zip(labels)
+    {
         let label = label as usize;
         if label >= classes {
             return Err(OpsError::Shape {
@@ -175,8 +201,16 @@ mod tests {
 
     fn config() -> PlConfig {
         PlConfig {
-            ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-            rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
+            ridge: RidgeConfig {
+                alpha: 0.1,
+                lambda: 0.1,
+                scale: RidgeScale::Relative,
+                path: SolvePath::Auto,
+            },
+            rule: UpdateRule {
+                momentum: Some(0.9),
+                spectral_max: Some(2.0),
+            },
             label_smoothing: 0.01,
         }
     }
@@ -188,9 +222,17 @@ mod tests {
             .enumerate()
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], rng));
-                let activation = if i + 2 == sizes.len() { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                let activation = if i + 2 == sizes.len() {
+                    Activation::Linear
+                } else {
+                    Activation::Elu { clip: 10.0 }
+                };
                 let state = LayerState::new(&dense, &rule);
-                Layer { dense, activation, state }
+                Layer {
+                    dense,
+                    activation,
+                    state,
+                }
             })
             .collect();
         Network { layers }
@@ -231,7 +273,9 @@ mod tests {
         }
         let (x, y) = batch(&mut rng);
         let out = net.forward(&x).expect("forward");
-        let correct = (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count();
+        let correct = (0..64)
+            .filter(|&i| argmax(out.row(i)) == y[i] as usize)
+            .count();
         assert!(correct >= 54, "only {correct}/64 correct after training");
     }
 }

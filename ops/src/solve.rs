@@ -74,7 +74,11 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
     if e.rows() != n {
         return Err(OpsError::Shape {
             op: OP,
-            detail: format!("input has {n} rows but the error has {} ({}x{m})", e.rows(), e.rows()),
+            detail: format!(
+                "input has {n} rows but the error has {} ({}x{m})",
+                e.rows(),
+                e.rows()
+            ),
         });
     }
     let da = d + 1;
@@ -82,7 +86,11 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
     // Augmented input [X, 1] in f64, row-major, and its squared Frobenius norm (= trace of the Gram).
     let mut xa = Buffer::<f64>::zeros(n * da);
     let mut trace = n as f64;
-    for (src, dst) in x.as_slice().chunks_exact(d.max(1)).zip(xa.chunks_exact_mut(da)) {
+    for (src, dst) in x
+        .as_slice()
+        .chunks_exact(d.max(1))
+        .zip(xa.chunks_exact_mut(da))
+    {
         for (o, &v) in dst.iter_mut().zip(src) {
             let v = v as f64;
             *o = v;
@@ -91,11 +99,21 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
         dst[d] = 1.0;
     }
     if !trace.is_finite() {
-        return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows: n, cols: d });
+        return Err(OpsError::NonFinite {
+            op: OP,
+            what: "the layer input",
+            rows: n,
+            cols: d,
+        });
     }
     let mut e64 = Buffer::<f64>::from_vec(e.as_slice().iter().map(|&v| v as f64).collect());
     if !e64.iter().all(|v| v.is_finite()) {
-        return Err(OpsError::NonFinite { op: OP, what: "the error", rows: n, cols: d });
+        return Err(OpsError::NonFinite {
+            op: OP,
+            what: "the error",
+            rows: n,
+            cols: d,
+        });
     }
     let lambda = match cfg.scale {
         RidgeScale::Absolute => cfg.lambda,
@@ -125,7 +143,14 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
         lower_gram(gv.as_mut(), xa_v.transpose(), xa_v, lambda);
         let mut tv = MatMut::from_column_major_slice_mut(&mut theta, da, m);
         let e_v = MatRef::from_row_major_slice(&e64, n, m);
-        matmul(tv.as_mut(), Accum::Replace, xa_v.transpose(), e_v, 1.0, par());
+        matmul(
+            tv.as_mut(),
+            Accum::Replace,
+            xa_v.transpose(),
+            e_v,
+            1.0,
+            par(),
+        );
         drop(e64);
         factor_and_solve(gv, tv, OP)?;
     }
@@ -141,10 +166,25 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
         }
         db.as_mut_slice()[c] = (scale * col[d]) as f32;
     }
-    if !dw.as_slice().iter().chain(db.as_slice()).all(|v| v.is_finite()) {
-        return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: n, cols: d });
+    if !dw
+        .as_slice()
+        .iter()
+        .chain(db.as_slice())
+        .all(|v| v.is_finite())
+    {
+        return Err(OpsError::NonFinite {
+            op: OP,
+            what: "the solved update",
+            rows: n,
+            cols: d,
+        });
     }
-    Ok(RidgeUpdate { dw, db, lambda_used: lambda, dual })
+    Ok(RidgeUpdate {
+        dw,
+        db,
+        lambda_used: lambda,
+        dual,
+    })
 }
 
 /// Lower triangle of `a * b` (a symmetric product) plus `lambda` on the diagonal.
@@ -168,18 +208,30 @@ fn lower_gram(dst: MatMut<'_, f64>, a: MatRef<'_, f64>, b: MatRef<'_, f64>, lamb
 
 /// Cholesky-factor the SPD matrix `a` (lower triangle) in place and overwrite `rhs` with
 /// `a^-1 rhs`.
-fn factor_and_solve(a: MatMut<'_, f64>, rhs: MatMut<'_, f64>, op: &'static str) -> Result<(), OpsError> {
+fn factor_and_solve(
+    a: MatMut<'_, f64>,
+    rhs: MatMut<'_, f64>,
+    op: &'static str,
+) -> Result<(), OpsError> {
     let mut a = a;
     let dim = a.nrows();
     let req = llt::factor::cholesky_in_place_scratch::<f64>(dim, par(), Default::default());
     let mut mem = MemBuffer::new(req);
     let stack = MemStack::new(&mut mem);
-    llt::factor::cholesky_in_place(a.as_mut(), Default::default(), par(), stack, Default::default())
-        .map_err(|err| match err {
-            llt::factor::LltError::NonPositivePivot { index } => {
-                OpsError::NotPositiveDefinite { op, dim, pivot: index }
-            }
-        })?;
+    llt::factor::cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par(),
+        stack,
+        Default::default(),
+    )
+    .map_err(|err| match err {
+        llt::factor::LltError::NonPositivePivot { index } => OpsError::NotPositiveDefinite {
+            op,
+            dim,
+            pivot: index,
+        },
+    })?;
     llt::solve::solve_in_place(a.as_ref(), rhs, par(), stack);
     Ok(())
 }
@@ -193,7 +245,9 @@ mod tests {
 
     fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let v = (0..rows * cols).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let v = (0..rows * cols)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
         Matrix::from_vec(rows, cols, v)
     }
 
@@ -203,7 +257,11 @@ mod tests {
         let (n, d, m) = (x.rows(), x.cols(), e.cols());
         let xa = |i: usize, j: usize| if j == d { 1.0 } else { x.row(i)[j] as f64 };
         let theta = |j: usize, c: usize| {
-            if j == d { u.db.as_slice()[c] as f64 } else { u.dw.row(j)[c] as f64 }
+            if j == d {
+                u.db.as_slice()[c] as f64
+            } else {
+                u.dw.row(j)[c] as f64
+            }
         };
         let (mut worst, mut scale) = (0.0f64, 0.0f64);
         for j in 0..=d {
@@ -222,13 +280,19 @@ mod tests {
     }
 
     fn cfg(path: SolvePath, scale: RidgeScale, lambda: f64) -> RidgeConfig {
-        RidgeConfig { alpha: 0.1, lambda, scale, path }
+        RidgeConfig {
+            alpha: 0.1,
+            lambda,
+            scale,
+            path,
+        }
     }
 
     #[test]
     fn primal_solve_satisfies_normal_equations() {
         let (x, e) = (random(40, 12, 1), random(40, 3, 2));
-        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Absolute, 0.5)).expect("solve");
+        let u =
+            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Absolute, 0.5)).expect("solve");
         assert!(!u.dual, "n=40 > d+1=13 must take the primal route");
         let r = normal_equation_residual(&x, &e, &u, 0.1);
         assert!(r < 1e-5, "relative residual {r}");
@@ -237,7 +301,8 @@ mod tests {
     #[test]
     fn dual_solve_satisfies_normal_equations() {
         let (x, e) = (random(10, 30, 3), random(10, 4, 4));
-        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.1)).expect("solve");
+        let u =
+            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.1)).expect("solve");
         assert!(u.dual, "n=10 < d+1=31 must take the dual route");
         let r = normal_equation_residual(&x, &e, &u, 0.1);
         assert!(r < 1e-5, "relative residual {r}");
@@ -247,11 +312,18 @@ mod tests {
     fn both_routes_agree() {
         for (n, d) in [(20, 50), (50, 20), (31, 30)] {
             let (x, e) = (random(n, d, 5), random(n, 6, 6));
-            let p = ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Relative, 1e-2)).expect("primal");
-            let q = ridge_update(&x, &e, &cfg(SolvePath::Dual, RidgeScale::Relative, 1e-2)).expect("dual");
+            let p = ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Relative, 1e-2))
+                .expect("primal");
+            let q = ridge_update(&x, &e, &cfg(SolvePath::Dual, RidgeScale::Relative, 1e-2))
+                .expect("dual");
             assert_eq!(p.lambda_used, q.lambda_used);
             let max = p.dw.as_slice().iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (a, b) in p.dw.as_slice().iter().zip(q.dw.as_slice()).chain(p.db.as_slice().iter().zip(q.db.as_slice())) {
+            for (a, b) in
+                p.dw.as_slice()
+                    .iter()
+                    .zip(q.dw.as_slice())
+                    .chain(p.db.as_slice().iter().zip(q.db.as_slice()))
+            {
                 assert!((a - b).abs() <= 1e-4 * max, "n={n} d={d}: {a} vs {b}");
             }
         }
@@ -261,7 +333,8 @@ mod tests {
     fn relative_lambda_is_mean_gram_diagonal() {
         let x = Matrix::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
         let e = Matrix::from_vec(2, 1, vec![1.0, -1.0]);
-        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.5)).expect("solve");
+        let u =
+            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.5)).expect("solve");
         // trace = 1 + 4 + 9 + 16 + 2 (ones column) = 32, over d+1 = 3 diagonal entries.
         assert!((u.lambda_used - 0.5 * 32.0 / 3.0).abs() < 1e-12);
     }
@@ -270,8 +343,12 @@ mod tests {
     fn nan_input_is_reported_not_propagated() {
         let mut x = random(8, 4, 7);
         x.as_mut_slice()[5] = f32::NAN;
-        let err = ridge_update(&x, &random(8, 2, 8), &cfg(SolvePath::Auto, RidgeScale::Absolute, 1.0))
-            .expect_err("NaN input");
+        let err = ridge_update(
+            &x,
+            &random(8, 2, 8),
+            &cfg(SolvePath::Auto, RidgeScale::Absolute, 1.0),
+        )
+        .expect_err("NaN input");
         assert!(err.to_string().contains("NaN"), "{err}");
     }
 

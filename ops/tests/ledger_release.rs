@@ -17,8 +17,16 @@ use rand_chacha::ChaCha8Rng;
 fn step_releases_activations_and_errors_layer_by_layer() {
     let (n, sizes) = (512usize, [784usize, 512, 128, 10]);
     let cfg = PlConfig {
-        ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-        rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
+        ridge: RidgeConfig {
+            alpha: 0.1,
+            lambda: 0.1,
+            scale: RidgeScale::Relative,
+            path: SolvePath::Auto,
+        },
+        rule: UpdateRule {
+            momentum: Some(0.9),
+            spectral_max: Some(2.0),
+        },
         label_smoothing: 0.01,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -28,13 +36,27 @@ fn step_releases_activations_and_errors_layer_by_layer() {
             .enumerate()
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
-                let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                let activation = if i == 2 {
+                    Activation::Linear
+                } else {
+                    Activation::Elu { clip: 10.0 }
+                };
                 let state = LayerState::new(&dense, &cfg.rule);
-                Layer { dense, activation, state }
+                Layer {
+                    dense,
+                    activation,
+                    state,
+                }
             })
             .collect(),
     };
-    let x = Matrix::from_vec(n, 784, (0..n * 784).map(|i| ((i * 31 % 255) as f32) / 255.0).collect());
+    let x = Matrix::from_vec(
+        n,
+        784,
+        (0..n * 784)
+            .map(|i| ((i * 31 % 255) as f32) / 255.0)
+            .collect(),
+    );
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
 
     let before = ledger::current_bytes();
@@ -42,14 +64,21 @@ fn step_releases_activations_and_errors_layer_by_layer() {
     net.pl_step(&x, &labels, &cfg).expect("step");
     let after = ledger::current_bytes();
     let peak = ledger::peak_bytes() - before;
-    assert_eq!(after, before, "everything a step allocates is released when it ends");
+    assert_eq!(
+        after, before,
+        "everything a step allocates is released when it ends"
+    );
 
     // Layer 0 takes the dual route (n = 512 < 785): its solve holds X_aug (n x 785 f64), the
     // error in f64 (n x 512), the kernel (n x n f64), dTheta (785 x 512 f64) and its f32 error.
     let (f32b, f64b) = (4, 8);
-    let layer0_solve = n * 785 * f64b + n * 512 * f64b + n * n * f64b + 785 * 512 * f64b + n * 512 * f32b;
+    let layer0_solve =
+        n * 785 * f64b + n * 512 * f64b + n * n * f64b + 785 * 512 * f64b + n * 512 * f32b;
     let a0 = n * 512 * f32b;
-    assert!(peak >= layer0_solve, "peak {peak} below the layer-0 solve's own {layer0_solve}");
+    assert!(
+        peak >= layer0_solve,
+        "peak {peak} below the layer-0 solve's own {layer0_solve}"
+    );
     assert!(
         peak < layer0_solve + a0,
         "peak {peak} includes an activation that should have been released (layer-0 solve needs {layer0_solve})"

@@ -14,7 +14,9 @@ pub fn root() -> PathBuf {
 /// Run `plflow args...` in `cwd` with extra environment variables.
 pub fn plflow(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plflow"));
-    cmd.current_dir(cwd).args(args).env_remove("PLFLOW_DATA_DIR");
+    cmd.current_dir(cwd)
+        .args(args)
+        .env_remove("PLFLOW_DATA_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -23,7 +25,10 @@ pub fn plflow(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
 
 /// Standard output and error of a finished command, for assertion messages.
 pub fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
@@ -44,7 +49,10 @@ pub fn synthetic_mnist(dir: &Path, train: usize, test: usize) {
         state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         ((state >> 16) % 60) as u8
     };
-    for (images, labels, n) in [("train-images-idx3-ubyte", "train-labels-idx1-ubyte", train), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test)] {
+    for (images, labels, n) in [
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", train),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test),
+    ] {
         let mut pixels = Vec::with_capacity(n * 784);
         let mut ys = Vec::with_capacity(n);
         for i in 0..n {
