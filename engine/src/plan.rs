@@ -12,7 +12,7 @@ use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
 use plflow_ops::activation::Activation;
 use plflow_ops::network::PlConfig;
-use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath};
+use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
 use plflow_ops::update::UpdateRule;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ impl Plan {
             .output
             .tensor()
             .map_or(0, |(s, _)| s.iter().product());
-        estimate_pl(&dims, input_len, *batch_size, &config.rule)
+        estimate_pl(&dims, input_len, *batch_size, config)
     }
 
     /// The text `plflow check` prints: nodes in order with shapes and parameter counts, and
@@ -227,10 +227,10 @@ pub fn estimate_pl(
     dims: &[(usize, usize)],
     input_len: usize,
     n: usize,
-    rule: &UpdateRule,
+    config: &PlConfig,
 ) -> MemoryEstimate {
     const F32: usize = 4;
-    const F64: usize = 8;
+    let (rule, path) = (&config.rule, config.ridge.path);
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
     let state: usize = dims
         .iter()
@@ -243,15 +243,10 @@ pub fn estimate_pl(
     let forward: usize = (0..dims.len()).map(act).sum();
     let mut step = forward;
     for (l, &(d, m)) in dims.iter().enumerate() {
-        let alive_acts: usize = (0..l).map(act).sum(); // inputs of layers 0..=l except x
+        let alive_acts: usize = (0..l).map(act).sum(); // inputs of layers 1..=l (x is `batch`)
         let err = act(l);
-        let da = d + 1;
-        let system = n.min(da).pow(2) * F64;
-        let xa = n * da * F64;
-        let e64 = n * m * F64;
-        let theta = da * m * F64;
         let update = (d * m + m) * F32;
-        let solve = alive_acts + err + xa + e64 + system + theta + update;
+        let solve = alive_acts + err + workspace_bytes(n, d, m, path);
         let propagate = alive_acts + err + update + if l > 0 { act(l - 1) } else { 0 };
         step = step.max(solve).max(propagate);
     }
@@ -772,11 +767,20 @@ mod tests {
 
     #[test]
     fn estimate_counts_parameters_and_state() {
-        let rule = UpdateRule {
-            momentum: Some(0.9),
-            spectral_max: None,
+        let config = PlConfig {
+            ridge: RidgeConfig {
+                alpha: 0.1,
+                lambda: 0.1,
+                scale: RidgeScale::Relative,
+                path: SolvePath::Auto,
+            },
+            rule: UpdateRule {
+                momentum: Some(0.9),
+                spectral_max: None,
+            },
+            label_smoothing: 0.01,
         };
-        let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &rule);
+        let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
         assert_eq!(
             e.parameters,
             (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4

@@ -9,7 +9,10 @@
 //! [`SolvePath::Auto`] takes the smaller system. Both accumulate in `f64` (with the paper's
 //! `lambda = 1e-4` the system is far too ill-conditioned for `f32`), factor by Cholesky (never an
 //! explicit inverse), compute only the lower triangle of the symmetric product, and solve in
-//! place. All workspace is ledger-tracked and released before the function returns.
+//! place. `X_aug` and `e` are never converted to `f64` whole: the system is accumulated from
+//! 128-wide slices and the dual route's right-hand side is solved block by block, so the
+//! workspace is the system plus a few slices ([`workspace_bytes`]). All of it is
+//! ledger-tracked and released before the function returns.
 
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
@@ -69,7 +72,50 @@ pub struct RidgeUpdate {
 
 /// Solve for the update of a layer with input `x` (`n x d`) and error `e` (`n x m`).
 pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUpdate, OpsError> {
-    const OP: &str = "PL solve";
+    ridge_update_chunked(x, e, cfg, CHUNK)
+}
+
+/// Peak bytes of workspace (including the returned update) that [`ridge_update`] allocates for
+/// an input of `n x d` and an error of `n x m`; used for memory estimates.
+pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath) -> usize {
+    let da = d + 1;
+    let update = (d * m + m) * size_of::<f32>();
+    let f64s = match path {
+        SolvePath::Dual => {
+            n * n + n * CHUNK.min(da) + n * CHUNK.min(m) + CHUNK.min(da) * CHUNK.min(m)
+        }
+        SolvePath::Primal => {
+            let rows = CHUNK.min(n.max(1));
+            da * da + da * m + rows * (da + m)
+        }
+        SolvePath::Auto => {
+            return workspace_bytes(
+                n,
+                d,
+                m,
+                if n < da {
+                    SolvePath::Dual
+                } else {
+                    SolvePath::Primal
+                },
+            );
+        }
+    };
+    f64s * size_of::<f64>() + update
+}
+
+/// Width of the `f64` slices of `X_aug` and `e` that are converted at a time: large enough
+/// for efficient products, small enough that the workspace is dominated by the system itself.
+const CHUNK: usize = 128;
+
+const OP: &str = "PL solve";
+
+fn ridge_update_chunked(
+    x: &Matrix,
+    e: &Matrix,
+    cfg: &RidgeConfig,
+    chunk: usize,
+) -> Result<RidgeUpdate, OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     if e.rows() != n {
         return Err(OpsError::Shape {
@@ -82,22 +128,12 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
         });
     }
     let da = d + 1;
-
-    // Augmented input [X, 1] in f64, row-major, and its squared Frobenius norm (= trace of the Gram).
-    let mut xa = Buffer::<f64>::zeros(n * da);
-    let mut trace = n as f64;
-    for (src, dst) in x
-        .as_slice()
-        .chunks_exact(d.max(1))
-        .zip(xa.chunks_exact_mut(da))
-    {
-        for (o, &v) in dst.iter_mut().zip(src) {
-            let v = v as f64;
-            *o = v;
-            trace += v * v;
-        }
-        dst[d] = 1.0;
-    }
+    // trace(X_aug^T X_aug) = ||X||_F^2 + n (the ones column), summed in f64.
+    let trace = n as f64
+        + x.as_slice()
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>();
     if !trace.is_finite() {
         return Err(OpsError::NonFinite {
             op: OP,
@@ -106,8 +142,7 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
             cols: d,
         });
     }
-    let mut e64 = Buffer::<f64>::from_vec(e.as_slice().iter().map(|&v| v as f64).collect());
-    if !e64.iter().all(|v| v.is_finite()) {
+    if !e.as_slice().iter().all(|v| v.is_finite()) {
         return Err(OpsError::NonFinite {
             op: OP,
             what: "the error",
@@ -124,47 +159,12 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
         SolvePath::Primal => false,
         SolvePath::Dual => true,
     };
-
-    let xa_v = MatRef::from_row_major_slice(&xa, n, da);
-    // theta: (d+1) x m, column-major.
-    let mut theta = Buffer::<f64>::zeros(da * m);
-    if dual {
-        let mut k = Buffer::<f64>::zeros(n * n);
-        let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
-        lower_gram(kv.as_mut(), xa_v, xa_v.transpose(), lambda);
-        let e_v = MatMut::from_row_major_slice_mut(&mut e64, n, m);
-        factor_and_solve(kv, e_v, OP)?;
-        let z = MatRef::from_row_major_slice(&e64, n, m);
-        let tv = MatMut::from_column_major_slice_mut(&mut theta, da, m);
-        matmul(tv, Accum::Replace, xa_v.transpose(), z, 1.0, par());
-    } else {
-        let mut g = Buffer::<f64>::zeros(da * da);
-        let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
-        lower_gram(gv.as_mut(), xa_v.transpose(), xa_v, lambda);
-        let mut tv = MatMut::from_column_major_slice_mut(&mut theta, da, m);
-        let e_v = MatRef::from_row_major_slice(&e64, n, m);
-        matmul(
-            tv.as_mut(),
-            Accum::Replace,
-            xa_v.transpose(),
-            e_v,
-            1.0,
-            par(),
-        );
-        drop(e64);
-        factor_and_solve(gv, tv, OP)?;
-    }
-    drop(xa);
-
     let mut dw = Matrix::zeros(d, m);
     let mut db = Matrix::zeros(1, m);
-    let scale = -cfg.alpha;
-    for c in 0..m {
-        let col = &theta[c * da..(c + 1) * da];
-        for (j, &v) in col[..d].iter().enumerate() {
-            dw.as_mut_slice()[j * m + c] = (scale * v) as f32;
-        }
-        db.as_mut_slice()[c] = (scale * col[d]) as f32;
+    if dual {
+        solve_dual(x, e, lambda, cfg.alpha, chunk, &mut dw, &mut db)?;
+    } else {
+        solve_primal(x, e, lambda, cfg.alpha, chunk, &mut dw, &mut db)?;
     }
     if !dw
         .as_slice()
@@ -187,13 +187,172 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
     })
 }
 
-/// Lower triangle of `a * b` (a symmetric product) plus `lambda` on the diagonal.
-fn lower_gram(dst: MatMut<'_, f64>, a: MatRef<'_, f64>, b: MatRef<'_, f64>, lambda: f64) {
-    let mut dst = dst;
+/// Columns `c0..c1` of `X_aug` (column `d` is the ones column) as a row-major `f64` block.
+fn columns_f64(x: &Matrix, c0: usize, c1: usize, out: &mut [f64]) {
+    let (d, w) = (x.cols(), c1 - c0);
+    for (i, dst) in out.chunks_exact_mut(w).enumerate().take(x.rows()) {
+        let row = x.row(i);
+        for (j, o) in dst.iter_mut().enumerate() {
+            let c = c0 + j;
+            *o = if c == d { 1.0 } else { row[c] as f64 };
+        }
+    }
+}
+
+/// Dual route: `K = X_aug X_aug^T + lambda I` (n x n) accumulated from column chunks, then for
+/// each block of error columns `Z = K^-1 e_b` and `dTheta_b = -alpha X_aug^T Z`.
+fn solve_dual(
+    x: &Matrix,
+    e: &Matrix,
+    lambda: f64,
+    alpha: f64,
+    chunk: usize,
+    dw: &mut Matrix,
+    db: &mut Matrix,
+) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let da = d + 1;
+    let mut k = Buffer::<f64>::zeros(n * n);
+    let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
+    {
+        let mut xc = Buffer::<f64>::zeros(n * chunk.min(da));
+        for c0 in (0..da).step_by(chunk) {
+            let c1 = (c0 + chunk).min(da);
+            let w = c1 - c0;
+            columns_f64(x, c0, c1, &mut xc[..n * w]);
+            let xv = MatRef::from_row_major_slice(&xc[..n * w], n, w);
+            let accum = if c0 == 0 { Accum::Replace } else { Accum::Add };
+            lower_product(kv.as_mut(), accum, xv, xv.transpose());
+        }
+    }
+    for i in 0..n {
+        kv[(i, i)] += lambda;
+    }
+    let mut mem = factor(kv.as_mut())?;
+    let stack = MemStack::new(&mut mem);
+    let (bw, cw) = (chunk.min(m), chunk.min(da));
+    let mut z = Buffer::<f64>::zeros(n * bw);
+    let mut xc = Buffer::<f64>::zeros(n * cw);
+    let mut out = Buffer::<f64>::zeros(cw * bw);
+    for b0 in (0..m).step_by(chunk) {
+        let b1 = (b0 + chunk).min(m);
+        let w = b1 - b0;
+        for (i, dst) in z.chunks_exact_mut(w).enumerate().take(n) {
+            for (o, &v) in dst.iter_mut().zip(&e.row(i)[b0..b1]) {
+                *o = v as f64;
+            }
+        }
+        let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
+        llt::solve::solve_in_place(kv.as_ref(), zv.as_mut(), par(), stack);
+        let zr = zv.as_ref();
+        for c0 in (0..da).step_by(chunk) {
+            let c1 = (c0 + chunk).min(da);
+            let cwid = c1 - c0;
+            columns_f64(x, c0, c1, &mut xc[..n * cwid]);
+            let xv = MatRef::from_row_major_slice(&xc[..n * cwid], n, cwid);
+            let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
+            matmul(
+                ov.as_mut(),
+                Accum::Replace,
+                xv.transpose(),
+                zr,
+                -alpha,
+                par(),
+            );
+            store_theta(ov.as_ref(), c0, b0, d, dw, db);
+        }
+    }
+    Ok(())
+}
+
+/// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` accumulated from row
+/// chunks, then `R <- G^-1 R` in place.
+fn solve_primal(
+    x: &Matrix,
+    e: &Matrix,
+    lambda: f64,
+    alpha: f64,
+    chunk: usize,
+    dw: &mut Matrix,
+    db: &mut Matrix,
+) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let da = d + 1;
+    let mut g = Buffer::<f64>::zeros(da * da);
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    let mut r = Buffer::<f64>::zeros(da * m);
+    let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
+    {
+        let rows = chunk.min(n.max(1));
+        let mut xr = Buffer::<f64>::zeros(rows * da);
+        let mut er = Buffer::<f64>::zeros(rows * m);
+        for r0 in (0..n).step_by(rows) {
+            let r1 = (r0 + rows).min(n);
+            let h = r1 - r0;
+            for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
+                for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
+                    *o = v as f64;
+                }
+                dst[d] = 1.0;
+            }
+            for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
+                *o = v as f64;
+            }
+            let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
+            let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
+            let accum = if r0 == 0 { Accum::Replace } else { Accum::Add };
+            lower_product(gv.as_mut(), accum, xv.transpose(), xv);
+            matmul(rv.as_mut(), accum, xv.transpose(), ev, 1.0, par());
+        }
+        if n == 0 {
+            gv.fill(0.0);
+            rv.fill(0.0);
+        }
+    }
+    for i in 0..da {
+        gv[(i, i)] += lambda;
+    }
+    let mut mem = factor(gv.as_mut())?;
+    llt::solve::solve_in_place(gv.as_ref(), rv.as_mut(), par(), MemStack::new(&mut mem));
+    for c in 0..m {
+        for j in 0..da {
+            rv[(j, c)] *= -alpha;
+        }
+    }
+    store_theta(rv.as_ref(), 0, 0, d, dw, db);
+    Ok(())
+}
+
+/// Write rows `c0..` and columns `b0..` of `dTheta` (already scaled) into `dw` (rows `< d`)
+/// and `db` (row `d`).
+fn store_theta(
+    theta: MatRef<'_, f64>,
+    c0: usize,
+    b0: usize,
+    d: usize,
+    dw: &mut Matrix,
+    db: &mut Matrix,
+) {
+    let m = dw.cols();
+    for j in 0..theta.nrows() {
+        let row = c0 + j;
+        let dst = if row == d {
+            db.as_mut_slice()
+        } else {
+            &mut dw.as_mut_slice()[row * m..(row + 1) * m]
+        };
+        for c in 0..theta.ncols() {
+            dst[b0 + c] = theta[(j, c)] as f32;
+        }
+    }
+}
+
+/// Lower triangle of the symmetric product `a * b`, replacing or adding to `dst`.
+fn lower_product(dst: MatMut<'_, f64>, accum: Accum, a: MatRef<'_, f64>, b: MatRef<'_, f64>) {
     triangular::matmul(
-        dst.as_mut(),
+        dst,
         BlockStructure::TriangularLower,
-        Accum::Replace,
+        accum,
         a,
         BlockStructure::Rectangular,
         b,
@@ -201,39 +360,30 @@ fn lower_gram(dst: MatMut<'_, f64>, a: MatRef<'_, f64>, b: MatRef<'_, f64>, lamb
         1.0,
         par(),
     );
-    for i in 0..dst.nrows() {
-        dst[(i, i)] += lambda;
-    }
 }
 
-/// Cholesky-factor the SPD matrix `a` (lower triangle) in place and overwrite `rhs` with
-/// `a^-1 rhs`.
-fn factor_and_solve(
-    a: MatMut<'_, f64>,
-    rhs: MatMut<'_, f64>,
-    op: &'static str,
-) -> Result<(), OpsError> {
-    let mut a = a;
+/// Cholesky-factor the SPD matrix `a` (lower triangle) in place; returns the scratch the
+/// triangular solves may use.
+fn factor(a: MatMut<'_, f64>) -> Result<MemBuffer, OpsError> {
     let dim = a.nrows();
-    let req = llt::factor::cholesky_in_place_scratch::<f64>(dim, par(), Default::default());
+    let req = llt::factor::cholesky_in_place_scratch::<f64>(dim, par(), Default::default())
+        .or(llt::solve::solve_in_place_scratch::<f64>(dim, CHUNK, par()));
     let mut mem = MemBuffer::new(req);
-    let stack = MemStack::new(&mut mem);
     llt::factor::cholesky_in_place(
-        a.as_mut(),
+        a,
         Default::default(),
         par(),
-        stack,
+        MemStack::new(&mut mem),
         Default::default(),
     )
     .map_err(|err| match err {
         llt::factor::LltError::NonPositivePivot { index } => OpsError::NotPositiveDefinite {
-            op,
+            op: OP,
             dim,
             pivot: index,
         },
     })?;
-    llt::solve::solve_in_place(a.as_ref(), rhs, par(), stack);
-    Ok(())
+    Ok(mem)
 }
 
 #[cfg(test)]
@@ -310,8 +460,8 @@ mod tests {
 
     #[test]
     fn both_routes_agree() {
-        for (n, d) in [(20, 50), (50, 20), (31, 30)] {
-            let (x, e) = (random(n, d, 5), random(n, 6, 6));
+        for (n, d) in [(20, 50), (50, 20), (31, 30), (150, 300), (300, 140)] {
+            let (x, e) = (random(n, d, 5), random(n, if d > 200 { 140 } else { 6 }, 6));
             let p = ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Relative, 1e-2))
                 .expect("primal");
             let q = ridge_update(&x, &e, &cfg(SolvePath::Dual, RidgeScale::Relative, 1e-2))
@@ -325,6 +475,28 @@ mod tests {
                     .chain(p.db.as_slice().iter().zip(q.db.as_slice()))
             {
                 assert!((a - b).abs() <= 1e-4 * max, "n={n} d={d}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_change_the_result() {
+        // Chunks of 3 split X_aug's columns (dual) and rows (primal) and e's columns unevenly.
+        for (n, d, m) in [(9, 20, 7), (25, 10, 8)] {
+            let (x, e) = (random(n, d, 10), random(n, m, 11));
+            let c = cfg(SolvePath::Auto, RidgeScale::Relative, 0.05);
+            let whole = ridge_update(&x, &e, &c).expect("whole");
+            let chunked = ridge_update_chunked(&x, &e, &c, 3).expect("chunked");
+            let r = normal_equation_residual(&x, &e, &chunked, 0.1);
+            assert!(r < 1e-5, "n={n} d={d}: relative residual {r}");
+            for (a, b) in whole
+                .dw
+                .as_slice()
+                .iter()
+                .zip(chunked.dw.as_slice())
+                .chain(whole.db.as_slice().iter().zip(chunked.db.as_slice()))
+            {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} vs {b}");
             }
         }
     }

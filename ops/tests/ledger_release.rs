@@ -69,11 +69,12 @@ fn step_releases_activations_and_errors_layer_by_layer() {
         "everything a step allocates is released when it ends"
     );
 
-    // Layer 0 takes the dual route (n = 512 < 785): its solve holds X_aug (n x 785 f64), the
-    // error in f64 (n x 512), the kernel (n x n f64), dTheta (785 x 512 f64) and its f32 error.
-    let (f32b, f64b) = (4, 8);
+    // Layer 0 takes the dual route (n = 512 < 785). Its solve holds the n x n kernel in f64,
+    // one 128-column slice of X_aug and one 128-column block of Z in f64, a 128 x 128 output
+    // tile, the f32 update (784 x 512 weights, 512 biases) and the f32 error of layer 0.
+    let (f32b, f64b, chunk) = (4, 8, 128);
     let layer0_solve =
-        n * 785 * f64b + n * 512 * f64b + n * n * f64b + 785 * 512 * f64b + n * 512 * f32b;
+        (n * n + 2 * n * chunk + chunk * chunk) * f64b + (784 * 512 + 512) * f32b + n * 512 * f32b;
     let a0 = n * 512 * f32b;
     assert!(
         peak >= layer0_solve,
