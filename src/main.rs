@@ -71,11 +71,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let plan = args.plan()?;
             print!("{}", plan.graph.dot(&plan.spec.name));
         }
-        Command::Run {
-            pipeline,
-            out,
-            no_progress,
-        } => {
+        Command::Run { pipeline, out, no_progress } => {
             let plan = pipeline.plan()?;
             print!("{}", plan.describe());
             let opts = RunOptions {
@@ -88,8 +84,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let s = &outcome.summary;
             println!(
                 "done: test accuracy {}, {} epochs, median {:.2} s/epoch, peak RSS {}, ledger peak {:.1} MB; reports in {}",
-                s.test_accuracy
-                    .map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
+                s.test_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
                 s.epochs,
                 s.epoch_seconds_median,
                 s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.1} MB")),

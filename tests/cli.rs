@@ -14,15 +14,9 @@ fn check_prints_every_layer_with_shapes_and_memory() {
     let out = plflow(&root(), &["check", "pipelines/mnist.yaml"], &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    for want in [
-        "net.0",
-        "net.1",
-        "net.2",
-        "1x28x28",
-        "401,920",
-        "trainable parameters: 468,874",
-        "memory estimate",
-    ] {
+    for want in
+        ["net.0", "net.1", "net.2", "1x28x28", "401,920", "trainable parameters: 468,874", "memory estimate"]
+    {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
@@ -32,15 +26,8 @@ fn graph_prints_dot() {
     let out = plflow(&root(), &["graph", "pipelines/mnist.yaml"], &[]);
     let (stdout, _) = text(&out);
     assert!(out.status.success());
-    assert!(
-        stdout.starts_with("digraph \"mnist\"") && stdout.trim_end().ends_with('}'),
-        "{stdout}"
-    );
-    assert_eq!(
-        stdout.matches(" -> n").count(),
-        6,
-        "5 input edges and 1 batches edge:\n{stdout}"
-    );
+    assert!(stdout.starts_with("digraph \"mnist\"") && stdout.trim_end().ends_with('}'), "{stdout}");
+    assert_eq!(stdout.matches(" -> n").count(), 6, "5 input edges and 1 batches edge:\n{stdout}");
 }
 
 #[test]
@@ -55,10 +42,7 @@ fn invalid_pipelines_fail_before_any_data_is_read_with_file_and_line() {
     };
     let good = std::fs::read_to_string(root().join("pipelines/mnist.yaml")).expect("read");
     let err = text_of(&good.replace("batch_size: 512", "batch_sise: 512"));
-    assert!(
-        err.contains("bad.yaml:18: stage `train`: unknown field `batch_sise`"),
-        "{err}"
-    );
+    assert!(err.contains("bad.yaml:18: stage `train`: unknown field `batch_sise`"), "{err}");
     let err = text_of(&good.replace("input: train", "input: nowhere"));
     assert!(err.contains("there is no stage `nowhere`"), "{err}");
     let err = text_of(&good.replace("input: net\n", "input: eval\n"));
@@ -67,10 +51,7 @@ fn invalid_pipelines_fail_before_any_data_is_read_with_file_and_line() {
     assert!(err.contains("shape mismatch"), "{err}");
     let err = text_of("name: x\nstages: [\n");
     assert!(err.contains("bad.yaml:"), "{err}");
-    assert!(
-        !dir.path().join("runs").exists(),
-        "no run folder for an invalid pipeline"
-    );
+    assert!(!dir.path().join("runs").exists(), "no run folder for an invalid pipeline");
 }
 
 #[test]
@@ -83,10 +64,7 @@ fn missing_data_says_where_to_put_it() {
     );
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("train-images-idx3-ubyte") && stderr.contains("PLFLOW_DATA_DIR"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("train-images-idx3-ubyte") && stderr.contains("PLFLOW_DATA_DIR"), "{stderr}");
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -110,31 +88,15 @@ fn run_trains_on_synthetic_data_and_writes_reports() {
             "--out",
             out_dir.to_str().expect("utf-8"),
         ],
-        &[
-            ("PLFLOW_DATA_DIR", dir.path()),
-            ("PLFLOW_CACHE_DIR", &dir.path().join("cache")),
-        ],
+        &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert_eq!(
-        stdout.matches("train epoch").count(),
-        2,
-        "one line per epoch:\n{stdout}"
-    );
+    assert_eq!(stdout.matches("train epoch").count(), 2, "one line per epoch:\n{stdout}");
 
     let summary = read_json(&out_dir.join("summary.json"));
-    for key in [
-        "test_accuracy",
-        "epochs",
-        "epoch_seconds_median",
-        "peak_rss_mb",
-        "ledger_peak_mb",
-    ] {
-        assert!(
-            summary.get(key).is_some_and(|v| !v.is_null()),
-            "summary lacks {key}: {summary}"
-        );
+    for key in ["test_accuracy", "epochs", "epoch_seconds_median", "peak_rss_mb", "ledger_peak_mb"] {
+        assert!(summary.get(key).is_some_and(|v| !v.is_null()), "summary lacks {key}: {summary}");
     }
     assert_eq!(summary["epochs"], 2);
     let acc = summary["test_accuracy"].as_f64().expect("number");
@@ -142,22 +104,13 @@ fn run_trains_on_synthetic_data_and_writes_reports() {
     assert!(summary["ledger_peak_mb"].as_f64().expect("number") > 0.0);
 
     let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).expect("metrics");
-    let lines: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        metrics.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2);
-    for key in [
-        "epoch",
-        "train_residual",
-        "test_accuracy",
-        "epoch_seconds",
-        "samples_per_second",
-    ] {
+    for key in ["epoch", "train_residual", "test_accuracy", "epoch_seconds", "samples_per_second"] {
         assert!(lines[1].get(key).is_some(), "metrics line lacks {key}");
     }
-    let resolved =
-        std::fs::read_to_string(out_dir.join("pipeline.yaml")).expect("resolved pipeline");
+    let resolved = std::fs::read_to_string(out_dir.join("pipeline.yaml")).expect("resolved pipeline");
     assert!(
         resolved.contains("epochs: 2")
             && resolved.contains("lambda_scale: relative")
@@ -168,22 +121,11 @@ fn run_trains_on_synthetic_data_and_writes_reports() {
     // The same folder again is refused rather than overwritten.
     let again = plflow(
         dir.path(),
-        &[
-            "run",
-            &mnist_pipeline(),
-            "--set",
-            "train.epochs=1",
-            "--out",
-            out_dir.to_str().expect("utf-8"),
-        ],
+        &["run", &mnist_pipeline(), "--set", "train.epochs=1", "--out", out_dir.to_str().expect("utf-8")],
         &[("PLFLOW_DATA_DIR", dir.path())],
     );
     assert!(!again.status.success());
-    assert_eq!(
-        read_json(&out_dir.join("summary.json")),
-        summary,
-        "previous results untouched"
-    );
+    assert_eq!(read_json(&out_dir.join("summary.json")), summary, "previous results untouched");
 }
 
 #[test]
@@ -204,10 +146,7 @@ fn same_seed_gives_the_same_run() {
                 "--out",
                 out_dir.to_str().expect("utf-8"),
             ],
-            &[
-                ("PLFLOW_DATA_DIR", dir.path()),
-                ("PLFLOW_CACHE_DIR", &dir.path().join("cache")),
-            ],
+            &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
         );
         assert!(out.status.success(), "{}", text(&out).1);
         let s = read_json(&out_dir.join("summary.json"));

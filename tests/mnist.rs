@@ -43,21 +43,11 @@ fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     println!("{stdout}");
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("summary.json")).expect("summary"),
-    )
-    .expect("JSON");
-    for key in [
-        "test_accuracy",
-        "epochs",
-        "epoch_seconds_median",
-        "peak_rss_mb",
-        "ledger_peak_mb",
-    ] {
-        assert!(
-            summary.get(key).is_some_and(|v| !v.is_null()),
-            "summary lacks {key}: {summary}"
-        );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).expect("summary"))
+            .expect("JSON");
+    for key in ["test_accuracy", "epochs", "epoch_seconds_median", "peak_rss_mb", "ledger_peak_mb"] {
+        assert!(summary.get(key).is_some_and(|v| !v.is_null()), "summary lacks {key}: {summary}");
     }
     let acc = summary["test_accuracy"].as_f64().expect("number");
     let rss = summary["peak_rss_mb"].as_f64().expect("number");

@@ -28,11 +28,7 @@ impl Cache {
 
     /// The cache named by the environment (see the module docs).
     pub fn from_env() -> Self {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let dir = env(CACHE_DIR_ENV)
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("plflow")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("plflow")))
@@ -50,14 +46,11 @@ impl Cache {
     pub fn plain_file(&self, path: &Path) -> Result<PathBuf, DatasetError> {
         let mut file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
         let mut magic = [0u8; 2];
-        let got =
-            read_up_to(&mut file, &mut magic).map_err(DatasetError::io(path, "cannot read"))?;
+        let got = read_up_to(&mut file, &mut magic).map_err(DatasetError::io(path, "cannot read"))?;
         if got < 2 || magic != [0x1f, 0x8b] {
             return Ok(path.to_path_buf());
         }
-        let meta = file
-            .metadata()
-            .map_err(DatasetError::io(path, "cannot stat"))?;
+        let meta = file.metadata().map_err(DatasetError::io(path, "cannot stat"))?;
         let isize = gzip_isize(path, meta.len())?;
         let target = self.dir.join(self.entry_name(path, &meta));
         if let Ok(m) = std::fs::metadata(&target) {
@@ -71,28 +64,21 @@ impl Cache {
 
     fn entry_name(&self, path: &Path, meta: &std::fs::Metadata) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::canonicalize(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .hash(&mut h);
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).hash(&mut h);
         meta.len().hash(&mut h);
         meta.modified().ok().hash(&mut h);
-        let stem = path
-            .file_name()
-            .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+        let stem = path.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
         let stem = stem.strip_suffix(".gz").unwrap_or(&stem).to_owned();
         format!("{stem}-{:016x}", h.finish())
     }
 
     fn decompress(&self, src: &Path, target: &Path) -> Result<(), DatasetError> {
-        std::fs::create_dir_all(&self.dir).map_err(DatasetError::io(
-            &self.dir,
-            "cannot create the cache directory",
-        ))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(DatasetError::io(&self.dir, "cannot create the cache directory"))?;
         let tmp = target.with_extension(format!("tmp-{}", std::process::id()));
         let result = (|| {
             let input = std::fs::File::open(src).map_err(DatasetError::io(src, "cannot open"))?;
-            let mut out =
-                std::fs::File::create(&tmp).map_err(DatasetError::io(&tmp, "cannot create"))?;
+            let mut out = std::fs::File::create(&tmp).map_err(DatasetError::io(&tmp, "cannot create"))?;
             let mut decoder = MultiGzDecoder::new(std::io::BufReader::new(input));
             std::io::copy(&mut decoder, &mut out).map_err(|e| {
                 DatasetError::format(
@@ -100,12 +86,9 @@ impl Cache {
                     format!("gzip data is corrupt or truncated ({e}); download the file again"),
                 )
             })?;
-            out.flush()
-                .map_err(DatasetError::io(&tmp, "cannot write"))?;
-            out.sync_all()
-                .map_err(DatasetError::io(&tmp, "cannot sync"))?;
-            std::fs::rename(&tmp, target)
-                .map_err(DatasetError::io(target, "cannot move into place"))
+            out.flush().map_err(DatasetError::io(&tmp, "cannot write"))?;
+            out.sync_all().map_err(DatasetError::io(&tmp, "cannot sync"))?;
+            std::fs::rename(&tmp, target).map_err(DatasetError::io(target, "cannot move into place"))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -118,17 +101,12 @@ impl Cache {
 fn gzip_isize(path: &Path, len: u64) -> Result<u32, DatasetError> {
     use std::io::{Seek, SeekFrom};
     if len < 18 {
-        return Err(DatasetError::format(
-            path,
-            format!("gzip file has only {len} bytes (truncated)"),
-        ));
+        return Err(DatasetError::format(path, format!("gzip file has only {len} bytes (truncated)")));
     }
     let mut f = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-    f.seek(SeekFrom::End(-4))
-        .map_err(DatasetError::io(path, "cannot seek"))?;
+    f.seek(SeekFrom::End(-4)).map_err(DatasetError::io(path, "cannot seek"))?;
     let mut b = [0u8; 4];
-    f.read_exact(&mut b)
-        .map_err(DatasetError::io(path, "cannot read"))?;
+    f.read_exact(&mut b).map_err(DatasetError::io(path, "cannot read"))?;
     Ok(u32::from_le_bytes(b))
 }
 
@@ -175,17 +153,9 @@ mod tests {
         let out = cache.plain_file(&p).expect("decompressed");
         assert!(out.starts_with(cache.dir()));
         assert_eq!(std::fs::read(&out).expect("read"), body);
-        let modified = std::fs::metadata(&out)
-            .and_then(|m| m.modified())
-            .expect("mtime");
+        let modified = std::fs::metadata(&out).and_then(|m| m.modified()).expect("mtime");
         assert_eq!(cache.plain_file(&p).expect("cached"), out);
-        assert_eq!(
-            std::fs::metadata(&out)
-                .and_then(|m| m.modified())
-                .expect("mtime"),
-            modified,
-            "reused"
-        );
+        assert_eq!(std::fs::metadata(&out).and_then(|m| m.modified()).expect("mtime"), modified, "reused");
     }
 
     #[test]
@@ -199,10 +169,7 @@ mod tests {
         std::fs::write(&p, bytes).expect("write");
         let cache = Cache::new(dir.path().join("cache"));
         let err = cache.plain_file(&p).expect_err("corrupt");
-        assert!(
-            err.to_string().contains("x.idx.gz") && err.to_string().contains("corrupt"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("x.idx.gz") && err.to_string().contains("corrupt"), "{err}");
         let left: Vec<_> = std::fs::read_dir(cache.dir()).expect("dir").collect();
         assert!(left.is_empty(), "partial files left behind: {left:?}");
     }

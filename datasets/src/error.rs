@@ -8,11 +8,7 @@ use thiserror::Error;
 pub enum DatasetError {
     /// A file or folder the dataset needs does not exist.
     #[error("{what} not found: looked for {}. {hint}", list(.tried))]
-    Missing {
-        what: String,
-        tried: Vec<PathBuf>,
-        hint: String,
-    },
+    Missing { what: String, tried: Vec<PathBuf>, hint: String },
     /// The operating system refused an operation on a file.
     #[error("{}: {action}", .path.display())]
     Io {
@@ -27,32 +23,18 @@ pub enum DatasetError {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl DatasetError {
     /// An I/O error on `path` while doing `action`.
-    pub fn io(
-        path: impl Into<PathBuf>,
-        action: &'static str,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io {
-            path,
-            action,
-            source,
-        }
+        move |source| Self::Io { path, action, source }
     }
 
     /// A format error on `path`.
     pub fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Self::Format { path: path.into(), problem: problem.into() }
     }
 }

@@ -23,16 +23,9 @@ impl IdxFile {
         let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
         // SAFETY: the map is read-only; plflow never writes to files it maps. Another process
         // truncating the file while it is mapped would fault, as with any mmap-based reader.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(DatasetError::io(path, "cannot memory-map"))?;
-        let (dims, header) =
-            parse_header(&map, ndims).map_err(|p| DatasetError::format(path, p))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            map,
-            dims,
-            header,
-        })
+        let map = unsafe { Mmap::map(&file) }.map_err(DatasetError::io(path, "cannot memory-map"))?;
+        let (dims, header) = parse_header(&map, ndims).map_err(|p| DatasetError::format(path, p))?;
+        Ok(Self { path: path.to_path_buf(), map, dims, header })
     }
 
     /// Sizes of the dimensions, outermost first (e.g. `[60000, 28, 28]`).
@@ -54,10 +47,7 @@ impl IdxFile {
 /// Check the header of an IDX byte array and return its dimensions and header length.
 pub fn parse_header(bytes: &[u8], ndims: usize) -> Result<(Vec<usize>, usize), String> {
     if bytes.len() < 4 {
-        return Err(format!(
-            "file has {} bytes, too short for an IDX header (truncated?)",
-            bytes.len()
-        ));
+        return Err(format!("file has {} bytes, too short for an IDX header (truncated?)", bytes.len()));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(format!(
@@ -72,17 +62,11 @@ pub fn parse_header(bytes: &[u8], ndims: usize) -> Result<(Vec<usize>, usize), S
         ));
     }
     if bytes[3] as usize != ndims {
-        return Err(format!(
-            "IDX file has {} dimensions, expected {ndims}",
-            bytes[3]
-        ));
+        return Err(format!("IDX file has {} dimensions, expected {ndims}", bytes[3]));
     }
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(format!(
-            "file has {} bytes, the header alone needs {header} (truncated)",
-            bytes.len()
-        ));
+        return Err(format!("file has {} bytes, the header alone needs {header} (truncated)", bytes.len()));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -140,11 +124,7 @@ mod tests {
         assert!(err.contains("1 dimensions, expected 3"), "{err}");
         let mut long = full.clone();
         long.push(0);
-        assert!(
-            parse_header(&long, 1)
-                .expect_err("trailing")
-                .contains("trailing")
-        );
+        assert!(parse_header(&long, 1).expect_err("trailing").contains("trailing"));
     }
 
     #[test]

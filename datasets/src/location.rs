@@ -26,19 +26,13 @@ impl DataPath {
                 None => Path::new("data").join(written),
             }
         };
-        Self {
-            written: written.to_path_buf(),
-            resolved,
-        }
+        Self { written: written.to_path_buf(), resolved }
     }
 
     /// A sentence telling the user how to make `files` available here.
     pub fn how_to_provide(&self, files: &str) -> String {
         if self.written.is_absolute() {
-            format!(
-                "Put {files} in {}, or change the path in the pipeline.",
-                self.resolved.display()
-            )
+            format!("Put {files} in {}, or change the path in the pipeline.", self.resolved.display())
         } else {
             let now = match std::env::var_os(DATA_DIR_ENV) {
                 Some(v) if !v.is_empty() => format!("it is {}", Path::new(&v).display()),

@@ -36,10 +36,7 @@ impl Mnist {
     /// Open the four files in `dir`, decompressing gzip'd ones into `cache` on first use.
     pub fn open(dir: &DataPath, cache: &Cache) -> Result<Self, DatasetError> {
         let [train, test] = FILES;
-        Ok(Self {
-            train: MnistSplit::open(dir, train, cache)?,
-            test: MnistSplit::open(dir, test, cache)?,
-        })
+        Ok(Self { train: MnistSplit::open(dir, train, cache)?, test: MnistSplit::open(dir, test, cache)? })
     }
 }
 
@@ -47,15 +44,10 @@ impl Mnist {
 /// some mirrors use (`train-images.idx3-ubyte`).
 fn find(dir: &DataPath, base: &str) -> Result<PathBuf, DatasetError> {
     let dotted = base.replacen("-idx", ".idx", 1);
-    let tried: Vec<PathBuf> = [
-        base.to_owned(),
-        format!("{base}.gz"),
-        dotted.clone(),
-        format!("{dotted}.gz"),
-    ]
-    .iter()
-    .map(|n| dir.resolved.join(n))
-    .collect();
+    let tried: Vec<PathBuf> = [base.to_owned(), format!("{base}.gz"), dotted.clone(), format!("{dotted}.gz")]
+        .iter()
+        .map(|n| dir.resolved.join(n))
+        .collect();
     if let Some(found) = tried.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
@@ -70,11 +62,7 @@ fn find(dir: &DataPath, base: &str) -> Result<PathBuf, DatasetError> {
 }
 
 impl MnistSplit {
-    fn open(
-        dir: &DataPath,
-        (images, labels): (&str, &str),
-        cache: &Cache,
-    ) -> Result<Self, DatasetError> {
+    fn open(dir: &DataPath, (images, labels): (&str, &str), cache: &Cache) -> Result<Self, DatasetError> {
         let images = IdxFile::open(&cache.plain_file(&find(dir, images)?)?, 3)?;
         let labels = IdxFile::open(&cache.plain_file(&find(dir, labels)?)?, 1)?;
         Self::from_files(images, labels)
@@ -86,28 +74,16 @@ impl MnistSplit {
         if labels.dims()[0] != n {
             return Err(DatasetError::format(
                 labels.path(),
-                format!(
-                    "{} labels but {} has {n} images",
-                    labels.dims()[0],
-                    images.path().display()
-                ),
+                format!("{} labels but {} has {n} images", labels.dims()[0], images.path().display()),
             ));
         }
         if let Some(i) = labels.data().iter().position(|&l| l as usize >= CLASSES) {
             return Err(DatasetError::format(
                 labels.path(),
-                format!(
-                    "record {i} has label {}, expected 0..{}",
-                    labels.data()[i],
-                    CLASSES - 1
-                ),
+                format!("record {i} has label {}, expected 0..{}", labels.data()[i], CLASSES - 1),
             ));
         }
-        Ok(Self {
-            images,
-            labels,
-            shape: [1, h, w],
-        })
+        Ok(Self { images, labels, shape: [1, h, w] })
     }
 }
 
@@ -129,11 +105,7 @@ impl Source for MnistSplit {
         assert_eq!(features.len(), indices.len() * len, "feature buffer size");
         assert_eq!(labels.len(), indices.len(), "label buffer size");
         let (pixels, all_labels) = (self.images.data(), self.labels.data());
-        for ((&i, out), label) in indices
-            .iter()
-            .zip(features.chunks_exact_mut(len))
-            .zip(labels.iter_mut())
-        {
+        for ((&i, out), label) in indices.iter().zip(features.chunks_exact_mut(len)).zip(labels.iter_mut()) {
             let src = &pixels[i * len..(i + 1) * len];
             for (o, &p) in out.iter_mut().zip(src) {
                 *o = p as f32 / 255.0;
@@ -180,10 +152,8 @@ mod tests {
         let (mut x, mut y) = (vec![0.0; 8], vec![0; 2]);
         m.train.read_into(&[2, 0], &mut x, &mut y);
         assert_eq!(y, vec![4, 3]);
-        let want: Vec<f32> = [136u8, 153, 170, 187, 0, 17, 34, 51]
-            .iter()
-            .map(|&p| p as f32 / 255.0)
-            .collect();
+        let want: Vec<f32> =
+            [136u8, 153, 170, 187, 0, 17, 34, 51].iter().map(|&p| p as f32 / 255.0).collect();
         assert_eq!(x, want);
     }
 
@@ -191,20 +161,15 @@ mod tests {
     fn bad_label_names_the_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         fixture(dir.path(), &[3, 12, 4]);
-        let err = Mnist::open(&at(dir.path()), &Cache::new(dir.path().join("cache")))
-            .expect_err("label 12");
+        let err = Mnist::open(&at(dir.path()), &Cache::new(dir.path().join("cache"))).expect_err("label 12");
         assert!(err.to_string().contains("record 1 has label 12"), "{err}");
     }
 
     #[test]
     fn missing_files_say_where_to_put_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = Mnist::open(&at(&dir.path().join("nope")), &Cache::new(dir.path()))
-            .expect_err("missing");
+        let err = Mnist::open(&at(&dir.path().join("nope")), &Cache::new(dir.path())).expect_err("missing");
         let msg = err.to_string();
-        assert!(
-            msg.contains("train-images-idx3-ubyte") && msg.contains("Put the four MNIST files"),
-            "{msg}"
-        );
+        assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("Put the four MNIST files"), "{msg}");
     }
 }

@@ -23,13 +23,7 @@ pub struct SpecError {
 impl SpecError {
     /// An error in `file` with no location yet.
     pub fn new(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            line: None,
-            stage: None,
-            origin: None,
-            message: message.into(),
-        }
+        Self { file: file.to_path_buf(), line: None, stage: None, origin: None, message: message.into() }
     }
 
     /// Attribute the error to stage `name`, located in `text`.
@@ -115,15 +109,8 @@ pub enum EngineError {
 
 impl EngineError {
     /// An I/O error on `path` while doing `action`.
-    pub fn io(
-        path: impl Into<PathBuf>,
-        action: &'static str,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io {
-            path,
-            action,
-            source,
-        }
+        move |source| Self::Io { path, action, source }
     }
 }

@@ -4,7 +4,8 @@
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use plflow_ops::activation::Activation;
-use plflow_ops::network::PlConfig;
+use plflow_ops::backprop::Optimizer;
+use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -35,11 +36,9 @@ impl Port {
     /// Short human description, e.g. `1x28x28` or `model`.
     pub fn describe(&self) -> String {
         match self {
-            Port::Examples { shape, .. } | Port::Activations { shape, .. } => shape
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join("x"),
+            Port::Examples { shape, .. } | Port::Activations { shape, .. } => {
+                shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+            }
             Port::Model => "model".into(),
             Port::Metrics => "metrics".into(),
         }
@@ -55,25 +54,34 @@ pub enum Split {
     Test,
 }
 
+/// The learning rule of a training node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Solver {
+    /// Prospective Learning.
+    Pl(PlConfig),
+    /// A backprop baseline.
+    Backprop(Optimizer),
+}
+
+impl Solver {
+    /// The stage kind of the solver.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Solver::Pl(_) => "pl",
+            Solver::Backprop(o) => o.kind(),
+        }
+    }
+}
+
 /// What a node does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
     Mnist { path: PathBuf },
     /// A fully connected layer.
-    Dense {
-        inputs: usize,
-        units: usize,
-        activation: Activation,
-    },
-    /// Prospective Learning over the chain of layers `layers`, fed by the dataset `source`.
-    Pl {
-        config: PlConfig,
-        epochs: usize,
-        batch_size: usize,
-        source: NodeIndex,
-        layers: Vec<NodeIndex>,
-    },
+    Dense { inputs: usize, units: usize, activation: Activation },
+    /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
+    Train { solver: Solver, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
     /// Accuracy of a trained model on a split.
     Evaluate { split: Split },
 }
@@ -84,7 +92,7 @@ impl Op {
         match self {
             Op::Mnist { .. } => "mnist",
             Op::Dense { .. } => "dense",
-            Op::Pl { .. } => "pl",
+            Op::Train { solver, .. } => solver.kind(),
             Op::Evaluate { .. } => "evaluate",
         }
     }
@@ -175,10 +183,7 @@ impl Graph {
     pub fn dot(&self, title: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "digraph \"{}\" {{", title.replace('"', "'"));
-        let _ = writeln!(
-            s,
-            "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];"
-        );
+        let _ = writeln!(s, "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];");
         for (i, n) in self.topological() {
             let mut label = format!("{}\\n{} -> {}", n.name, n.op.kind(), n.output.describe());
             if n.parameter_count() > 0 {
@@ -186,7 +191,7 @@ impl Graph {
             }
             let shape = match n.op {
                 Op::Mnist { .. } => "cylinder",
-                Op::Pl { .. } => "hexagon",
+                Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
                 Op::Dense { .. } => "box",
             };
@@ -197,12 +202,7 @@ impl Graph {
                 Edge::Input => "",
                 Edge::Batches => " [style=dashed, label=\"batches\"]",
             };
-            let _ = writeln!(
-                s,
-                "  n{} -> n{}{style};",
-                e.source().index(),
-                e.target().index()
-            );
+            let _ = writeln!(s, "  n{} -> n{}{style};", e.source().index(), e.target().index());
         }
         s.push_str("}\n");
         s

@@ -17,11 +17,7 @@ pub fn parse_pipeline(text: &str, file: &Path) -> Result<PipelineSpec, SpecError
 /// Parse pipeline text and apply `--set key=value` overrides (`stage.field=value`, or
 /// `field=value` for top-level fields). The file is checked on its own first, so its errors
 /// keep their line numbers; then the overrides are applied and checked like the file.
-pub fn parse_with_overrides(
-    text: &str,
-    file: &Path,
-    sets: &[String],
-) -> Result<PipelineSpec, SpecError> {
+pub fn parse_with_overrides(text: &str, file: &Path, sets: &[String]) -> Result<PipelineSpec, SpecError> {
     let spec = parse_pipeline(text, file)?;
     if sets.is_empty() {
         return Ok(spec);
@@ -41,19 +37,13 @@ pub fn parse_with_overrides(
 
 fn apply_set(doc: &mut Value, set: &str, file: &Path) -> Result<(), SpecError> {
     let bad = |msg: String| SpecError::new(file, format!("--set {set}: {msg}"));
-    let (key, raw) = set
-        .split_once('=')
-        .ok_or_else(|| bad("expected stage.field=value".into()))?;
+    let (key, raw) = set.split_once('=').ok_or_else(|| bad("expected stage.field=value".into()))?;
     let value: Value = if raw.is_empty() {
-        return Err(bad(
-            "the value is empty (write null to switch a component off)".into(),
-        ));
+        return Err(bad("the value is empty (write null to switch a component off)".into()));
     } else {
         serde_norway::from_str(raw).map_err(|e| bad(format!("the value is not valid YAML: {e}")))?
     };
-    let root = doc
-        .as_mapping_mut()
-        .ok_or_else(|| bad("the pipeline is not a YAML mapping".into()))?;
+    let root = doc.as_mapping_mut().ok_or_else(|| bad("the pipeline is not a YAML mapping".into()))?;
     match key.split_once('.') {
         None => {
             root.insert(Value::String(key.to_owned()), value);
@@ -75,11 +65,7 @@ fn apply_set(doc: &mut Value, set: &str, file: &Path) -> Result<(), SpecError> {
 }
 
 fn stage_names(stages: &Mapping) -> String {
-    stages
-        .keys()
-        .filter_map(Value::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    stages.keys().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// Turn a serde error into a located [`SpecError`], re-checking each stage on its own to find
@@ -97,15 +83,12 @@ fn explain(text: &str, file: &Path, e: serde_norway::Error, origin: Option<&str>
     for (name, body) in stages {
         let Some(name) = name.as_str() else { continue };
         let Some(map) = body.as_mapping() else {
-            return err.at_stage(text, name).with_message(format!(
-                "a stage must be a mapping with a `kind`, found {}",
-                describe(body)
-            ));
-        };
-        let Some(kind) = map.get("kind") else {
             return err
                 .at_stage(text, name)
-                .with_message("missing field `kind`".into());
+                .with_message(format!("a stage must be a mapping with a `kind`, found {}", describe(body)));
+        };
+        let Some(kind) = map.get("kind") else {
+            return err.at_stage(text, name).with_message("missing field `kind`".into());
         };
         let kind = kind.as_str().unwrap_or_default();
         let mut rest = map.clone();
@@ -150,11 +133,7 @@ fn strip_location(msg: &str) -> String {
 /// `x`" / "missing field `x`".
 fn split_field(msg: &str) -> (Option<String>, String) {
     if let Some((path, rest)) = msg.split_once(": ") {
-        if !path.is_empty()
-            && path
-                .chars()
-                .all(|c| c.is_alphanumeric() || "_[].".contains(c))
-        {
+        if !path.is_empty() && path.chars().all(|c| c.is_alphanumeric() || "_[].".contains(c)) {
             let field = path.split(['.', '[']).next().unwrap_or(path).to_owned();
             return (Some(field), format!("field `{path}`: {rest}"));
         }
@@ -234,22 +213,15 @@ mod tests {
     const GOOD: &str = "name: t\nstages:\n  data:\n    kind: mnist\n  net:\n    kind: mlp\n    input: data\n  train:\n    kind: pl\n    input: net\n    epochs: 3\n";
 
     fn err(text: &str) -> String {
-        parse_pipeline(text, Path::new("p.yaml"))
-            .expect_err("must fail")
-            .to_string()
+        parse_pipeline(text, Path::new("p.yaml")).expect_err("must fail").to_string()
     }
 
     #[test]
     fn minimal_pipeline_gets_spec_defaults() {
         let spec = parse_pipeline(GOOD, Path::new("p.yaml")).expect("valid");
         assert_eq!(spec.seed, 42);
-        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else {
-            panic!("pl stage")
-        };
-        assert_eq!(
-            (pl.epochs, pl.batch_size, pl.momentum, pl.spectral_max),
-            (3, 512, Some(0.9), Some(2.0))
-        );
+        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else { panic!("pl stage") };
+        assert_eq!((pl.epochs, pl.batch_size, pl.momentum, pl.spectral_max), (3, 512, Some(0.9), Some(2.0)));
     }
 
     #[test]
@@ -262,29 +234,20 @@ mod tests {
     #[test]
     fn wrong_type_names_the_field() {
         let msg = err(&GOOD.replace("epochs: 3", "epochs: many"));
-        assert!(
-            msg.starts_with("p.yaml:11: stage `train`") && msg.contains("field `epochs`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("p.yaml:11: stage `train`") && msg.contains("field `epochs`"), "{msg}");
         assert!(msg.contains("expected usize"), "{msg}");
     }
 
     #[test]
     fn missing_field_points_at_the_stage() {
         let msg = err(&GOOD.replace("    input: data\n", ""));
-        assert!(
-            msg.starts_with("p.yaml:5: stage `net`") && msg.contains("missing field `input`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("p.yaml:5: stage `net`") && msg.contains("missing field `input`"), "{msg}");
     }
 
     #[test]
     fn unknown_kind_and_syntax_errors_have_lines() {
         let msg = err(&GOOD.replace("kind: mnist", "kind: mnsit"));
-        assert!(
-            msg.starts_with("p.yaml:4:") && msg.contains("unknown variant `mnsit`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("p.yaml:4:") && msg.contains("unknown variant `mnsit`"), "{msg}");
         let msg = err("name: t\nstages:\n  data: [1, 2\n");
         assert!(msg.starts_with("p.yaml:"), "{msg}");
         let msg = err("name: t\nstagez: {}\n");
@@ -297,34 +260,16 @@ mod tests {
         let spec = parse_with_overrides(
             GOOD,
             f,
-            &[
-                "train.epochs=7".into(),
-                "seed=1".into(),
-                "train.momentum=null".into(),
-            ],
+            &["train.epochs=7".into(), "seed=1".into(), "train.momentum=null".into()],
         )
         .expect("valid overrides");
-        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else {
-            panic!("pl stage")
-        };
+        let crate::spec::StageSpec::Pl(pl) = &spec.stages["train"] else { panic!("pl stage") };
         assert_eq!((pl.epochs, pl.momentum, spec.seed), (7, None, 1));
-        let msg = parse_with_overrides(GOOD, f, &["train.epochs=lots".into()])
-            .expect_err("bad")
-            .to_string();
-        assert!(
-            msg.contains("--set train.epochs=lots") && msg.contains("field `epochs`"),
-            "{msg}"
-        );
-        let msg = parse_with_overrides(GOOD, f, &["trian.epochs=1".into()])
-            .expect_err("bad")
-            .to_string();
-        assert!(
-            msg.contains("no stage `trian`") && msg.contains("data, net, train"),
-            "{msg}"
-        );
-        let msg = parse_with_overrides(GOOD, f, &["train.epoks=1".into()])
-            .expect_err("bad")
-            .to_string();
+        let msg = parse_with_overrides(GOOD, f, &["train.epochs=lots".into()]).expect_err("bad").to_string();
+        assert!(msg.contains("--set train.epochs=lots") && msg.contains("field `epochs`"), "{msg}");
+        let msg = parse_with_overrides(GOOD, f, &["trian.epochs=1".into()]).expect_err("bad").to_string();
+        assert!(msg.contains("no stage `trian`") && msg.contains("data, net, train"), "{msg}");
+        let msg = parse_with_overrides(GOOD, f, &["train.epoks=1".into()]).expect_err("bad").to_string();
         assert!(msg.contains("unknown field `epoks`"), "{msg}");
     }
 }

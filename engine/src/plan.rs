@@ -3,15 +3,16 @@
 //! range, and an estimate of the memory a run will hold. All before any data is read.
 
 use crate::error::{EngineError, SpecError};
-use crate::graph::{Edge, Graph, Node, Op, Port, Split};
+use crate::graph::{Edge, Graph, Node, Op, Port, Solver, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::{
-    ActivationSpec, LambdaScale, PipelineSpec, PlSpec, SolveSpec, SplitSpec, StageSpec,
+    ActivationSpec, AdamSpec, LambdaScale, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
 use plflow_ops::activation::Activation;
-use plflow_ops::network::PlConfig;
+use plflow_ops::backprop::Optimizer;
+use plflow_ops::pl::PlConfig;
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
 use plflow_ops::update::UpdateRule;
 use std::fmt::Write as _;
@@ -50,48 +51,27 @@ impl MemoryEstimate {
 impl Plan {
     /// Read, parse (with `--set` overrides) and check the pipeline at `file`.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, EngineError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(EngineError::io(file, "cannot read the pipeline"))?;
+        let text =
+            std::fs::read_to_string(file).map_err(EngineError::io(file, "cannot read the pipeline"))?;
         let spec = parse_with_overrides(&text, file, sets)?;
         Ok(Self::check(spec, &text, file)?)
     }
 
     /// Check a parsed pipeline; `text` is used to locate errors.
     pub fn check(spec: PipelineSpec, text: &str, file: &Path) -> Result<Self, SpecError> {
-        let graph = Builder {
-            text,
-            file,
-            spec: &spec,
-            nodes: DiGraph::new(),
-            outputs: IndexMap::new(),
-        }
-        .build()?;
-        Ok(Self {
-            file: file.to_path_buf(),
-            spec,
-            graph,
-        })
+        let graph =
+            Builder { text, file, spec: &spec, nodes: DiGraph::new(), outputs: IndexMap::new() }.build()?;
+        Ok(Self { file: file.to_path_buf(), spec, graph })
     }
 
     /// The training nodes, in execution order.
     pub fn trainers(&self) -> Vec<NodeIndex> {
-        self.graph
-            .topological()
-            .filter(|(_, n)| matches!(n.op, Op::Pl { .. }))
-            .map(|(i, _)| i)
-            .collect()
+        self.graph.topological().filter(|(_, n)| matches!(n.op, Op::Train { .. })).map(|(i, _)| i).collect()
     }
 
     /// Expected peak memory of training stage `trainer`.
     pub fn estimate(&self, trainer: NodeIndex) -> MemoryEstimate {
-        let Op::Pl {
-            config,
-            batch_size,
-            layers,
-            source,
-            ..
-        } = &self.graph.node(trainer).op
-        else {
+        let Op::Train { solver, batch_size, layers, source, .. } = &self.graph.node(trainer).op else {
             return MemoryEstimate::default();
         };
         let dims: Vec<(usize, usize)> = layers
@@ -101,26 +81,19 @@ impl Plan {
                 _ => None,
             })
             .collect();
-        let input_len = self
-            .graph
-            .node(*source)
-            .output
-            .tensor()
-            .map_or(0, |(s, _)| s.iter().product());
-        estimate_pl(&dims, input_len, *batch_size, config)
+        let input_len = self.graph.node(*source).output.tensor().map_or(0, |(s, _)| s.iter().product());
+        match solver {
+            Solver::Pl(config) => estimate_pl(&dims, input_len, *batch_size, config),
+            Solver::Backprop(opt) => estimate_backprop(&dims, input_len, *batch_size, opt),
+        }
     }
 
     /// The text `plflow check` prints: nodes in order with shapes and parameter counts, and
     /// the memory estimate of each training stage.
     pub fn describe(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "pipeline `{}` ({}), seed {}",
-            self.spec.name,
-            self.file.display(),
-            self.spec.seed
-        );
+        let _ =
+            writeln!(s, "pipeline `{}` ({}), seed {}", self.spec.name, self.file.display(), self.spec.seed);
         let _ = writeln!(
             s,
             "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
@@ -128,45 +101,25 @@ impl Plan {
         );
         let mut total = 0;
         for (k, (i, n)) in self.graph.topological().enumerate() {
-            let input = self
-                .graph
-                .input_of(i)
-                .map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
+            let input = self.graph.input_of(i).map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
             let output = match (&n.output, &n.op) {
                 (Port::Examples { classes, .. }, _) => {
                     format!("{} ({classes} classes)", n.output.describe())
                 }
-                (
-                    _,
-                    Op::Dense {
-                        activation: Activation::Elu { .. },
-                        ..
-                    },
-                ) => format!("{} elu", n.output.describe()),
-                (
-                    _,
-                    Op::Dense {
-                        activation: Activation::Linear,
-                        ..
-                    },
-                ) => format!("{} linear", n.output.describe()),
-                (_, Op::Evaluate { split }) => format!(
-                    "{} accuracy",
-                    if *split == Split::Test {
-                        "test"
-                    } else {
-                        "train"
-                    }
-                ),
+                (_, Op::Dense { activation: Activation::Elu { .. }, .. }) => {
+                    format!("{} elu", n.output.describe())
+                }
+                (_, Op::Dense { activation: Activation::Linear, .. }) => {
+                    format!("{} linear", n.output.describe())
+                }
+                (_, Op::Evaluate { split }) => {
+                    format!("{} accuracy", if *split == Split::Test { "test" } else { "train" })
+                }
                 _ => n.output.describe(),
             };
             let params = n.parameter_count();
             total += params;
-            let params = if params > 0 {
-                thousands(params)
-            } else {
-                "-".into()
-            };
+            let params = if params > 0 { thousands(params) } else { "-".into() };
             let _ = writeln!(
                 s,
                 "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
@@ -180,37 +133,19 @@ impl Plan {
         }
         let _ = writeln!(s, "trainable parameters: {}", thousands(total));
         for t in self.trainers() {
-            let Op::Pl {
-                config,
-                epochs,
-                batch_size,
-                ..
-            } = &self.graph.node(t).op
-            else {
+            let Op::Train { solver, epochs, batch_size, .. } = &self.graph.node(t).op else {
                 continue;
             };
-            let r = &config.ridge;
             let _ = writeln!(
                 s,
-                "`{}`: Prospective Learning, {epochs} epochs, batch {batch_size}, alpha {}, lambda {} ({}), momentum {}, spectral max {}",
+                "`{}`: {}, {epochs} epochs, batch {batch_size}",
                 self.graph.node(t).name,
-                r.alpha,
-                r.lambda,
-                if r.scale == RidgeScale::Relative {
-                    "relative to the mean Gram diagonal"
-                } else {
-                    "absolute"
-                },
-                config.rule.momentum.map_or("off".into(), |m| m.to_string()),
-                config
-                    .rule
-                    .spectral_max
-                    .map_or("off".into(), |m| m.to_string()),
+                describe_solver(solver)
             );
             let e = self.estimate(t);
             let _ = writeln!(
                 s,
-                "  memory estimate: {} parameters + {} optimiser state + {} per step (batch, activations, errors, solver workspace) = {}",
+                "  memory estimate: {} parameters + {} optimiser state + {} per step (batch, activations, errors, workspace) = {}",
                 mib(e.parameters),
                 mib(e.state),
                 mib(e.step),
@@ -223,20 +158,13 @@ impl Plan {
 
 /// Peak bytes of a PL step over a chain of dense layers `(inputs, units)`, following the
 /// order of `plflow_ops::network::Network::pl_step` and `plflow_ops::solve::ridge_update`.
-pub fn estimate_pl(
-    dims: &[(usize, usize)],
-    input_len: usize,
-    n: usize,
-    config: &PlConfig,
-) -> MemoryEstimate {
+pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: &PlConfig) -> MemoryEstimate {
     const F32: usize = 4;
     let (rule, path) = (&config.rule, config.ridge.path);
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
     let state: usize = dims
         .iter()
-        .map(|&(d, m)| {
-            rule.momentum.map_or(0, |_| d * m * F32) + rule.spectral_max.map_or(0, |_| m * F32)
-        })
+        .map(|&(d, m)| rule.momentum.map_or(0, |_| d * m * F32) + rule.spectral_max.map_or(0, |_| m * F32))
         .sum();
     let batch = n * input_len * F32;
     let act = |l: usize| n * dims[l].1 * F32;
@@ -250,10 +178,62 @@ pub fn estimate_pl(
         let propagate = alive_acts + err + update + if l > 0 { act(l - 1) } else { 0 };
         step = step.max(solve).max(propagate);
     }
-    MemoryEstimate {
-        parameters,
-        state,
-        step: step + batch,
+    MemoryEstimate { parameters, state, step: step + batch }
+}
+
+/// Peak bytes of a backprop step over a chain of dense layers `(inputs, units)`, following
+/// `plflow_ops::backprop::BackpropTrainer::step`: all activations cached by the forward pass,
+/// then one layer's gradient and two deltas at a time on the way back.
+pub fn estimate_backprop(
+    dims: &[(usize, usize)],
+    input_len: usize,
+    n: usize,
+    opt: &Optimizer,
+) -> MemoryEstimate {
+    const F32: usize = 4;
+    let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
+    let state = parameters * opt.buffers_per_parameter();
+    let batch = n * input_len * F32;
+    let act = |l: usize| n * dims[l].1 * F32;
+    let mut step: usize = (0..dims.len()).map(act).sum();
+    for (l, &(d, m)) in dims.iter().enumerate() {
+        let alive_acts: usize = (0..l).map(act).sum();
+        let below = if l > 0 { act(l - 1) } else { 0 };
+        step = step.max(alive_acts + act(l) + (d * m + m) * F32 + below);
+    }
+    MemoryEstimate { parameters, state, step: step + batch }
+}
+
+fn describe_solver(solver: &Solver) -> String {
+    match solver {
+        Solver::Pl(config) => {
+            let r = &config.ridge;
+            format!(
+                "Prospective Learning, alpha {}, lambda {} ({}), momentum {}, spectral max {}",
+                r.alpha,
+                r.lambda,
+                if r.scale == RidgeScale::Relative {
+                    "relative to the mean Gram diagonal"
+                } else {
+                    "absolute"
+                },
+                config.rule.momentum.map_or("off".into(), |m| m.to_string()),
+                config.rule.spectral_max.map_or("off".into(), |m| m.to_string()),
+            )
+        }
+        Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
+            format!("backprop with SGD, lr {lr}, momentum {momentum}, weight decay {weight_decay}")
+        }
+        Solver::Backprop(Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }) => {
+            format!(
+                "backprop with Adam, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, weight decay {weight_decay}"
+            )
+        }
+        Solver::Backprop(Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }) => {
+            format!(
+                "backprop with AdamW, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, decoupled weight decay {weight_decay}"
+            )
+        }
     }
 }
 
@@ -319,10 +299,7 @@ impl Builder<'_> {
                     return Err(self.err(
                         name,
                         Some("input"),
-                        format!(
-                            "field `input`: there is no stage `{input}` (stages: {})",
-                            names.join(", ")
-                        ),
+                        format!("field `input`: there is no stage `{input}` (stages: {})", names.join(", ")),
                     ));
                 };
                 g.add_edge(from, idx[name.as_str()], ());
@@ -343,11 +320,7 @@ impl Builder<'_> {
                     Some("input"),
                     format!(
                         "stages {} form a cycle through their `input` fields",
-                        members
-                            .iter()
-                            .map(|m| format!("`{m}`"))
-                            .collect::<Vec<_>>()
-                            .join(" -> ")
+                        members.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" -> ")
                     ),
                 ))
             }
@@ -366,7 +339,10 @@ impl Builder<'_> {
             None => Err(self.err(
                 stage,
                 Some("input"),
-                format!("field `input`: {who} needs examples or activations, but `{input}` produces a {}", self.nodes[from].output.describe()),
+                format!(
+                    "field `input`: {who} needs examples or activations, but `{input}` produces a {}",
+                    self.nodes[from].output.describe()
+                ),
             )),
         }
     }
@@ -379,18 +355,9 @@ impl Builder<'_> {
         i
     }
 
-    fn activation(
-        &self,
-        stage: &str,
-        spec: ActivationSpec,
-        clip: f32,
-    ) -> Result<Activation, SpecError> {
+    fn activation(&self, stage: &str, spec: ActivationSpec, clip: f32) -> Result<Activation, SpecError> {
         if clip.is_nan() || clip <= 0.0 {
-            return Err(self.err(
-                stage,
-                Some("clip"),
-                format!("field `clip`: must be > 0, got {clip}"),
-            ));
+            return Err(self.err(stage, Some("clip"), format!("field `clip`: must be > 0, got {clip}")));
         }
         Ok(match spec {
             ActivationSpec::Elu => Activation::Elu { clip },
@@ -401,55 +368,23 @@ impl Builder<'_> {
     fn add_stage(&mut self, name: &str, stage: &StageSpec) -> Result<(), SpecError> {
         let out = match stage {
             StageSpec::Mnist(s) => {
-                let op = Op::Mnist {
-                    path: s.path.clone(),
-                };
-                let output = Port::Examples {
-                    shape: vec![1, 28, 28],
-                    classes: plflow_datasets::mnist::CLASSES,
-                };
-                self.add_node(
-                    Node {
-                        name: name.into(),
-                        stage: name.into(),
-                        op,
-                        output,
-                    },
-                    None,
-                )
+                let op = Op::Mnist { path: s.path.clone() };
+                let output =
+                    Port::Examples { shape: vec![1, 28, 28], classes: plflow_datasets::mnist::CLASSES };
+                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, None)
             }
             StageSpec::Dense(s) => {
                 let (from, inputs, classes) = self.tensor_input(name, &s.input, "a dense layer")?;
                 if s.units == 0 {
-                    return Err(self.err(
-                        name,
-                        Some("units"),
-                        "field `units`: must be at least 1".into(),
-                    ));
+                    return Err(self.err(name, Some("units"), "field `units`: must be at least 1".into()));
                 }
                 let activation = self.activation(name, s.activation, s.clip)?;
-                let op = Op::Dense {
-                    inputs,
-                    units: s.units,
-                    activation,
-                };
-                let output = Port::Activations {
-                    shape: vec![s.units],
-                    classes,
-                };
-                self.add_node(
-                    Node {
-                        name: name.into(),
-                        stage: name.into(),
-                        op,
-                        output,
-                    },
-                    Some(from),
-                )
+                let op = Op::Dense { inputs, units: s.units, activation };
+                let output = Port::Activations { shape: vec![s.units], classes };
+                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
             }
             StageSpec::Mlp(s) => {
-                let (mut from, mut inputs, classes) =
-                    self.tensor_input(name, &s.input, "an mlp")?;
+                let (mut from, mut inputs, classes) = self.tensor_input(name, &s.input, "an mlp")?;
                 if let Some(i) = s.hidden.iter().position(|&h| h == 0) {
                     return Err(self.err(
                         name,
@@ -468,39 +403,34 @@ impl Builder<'_> {
                 let hidden = self.activation(name, s.activation, s.clip)?;
                 let widths: Vec<usize> = s.hidden.iter().copied().chain([outputs]).collect();
                 for (k, &units) in widths.iter().enumerate() {
-                    let activation = if k + 1 == widths.len() {
-                        Activation::Linear
-                    } else {
-                        hidden
-                    };
-                    let op = Op::Dense {
-                        inputs,
-                        units,
-                        activation,
-                    };
-                    let output = Port::Activations {
-                        shape: vec![units],
-                        classes,
-                    };
-                    let node = Node {
-                        name: format!("{name}.{k}"),
-                        stage: name.into(),
-                        op,
-                        output,
-                    };
+                    let activation = if k + 1 == widths.len() { Activation::Linear } else { hidden };
+                    let op = Op::Dense { inputs, units, activation };
+                    let output = Port::Activations { shape: vec![units], classes };
+                    let node = Node { name: format!("{name}.{k}"), stage: name.into(), op, output };
                     from = self.add_node(node, Some(from));
                     inputs = units;
                 }
                 from
             }
-            StageSpec::Pl(s) => self.add_pl(name, s)?,
+            StageSpec::Pl(s) => {
+                let solver = self.pl_solver(name, s)?;
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+            }
+            StageSpec::Sgd(s) => {
+                let solver = self.sgd_solver(name, s)?;
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+            }
+            StageSpec::Adam(s) | StageSpec::Adamw(s) => {
+                let solver = self.adam_solver(name, s, matches!(stage, StageSpec::Adamw(_)))?;
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+            }
             StageSpec::Evaluate(s) => {
                 let from = self.outputs[s.input.as_str()];
-                if !matches!(self.nodes[from].op, Op::Pl { .. }) {
+                if !matches!(self.nodes[from].op, Op::Train { .. }) {
                     return Err(self.err(
                         name,
                         Some("input"),
-                        format!("field `input`: evaluate needs a training stage (kind: pl), but `{}` is a {} stage", s.input, self.nodes[from].op.kind()),
+                        format!("field `input`: evaluate needs a training stage (kind: pl, sgd, adam or adamw), but `{}` is a {} stage", s.input, self.nodes[from].op.kind()),
                     ));
                 }
                 let split = match s.split {
@@ -509,12 +439,7 @@ impl Builder<'_> {
                 };
                 let op = Op::Evaluate { split };
                 self.add_node(
-                    Node {
-                        name: name.into(),
-                        stage: name.into(),
-                        op,
-                        output: Port::Metrics,
-                    },
+                    Node { name: name.into(), stage: name.into(), op, output: Port::Metrics },
                     Some(from),
                 )
             }
@@ -523,8 +448,101 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn add_pl(&mut self, name: &str, s: &PlSpec) -> Result<NodeIndex, SpecError> {
-        let model = self.outputs[s.input.as_str()];
+    /// Fail with "field `field`: must be `want`" unless `ok`.
+    fn range(
+        &self,
+        stage: &str,
+        field: &str,
+        ok: bool,
+        want: &str,
+        got: impl ToString,
+    ) -> Result<(), SpecError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(
+                stage,
+                Some(field),
+                format!("field `{field}`: must be {want}, got {}", got.to_string()),
+            ))
+        }
+    }
+
+    fn pl_solver(&self, name: &str, s: &PlSpec) -> Result<Solver, SpecError> {
+        self.range(name, "alpha", s.alpha > 0.0 && s.alpha.is_finite(), "> 0", s.alpha)?;
+        self.range(
+            name,
+            "lambda",
+            s.lambda > 0.0 && s.lambda.is_finite(),
+            "> 0 (the solve needs a positive ridge)",
+            s.lambda,
+        )?;
+        if let Some(m) = s.momentum {
+            self.range(name, "momentum", (0.0..1.0).contains(&m), "in [0, 1) or null", m)?;
+        }
+        if let Some(m) = s.spectral_max {
+            self.range(name, "spectral_max", m > 0.0 && m.is_finite(), "> 0 or null", m)?;
+        }
+        self.range(
+            name,
+            "label_smoothing",
+            (0.0..1.0).contains(&s.label_smoothing),
+            "in [0, 1)",
+            s.label_smoothing,
+        )?;
+        Ok(Solver::Pl(PlConfig {
+            ridge: RidgeConfig {
+                alpha: s.alpha,
+                lambda: s.lambda,
+                scale: match s.lambda_scale {
+                    LambdaScale::Relative => RidgeScale::Relative,
+                    LambdaScale::Absolute => RidgeScale::Absolute,
+                },
+                path: match s.solve {
+                    SolveSpec::Auto => SolvePath::Auto,
+                    SolveSpec::Primal => SolvePath::Primal,
+                    SolveSpec::Dual => SolvePath::Dual,
+                },
+            },
+            rule: UpdateRule { momentum: s.momentum, spectral_max: s.spectral_max },
+            label_smoothing: s.label_smoothing,
+        }))
+    }
+
+    fn sgd_solver(&self, name: &str, s: &SgdSpec) -> Result<Solver, SpecError> {
+        self.range(name, "lr", s.lr > 0.0 && s.lr.is_finite(), "> 0", s.lr)?;
+        self.range(name, "momentum", (0.0..1.0).contains(&s.momentum), "in [0, 1)", s.momentum)?;
+        self.range(name, "weight_decay", s.weight_decay >= 0.0, ">= 0", s.weight_decay)?;
+        Ok(Solver::Backprop(Optimizer::Sgd { lr: s.lr, momentum: s.momentum, weight_decay: s.weight_decay }))
+    }
+
+    fn adam_solver(&self, name: &str, s: &AdamSpec, decoupled: bool) -> Result<Solver, SpecError> {
+        self.range(name, "lr", s.lr > 0.0 && s.lr.is_finite(), "> 0", s.lr)?;
+        self.range(name, "beta1", (0.0..1.0).contains(&s.beta1), "in [0, 1)", s.beta1)?;
+        self.range(name, "beta2", (0.0..1.0).contains(&s.beta2), "in [0, 1)", s.beta2)?;
+        self.range(name, "eps", s.eps > 0.0, "> 0", s.eps)?;
+        let default_decay = if decoupled { crate::spec::defaults::adamw_weight_decay() } else { 0.0 };
+        let weight_decay = s.weight_decay.unwrap_or(default_decay);
+        self.range(name, "weight_decay", weight_decay >= 0.0, ">= 0", weight_decay)?;
+        let (lr, beta1, beta2, eps) = (s.lr, s.beta1, s.beta2, s.eps);
+        Ok(Solver::Backprop(if decoupled {
+            Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
+        } else {
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+        }))
+    }
+
+    /// A training node for the layers feeding `input`, checked against the dataset's labels.
+    fn add_trainer(
+        &mut self,
+        name: &str,
+        input: &str,
+        solver: Solver,
+        epochs: usize,
+        batch_size: usize,
+    ) -> Result<NodeIndex, SpecError> {
+        let kind = solver.kind();
+        let model = self.outputs[input];
         // Walk the chain of layers back to the dataset.
         let mut layers = Vec::new();
         let mut at = model;
@@ -537,7 +555,7 @@ impl Builder<'_> {
                         name,
                         Some("input"),
                         format!(
-                            "field `input`: pl trains the layers feeding it, but `{}` is a {} stage{}",
+                            "field `input`: {kind} trains the layers feeding it, but `{}` is a {} stage{}",
                             self.nodes[at].name,
                             other.kind(),
                             if at == model { "" } else { " inside the model" }
@@ -545,11 +563,7 @@ impl Builder<'_> {
                     ));
                 }
             }
-            let Some(prev) = self
-                .nodes
-                .neighbors_directed(at, petgraph::Direction::Incoming)
-                .next()
-            else {
+            let Some(prev) = self.nodes.neighbors_directed(at, petgraph::Direction::Incoming).next() else {
                 return Err(self.err(
                     name,
                     Some("input"),
@@ -563,10 +577,7 @@ impl Builder<'_> {
             return Err(self.err(
                 name,
                 Some("input"),
-                format!(
-                    "field `input`: `{}` is a dataset; name the model's last layer",
-                    s.input
-                ),
+                format!("field `input`: `{input}` is a dataset; name the model's last layer"),
             ));
         }
         let Some((shape, classes)) = self.nodes[model].output.tensor() else {
@@ -583,95 +594,11 @@ impl Builder<'_> {
                 ),
             ));
         }
-        let range = |field: &str, ok: bool, want: &str, got: String| -> Result<(), SpecError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(self.err(
-                    name,
-                    Some(field),
-                    format!("field `{field}`: must be {want}, got {got}"),
-                ))
-            }
-        };
-        range("epochs", s.epochs > 0, "at least 1", s.epochs.to_string())?;
-        range(
-            "batch_size",
-            s.batch_size > 0,
-            "at least 1",
-            s.batch_size.to_string(),
-        )?;
-        range(
-            "alpha",
-            s.alpha > 0.0 && s.alpha.is_finite(),
-            "> 0",
-            s.alpha.to_string(),
-        )?;
-        range(
-            "lambda",
-            s.lambda > 0.0 && s.lambda.is_finite(),
-            "> 0 (the solve needs a positive ridge)",
-            s.lambda.to_string(),
-        )?;
-        if let Some(m) = s.momentum {
-            range(
-                "momentum",
-                (0.0..1.0).contains(&m),
-                "in [0, 1) or null",
-                m.to_string(),
-            )?;
-        }
-        if let Some(m) = s.spectral_max {
-            range(
-                "spectral_max",
-                m > 0.0 && m.is_finite(),
-                "> 0 or null",
-                m.to_string(),
-            )?;
-        }
-        range(
-            "label_smoothing",
-            (0.0..1.0).contains(&s.label_smoothing),
-            "in [0, 1)",
-            s.label_smoothing.to_string(),
-        )?;
-
-        let config = PlConfig {
-            ridge: RidgeConfig {
-                alpha: s.alpha,
-                lambda: s.lambda,
-                scale: match s.lambda_scale {
-                    LambdaScale::Relative => RidgeScale::Relative,
-                    LambdaScale::Absolute => RidgeScale::Absolute,
-                },
-                path: match s.solve {
-                    SolveSpec::Auto => SolvePath::Auto,
-                    SolveSpec::Primal => SolvePath::Primal,
-                    SolveSpec::Dual => SolvePath::Dual,
-                },
-            },
-            rule: UpdateRule {
-                momentum: s.momentum,
-                spectral_max: s.spectral_max,
-            },
-            label_smoothing: s.label_smoothing,
-        };
-        let op = Op::Pl {
-            config,
-            epochs: s.epochs,
-            batch_size: s.batch_size,
-            source,
-            layers,
-        };
-        let i = self.add_node(
-            Node {
-                name: name.into(),
-                stage: name.into(),
-                op,
-                output: Port::Model,
-            },
-            Some(model),
-        );
+        self.range(name, "epochs", epochs > 0, "at least 1", epochs)?;
+        self.range(name, "batch_size", batch_size > 0, "at least 1", batch_size)?;
+        let op = Op::Train { solver, epochs, batch_size, source, layers };
+        let node = Node { name: name.into(), stage: name.into(), op, output: Port::Model };
+        let i = self.add_node(node, Some(model));
         self.nodes.add_edge(source, i, Edge::Batches);
         Ok(i)
     }
@@ -696,11 +623,7 @@ mod tests {
     #[test]
     fn mlp_expands_into_one_node_per_layer() {
         let plan = check(GOOD).expect("valid");
-        let names: Vec<_> = plan
-            .graph
-            .topological()
-            .map(|(_, n)| n.name.clone())
-            .collect();
+        let names: Vec<_> = plan.graph.topological().map(|(_, n)| n.name.clone()).collect();
         assert_eq!(names, ["data", "net.0", "net.1", "net.2", "train", "eval"]);
         let text = plan.describe();
         assert!(
@@ -708,10 +631,7 @@ mod tests {
             "{text}"
         );
         let dot = plan.graph.dot("t");
-        assert!(
-            dot.starts_with("digraph") && dot.contains("batches"),
-            "{dot}"
-        );
+        assert!(dot.starts_with("digraph") && dot.contains("batches"), "{dot}");
     }
 
     #[test]
@@ -736,9 +656,7 @@ mod tests {
     fn shape_mismatch_between_model_and_labels_is_rejected() {
         let msg = err(&GOOD.replace("hidden: [32, 16]", "hidden: [32, 16]\n    outputs: 12"));
         assert!(
-            msg.contains("shape mismatch")
-                && msg.contains("12 units")
-                && msg.contains("10 classes"),
+            msg.contains("shape mismatch") && msg.contains("12 units") && msg.contains("10 classes"),
             "{msg}"
         );
     }
@@ -747,20 +665,14 @@ mod tests {
     fn wrong_kind_of_input_is_rejected() {
         let msg = err(&GOOD.replace("    input: train\n", "    input: net\n"));
         assert!(msg.contains("evaluate needs a training stage"), "{msg}");
-        let msg = err(&GOOD.replace(
-            "    kind: pl\n    input: net\n",
-            "    kind: pl\n    input: data\n",
-        ));
+        let msg = err(&GOOD.replace("    kind: pl\n    input: net\n", "    kind: pl\n    input: data\n"));
         assert!(msg.contains("is a dataset"), "{msg}");
     }
 
     #[test]
     fn out_of_range_settings_are_rejected() {
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    lambda: 0\n"));
-        assert!(
-            msg.starts_with("p.yaml:12: stage `train`: field `lambda`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("p.yaml:12: stage `train`: field `lambda`"), "{msg}");
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    momentum: 1.5\n"));
         assert!(msg.contains("field `momentum`"), "{msg}");
     }
@@ -774,17 +686,11 @@ mod tests {
                 scale: RidgeScale::Relative,
                 path: SolvePath::Auto,
             },
-            rule: UpdateRule {
-                momentum: Some(0.9),
-                spectral_max: None,
-            },
+            rule: UpdateRule { momentum: Some(0.9), spectral_max: None },
             label_smoothing: 0.01,
         };
         let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
-        assert_eq!(
-            e.parameters,
-            (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4
-        );
+        assert_eq!(e.parameters, (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4);
         assert_eq!(e.state, (784 * 512 + 512 * 128 + 128 * 10) * 4);
         assert!(e.step > 512 * 784 * 4);
     }

@@ -71,22 +71,12 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, EngineE
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_alphanumeric() || "-_".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_alphanumeric() || "-_".contains(c) { c } else { '_' }).collect()
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.
 fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -98,12 +88,7 @@ fn timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// One line of `metrics.jsonl`.
@@ -113,8 +98,12 @@ pub struct EpochRecord {
     pub stage: String,
     /// 1-based epoch.
     pub epoch: usize,
-    /// Mean squared output error `||z - y_hat||^2 / classes` over the epoch's steps.
-    pub train_residual: f64,
+    /// PL: mean squared output error `||z - y_hat||^2 / classes` over the epoch's steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_residual: Option<f64>,
+    /// Backprop: mean cross-entropy over the epoch's steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
     /// Fraction of training examples classified right during the epoch (pre-update weights).
     pub train_accuracy: f64,
     /// Accuracy on the test split after the epoch (from the first test-split evaluate stage).
@@ -148,8 +137,8 @@ impl MetricsFile {
 
     /// Append one record.
     pub fn append(&mut self, record: &EpochRecord) -> Result<(), EngineError> {
-        let mut line = serde_json::to_vec(record)
-            .map_err(|e| EngineError::io(&self.path, "cannot encode")(e.into()))?;
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| EngineError::io(&self.path, "cannot encode")(e.into()))?;
         line.push(b'\n');
         self.file
             .write_all(&line)
@@ -180,8 +169,12 @@ pub struct Summary {
     pub epoch_seconds_median: f64,
     /// Median training examples per second.
     pub samples_per_second_median: f64,
-    /// Train residual of the last epoch.
-    pub train_residual: f64,
+    /// PL: train residual of the last epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_residual: Option<f64>,
+    /// Backprop: train loss of the last epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
     /// Train accuracy of the last epoch (measured during training).
     pub train_accuracy: f64,
     /// Whole-process peak RSS (VmHWM), MB.
@@ -192,6 +185,8 @@ pub struct Summary {
     pub ledger_estimate_mb: f64,
     /// Trainable parameters.
     pub parameters: usize,
+    /// Bytes of optimiser state (PL: momentum and power vectors; backprop: moments), MB.
+    pub optimizer_state_mb: f64,
     /// The solver settings actually used.
     pub solver: serde_json::Value,
     /// Wall seconds of the whole run.
@@ -206,11 +201,7 @@ pub fn median(v: &[f64]) -> f64 {
     }
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
+    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
 }
 
 #[cfg(test)]
@@ -247,10 +238,6 @@ mod tests {
         write_atomic(&p, b"one").expect("write");
         write_atomic(&p, b"two").expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).expect("dir").count(),
-            1,
-            "no temp files left"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1, "no temp files left");
     }
 }

@@ -4,7 +4,7 @@
 //! evaluate stages after every epoch, and the run folder receives the reports.
 
 use crate::error::EngineError;
-use crate::graph::{Op, Split};
+use crate::graph::{Op, Solver, Split};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,11 +14,13 @@ use plflow_datasets::cache::Cache;
 use plflow_datasets::location::DataPath;
 use plflow_datasets::mnist::{Mnist, MnistSplit};
 use plflow_datasets::order::epoch_order;
+use plflow_ops::backprop::{BackpropTrainer, Optimizer};
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
-use plflow_ops::network::{Layer, Network, PlConfig, StepStats, argmax};
-use plflow_ops::update::LayerState;
+use plflow_ops::network::LayerError;
+use plflow_ops::network::{Layer, Network, StepStats, argmax};
+use plflow_ops::pl::PlTrainer;
 use plflow_ops::{Matrix, activation::Activation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -50,6 +52,7 @@ pub struct RunOutcome {
 struct Trained {
     records: Vec<EpochRecord>,
     network: Network,
+    state_bytes: usize,
 }
 
 /// Execute `plan`.
@@ -64,17 +67,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         .into());
     };
     let dir = report::create_run_dir(opts.out.as_deref(), &plan.spec.name)?;
-    let resolved = serde_norway::to_string(&plan.spec).map_err(|e| {
-        EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e))
-    })?;
-    let header = format!(
-        "# {} as run by plflow: overrides applied, every default filled in\n",
-        plan.file.display()
-    );
-    report::write_atomic(
-        &dir.join("pipeline.yaml"),
-        format!("{header}{resolved}").as_bytes(),
-    )?;
+    let resolved = serde_norway::to_string(&plan.spec)
+        .map_err(|e| EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
+    let header =
+        format!("# {} as run by plflow: overrides applied, every default filled in\n", plan.file.display());
+    report::write_atomic(&dir.join("pipeline.yaml"), format!("{header}{resolved}").as_bytes())?;
     let mut metrics = MetricsFile::create(&dir)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
@@ -86,11 +83,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         match &node.op {
             Op::Mnist { path } => {
                 let dir = DataPath::resolve(path);
-                let mnist =
-                    Mnist::open(&dir, &opts.cache).map_err(|source| EngineError::Dataset {
-                        stage: node.stage.clone(),
-                        source,
-                    })?;
+                let mnist = Mnist::open(&dir, &opts.cache)
+                    .map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
                 let (want, _) = node.output.tensor().unwrap_or((&[], 0));
                 for split in [&mnist.train, &mnist.test] {
                     if split.example_shape() != want {
@@ -106,34 +100,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 }
                 datasets.insert(i, mnist);
             }
-            Op::Dense {
-                inputs,
-                units,
-                activation,
-            } => {
+            Op::Dense { inputs, units, activation } => {
                 let dense = Dense::new(xavier_normal(*inputs, *units, &mut rng));
                 layers.insert(i, (dense, *activation));
             }
-            Op::Pl {
-                config,
-                epochs,
-                batch_size,
-                source,
-                layers: chain,
-            } => {
+            Op::Train { solver, epochs, batch_size, source, layers: chain } => {
                 let network = Network {
                     layers: chain
                         .iter()
                         .map(|l| {
-                            let (dense, activation) = layers
-                                .remove(l)
-                                .expect("layers are initialised before their trainer");
-                            let state = LayerState::new(&dense, &config.rule);
-                            Layer {
-                                dense,
-                                activation,
-                                state,
-                            }
+                            let (dense, activation) =
+                                layers.remove(l).expect("layers are initialised before their trainer");
+                            Layer { dense, activation }
                         })
                         .collect(),
                 };
@@ -147,14 +125,12 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         _ => None,
                     })
                     .collect();
-                let layer_names: Vec<String> = chain
-                    .iter()
-                    .map(|&l| plan.graph.node(l).name.clone())
-                    .collect();
+                let layer_names: Vec<String> =
+                    chain.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
                 let job = TrainJob {
                     stage: &node.name,
                     layer_names: &layer_names,
-                    config,
+                    solver,
                     epochs: *epochs,
                     batch_size: *batch_size,
                     seed: plan.spec.seed,
@@ -170,14 +146,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     }
 
     let t = &trained[&last_trainer];
-    let Op::Pl {
-        config,
-        epochs,
-        batch_size,
-        ..
-    } = &plan.graph.node(last_trainer).op
-    else {
-        unreachable!("trainers are pl nodes")
+    let Op::Train { solver, epochs, batch_size, .. } = &plan.graph.node(last_trainer).op else {
+        unreachable!("trainers are training nodes")
     };
     let last = t.records.last();
     let epoch_seconds: Vec<f64> = t.records.iter().map(|r| r.epoch_seconds).collect();
@@ -192,13 +162,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         epochs: t.records.len(),
         epoch_seconds_median: report::median(&epoch_seconds),
         samples_per_second_median: report::median(&rates),
-        train_residual: last.map_or(f64::NAN, |r| r.train_residual),
+        train_residual: last.and_then(|r| r.train_residual),
+        train_loss: last.and_then(|r| r.train_loss),
         train_accuracy: last.map_or(f64::NAN, |r| r.train_accuracy),
         peak_rss_mb: report::peak_rss_mb(),
         ledger_peak_mb: report::mb(ledger::peak_bytes()),
         ledger_estimate_mb: report::mb(plan.estimate(last_trainer).total()),
         parameters: t.network.parameter_count(),
-        solver: solver_settings(config, *epochs, *batch_size),
+        optimizer_state_mb: report::mb(t.state_bytes),
+        solver: solver_settings(solver, *epochs, *batch_size),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&summary)
@@ -207,25 +179,66 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     Ok(RunOutcome { dir, summary })
 }
 
-fn solver_settings(c: &PlConfig, epochs: usize, batch_size: usize) -> serde_json::Value {
-    serde_json::json!({
-        "kind": "pl",
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "alpha": c.ridge.alpha,
-        "lambda": c.ridge.lambda,
-        "lambda_scale": format!("{:?}", c.ridge.scale).to_lowercase(),
-        "solve": format!("{:?}", c.ridge.path).to_lowercase(),
-        "momentum": c.rule.momentum,
-        "spectral_max": c.rule.spectral_max,
-        "label_smoothing": c.label_smoothing,
-    })
+fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_json::Value {
+    let mut v = match solver {
+        Solver::Pl(c) => serde_json::json!({
+            "alpha": c.ridge.alpha,
+            "lambda": c.ridge.lambda,
+            "lambda_scale": format!("{:?}", c.ridge.scale).to_lowercase(),
+            "solve": format!("{:?}", c.ridge.path).to_lowercase(),
+            "momentum": c.rule.momentum,
+            "spectral_max": c.rule.spectral_max,
+            "label_smoothing": c.label_smoothing,
+        }),
+        Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
+            serde_json::json!({ "lr": lr, "momentum": momentum, "weight_decay": weight_decay })
+        }
+        Solver::Backprop(
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+            | Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay },
+        ) => serde_json::json!({
+            "lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay
+        }),
+    };
+    v["kind"] = solver.kind().into();
+    v["epochs"] = epochs.into();
+    v["batch_size"] = batch_size.into();
+    v
+}
+
+/// The state and step of whichever learning rule a training stage uses.
+enum Trainer {
+    Pl(PlTrainer),
+    Backprop(BackpropTrainer),
+}
+
+impl Trainer {
+    fn new(network: &Network, solver: &Solver) -> Self {
+        match solver {
+            Solver::Pl(config) => Trainer::Pl(PlTrainer::new(network, *config)),
+            Solver::Backprop(opt) => Trainer::Backprop(BackpropTrainer::new(network, *opt)),
+        }
+    }
+
+    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
+        match self {
+            Trainer::Pl(t) => t.step(net, x, labels),
+            Trainer::Backprop(t) => t.step(net, x, labels),
+        }
+    }
+
+    fn state_bytes(&self) -> usize {
+        match self {
+            Trainer::Pl(t) => t.state_bytes(),
+            Trainer::Backprop(t) => t.state_bytes(),
+        }
+    }
 }
 
 struct TrainJob<'a> {
     stage: &'a str,
     layer_names: &'a [String],
-    config: &'a PlConfig,
+    solver: &'a Solver,
     epochs: usize,
     batch_size: usize,
     seed: u64,
@@ -235,12 +248,9 @@ struct TrainJob<'a> {
 }
 
 impl TrainJob<'_> {
-    fn train(
-        &self,
-        mut network: Network,
-        metrics: &mut MetricsFile,
-    ) -> Result<Trained, EngineError> {
+    fn train(&self, mut network: Network, metrics: &mut MetricsFile) -> Result<Trained, EngineError> {
         let train = &self.data.train;
+        let mut trainer = Trainer::new(&network, self.solver);
         let steps_per_epoch = train.len().div_ceil(self.batch_size);
         let bar = if self.progress {
             let bar = ProgressBar::new((steps_per_epoch * self.epochs) as u64);
@@ -256,11 +266,7 @@ impl TrainJob<'_> {
             ProgressBar::hidden()
         };
         let say = |line: String| {
-            if self.progress {
-                bar.println(line)
-            } else {
-                println!("{line}")
-            }
+            if self.progress { bar.println(line) } else { println!("{line}") }
         };
 
         let mut records = Vec::with_capacity(self.epochs);
@@ -277,9 +283,8 @@ impl TrainJob<'_> {
                     x = Matrix::zeros(idx.len(), len);
                 }
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
-                let s = network
-                    .pl_step(&x, &labels[..idx.len()], self.config)
-                    .map_err(|e| EngineError::Train {
+                let s =
+                    trainer.step(&mut network, &x, &labels[..idx.len()]).map_err(|e| EngineError::Train {
                         stage: self.stage.to_owned(),
                         layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
                         epoch: epoch + 1,
@@ -288,7 +293,7 @@ impl TrainJob<'_> {
                     })?;
                 totals.rows += s.rows;
                 totals.correct += s.correct;
-                totals.sum_sq_error += s.sum_sq_error;
+                totals.loss_sum += s.loss_sum;
                 bar.inc(1);
             }
             drop(x);
@@ -304,10 +309,13 @@ impl TrainJob<'_> {
                 parts.push(format!("{name} {:.2}%", acc * 100.0));
             }
             let classes = network.layers.last().map_or(1, |l| l.dense.outputs()) as f64;
+            let rows = totals.rows.max(1) as f64;
+            let is_pl = matches!(self.solver, Solver::Pl(_));
             let record = EpochRecord {
                 stage: self.stage.to_owned(),
                 epoch: epoch + 1,
-                train_residual: totals.sum_sq_error / (totals.rows.max(1) as f64 * classes),
+                train_residual: is_pl.then(|| totals.loss_sum / (rows * classes)),
+                train_loss: (!is_pl).then(|| totals.loss_sum / rows),
                 train_accuracy: totals.correct as f64 / totals.rows.max(1) as f64,
                 test_accuracy,
                 epoch_seconds,
@@ -317,17 +325,17 @@ impl TrainJob<'_> {
                 peak_rss_mb: report::peak_rss_mb(),
             };
             say(format!(
-                "{} epoch {:>3}/{}: residual {:.5}, train {:.2}%, {}, {:.1} s, {:.0} samples/s, ledger peak {:.1} MB",
+                "{} epoch {:>3}/{}: {}, train {:.2}%, {}, {:.1} s, {:.0} samples/s, ledger peak {:.1} MB",
                 self.stage,
                 record.epoch,
                 self.epochs,
-                record.train_residual,
-                record.train_accuracy * 100.0,
-                if parts.is_empty() {
-                    "no evaluation".to_owned()
-                } else {
-                    parts.join(", ")
+                match (record.train_residual, record.train_loss) {
+                    (Some(r), _) => format!("residual {r:.5}"),
+                    (None, Some(l)) => format!("loss {l:.4}"),
+                    (None, None) => "no loss".to_owned(),
                 },
+                record.train_accuracy * 100.0,
+                if parts.is_empty() { "no evaluation".to_owned() } else { parts.join(", ") },
                 record.epoch_seconds,
                 record.samples_per_second,
                 record.ledger_peak_mb,
@@ -336,7 +344,8 @@ impl TrainJob<'_> {
             records.push(record);
         }
         bar.finish_and_clear();
-        Ok(Trained { records, network })
+        let state_bytes = trainer.state_bytes();
+        Ok(Trained { records, network, state_bytes })
     }
 
     fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {
@@ -358,9 +367,7 @@ impl TrainJob<'_> {
                 step: 0,
                 source: e.source,
             })?;
-            correct += (0..idx.len())
-                .filter(|&r| argmax(out.row(r)) == labels[r] as usize)
-                .count();
+            correct += (0..idx.len()).filter(|&r| argmax(out.row(r)) == labels[r] as usize).count();
         }
         Ok(correct as f64 / data.len().max(1) as f64)
     }

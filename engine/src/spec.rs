@@ -37,6 +37,12 @@ pub enum StageSpec {
     /// Trains the layers that feed `input` with Prospective Learning.
     #[serde(rename = "pl", alias = "prospective_learning")]
     Pl(PlSpec),
+    /// Backprop baseline: SGD with momentum.
+    Sgd(SgdSpec),
+    /// Backprop baseline: Adam.
+    Adam(AdamSpec),
+    /// Backprop baseline: AdamW (decoupled weight decay).
+    Adamw(AdamSpec),
     /// Measures a trained model on a split after every epoch and at the end.
     Evaluate(EvaluateSpec),
 }
@@ -49,6 +55,9 @@ impl StageSpec {
             StageSpec::Dense(_) => "dense",
             StageSpec::Mlp(_) => "mlp",
             StageSpec::Pl(_) => "pl",
+            StageSpec::Sgd(_) => "sgd",
+            StageSpec::Adam(_) => "adam",
+            StageSpec::Adamw(_) => "adamw",
             StageSpec::Evaluate(_) => "evaluate",
         }
     }
@@ -60,6 +69,8 @@ impl StageSpec {
             StageSpec::Dense(s) => Some(&s.input),
             StageSpec::Mlp(s) => Some(&s.input),
             StageSpec::Pl(s) => Some(&s.input),
+            StageSpec::Sgd(s) => Some(&s.input),
+            StageSpec::Adam(s) | StageSpec::Adamw(s) => Some(&s.input),
             StageSpec::Evaluate(s) => Some(&s.input),
         }
     }
@@ -178,6 +189,59 @@ pub struct PlSpec {
     pub label_smoothing: f32,
 }
 
+/// `kind: sgd`: backprop with SGD and momentum, cross-entropy on the softmax outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Learning rate.
+    #[serde(default = "defaults::sgd_lr")]
+    pub lr: f32,
+    /// Momentum coefficient (0 for plain SGD).
+    #[serde(default = "defaults::sgd_momentum")]
+    pub momentum: f32,
+    /// L2 penalty added to the weight gradients.
+    #[serde(default)]
+    pub weight_decay: f32,
+}
+
+/// `kind: adam` and `kind: adamw`: backprop with Adam, cross-entropy on the softmax outputs.
+/// For `adam` the weight decay is an L2 penalty on the gradient; for `adamw` it is decoupled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Learning rate.
+    #[serde(default = "defaults::adam_lr")]
+    pub lr: f32,
+    /// First-moment decay.
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f32,
+    /// Second-moment decay.
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f32,
+    /// Denominator guard.
+    #[serde(default = "defaults::adam_eps")]
+    pub eps: f32,
+    /// Weight decay; defaults to 0 for `adam` and 0.01 for `adamw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+}
+
 /// Which split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -246,6 +310,28 @@ pub mod defaults {
     pub(crate) fn label_smoothing() -> f32 {
         0.01
     }
+    pub(crate) fn sgd_lr() -> f32 {
+        0.01
+    }
+    pub(crate) fn sgd_momentum() -> f32 {
+        0.9
+    }
+    pub(crate) fn adam_lr() -> f32 {
+        1e-3
+    }
+    pub(crate) fn beta1() -> f32 {
+        0.9
+    }
+    pub(crate) fn beta2() -> f32 {
+        0.999
+    }
+    pub(crate) fn adam_eps() -> f32 {
+        1e-8
+    }
+    /// AdamW's decoupled weight decay.
+    pub fn adamw_weight_decay() -> f32 {
+        0.01
+    }
 }
 
 /// Deserialize the body of a stage of kind `kind` from YAML text as its own struct, to get
@@ -260,6 +346,8 @@ pub(crate) fn stage_body_error(kind: &str, body: &str) -> Option<serde_norway::E
         "dense" => as_type::<DenseSpec>(body),
         "mlp" => as_type::<MlpSpec>(body),
         "pl" | "prospective_learning" => as_type::<PlSpec>(body),
+        "sgd" => as_type::<SgdSpec>(body),
+        "adam" | "adamw" => as_type::<AdamSpec>(body),
         "evaluate" => as_type::<EvaluateSpec>(body),
         _ => None,
     }

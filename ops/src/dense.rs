@@ -55,14 +55,7 @@ impl Dense {
         for row in out.as_mut_slice().chunks_exact_mut(b.len().max(1)) {
             row.copy_from_slice(b);
         }
-        matmul(
-            out.view_mut(),
-            Accum::Add,
-            x.view(),
-            self.weights.view(),
-            1.0,
-            par(),
-        );
+        matmul(out.view_mut(), Accum::Add, x.view(), self.weights.view(), 1.0, par());
         Ok(out)
     }
 
@@ -72,22 +65,11 @@ impl Dense {
         if err.cols() != self.outputs() {
             return Err(OpsError::Shape {
                 op: "dense error propagation",
-                detail: format!(
-                    "error has {} columns, layer has {} outputs",
-                    err.cols(),
-                    self.outputs()
-                ),
+                detail: format!("error has {} columns, layer has {} outputs", err.cols(), self.outputs()),
             });
         }
         let mut out = Matrix::zeros(err.rows(), self.inputs());
-        matmul(
-            out.view_mut(),
-            Accum::Replace,
-            err.view(),
-            self.weights.view().transpose(),
-            1.0,
-            par(),
-        );
+        matmul(out.view_mut(), Accum::Replace, err.view(), self.weights.view().transpose(), 1.0, par());
         Ok(out)
     }
 }
@@ -111,9 +93,7 @@ mod tests {
     }
 
     fn ramp(rows: usize, cols: usize, scale: f32) -> Matrix {
-        let v = (0..rows * cols)
-            .map(|i| ((i * 7919 % 13) as f32 - 6.0) * scale)
-            .collect();
+        let v = (0..rows * cols).map(|i| ((i * 7919 % 13) as f32 - 6.0) * scale).collect();
         Matrix::from_vec(rows, cols, v)
     }
 
@@ -146,10 +126,6 @@ mod tests {
     fn wrong_input_width_is_a_shape_error() {
         let layer = Dense::new(Matrix::zeros(4, 2));
         let err = layer.forward(&Matrix::zeros(3, 5)).expect_err("5 != 4");
-        assert!(
-            err.to_string()
-                .contains("input has 5 features, layer expects 4"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("input has 5 features, layer expects 4"), "{err}");
     }
 }

@@ -29,12 +29,7 @@ mod tests {
         assert_eq!(a.as_slice(), b.as_slice());
         let n = a.as_slice().len() as f64;
         let mean = a.as_slice().iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = a
-            .as_slice()
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let var = a.as_slice().iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         let want = 2.0 / 500.0;
         assert!(mean.abs() < 0.002, "mean {mean}");
         assert!((var / want - 1.0).abs() < 0.05, "variance {var} vs {want}");

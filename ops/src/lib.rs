@@ -13,14 +13,18 @@
 //! - [`init`]: seeded weight initialisation.
 //! - [`solve`]: `dTheta = -alpha (X^T X + lambda I)^-1 X^T e` by Cholesky, primal or dual.
 //! - [`update`]: momentum and spectral-norm clamp applied to a layer after its solve.
-//! - [`network`]: a chain of layers with the PL training step and inference.
+//! - [`network`]: a chain of layers (weights and activations) and inference.
+//! - [`pl`]: the Prospective Learning trainer: per-layer state and the training step.
+//! - [`backprop`]: the baselines: SGD with momentum, Adam and AdamW on the same networks.
 
 pub mod activation;
+pub mod backprop;
 pub mod dense;
 pub mod error;
 pub mod init;
 pub mod ledger;
 pub mod network;
+pub mod pl;
 pub mod solve;
 pub mod tensor;
 pub mod update;

@@ -1,47 +1,27 @@
-//! A chain of dense layers trained with Prospective Learning, and its inference.
-//!
-//! One training step (SPEC section 2): forward with the current weights, smoothed targets,
-//! then from the output back to the input: solve layer `l` on its input activation and
-//! error; compute the error of layer `l-1` with layer `l`'s weights *before* they change;
-//! release layer `l`'s error and input activation; apply the update. Every error is thus
-//! computed from pre-update weights, exactly as if all were computed before any update, but
-//! at most two errors are alive at once and none is alive during another layer's solve.
+//! A chain of dense layers: weights and activations only. Trainers ([`crate::pl`], and the
+//! backprop baselines) own their optimiser state and update the network in place.
 
 use crate::activation::Activation;
 use crate::dense::Dense;
-use crate::solve::{RidgeConfig, ridge_update};
-use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 
-/// One layer of a network with its PL state.
-#[derive(Debug)]
+/// One layer of a network.
+#[derive(Debug, Clone)]
 pub struct Layer {
     /// Weights and bias.
     pub dense: Dense,
     /// The activation after the affine map.
     pub activation: Activation,
-    /// Momentum and clamp state.
-    pub state: LayerState,
 }
 
-/// Settings of a PL training step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PlConfig {
-    /// The regularised least-squares solve.
-    pub ridge: RidgeConfig,
-    /// The stabilisers applied after each solve.
-    pub rule: UpdateRule,
-    /// Label smoothing `eps`: targets are `1 - eps` and `eps / (C - 1)`.
-    pub label_smoothing: f32,
-}
-
-/// What one step saw, for the run's metrics.
+/// What one training step saw, for the run's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
     /// Rows in the batch.
     pub rows: usize,
-    /// Sum over the batch of the squared output error `||z - y_hat||^2`.
-    pub sum_sq_error: f64,
+    /// PL: sum over the batch of the squared output error `||z - y_hat||^2`; backprop: sum of
+    /// the cross-entropy losses.
+    pub loss_sum: f64,
     /// Rows whose largest output was the true class (with the pre-update weights).
     pub correct: usize,
 }
@@ -57,7 +37,7 @@ pub struct LayerError {
     pub source: OpsError,
 }
 
-fn at(layer: usize) -> impl Fn(OpsError) -> LayerError {
+pub(crate) fn at(layer: usize) -> impl Fn(OpsError) -> LayerError {
     move |source| LayerError { layer, source }
 }
 
@@ -86,98 +66,6 @@ impl Network {
         }
         Ok(current.unwrap_or_else(|| x.clone()))
     }
-
-    /// One Prospective Learning step on batch `x` with class labels `labels`.
-    pub fn pl_step(
-        &mut self,
-        x: &Matrix,
-        labels: &[u32],
-        cfg: &PlConfig,
-    ) -> Result<StepStats, LayerError> {
-        let count = self.layers.len();
-        if count == 0 {
-            return Ok(StepStats::default());
-        }
-        let mut acts: Vec<Matrix> = Vec::with_capacity(count);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let input = if l == 0 { x } else { &acts[l - 1] };
-            let mut z = layer.dense.forward(input).map_err(at(l))?;
-            layer.activation.apply(z.as_mut_slice());
-            acts.push(z);
-        }
-        let Some(mut err) = acts.pop() else {
-            return Ok(StepStats::default());
-        };
-        let stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
-
-        for l in (0..count).rev() {
-            let input = if l == 0 { x } else { &acts[l - 1] };
-            let update = ridge_update(input, &err, &cfg.ridge).map_err(at(l))?;
-            let previous = if l > 0 {
-                let mut e = self.layers[l].dense.input_error(&err).map_err(at(l))?;
-                self.layers[l - 1]
-                    .activation
-                    .scale_by_derivative(e.as_mut_slice(), acts[l - 1].as_slice());
-                Some(e)
-            } else {
-                None
-            };
-            drop(err);
-            acts.truncate(l.saturating_sub(1));
-            let layer = &mut self.layers[l];
-            layer
-                .state
-                .apply(&mut layer.dense, update, &cfg.rule)
-                .map_err(at(l))?;
-            match previous {
-                Some(e) => err = e,
-                None => break,
-            }
-        }
-        Ok(stats)
-    }
-}
-
-/// Turn output scores into the output error `z - y_hat` in place, and count what the scores
-/// got right.
-fn output_error(z: &mut Matrix, labels: &[u32], eps: f32) -> Result<StepStats, OpsError> {
-    let (n, classes) = (z.rows(), z.cols());
-    if labels.len() != n {
-        return Err(OpsError::Shape {
-            op: "PL targets",
-            detail: format!("{} labels for {n} rows", labels.len()),
-        });
-    }
-    let off = if classes > 1 {
-        eps / (classes - 1) as f32
-    } else {
-        0.0
-    };
-    let mut stats = StepStats {
-        rows: n,
-        ..StepStats::default()
-    };
-    for (row, &label) in z
-        .as_mut_slice()
-        .chunks_exact_mut(classes.max(1))
-        .zip(labels)
-    {
-        let label = label as usize;
-        if label >= classes {
-            return Err(OpsError::Shape {
-                op: "PL targets",
-                detail: format!("label {label} but the output layer has {classes} units"),
-            });
-        }
-        if argmax(row) == label {
-            stats.correct += 1;
-        }
-        for (c, v) in row.iter_mut().enumerate() {
-            *v -= if c == label { 1.0 - eps } else { off };
-            stats.sum_sq_error += (*v as f64).powi(2);
-        }
-    }
-    Ok(stats)
 }
 
 /// Index of the largest value (the first one on ties).
@@ -194,88 +82,22 @@ pub fn argmax(row: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::init::xavier_normal;
-    use crate::solve::{RidgeScale, SolvePath};
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
-
-    fn config() -> PlConfig {
-        PlConfig {
-            ridge: RidgeConfig {
-                alpha: 0.1,
-                lambda: 0.1,
-                scale: RidgeScale::Relative,
-                path: SolvePath::Auto,
-            },
-            rule: UpdateRule {
-                momentum: Some(0.9),
-                spectral_max: Some(2.0),
-            },
-            label_smoothing: 0.01,
-        }
-    }
-
-    fn network(sizes: &[usize], rng: &mut ChaCha8Rng) -> Network {
-        let rule = config().rule;
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let dense = Dense::new(xavier_normal(w[0], w[1], rng));
-                let activation = if i + 2 == sizes.len() {
-                    Activation::Linear
-                } else {
-                    Activation::Elu { clip: 10.0 }
-                };
-                let state = LayerState::new(&dense, &rule);
-                Layer {
-                    dense,
-                    activation,
-                    state,
-                }
-            })
-            .collect();
-        Network { layers }
-    }
 
     #[test]
-    fn output_error_uses_smoothed_targets() {
-        let mut z = Matrix::from_vec(1, 3, vec![0.2, 0.9, 0.1]);
-        let stats = output_error(&mut z, &[1], 0.01).expect("fits");
-        assert_eq!(stats.correct, 1);
-        let want = [0.2 - 0.005, 0.9 - 0.99, 0.1 - 0.005];
-        for (g, w) in z.as_slice().iter().zip(want) {
-            assert!((g - w).abs() < 1e-6);
-        }
-    }
-
-    #[test]
-    fn out_of_range_label_is_an_error() {
-        let mut z = Matrix::zeros(1, 3);
-        assert!(output_error(&mut z, &[3], 0.01).is_err());
-    }
-
-    /// A separable synthetic task: the class is the index of the largest of the first three
-    /// features. PL must learn it well within a few dozen steps.
-    #[test]
-    fn pl_learns_a_synthetic_task() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let mut net = network(&[8, 32, 16, 3], &mut rng);
-        let batch = |rng: &mut ChaCha8Rng| {
-            let x = xavier_normal(64, 8, rng);
-            let labels: Vec<u32> = (0..64).map(|i| argmax(&x.row(i)[..3]) as u32).collect();
-            (x, labels)
+    fn forward_chains_layers_and_applies_activations() {
+        let mut first = Dense::new(Matrix::from_vec(2, 2, vec![1.0, -1.0, 0.5, 2.0]));
+        first.bias = Matrix::from_vec(1, 2, vec![0.0, -3.0]);
+        let second = Dense::new(Matrix::from_vec(2, 1, vec![1.0, 1.0]));
+        let net = Network {
+            layers: vec![
+                Layer { dense: first, activation: Activation::Elu { clip: 10.0 } },
+                Layer { dense: second, activation: Activation::Linear },
+            ],
         };
-        let cfg = config();
-        for _ in 0..60 {
-            let (x, y) = batch(&mut rng);
-            net.pl_step(&x, &y, &cfg).expect("step");
-        }
-        let (x, y) = batch(&mut rng);
-        let out = net.forward(&x).expect("forward");
-        let correct = (0..64)
-            .filter(|&i| argmax(out.row(i)) == y[i] as usize)
-            .count();
-        assert!(correct >= 54, "only {correct}/64 correct after training");
+        let out = net.forward(&Matrix::from_vec(1, 2, vec![2.0, 1.0])).expect("shapes");
+        // z1 = [2 + 0.5, -2 + 2 - 3] = [2.5, -3]; a1 = [2.5, e^-3 - 1]; z2 = a1[0] + a1[1]
+        let want = 2.5 + ((-3.0f32).exp() - 1.0);
+        assert!((out.as_slice()[0] - want).abs() < 1e-6);
+        assert_eq!(argmax(&[0.1, 0.7, 0.7, -1.0]), 1);
     }
 }

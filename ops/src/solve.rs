@@ -81,24 +81,13 @@ pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath) -> usize {
     let da = d + 1;
     let update = (d * m + m) * size_of::<f32>();
     let f64s = match path {
-        SolvePath::Dual => {
-            n * n + n * CHUNK.min(da) + n * CHUNK.min(m) + CHUNK.min(da) * CHUNK.min(m)
-        }
+        SolvePath::Dual => n * n + n * CHUNK.min(da) + n * CHUNK.min(m) + CHUNK.min(da) * CHUNK.min(m),
         SolvePath::Primal => {
             let rows = CHUNK.min(n.max(1));
             da * da + da * m + rows * (da + m)
         }
         SolvePath::Auto => {
-            return workspace_bytes(
-                n,
-                d,
-                m,
-                if n < da {
-                    SolvePath::Dual
-                } else {
-                    SolvePath::Primal
-                },
-            );
+            return workspace_bytes(n, d, m, if n < da { SolvePath::Dual } else { SolvePath::Primal });
         }
     };
     f64s * size_of::<f64>() + update
@@ -120,35 +109,17 @@ fn ridge_update_chunked(
     if e.rows() != n {
         return Err(OpsError::Shape {
             op: OP,
-            detail: format!(
-                "input has {n} rows but the error has {} ({}x{m})",
-                e.rows(),
-                e.rows()
-            ),
+            detail: format!("input has {n} rows but the error has {} ({}x{m})", e.rows(), e.rows()),
         });
     }
     let da = d + 1;
     // trace(X_aug^T X_aug) = ||X||_F^2 + n (the ones column), summed in f64.
-    let trace = n as f64
-        + x.as_slice()
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>();
+    let trace = n as f64 + x.as_slice().iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
     if !trace.is_finite() {
-        return Err(OpsError::NonFinite {
-            op: OP,
-            what: "the layer input",
-            rows: n,
-            cols: d,
-        });
+        return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows: n, cols: d });
     }
     if !e.as_slice().iter().all(|v| v.is_finite()) {
-        return Err(OpsError::NonFinite {
-            op: OP,
-            what: "the error",
-            rows: n,
-            cols: d,
-        });
+        return Err(OpsError::NonFinite { op: OP, what: "the error", rows: n, cols: d });
     }
     let lambda = match cfg.scale {
         RidgeScale::Absolute => cfg.lambda,
@@ -166,25 +137,10 @@ fn ridge_update_chunked(
     } else {
         solve_primal(x, e, lambda, cfg.alpha, chunk, &mut dw, &mut db)?;
     }
-    if !dw
-        .as_slice()
-        .iter()
-        .chain(db.as_slice())
-        .all(|v| v.is_finite())
-    {
-        return Err(OpsError::NonFinite {
-            op: OP,
-            what: "the solved update",
-            rows: n,
-            cols: d,
-        });
+    if !dw.as_slice().iter().chain(db.as_slice()).all(|v| v.is_finite()) {
+        return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: n, cols: d });
     }
-    Ok(RidgeUpdate {
-        dw,
-        db,
-        lambda_used: lambda,
-        dual,
-    })
+    Ok(RidgeUpdate { dw, db, lambda_used: lambda, dual })
 }
 
 /// Columns `c0..c1` of `X_aug` (column `d` is the ones column) as a row-major `f64` block.
@@ -251,14 +207,7 @@ fn solve_dual(
             columns_f64(x, c0, c1, &mut xc[..n * cwid]);
             let xv = MatRef::from_row_major_slice(&xc[..n * cwid], n, cwid);
             let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
-            matmul(
-                ov.as_mut(),
-                Accum::Replace,
-                xv.transpose(),
-                zr,
-                -alpha,
-                par(),
-            );
+            matmul(ov.as_mut(), Accum::Replace, xv.transpose(), zr, -alpha, par());
             store_theta(ov.as_ref(), c0, b0, d, dw, db);
         }
     }
@@ -325,22 +274,11 @@ fn solve_primal(
 
 /// Write rows `c0..` and columns `b0..` of `dTheta` (already scaled) into `dw` (rows `< d`)
 /// and `db` (row `d`).
-fn store_theta(
-    theta: MatRef<'_, f64>,
-    c0: usize,
-    b0: usize,
-    d: usize,
-    dw: &mut Matrix,
-    db: &mut Matrix,
-) {
+fn store_theta(theta: MatRef<'_, f64>, c0: usize, b0: usize, d: usize, dw: &mut Matrix, db: &mut Matrix) {
     let m = dw.cols();
     for j in 0..theta.nrows() {
         let row = c0 + j;
-        let dst = if row == d {
-            db.as_mut_slice()
-        } else {
-            &mut dw.as_mut_slice()[row * m..(row + 1) * m]
-        };
+        let dst = if row == d { db.as_mut_slice() } else { &mut dw.as_mut_slice()[row * m..(row + 1) * m] };
         for c in 0..theta.ncols() {
             dst[b0 + c] = theta[(j, c)] as f32;
         }
@@ -369,20 +307,12 @@ fn factor(a: MatMut<'_, f64>) -> Result<MemBuffer, OpsError> {
     let req = llt::factor::cholesky_in_place_scratch::<f64>(dim, par(), Default::default())
         .or(llt::solve::solve_in_place_scratch::<f64>(dim, CHUNK, par()));
     let mut mem = MemBuffer::new(req);
-    llt::factor::cholesky_in_place(
-        a,
-        Default::default(),
-        par(),
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|err| match err {
-        llt::factor::LltError::NonPositivePivot { index } => OpsError::NotPositiveDefinite {
-            op: OP,
-            dim,
-            pivot: index,
-        },
-    })?;
+    llt::factor::cholesky_in_place(a, Default::default(), par(), MemStack::new(&mut mem), Default::default())
+        .map_err(|err| match err {
+            llt::factor::LltError::NonPositivePivot { index } => {
+                OpsError::NotPositiveDefinite { op: OP, dim, pivot: index }
+            }
+        })?;
     Ok(mem)
 }
 
@@ -395,9 +325,7 @@ mod tests {
 
     fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let v = (0..rows * cols)
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
+        let v = (0..rows * cols).map(|_| StandardNormal.sample(&mut rng)).collect();
         Matrix::from_vec(rows, cols, v)
     }
 
@@ -407,11 +335,7 @@ mod tests {
         let (n, d, m) = (x.rows(), x.cols(), e.cols());
         let xa = |i: usize, j: usize| if j == d { 1.0 } else { x.row(i)[j] as f64 };
         let theta = |j: usize, c: usize| {
-            if j == d {
-                u.db.as_slice()[c] as f64
-            } else {
-                u.dw.row(j)[c] as f64
-            }
+            if j == d { u.db.as_slice()[c] as f64 } else { u.dw.row(j)[c] as f64 }
         };
         let (mut worst, mut scale) = (0.0f64, 0.0f64);
         for j in 0..=d {
@@ -430,19 +354,13 @@ mod tests {
     }
 
     fn cfg(path: SolvePath, scale: RidgeScale, lambda: f64) -> RidgeConfig {
-        RidgeConfig {
-            alpha: 0.1,
-            lambda,
-            scale,
-            path,
-        }
+        RidgeConfig { alpha: 0.1, lambda, scale, path }
     }
 
     #[test]
     fn primal_solve_satisfies_normal_equations() {
         let (x, e) = (random(40, 12, 1), random(40, 3, 2));
-        let u =
-            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Absolute, 0.5)).expect("solve");
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Absolute, 0.5)).expect("solve");
         assert!(!u.dual, "n=40 > d+1=13 must take the primal route");
         let r = normal_equation_residual(&x, &e, &u, 0.1);
         assert!(r < 1e-5, "relative residual {r}");
@@ -451,8 +369,7 @@ mod tests {
     #[test]
     fn dual_solve_satisfies_normal_equations() {
         let (x, e) = (random(10, 30, 3), random(10, 4, 4));
-        let u =
-            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.1)).expect("solve");
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.1)).expect("solve");
         assert!(u.dual, "n=10 < d+1=31 must take the dual route");
         let r = normal_equation_residual(&x, &e, &u, 0.1);
         assert!(r < 1e-5, "relative residual {r}");
@@ -462,17 +379,13 @@ mod tests {
     fn both_routes_agree() {
         for (n, d) in [(20, 50), (50, 20), (31, 30), (150, 300), (300, 140)] {
             let (x, e) = (random(n, d, 5), random(n, if d > 200 { 140 } else { 6 }, 6));
-            let p = ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Relative, 1e-2))
-                .expect("primal");
-            let q = ridge_update(&x, &e, &cfg(SolvePath::Dual, RidgeScale::Relative, 1e-2))
-                .expect("dual");
+            let p =
+                ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Relative, 1e-2)).expect("primal");
+            let q = ridge_update(&x, &e, &cfg(SolvePath::Dual, RidgeScale::Relative, 1e-2)).expect("dual");
             assert_eq!(p.lambda_used, q.lambda_used);
             let max = p.dw.as_slice().iter().fold(0f32, |a, v| a.max(v.abs()));
             for (a, b) in
-                p.dw.as_slice()
-                    .iter()
-                    .zip(q.dw.as_slice())
-                    .chain(p.db.as_slice().iter().zip(q.db.as_slice()))
+                p.dw.as_slice().iter().zip(q.dw.as_slice()).chain(p.db.as_slice().iter().zip(q.db.as_slice()))
             {
                 assert!((a - b).abs() <= 1e-4 * max, "n={n} d={d}: {a} vs {b}");
             }
@@ -505,8 +418,7 @@ mod tests {
     fn relative_lambda_is_mean_gram_diagonal() {
         let x = Matrix::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
         let e = Matrix::from_vec(2, 1, vec![1.0, -1.0]);
-        let u =
-            ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.5)).expect("solve");
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.5)).expect("solve");
         // trace = 1 + 4 + 9 + 16 + 2 (ones column) = 32, over d+1 = 3 diagonal entries.
         assert!((u.lambda_used - 0.5 * 32.0 / 3.0).abs() < 1e-12);
     }
@@ -515,12 +427,8 @@ mod tests {
     fn nan_input_is_reported_not_propagated() {
         let mut x = random(8, 4, 7);
         x.as_mut_slice()[5] = f32::NAN;
-        let err = ridge_update(
-            &x,
-            &random(8, 2, 8),
-            &cfg(SolvePath::Auto, RidgeScale::Absolute, 1.0),
-        )
-        .expect_err("NaN input");
+        let err = ridge_update(&x, &random(8, 2, 8), &cfg(SolvePath::Auto, RidgeScale::Absolute, 1.0))
+            .expect_err("NaN input");
         assert!(err.to_string().contains("NaN"), "{err}");
     }
 
@@ -528,8 +436,8 @@ mod tests {
     fn zero_lambda_on_rank_deficient_input_is_not_positive_definite() {
         let x = Matrix::zeros(10, 3);
         let e = random(10, 2, 9);
-        let err = ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Absolute, 0.0))
-            .expect_err("singular");
+        let err =
+            ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Absolute, 0.0)).expect_err("singular");
         assert!(err.to_string().contains("not positive definite"), "{err}");
     }
 }

@@ -15,11 +15,7 @@ pub struct Matrix {
 impl Matrix {
     /// A `rows x cols` matrix of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self {
-            rows,
-            cols,
-            data: Buffer::zeros(rows * cols),
-        }
+        Self { rows, cols, data: Buffer::zeros(rows * cols) }
     }
 
     /// Wrap row-major values; `data.len()` must be `rows * cols`.
@@ -27,17 +23,8 @@ impl Matrix {
     /// # Panics
     /// If the length does not match the shape (a programming error, not a user input).
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "Matrix::from_vec: {rows}x{cols} needs {} values",
-            rows * cols
-        );
-        Self {
-            rows,
-            cols,
-            data: Buffer::from_vec(data),
-        }
+        assert_eq!(data.len(), rows * cols, "Matrix::from_vec: {rows}x{cols} needs {} values", rows * cols);
+        Self { rows, cols, data: Buffer::from_vec(data) }
     }
 
     /// Number of rows.

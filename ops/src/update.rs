@@ -39,32 +39,22 @@ impl LayerState {
     pub fn new(layer: &Dense, rule: &UpdateRule) -> Self {
         let m = layer.outputs();
         let velocity = rule.momentum.map(|_| Matrix::zeros(layer.inputs(), m));
-        let mut state = Self {
-            velocity,
-            power: None,
-            spectral_norm: 0.0,
-            steps: 0,
-        };
+        let mut state = Self { velocity, power: None, spectral_norm: 0.0, steps: 0 };
         if rule.spectral_max.is_some() {
             let v = Matrix::from_vec(1, m, vec![1.0 / (m.max(1) as f32).sqrt(); m]);
             state.power = Some(v);
-            state.spectral_norm =
-                power_iteration(&layer.weights, state.power_mut(), POWER_STEPS_AT_START);
+            state.spectral_norm = power_iteration(&layer.weights, state.power_mut(), POWER_STEPS_AT_START);
         }
         state
     }
 
     fn power_mut(&mut self) -> &mut [f32] {
-        self.power
-            .as_mut()
-            .map(|p| p.as_mut_slice())
-            .unwrap_or_default()
+        self.power.as_mut().map(|p| p.as_mut_slice()).unwrap_or_default()
     }
 
     /// Bytes of per-weight state this layer holds.
     pub fn bytes(&self) -> usize {
-        self.velocity.as_ref().map_or(0, Matrix::bytes)
-            + self.power.as_ref().map_or(0, Matrix::bytes)
+        self.velocity.as_ref().map_or(0, Matrix::bytes) + self.power.as_ref().map_or(0, Matrix::bytes)
     }
 
     /// Apply `update` to `layer`: fused momentum and weight update, bias, then the clamp.
@@ -100,12 +90,7 @@ impl LayerState {
                 }
             }
         }
-        for (b, &db) in layer
-            .bias
-            .as_mut_slice()
-            .iter_mut()
-            .zip(update.db.as_slice())
-        {
+        for (b, &db) in layer.bias.as_mut_slice().iter_mut().zip(update.db.as_slice()) {
             *b += db;
         }
         if let Some(max) = rule.spectral_max {
@@ -113,11 +98,7 @@ impl LayerState {
             self.spectral_norm = sigma;
             if sigma > max {
                 let s = max / sigma;
-                layer
-                    .weights
-                    .as_mut_slice()
-                    .iter_mut()
-                    .for_each(|w| *w *= s);
+                layer.weights.as_mut_slice().iter_mut().for_each(|w| *w *= s);
                 self.spectral_norm = max;
             }
         }
@@ -137,12 +118,7 @@ pub fn power_iteration(w: &Matrix, v: &mut [f32], steps: usize) -> f32 {
     let mut next = vec![0.0f64; m];
     let w_times = |v: &[f32], u: &mut [f64]| {
         for (i, ui) in u.iter_mut().enumerate() {
-            *ui = w
-                .row(i)
-                .iter()
-                .zip(v)
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
+            *ui = w.row(i).iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum();
         }
         u.iter().map(|x| x * x).sum::<f64>().sqrt()
     };
@@ -192,42 +168,27 @@ mod tests {
 
     #[test]
     fn momentum_follows_its_recurrence() {
-        let rule = UpdateRule {
-            momentum: Some(0.9),
-            spectral_max: None,
-        };
+        let rule = UpdateRule { momentum: Some(0.9), spectral_max: None };
         let mut layer = Dense::new(Matrix::zeros(1, 2));
         let mut st = LayerState::new(&layer, &rule);
-        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule)
-            .expect("apply");
+        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
         // V1 = 0.1 dW, W1 = V1
         assert!((layer.weights.as_slice()[0] - 0.1).abs() < 1e-7);
-        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule)
-            .expect("apply");
+        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
         // V2 = 0.9*0.1 + 0.1 = 0.19, W2 = 0.1 + 0.19
         assert!((layer.weights.as_slice()[0] - 0.29).abs() < 1e-6);
         assert!((layer.weights.as_slice()[1] + 0.58).abs() < 1e-6);
-        assert!(
-            (layer.bias.as_slice()[0] - 1.0).abs() < 1e-7,
-            "bias takes db twice, no momentum"
-        );
+        assert!((layer.bias.as_slice()[0] - 1.0).abs() < 1e-7, "bias takes db twice, no momentum");
     }
 
     #[test]
     fn clamp_scales_weights_to_max_norm() {
-        let rule = UpdateRule {
-            momentum: None,
-            spectral_max: Some(2.0),
-        };
+        let rule = UpdateRule { momentum: None, spectral_max: Some(2.0) };
         let mut layer = Dense::new(Matrix::zeros(2, 2));
         let mut st = LayerState::new(&layer, &rule);
-        st.apply(&mut layer, update(vec![5.0, 0.0, 0.0, 1.0], 2, 2), &rule)
-            .expect("apply");
+        st.apply(&mut layer, update(vec![5.0, 0.0, 0.0, 1.0], 2, 2), &rule).expect("apply");
         let w = layer.weights.as_slice();
-        assert!(
-            (w[0] - 2.0).abs() < 1e-3 && (w[3] - 0.4).abs() < 1e-3,
-            "{w:?}"
-        );
+        assert!((w[0] - 2.0).abs() < 1e-3 && (w[3] - 0.4).abs() < 1e-3, "{w:?}");
         assert!(st.bytes() > 0 && st.velocity.is_none());
     }
 }

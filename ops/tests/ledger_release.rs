@@ -7,9 +7,10 @@ use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
-use plflow_ops::network::{Layer, Network, PlConfig};
+use plflow_ops::network::{Layer, Network};
+use plflow_ops::pl::{PlConfig, PlTrainer};
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath};
-use plflow_ops::update::{LayerState, UpdateRule};
+use plflow_ops::update::UpdateRule;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -17,16 +18,8 @@ use rand_chacha::ChaCha8Rng;
 fn step_releases_activations_and_errors_layer_by_layer() {
     let (n, sizes) = (512usize, [784usize, 512, 128, 10]);
     let cfg = PlConfig {
-        ridge: RidgeConfig {
-            alpha: 0.1,
-            lambda: 0.1,
-            scale: RidgeScale::Relative,
-            path: SolvePath::Auto,
-        },
-        rule: UpdateRule {
-            momentum: Some(0.9),
-            spectral_max: Some(2.0),
-        },
+        ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
+        rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
         label_smoothing: 0.01,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -36,38 +29,21 @@ fn step_releases_activations_and_errors_layer_by_layer() {
             .enumerate()
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
-                let activation = if i == 2 {
-                    Activation::Linear
-                } else {
-                    Activation::Elu { clip: 10.0 }
-                };
-                let state = LayerState::new(&dense, &cfg.rule);
-                Layer {
-                    dense,
-                    activation,
-                    state,
-                }
+                let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                Layer { dense, activation }
             })
             .collect(),
     };
-    let x = Matrix::from_vec(
-        n,
-        784,
-        (0..n * 784)
-            .map(|i| ((i * 31 % 255) as f32) / 255.0)
-            .collect(),
-    );
+    let x = Matrix::from_vec(n, 784, (0..n * 784).map(|i| ((i * 31 % 255) as f32) / 255.0).collect());
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
 
+    let mut trainer = PlTrainer::new(&net, cfg);
     let before = ledger::current_bytes();
     ledger::reset_peak();
-    net.pl_step(&x, &labels, &cfg).expect("step");
+    trainer.step(&mut net, &x, &labels).expect("step");
     let after = ledger::current_bytes();
     let peak = ledger::peak_bytes() - before;
-    assert_eq!(
-        after, before,
-        "everything a step allocates is released when it ends"
-    );
+    assert_eq!(after, before, "everything a step allocates is released when it ends");
 
     // Layer 0 takes the dual route (n = 512 < 785). Its solve holds the n x n kernel in f64,
     // one 128-column slice of X_aug and one 128-column block of Z in f64, a 128 x 128 output
@@ -76,10 +52,7 @@ fn step_releases_activations_and_errors_layer_by_layer() {
     let layer0_solve =
         (n * n + 2 * n * chunk + chunk * chunk) * f64b + (784 * 512 + 512) * f32b + n * 512 * f32b;
     let a0 = n * 512 * f32b;
-    assert!(
-        peak >= layer0_solve,
-        "peak {peak} below the layer-0 solve's own {layer0_solve}"
-    );
+    assert!(peak >= layer0_solve, "peak {peak} below the layer-0 solve's own {layer0_solve}");
     assert!(
         peak < layer0_solve + a0,
         "peak {peak} includes an activation that should have been released (layer-0 solve needs {layer0_solve})"

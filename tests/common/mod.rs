@@ -14,9 +14,7 @@ pub fn root() -> PathBuf {
 /// Run `plflow args...` in `cwd` with extra environment variables.
 pub fn plflow(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plflow"));
-    cmd.current_dir(cwd)
-        .args(args)
-        .env_remove("PLFLOW_DATA_DIR");
+    cmd.current_dir(cwd).args(args).env_remove("PLFLOW_DATA_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -25,10 +23,7 @@ pub fn plflow(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
 
 /// Standard output and error of a finished command, for assertion messages.
 pub fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {

@@ -12,9 +12,10 @@ use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
-use plflow_ops::network::{Layer, Network, PlConfig};
+use plflow_ops::network::{Layer, Network};
+use plflow_ops::pl::{PlConfig, PlTrainer};
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update};
-use plflow_ops::update::{LayerState, UpdateRule};
+use plflow_ops::update::UpdateRule;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -26,34 +27,22 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        sizes: vec![784, 512, 128, 10],
-        batch: 512,
-        repeat: 20,
-    };
+    let mut args = Args { sizes: vec![784, 512, 128, 10], batch: 512, repeat: 20 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|e| format!("{flag} {v}: {e}"))
-        };
+        let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
         match flag.as_str() {
             "--sizes" => args.sizes = value.split(',').map(num).collect::<Result<_, _>>()?,
             "--batch" => args.batch = num(&value)?,
             "--repeat" => args.repeat = num(&value)?.max(1),
             _ => {
-                return Err(format!(
-                    "unknown flag {flag} (use --sizes, --batch, --repeat)"
-                ));
+                return Err(format!("unknown flag {flag} (use --sizes, --batch, --repeat)"));
             }
         }
     }
     if args.sizes.len() < 2 || args.sizes.contains(&0) || args.batch == 0 {
-        return Err(
-            "--sizes needs at least two positive widths and --batch must be positive".into(),
-        );
+        return Err("--sizes needs at least two positive widths and --batch must be positive".into());
     }
     Ok(args)
 }
@@ -88,16 +77,8 @@ fn main() {
     };
     let (n, sizes) = (args.batch, &args.sizes);
     let cfg = PlConfig {
-        ridge: RidgeConfig {
-            alpha: 0.1,
-            lambda: 0.1,
-            scale: RidgeScale::Relative,
-            path: SolvePath::Auto,
-        },
-        rule: UpdateRule {
-            momentum: Some(0.9),
-            spectral_max: Some(2.0),
-        },
+        ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
+        rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
         label_smoothing: 0.01,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(42);
@@ -108,46 +89,26 @@ fn main() {
             .enumerate()
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
-                let activation = if i == last {
-                    Activation::Linear
-                } else {
-                    Activation::Elu { clip: 10.0 }
-                };
-                let state = LayerState::new(&dense, &cfg.rule);
-                Layer {
-                    dense,
-                    activation,
-                    state,
-                }
+                let activation = if i == last { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                Layer { dense, activation }
             })
             .collect(),
     };
-    let x = Matrix::from_vec(
-        n,
-        sizes[0],
-        (0..n * sizes[0])
-            .map(|i| (i * 7919 % 256) as f32 / 255.0)
-            .collect(),
-    );
+    let x =
+        Matrix::from_vec(n, sizes[0], (0..n * sizes[0]).map(|i| (i * 7919 % 256) as f32 / 255.0).collect());
     let classes = sizes[sizes.len() - 1] as u32;
     let labels: Vec<u32> = (0..n as u32).map(|i| i % classes).collect();
 
     // Inputs of each layer, for timing the solves alone.
     let mut inputs = vec![x.clone()];
     for layer in &net.layers[..net.layers.len() - 1] {
-        let mut z = layer
-            .dense
-            .forward(inputs.last().expect("non-empty"))
-            .expect("shapes");
+        let mut z = layer.dense.forward(inputs.last().expect("non-empty")).expect("shapes");
         layer.activation.apply(z.as_mut_slice());
         inputs.push(z);
     }
 
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    let fwd_flops: f64 = sizes
-        .windows(2)
-        .map(|w| 2.0 * (n * w[0] * w[1]) as f64)
-        .sum();
+    let fwd_flops: f64 = sizes.windows(2).map(|w| 2.0 * (n * w[0] * w[1]) as f64).sum();
     let ms = median_ms(|| drop(net.forward(&x)), args.repeat);
     rows.push(("forward".into(), ms, fwd_flops));
     let mut solves = 0.0;
@@ -156,30 +117,15 @@ fn main() {
         let flops = solve_flops(n, w[0], w[1]);
         solves += flops;
         let route = if n < w[0] + 1 { "dual" } else { "primal" };
-        let ms = median_ms(
-            || drop(ridge_update(&inputs[l], &e, &cfg.ridge)),
-            args.repeat,
-        );
-        rows.push((
-            format!(
-                "solve layer {l} ({}x{}, {route} {})",
-                w[0],
-                w[1],
-                n.min(w[0] + 1)
-            ),
-            ms,
-            flops,
-        ));
+        let ms = median_ms(|| drop(ridge_update(&inputs[l], &e, &cfg.ridge)), args.repeat);
+        rows.push((format!("solve layer {l} ({}x{}, {route} {})", w[0], w[1], n.min(w[0] + 1)), ms, flops));
     }
-    let err_flops: f64 = sizes
-        .windows(2)
-        .skip(1)
-        .map(|w| 2.0 * (n * w[0] * w[1]) as f64)
-        .sum();
+    let err_flops: f64 = sizes.windows(2).skip(1).map(|w| 2.0 * (n * w[0] * w[1]) as f64).sum();
     let step_flops = fwd_flops + err_flops + solves;
     ledger::reset_peak();
     let base = ledger::current_bytes();
-    let ms = median_ms(|| drop(net.pl_step(&x, &labels, &cfg)), args.repeat);
+    let mut trainer = PlTrainer::new(&net, cfg);
+    let ms = median_ms(|| drop(trainer.step(&mut net, &x, &labels)), args.repeat);
     rows.push(("full PL step".into(), ms, step_flops));
 
     println!(
@@ -187,16 +133,9 @@ fn main() {
         rayon::current_num_threads(),
         args.repeat
     );
-    println!(
-        "{:<44} {:>10} {:>10} {:>10}",
-        "part", "ms", "GFLOP", "GFLOP/s"
-    );
+    println!("{:<44} {:>10} {:>10} {:>10}", "part", "ms", "GFLOP", "GFLOP/s");
     for (name, ms, flops) in &rows {
-        println!(
-            "{name:<44} {ms:>10.2} {:>10.3} {:>10.1}",
-            flops / 1e9,
-            flops / 1e9 / (ms / 1e3)
-        );
+        println!("{name:<44} {ms:>10.2} {:>10.3} {:>10.1}", flops / 1e9, flops / 1e9 / (ms / 1e3));
     }
     println!(
         "ledger peak during a step: {:.1} MB above the network and batch",
