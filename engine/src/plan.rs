@@ -14,7 +14,7 @@ use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
 use plflow_ops::pl::PlConfig;
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
-use plflow_ops::update::UpdateRule;
+use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -480,6 +480,20 @@ impl Builder<'_> {
         if let Some(m) = s.momentum {
             self.range(name, "momentum", (0.0..1.0).contains(&m), "in [0, 1) or null", m)?;
         }
+        if let Some(m) = &s.metaplasticity {
+            self.range(name, "metaplasticity", (0.0..1.0).contains(&m.beta), "a beta in [0, 1)", m.beta)?;
+            self.range(name, "metaplasticity", m.gamma >= 0.0 && m.xi > 0.0, "gamma >= 0 and xi > 0", m.xi)?;
+        }
+        if let Some(o) = &s.orthogonalize {
+            self.range(name, "orthogonalize", o.every > 0, "a period `every` of at least 1", o.every)?;
+            self.range(
+                name,
+                "orthogonalize",
+                (0.0..=1.0).contains(&o.strength),
+                "a strength in [0, 1]",
+                o.strength,
+            )?;
+        }
         if let Some(m) = s.spectral_max {
             self.range(name, "spectral_max", m > 0.0 && m.is_finite(), "> 0 or null", m)?;
         }
@@ -504,7 +518,20 @@ impl Builder<'_> {
                     SolveSpec::Dual => SolvePath::Dual,
                 },
             },
-            rule: UpdateRule { momentum: s.momentum, spectral_max: s.spectral_max },
+            rule: UpdateRule {
+                metaplasticity: s.metaplasticity.map(|m| Metaplasticity {
+                    beta: m.beta,
+                    gamma: m.gamma,
+                    tau_inactive: m.tau_inactive,
+                    xi: m.xi,
+                    theta0: m.theta0,
+                }),
+                momentum: s.momentum,
+                orthogonalize: s
+                    .orthogonalize
+                    .map(|o| Orthogonalize { every: o.every, strength: o.strength }),
+                spectral_max: s.spectral_max,
+            },
             label_smoothing: s.label_smoothing,
         }))
     }
@@ -686,7 +713,12 @@ mod tests {
                 scale: RidgeScale::Relative,
                 path: SolvePath::Auto,
             },
-            rule: UpdateRule { momentum: Some(0.9), spectral_max: None },
+            rule: UpdateRule {
+                metaplasticity: None,
+                momentum: Some(0.9),
+                orthogonalize: None,
+                spectral_max: None,
+            },
             label_smoothing: 0.01,
         };
         let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);

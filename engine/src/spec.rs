@@ -178,15 +178,54 @@ pub struct PlSpec {
     /// Which system to factor.
     #[serde(default = "defaults::solve")]
     pub solve: SolveSpec,
+    /// Metaplasticity (paper eq. 16-19); `null` switches it off, `{}` takes the paper's settings.
+    #[serde(default = "defaults::metaplasticity")]
+    pub metaplasticity: Option<MetaplasticitySpec>,
     /// Momentum coefficient; `null` switches momentum off.
     #[serde(default = "defaults::momentum")]
     pub momentum: Option<f32>,
+    /// Newton-Schulz orthogonalisation of the momentum; `null` switches it off.
+    #[serde(default = "defaults::orthogonalize")]
+    pub orthogonalize: Option<OrthogonalizeSpec>,
     /// Largest spectral norm of each weight matrix; `null` switches the clamp off.
     #[serde(default = "defaults::spectral_max")]
     pub spectral_max: Option<f32>,
     /// Label smoothing `eps` of the targets.
     #[serde(default = "defaults::label_smoothing")]
     pub label_smoothing: f32,
+}
+
+/// Metaplasticity settings (defaults from SPEC section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaplasticitySpec {
+    /// Decay of each weight's activity trace.
+    #[serde(default = "defaults::mp_beta")]
+    pub beta: f32,
+    /// Sensitivity of the modulation to the trace.
+    #[serde(default = "defaults::mp_gamma")]
+    pub gamma: f32,
+    /// Traces below this count as inactive and are boosted.
+    #[serde(default = "defaults::mp_tau_inactive")]
+    pub tau_inactive: f32,
+    /// Boost factor of inactive weights.
+    #[serde(default = "defaults::mp_xi")]
+    pub xi: f32,
+    /// Initial trace.
+    #[serde(default = "defaults::mp_theta0")]
+    pub theta0: f32,
+}
+
+/// Orthogonalisation settings (defaults from SPEC section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrthogonalizeSpec {
+    /// Period in steps.
+    #[serde(default = "defaults::ortho_every")]
+    pub every: u64,
+    /// Blend `s` in `V <- (1 - s) V + s NS(V)`.
+    #[serde(default = "defaults::ortho_strength")]
+    pub strength: f32,
 }
 
 /// `kind: sgd`: backprop with SGD and momentum, cross-entropy on the softmax outputs.
@@ -300,6 +339,33 @@ pub mod defaults {
     }
     pub(crate) fn solve() -> SolveSpec {
         SolveSpec::Auto
+    }
+    pub(crate) fn metaplasticity() -> Option<MetaplasticitySpec> {
+        None
+    }
+    pub(crate) fn mp_beta() -> f32 {
+        0.7
+    }
+    pub(crate) fn mp_gamma() -> f32 {
+        0.15
+    }
+    pub(crate) fn mp_tau_inactive() -> f32 {
+        1e-3
+    }
+    pub(crate) fn mp_xi() -> f32 {
+        3.0
+    }
+    pub(crate) fn mp_theta0() -> f32 {
+        0.1
+    }
+    pub(crate) fn orthogonalize() -> Option<OrthogonalizeSpec> {
+        None
+    }
+    pub(crate) fn ortho_every() -> u64 {
+        5
+    }
+    pub(crate) fn ortho_strength() -> f32 {
+        0.1
     }
     pub(crate) fn momentum() -> Option<f32> {
         Some(0.9)

@@ -136,7 +136,12 @@ mod tests {
                 scale: RidgeScale::Relative,
                 path: SolvePath::Auto,
             },
-            rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
+            rule: UpdateRule {
+                metaplasticity: None,
+                momentum: Some(0.9),
+                orthogonalize: None,
+                spectral_max: Some(2.0),
+            },
             label_smoothing: 0.01,
         }
     }

@@ -1,5 +1,6 @@
-//! Applying a solved update to a dense layer (SPEC section 2, step 6): momentum on the
-//! weights, the spectral-norm clamp, and the bias added directly.
+//! Applying a solved update to a dense layer (SPEC section 2, steps 5-6): metaplasticity
+//! modulation, momentum, Newton-Schulz orthogonalisation of the momentum every few steps, the
+//! weight update, the spectral-norm clamp, and the bias added directly.
 //!
 //! The per-layer state is allocated only for the components that are switched on, so a run
 //! without momentum holds no velocity buffer.
@@ -11,10 +12,40 @@ use crate::{Matrix, OpsError};
 /// Which stabilisers run after each solve. `None` switches a component off.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpdateRule {
-    /// Momentum coefficient `mu`: `V <- mu V + (1 - mu) dW; W <- W + V`.
+    /// Per-weight modulation of the update by its history (paper eq. 16-19).
+    pub metaplasticity: Option<Metaplasticity>,
+    /// Momentum coefficient `mu`: `V <- mu V + (1 - mu) dW~; W <- W + V`.
     pub momentum: Option<f32>,
+    /// Newton-Schulz orthogonalisation of the momentum (or, without momentum, of the update).
+    pub orthogonalize: Option<Orthogonalize>,
     /// Largest allowed spectral norm of `W`; above it `W` is scaled down to it.
     pub spectral_max: Option<f32>,
+}
+
+/// Metaplasticity settings: `Theta <- beta Theta + (1 - beta) |dW|`, `rho = 1 / (1 + gamma
+/// Theta)`, times `xi` where `Theta < tau_inactive`; the update becomes `rho * dW`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metaplasticity {
+    /// Decay of the activity trace.
+    pub beta: f32,
+    /// Sensitivity of the modulation to the trace.
+    pub gamma: f32,
+    /// Traces below this count as inactive.
+    pub tau_inactive: f32,
+    /// Boost of inactive weights.
+    pub xi: f32,
+    /// Initial trace.
+    pub theta0: f32,
+}
+
+/// Orthogonalisation settings: every `every` steps, `V <- (1 - strength) V + strength NS(V)`
+/// with one Newton-Schulz step (paper Alg. 4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Orthogonalize {
+    /// Period in steps.
+    pub every: u64,
+    /// Blend of the orthogonalised matrix.
+    pub strength: f32,
 }
 
 /// Power-iteration steps per update; the vector persists, so a few steps track the top
@@ -26,6 +57,7 @@ const POWER_STEPS_AT_START: usize = 30;
 /// Per-layer optimiser state of Prospective Learning.
 #[derive(Debug)]
 pub struct LayerState {
+    theta: Option<Matrix>,
     velocity: Option<Matrix>,
     power: Option<Matrix>,
     /// Spectral norm estimated at the last update (0 when the clamp is off).
@@ -39,7 +71,10 @@ impl LayerState {
     pub fn new(layer: &Dense, rule: &UpdateRule) -> Self {
         let m = layer.outputs();
         let velocity = rule.momentum.map(|_| Matrix::zeros(layer.inputs(), m));
-        let mut state = Self { velocity, power: None, spectral_norm: 0.0, steps: 0 };
+        let theta = rule
+            .metaplasticity
+            .map(|mp| Matrix::from_vec(layer.inputs(), m, vec![mp.theta0; layer.inputs() * m]));
+        let mut state = Self { theta, velocity, power: None, spectral_norm: 0.0, steps: 0 };
         if rule.spectral_max.is_some() {
             let v = Matrix::from_vec(1, m, vec![1.0 / (m.max(1) as f32).sqrt(); m]);
             state.power = Some(v);
@@ -54,7 +89,7 @@ impl LayerState {
 
     /// Bytes of per-weight state this layer holds.
     pub fn bytes(&self) -> usize {
-        self.velocity.as_ref().map_or(0, Matrix::bytes) + self.power.as_ref().map_or(0, Matrix::bytes)
+        [&self.theta, &self.velocity, &self.power].iter().map(|b| b.as_ref().map_or(0, Matrix::bytes)).sum()
     }
 
     /// Apply `update` to `layer`: fused momentum and weight update, bias, then the clamp.
@@ -76,16 +111,36 @@ impl LayerState {
                 ),
             });
         }
+        let mut dw = update.dw;
+        if let (Some(theta), Some(mp)) = (&mut self.theta, rule.metaplasticity) {
+            modulate(dw.as_mut_slice(), theta.as_mut_slice(), &mp);
+        }
+        self.steps += 1;
+        let ortho = rule.orthogonalize.filter(|o| o.every > 0 && self.steps % o.every == 0);
         let w = layer.weights.as_mut_slice();
         match (&mut self.velocity, rule.momentum) {
             (Some(v), Some(mu)) => {
-                for ((w, v), &dw) in w.iter_mut().zip(v.as_mut_slice()).zip(update.dw.as_slice()) {
-                    *v = mu * *v + (1.0 - mu) * dw;
-                    *w += *v;
+                if let Some(o) = ortho {
+                    for (v, &dw) in v.as_mut_slice().iter_mut().zip(dw.as_slice()) {
+                        *v = mu * *v + (1.0 - mu) * dw;
+                    }
+                    blend_orthogonalized(v, o.strength);
+                    for (w, &v) in w.iter_mut().zip(v.as_slice()) {
+                        *w += v;
+                    }
+                } else {
+                    // fused: one pass over the weights, the velocity and the update
+                    for ((w, v), &dw) in w.iter_mut().zip(v.as_mut_slice()).zip(dw.as_slice()) {
+                        *v = mu * *v + (1.0 - mu) * dw;
+                        *w += *v;
+                    }
                 }
             }
             _ => {
-                for (w, &dw) in w.iter_mut().zip(update.dw.as_slice()) {
+                if let Some(o) = ortho {
+                    blend_orthogonalized(&mut dw, o.strength);
+                }
+                for (w, &dw) in w.iter_mut().zip(dw.as_slice()) {
                     *w += dw;
                 }
             }
@@ -102,9 +157,55 @@ impl LayerState {
                 self.spectral_norm = max;
             }
         }
-        self.steps += 1;
         Ok(())
     }
+}
+
+/// Metaplasticity (paper eq. 16-19) in place: update the traces `theta` from `|dw|`, then
+/// scale each update by its modulation factor.
+pub fn modulate(dw: &mut [f32], theta: &mut [f32], mp: &Metaplasticity) {
+    for (d, t) in dw.iter_mut().zip(theta.iter_mut()) {
+        *t = mp.beta * *t + (1.0 - mp.beta) * d.abs();
+        let mut rho = 1.0 / (1.0 + mp.gamma * *t);
+        if *t < mp.tau_inactive {
+            rho *= mp.xi;
+        }
+        *d *= rho;
+    }
+}
+
+/// `x <- (1 - s) x + s NS(x)`, where `NS` is one Newton-Schulz step (paper Alg. 4): normalise
+/// by the Frobenius norm when it exceeds 1, then `X (1.5 I - 0.5 X^T X)` (or
+/// `(1.5 I - 0.5 X X^T) X` for wide matrices), using the smaller Gram matrix.
+pub fn blend_orthogonalized(x: &mut Matrix, s: f32) {
+    let ns = newton_schulz_step(x);
+    for (v, &o) in x.as_mut_slice().iter_mut().zip(ns.as_slice()) {
+        *v = (1.0 - s) * *v + s * o;
+    }
+}
+
+/// One Newton-Schulz step of paper Alg. 4 (see [`blend_orthogonalized`]).
+pub fn newton_schulz_step(x: &Matrix) -> Matrix {
+    use faer::Accum;
+    use faer::linalg::matmul::matmul;
+    let (d, m) = (x.rows(), x.cols());
+    let norm = x.as_slice().iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32;
+    let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+    let mut out = Matrix::zeros(d, m);
+    if d >= m {
+        // X (1.5 I - 0.5 X^T X) = 1.5 X - 0.5 X (X^T X), with X already scaled
+        let mut g = Matrix::zeros(m, m);
+        matmul(g.view_mut(), Accum::Replace, x.view().transpose(), x.view(), scale * scale, crate::par());
+        matmul(out.view_mut(), Accum::Replace, x.view(), g.view(), -0.5 * scale, crate::par());
+    } else {
+        let mut g = Matrix::zeros(d, d);
+        matmul(g.view_mut(), Accum::Replace, x.view(), x.view().transpose(), scale * scale, crate::par());
+        matmul(out.view_mut(), Accum::Replace, g.view(), x.view(), -0.5 * scale, crate::par());
+    }
+    for (o, &v) in out.as_mut_slice().iter_mut().zip(x.as_slice()) {
+        *o += 1.5 * scale * v;
+    }
+    out
 }
 
 /// Advance the persistent right singular vector `v` of `w` (`d x m`) by `steps` power
@@ -156,6 +257,90 @@ mod tests {
         }
     }
 
+    const OFF: UpdateRule =
+        UpdateRule { metaplasticity: None, momentum: None, orthogonalize: None, spectral_max: None };
+    const MP: Metaplasticity =
+        Metaplasticity { beta: 0.7, gamma: 0.15, tau_inactive: 1e-3, xi: 3.0, theta0: 0.1 };
+
+    #[test]
+    fn metaplasticity_factors_follow_the_formula() {
+        // trace 0.1 -> 0.7*0.1 + 0.3*|2| = 0.67, rho = 1/(1 + 0.15*0.67)
+        // trace 0.0005 with dw 0 -> 0.00035 < 1e-3: boosted, rho = 3/(1 + 0.15*0.00035), dw stays 0
+        // trace 0.001 with dw -0.001 -> 0.7e-3 + 0.3e-3 = 1e-3: not below the threshold
+        let mut dw = [2.0f32, 0.0, -0.001];
+        let mut theta = [0.1f32, 0.0005, 0.001];
+        modulate(&mut dw, &mut theta, &MP);
+        assert!((theta[0] - 0.67).abs() < 1e-6 && (dw[0] - 2.0 / (1.0 + 0.15 * 0.67)).abs() < 1e-6);
+        assert!((theta[1] - 0.00035).abs() < 1e-9 && dw[1] == 0.0);
+        assert!((theta[2] - 0.001).abs() < 1e-9);
+        assert!((dw[2] + 0.001 / (1.0 + 0.15 * 0.001)).abs() < 1e-9, "not boosted: {}", dw[2]);
+        let mut boosted = [0.0001f32];
+        let mut t = [0.0f32];
+        modulate(&mut boosted, &mut t, &MP);
+        assert!((boosted[0] - 0.0001 * 3.0 / (1.0 + 0.15 * 0.00003)).abs() < 1e-9, "{}", boosted[0]);
+    }
+
+    /// One Newton-Schulz step against plain loops, for tall and wide matrices, with and
+    /// without the normalisation.
+    #[test]
+    fn newton_schulz_step_matches_dense_computation() {
+        for (d, m, scale) in [(5usize, 3usize, 1.0f32), (3, 5, 1.0), (4, 4, 0.05)] {
+            let x = Matrix::from_vec(
+                d,
+                m,
+                (0..d * m).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1 * scale).collect(),
+            );
+            let norm = x.as_slice().iter().map(|v| v * v).sum::<f32>().sqrt();
+            let c = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+            let xs: Vec<f64> = x.as_slice().iter().map(|&v| (v * c) as f64).collect();
+            let at = |i: usize, j: usize| xs[i * m + j];
+            let mut want = vec![0.0f64; d * m];
+            for i in 0..d {
+                for j in 0..m {
+                    let mut v = 1.5 * at(i, j);
+                    if d >= m {
+                        for k in 0..m {
+                            let g: f64 = (0..d).map(|r| at(r, k) * at(r, j)).sum();
+                            v -= 0.5 * at(i, k) * g;
+                        }
+                    } else {
+                        for k in 0..d {
+                            let g: f64 = (0..m).map(|cc| at(i, cc) * at(k, cc)).sum();
+                            v -= 0.5 * g * at(k, j);
+                        }
+                    }
+                    want[i * m + j] = v;
+                }
+            }
+            let got = newton_schulz_step(&x);
+            for (g, w) in got.as_slice().iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{d}x{m}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn orthogonalization_runs_every_k_steps_only() {
+        let rule = UpdateRule {
+            momentum: Some(0.5),
+            orthogonalize: Some(Orthogonalize { every: 2, strength: 0.1 }),
+            ..OFF
+        };
+        let mut layer = Dense::new(Matrix::zeros(2, 2));
+        let mut st = LayerState::new(&layer, &rule);
+        let dw = vec![1.0, 0.0, 0.0, 0.5];
+        st.apply(&mut layer, update(dw.clone(), 2, 2), &rule).expect("apply");
+        // step 1: V = 0.5 dW exactly
+        assert_eq!(st.velocity.as_ref().expect("momentum").as_slice(), &[0.5, 0.0, 0.0, 0.25]);
+        st.apply(&mut layer, update(dw, 2, 2), &rule).expect("apply");
+        // step 2: V = 0.5*V + 0.5 dW = [0.75, 0, 0, 0.375], then blended with NS(V):
+        // ||V||_F < 1, so NS(V) = 1.5 V - 0.5 V^3 (diagonal)
+        let v = st.velocity.as_ref().expect("momentum").as_slice();
+        let ns = |x: f32| 1.5 * x - 0.5 * x * x * x;
+        assert!((v[0] - (0.9 * 0.75 + 0.1 * ns(0.75))).abs() < 1e-6, "{v:?}");
+        assert!((v[3] - (0.9 * 0.375 + 0.1 * ns(0.375))).abs() < 1e-6, "{v:?}");
+    }
+
     #[test]
     fn power_iteration_finds_largest_singular_value() {
         // diag(3, 1) rotated: singular values 3 and 1.
@@ -168,7 +353,7 @@ mod tests {
 
     #[test]
     fn momentum_follows_its_recurrence() {
-        let rule = UpdateRule { momentum: Some(0.9), spectral_max: None };
+        let rule = UpdateRule { momentum: Some(0.9), spectral_max: None, ..OFF };
         let mut layer = Dense::new(Matrix::zeros(1, 2));
         let mut st = LayerState::new(&layer, &rule);
         st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
@@ -183,7 +368,7 @@ mod tests {
 
     #[test]
     fn clamp_scales_weights_to_max_norm() {
-        let rule = UpdateRule { momentum: None, spectral_max: Some(2.0) };
+        let rule = UpdateRule { momentum: None, spectral_max: Some(2.0), ..OFF };
         let mut layer = Dense::new(Matrix::zeros(2, 2));
         let mut st = LayerState::new(&layer, &rule);
         st.apply(&mut layer, update(vec![5.0, 0.0, 0.0, 1.0], 2, 2), &rule).expect("apply");

@@ -19,7 +19,12 @@ fn step_releases_activations_and_errors_layer_by_layer() {
     let (n, sizes) = (512usize, [784usize, 512, 128, 10]);
     let cfg = PlConfig {
         ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-        rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
+        rule: UpdateRule {
+            metaplasticity: None,
+            momentum: Some(0.9),
+            orthogonalize: None,
+            spectral_max: Some(2.0),
+        },
         label_smoothing: 0.01,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);

@@ -78,7 +78,12 @@ fn main() {
     let (n, sizes) = (args.batch, &args.sizes);
     let cfg = PlConfig {
         ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-        rule: UpdateRule { momentum: Some(0.9), spectral_max: Some(2.0) },
+        rule: UpdateRule {
+            metaplasticity: None,
+            momentum: Some(0.9),
+            orthogonalize: None,
+            spectral_max: Some(2.0),
+        },
         label_smoothing: 0.01,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(42);
