@@ -4,6 +4,8 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use plflow_engine::Plan;
+use plflow_engine::bench::{self, BenchRow, RunFigures};
+use plflow_engine::report;
 use plflow_engine::run::{RunOptions, run};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -33,6 +35,25 @@ enum Command {
         /// Never draw the progress bar.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Run several pipelines, each in its own process, and compare them in one table
+    /// (test accuracy, seconds per epoch, peak RSS, ledger peak), written as CSV and Markdown.
+    Bench {
+        /// Pipeline files; each is one row.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Train every pipeline for this many epochs (sets `train.epochs`).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Runs per pipeline; run k uses the pipeline's seed + k.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Folder for the runs and the tables (default: runs/bench-<timestamp>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Override a field in every pipeline: `stage.field=value`; repeatable.
+        #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
+        sets: Vec<String>,
     },
 }
 
@@ -92,6 +113,52 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 outcome.dir.display()
             );
         }
+        Command::Bench { pipelines, epochs, repeat, out, sets } => {
+            bench(&pipelines, epochs, repeat, out, &sets)?
+        }
     }
+    Ok(())
+}
+
+fn bench(
+    pipelines: &[PathBuf],
+    epochs: Option<usize>,
+    repeat: usize,
+    out: Option<PathBuf>,
+    sets: &[String],
+) -> anyhow::Result<()> {
+    let mut sets = sets.to_vec();
+    if let Some(e) = epochs {
+        sets.push(format!("train.epochs={e}"));
+    }
+    // Check everything before spending minutes on the first run.
+    let plans = pipelines
+        .iter()
+        .map(|p| Plan::load(p, &sets).with_context(|| format!("{} is invalid; nothing was run", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dir = report::create_run_dir(out.as_deref(), "bench")?;
+    let exe = std::env::current_exe().context("cannot find the plflow executable")?;
+    let mut rows = Vec::new();
+    for (path, plan) in pipelines.iter().zip(&plans) {
+        let mut row = BenchRow { method: plan.spec.name.clone(), runs: Vec::new() };
+        for k in 0..repeat.max(1) {
+            let run_dir = dir.join(format!("{}-r{}", plan.spec.name, k + 1));
+            println!("== {} run {}/{} -> {}", plan.spec.name, k + 1, repeat.max(1), run_dir.display());
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("run").arg(path).arg("--no-progress").arg("--out").arg(&run_dir);
+            for set in &sets {
+                cmd.arg("--set").arg(set);
+            }
+            cmd.arg("--set").arg(format!("seed={}", plan.spec.seed + k as u64));
+            let status = cmd.status().with_context(|| format!("cannot start {}", exe.display()))?;
+            anyhow::ensure!(status.success(), "the run of {} failed ({status}); see above", path.display());
+            row.runs.push(RunFigures::read(&run_dir)?);
+        }
+        rows.push(row);
+    }
+    let md = bench::markdown(&rows);
+    report::write_atomic(&dir.join("bench.md"), md.as_bytes())?;
+    report::write_atomic(&dir.join("bench.csv"), bench::csv(&rows).as_bytes())?;
+    println!("\n{md}\ntables written to {}", dir.display());
     Ok(())
 }

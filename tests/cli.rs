@@ -154,3 +154,34 @@ fn same_seed_gives_the_same_run() {
     };
     assert_eq!(acc("a"), acc("b"));
 }
+
+#[test]
+fn bench_compares_pipelines_in_one_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 600, 100);
+    let out_dir = dir.path().join("bench");
+    let pl = root().join("pipelines/mnist.yaml");
+    let sgd = root().join("pipelines/mnist-sgd.yaml");
+    let out = plflow(
+        dir.path(),
+        &[
+            "bench",
+            pl.to_str().expect("utf-8"),
+            sgd.to_str().expect("utf-8"),
+            "--epochs",
+            "1",
+            "--set",
+            "net.hidden=[32]",
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+        ],
+        &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let md = std::fs::read_to_string(out_dir.join("bench.md")).expect("markdown table");
+    assert!(md.contains("| mnist | pl | 1 |") && md.contains("| mnist-sgd | sgd | 1 |"), "{md}");
+    let csv = std::fs::read_to_string(out_dir.join("bench.csv")).expect("csv table");
+    assert_eq!(csv.lines().count(), 3, "header and one row per pipeline:\n{csv}");
+    assert!(out_dir.join("mnist-r1/summary.json").is_file() && out_dir.join("mnist-sgd-r1/metrics.jsonl").is_file());
+}

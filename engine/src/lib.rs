@@ -5,11 +5,13 @@
 //! - [`parse`]: text and `--set` overrides into a spec, with located errors;
 //! - [`plan`]: the spec checked and expanded into a [`graph::Graph`] of typed, shaped nodes
 //!   (references, cycles, shapes, memory estimate), before any data is read;
-//! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s.
+//! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s;
+//! - [`bench`]: the comparison table of several runs.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`; neither depends on
 //! this crate. The memory ledger is `plflow_ops::ledger`, re-exported here as [`ledger`].
 
+pub mod bench;
 pub mod error;
 pub mod graph;
 pub mod parse;
