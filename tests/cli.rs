@@ -183,5 +183,8 @@ fn bench_compares_pipelines_in_one_table() {
     assert!(md.contains("| mnist | pl | 1 |") && md.contains("| mnist-sgd | sgd | 1 |"), "{md}");
     let csv = std::fs::read_to_string(out_dir.join("bench.csv")).expect("csv table");
     assert_eq!(csv.lines().count(), 3, "header and one row per pipeline:\n{csv}");
-    assert!(out_dir.join("mnist-r1/summary.json").is_file() && out_dir.join("mnist-sgd-r1/metrics.jsonl").is_file());
+    assert!(
+        out_dir.join("mnist-r1/summary.json").is_file()
+            && out_dir.join("mnist-sgd-r1/metrics.jsonl").is_file()
+    );
 }

@@ -54,6 +54,16 @@ pub enum Split {
     Test,
 }
 
+/// How a layer's weights start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Dense Xavier-normal weights.
+    Xavier,
+    /// Sparse connectivity (SPEC section 3). `correlated` for a layer fed by a dataset (top-k
+    /// correlation), else a small-world ring.
+    Sparse { tau: f64, rewire: f64, persistent: bool, correlated: bool },
+}
+
 /// The learning rule of a training node.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Solver {
@@ -79,7 +89,7 @@ pub enum Op {
     /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
     Mnist { path: PathBuf },
     /// A fully connected layer.
-    Dense { inputs: usize, units: usize, activation: Activation },
+    Dense { inputs: usize, units: usize, activation: Activation, init: Init },
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
     Train { solver: Solver, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
     /// Accuracy of a trained model on a split.

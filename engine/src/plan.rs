@@ -3,10 +3,11 @@
 //! range, and an estimate of the memory a run will hold. All before any data is read.
 
 use crate::error::{EngineError, SpecError};
-use crate::graph::{Edge, Graph, Node, Op, Port, Solver, Split};
+use crate::graph::{Edge, Graph, Init, Node, Op, Port, Solver, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::{
-    ActivationSpec, AdamSpec, LambdaScale, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SplitSpec, StageSpec,
+    ActivationSpec, AdamSpec, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SparseSpec,
+    SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -355,6 +356,19 @@ impl Builder<'_> {
         i
     }
 
+    /// The initialisation of a layer fed by `from`.
+    fn init(&self, stage: &str, sparse: Option<SparseSpec>, from: NodeIndex) -> Result<Init, SpecError> {
+        let Some(sp) = sparse else { return Ok(Init::Xavier) };
+        self.range(stage, "sparse", sp.tau > 0.0 && sp.tau <= 1.0, "a `tau` in (0, 1]", sp.tau)?;
+        self.range(stage, "sparse", (0.0..=1.0).contains(&sp.rewire), "a `rewire` in [0, 1]", sp.rewire)?;
+        Ok(Init::Sparse {
+            tau: sp.tau,
+            rewire: sp.rewire,
+            persistent: sp.mask == MaskSpec::Persistent,
+            correlated: matches!(self.nodes[from].op, Op::Mnist { .. }),
+        })
+    }
+
     fn activation(&self, stage: &str, spec: ActivationSpec, clip: f32) -> Result<Activation, SpecError> {
         if clip.is_nan() || clip <= 0.0 {
             return Err(self.err(stage, Some("clip"), format!("field `clip`: must be > 0, got {clip}")));
@@ -379,7 +393,8 @@ impl Builder<'_> {
                     return Err(self.err(name, Some("units"), "field `units`: must be at least 1".into()));
                 }
                 let activation = self.activation(name, s.activation, s.clip)?;
-                let op = Op::Dense { inputs, units: s.units, activation };
+                let init = self.init(name, s.sparse, from)?;
+                let op = Op::Dense { inputs, units: s.units, activation, init };
                 let output = Port::Activations { shape: vec![s.units], classes };
                 self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
             }
@@ -404,7 +419,8 @@ impl Builder<'_> {
                 let widths: Vec<usize> = s.hidden.iter().copied().chain([outputs]).collect();
                 for (k, &units) in widths.iter().enumerate() {
                     let activation = if k + 1 == widths.len() { Activation::Linear } else { hidden };
-                    let op = Op::Dense { inputs, units, activation };
+                    let init = self.init(name, s.sparse, from)?;
+                    let op = Op::Dense { inputs, units, activation, init };
                     let output = Port::Activations { shape: vec![units], classes };
                     let node = Node { name: format!("{name}.{k}"), stage: name.into(), op, output };
                     from = self.add_node(node, Some(from));

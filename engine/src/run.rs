@@ -4,7 +4,7 @@
 //! evaluate stages after every epoch, and the run folder receives the reports.
 
 use crate::error::EngineError;
-use crate::graph::{Op, Solver, Split};
+use crate::graph::{Init, Op, Solver, Split};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,6 +14,7 @@ use plflow_datasets::cache::Cache;
 use plflow_datasets::location::DataPath;
 use plflow_datasets::mnist::{Mnist, MnistSplit};
 use plflow_datasets::order::epoch_order;
+use plflow_ops::Matrix;
 use plflow_ops::backprop::{BackpropTrainer, Optimizer};
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
@@ -21,7 +22,7 @@ use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, Network, StepStats, argmax};
 use plflow_ops::pl::PlTrainer;
-use plflow_ops::{Matrix, activation::Activation};
+use plflow_ops::sparse::{CorrelationPass, correlation_mask, masked_weights, small_world_mask};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -76,7 +77,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
     let mut datasets: HashMap<NodeIndex, Mnist> = HashMap::new();
-    let mut layers: HashMap<NodeIndex, (Dense, Activation)> = HashMap::new();
+    let mut layers: HashMap<NodeIndex, Layer> = HashMap::new();
     let mut trained: HashMap<NodeIndex, Trained> = HashMap::new();
 
     for (i, node) in plan.graph.topological() {
@@ -100,19 +101,38 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 }
                 datasets.insert(i, mnist);
             }
-            Op::Dense { inputs, units, activation } => {
-                let dense = Dense::new(xavier_normal(*inputs, *units, &mut rng));
-                layers.insert(i, (dense, *activation));
+            Op::Dense { inputs, units, activation, init } => {
+                let (weights, mask) = match *init {
+                    Init::Xavier => (xavier_normal(*inputs, *units, &mut rng), None),
+                    Init::Sparse { tau, rewire, persistent, correlated } => {
+                        let mask = if correlated {
+                            let source = plan.graph.input_of(i).and_then(|s| datasets.get(&s));
+                            let Some(data) = source else {
+                                unreachable!("a correlated layer is fed by a dataset opened before it")
+                            };
+                            let corr =
+                                correlation_pass(&data.train, *inputs).map_err(|e| EngineError::Train {
+                                    stage: node.stage.clone(),
+                                    layer: node.name.clone(),
+                                    epoch: 0,
+                                    step: 0,
+                                    source: e,
+                                })?;
+                            correlation_mask(&corr, *units, tau, &mut rng)
+                        } else {
+                            small_world_mask(*inputs, *units, rewire, &mut rng)
+                        };
+                        let weights = masked_weights(&mask, &mut rng);
+                        (weights, persistent.then_some(mask))
+                    }
+                };
+                layers.insert(i, Layer { dense: Dense::new(weights), activation: *activation, mask });
             }
             Op::Train { solver, epochs, batch_size, source, layers: chain } => {
                 let network = Network {
                     layers: chain
                         .iter()
-                        .map(|l| {
-                            let (dense, activation) =
-                                layers.remove(l).expect("layers are initialised before their trainer");
-                            Layer { dense, activation }
-                        })
+                        .map(|l| layers.remove(l).expect("layers are initialised before their trainer"))
                         .collect(),
                 };
                 let data = &datasets[source];
@@ -371,6 +391,21 @@ impl TrainJob<'_> {
         }
         Ok(correct as f64 / data.len().max(1) as f64)
     }
+}
+
+/// Pearson-correlation statistics of the first `features` values of every training example,
+/// in one sequential pass.
+fn correlation_pass(data: &MnistSplit, features: usize) -> Result<CorrelationPass, plflow_ops::OpsError> {
+    const ROWS: usize = 256;
+    let mut pass = CorrelationPass::new(features);
+    let mut labels = vec![0u32; ROWS];
+    let all: Vec<usize> = (0..data.len()).collect();
+    for idx in all.chunks(ROWS) {
+        let mut x = Matrix::zeros(idx.len(), data.example_len());
+        data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
+        pass.add(&x)?;
+    }
+    Ok(pass)
 }
 
 /// The cache named by the environment (`PLFLOW_CACHE_DIR`, else the user's cache folder).

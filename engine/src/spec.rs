@@ -110,6 +110,35 @@ pub struct DenseSpec {
     /// Activations are clipped to `[-clip, clip]`.
     #[serde(default = "defaults::clip")]
     pub clip: f32,
+    /// Sparse connectivity initialisation; `null` (the default) for dense Xavier weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SparseSpec>,
+}
+
+/// Sparse connectivity (SPEC section 3): correlation top-k for a layer fed by a dataset, a
+/// rewired small-world ring for deeper layers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseSpec {
+    /// Fraction of inputs each first-layer neuron connects to (`k = max(1, floor(tau d_in))`).
+    #[serde(default = "defaults::tau")]
+    pub tau: f64,
+    /// Probability of rewiring each ring connection of deeper layers.
+    #[serde(default = "defaults::rewire")]
+    pub rewire: f64,
+    /// `persistent` keeps every update inside the mask; `init_only` only shapes the initial weights.
+    #[serde(default = "defaults::mask")]
+    pub mask: MaskSpec,
+}
+
+/// How long a sparse mask lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSpec {
+    /// Through training: the layer stays sparse and its per-weight state is stored sparse.
+    Persistent,
+    /// Only the initial weights (the paper's literal Alg. 1).
+    InitOnly,
 }
 
 /// `kind: mlp`: hidden layers with `activation`, then a linear output layer.
@@ -130,6 +159,10 @@ pub struct MlpSpec {
     /// Hidden activations are clipped to `[-clip, clip]`.
     #[serde(default = "defaults::clip")]
     pub clip: f32,
+    /// Sparse connectivity initialisation of every layer; `null` (the default) for dense
+    /// Xavier weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SparseSpec>,
 }
 
 /// How `lambda` is read (see `plflow_ops::solve::RidgeScale`).
@@ -341,6 +374,15 @@ pub mod defaults {
     }
     pub(crate) fn solve() -> SolveSpec {
         SolveSpec::Auto
+    }
+    pub(crate) fn tau() -> f64 {
+        0.3
+    }
+    pub(crate) fn rewire() -> f64 {
+        0.1
+    }
+    pub(crate) fn mask() -> MaskSpec {
+        MaskSpec::Persistent
     }
     pub(crate) fn metaplasticity() -> Option<MetaplasticitySpec> {
         None

@@ -197,6 +197,10 @@ impl BackpropTrainer {
             let dense = &mut net.layers[l].dense;
             sw.apply(dense.weights.as_mut_slice(), gw.as_slice(), &self.optimizer, self.steps, true);
             sb.apply(dense.bias.as_mut_slice(), &gb, &self.optimizer, self.steps, false);
+            let layer = &mut net.layers[l];
+            if let Some(mask) = &layer.mask {
+                mask.apply(&mut layer.dense.weights);
+            }
             match below {
                 Some(e) => delta = e,
                 None => break,
@@ -256,8 +260,8 @@ mod tests {
         l1.bias = Matrix::from_vec(1, 2, vec![0.0, 0.05]);
         let net = Network {
             layers: vec![
-                Layer { dense: l0, activation: Activation::Elu { clip: 10.0 } },
-                Layer { dense: l1, activation: Activation::Linear },
+                Layer { dense: l0, activation: Activation::Elu { clip: 10.0 }, mask: None },
+                Layer { dense: l1, activation: Activation::Linear, mask: None },
             ],
         };
         (net, Matrix::from_vec(2, 2, vec![1.0, -2.0, 0.5, 1.5]), vec![1, 0])

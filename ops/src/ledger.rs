@@ -62,6 +62,14 @@ impl<T: Clone> Clone for Buffer<T> {
     }
 }
 
+impl<T: PartialEq> PartialEq for Buffer<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl<T: Eq> Eq for Buffer<T> {}
+
 impl<T> Drop for Buffer<T> {
     fn drop(&mut self) {
         sub(self.data.capacity() * size_of::<T>());

@@ -12,6 +12,7 @@
 //! - [`dense`]: a fully connected layer (weights, bias, forward pass).
 //! - [`init`]: seeded weight initialisation.
 //! - [`solve`]: `dTheta = -alpha (X^T X + lambda I)^-1 X^T e` by Cholesky, primal or dual.
+//! - [`sparse`]: sparse connectivity masks and their initial weights (SPEC section 3).
 //! - [`update`]: momentum and spectral-norm clamp applied to a layer after its solve.
 //! - [`network`]: a chain of layers (weights and activations) and inference.
 //! - [`pl`]: the Prospective Learning trainer: per-layer state and the training step.
@@ -26,6 +27,7 @@ pub mod ledger;
 pub mod network;
 pub mod pl;
 pub mod solve;
+pub mod sparse;
 pub mod tensor;
 pub mod update;
 

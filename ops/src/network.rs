@@ -3,6 +3,7 @@
 
 use crate::activation::Activation;
 use crate::dense::Dense;
+use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
 
 /// One layer of a network.
@@ -12,6 +13,8 @@ pub struct Layer {
     pub dense: Dense,
     /// The activation after the affine map.
     pub activation: Activation,
+    /// Persistent sparse connectivity: weights outside the mask stay zero through training.
+    pub mask: Option<Mask>,
 }
 
 /// What one training step saw, for the run's metrics.
@@ -90,8 +93,8 @@ mod tests {
         let second = Dense::new(Matrix::from_vec(2, 1, vec![1.0, 1.0]));
         let net = Network {
             layers: vec![
-                Layer { dense: first, activation: Activation::Elu { clip: 10.0 } },
-                Layer { dense: second, activation: Activation::Linear },
+                Layer { dense: first, activation: Activation::Elu { clip: 10.0 }, mask: None },
+                Layer { dense: second, activation: Activation::Linear, mask: None },
             ],
         };
         let out = net.forward(&Matrix::from_vec(1, 2, vec![2.0, 1.0])).expect("shapes");

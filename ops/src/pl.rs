@@ -36,7 +36,8 @@ pub struct PlTrainer {
 impl PlTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: PlConfig) -> Self {
-        let states = network.layers.iter().map(|l| LayerState::new(&l.dense, &config.rule)).collect();
+        let states =
+            network.layers.iter().map(|l| LayerState::new(&l.dense, l.mask.as_ref(), &config.rule)).collect();
         Self { config, states }
     }
 
@@ -76,7 +77,8 @@ impl PlTrainer {
             };
             drop(err);
             acts.truncate(l.saturating_sub(1));
-            self.states[l].apply(&mut net.layers[l].dense, update, &cfg.rule).map_err(at(l))?;
+            let layer = &mut net.layers[l];
+            self.states[l].apply(&mut layer.dense, layer.mask.as_ref(), update, &cfg.rule).map_err(at(l))?;
             match previous {
                 Some(e) => err = e,
                 None => break,
@@ -154,7 +156,7 @@ mod tests {
                 let dense = Dense::new(xavier_normal(w[0], w[1], rng));
                 let activation =
                     if i + 2 == sizes.len() { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation }
+                Layer { dense, activation, mask: None }
             })
             .collect();
         Network { layers }
@@ -197,5 +199,56 @@ mod tests {
         let out = net.forward(&x).expect("forward");
         let correct = (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count();
         assert!(correct >= 54, "only {correct}/64 correct after training");
+    }
+
+    /// With persistent masks and every component on, 100 steps leave the weights outside the
+    /// masks exactly zero, and the per-weight state is sized to the masks.
+    #[test]
+    fn masks_are_preserved_after_100_steps() {
+        use crate::sparse::{masked_weights, small_world_mask};
+        use crate::update::{Metaplasticity, Orthogonalize};
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let sizes = [8usize, 24, 12, 3];
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let mask = small_world_mask(w[0], w[1], 0.1, &mut rng);
+                let dense = Dense::new(masked_weights(&mask, &mut rng));
+                let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                Layer { dense, activation, mask: Some(mask) }
+            })
+            .collect();
+        let mut net = Network { layers };
+        let mut cfg = config();
+        cfg.rule.metaplasticity =
+            Some(Metaplasticity { beta: 0.7, gamma: 0.15, tau_inactive: 1e-3, xi: 3.0, theta0: 0.1 });
+        cfg.rule.orthogonalize = Some(Orthogonalize { every: 5, strength: 0.1 });
+        let mut trainer = PlTrainer::new(&net, cfg);
+        let nnz: usize = net.layers.iter().map(|l| l.mask.as_ref().map_or(0, |m| m.nnz())).sum();
+        let dense: usize = net.layers.iter().map(|l| l.dense.inputs() * l.dense.outputs()).sum();
+        let spectral: usize = net.layers.iter().map(|l| l.dense.outputs()).sum();
+        assert_eq!(trainer.state_bytes(), (2 * nnz + spectral) * 4, "velocity and traces only on the masks");
+        assert!(nnz < dense / 2);
+        for _ in 0..100 {
+            let x = xavier_normal(32, 8, &mut rng);
+            let y: Vec<u32> = (0..32).map(|i| argmax(&x.row(i)[..3]) as u32).collect();
+            trainer.step(&mut net, &x, &y).expect("step");
+        }
+        let mut changed = 0;
+        for layer in &net.layers {
+            let mask = layer.mask.as_ref().expect("persistent");
+            for i in 0..layer.dense.inputs() {
+                for j in 0..layer.dense.outputs() {
+                    let w = layer.dense.weights.row(i)[j];
+                    if mask.contains(i, j) {
+                        changed += usize::from(w != 0.0);
+                    } else {
+                        assert_eq!(w, 0.0, "weight ({i}, {j}) outside the mask moved");
+                    }
+                }
+            }
+        }
+        assert!(changed > nnz / 2, "the masked weights did train");
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::dense::Dense;
 use crate::solve::RidgeUpdate;
+use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
 
 /// Which stabilisers run after each solve. `None` switches a component off.
@@ -67,13 +68,16 @@ pub struct LayerState {
 }
 
 impl LayerState {
-    /// Fresh state for `layer` under `rule`.
-    pub fn new(layer: &Dense, rule: &UpdateRule) -> Self {
+    /// Fresh state for `layer` under `rule`. With a persistent `mask`, per-weight state is kept
+    /// only for the mask's connections.
+    pub fn new(layer: &Dense, mask: Option<&Mask>, rule: &UpdateRule) -> Self {
         let m = layer.outputs();
-        let velocity = rule.momentum.map(|_| Matrix::zeros(layer.inputs(), m));
-        let theta = rule
-            .metaplasticity
-            .map(|mp| Matrix::from_vec(layer.inputs(), m, vec![mp.theta0; layer.inputs() * m]));
+        let (rows, cols) = match mask {
+            Some(mask) => (1, mask.nnz()),
+            None => (layer.inputs(), m),
+        };
+        let velocity = rule.momentum.map(|_| Matrix::zeros(rows, cols));
+        let theta = rule.metaplasticity.map(|mp| Matrix::from_vec(rows, cols, vec![mp.theta0; rows * cols]));
         let mut state = Self { theta, velocity, power: None, spectral_norm: 0.0, steps: 0 };
         if rule.spectral_max.is_some() {
             let v = Matrix::from_vec(1, m, vec![1.0 / (m.max(1) as f32).sqrt(); m]);
@@ -92,56 +96,68 @@ impl LayerState {
         [&self.theta, &self.velocity, &self.power].iter().map(|b| b.as_ref().map_or(0, Matrix::bytes)).sum()
     }
 
-    /// Apply `update` to `layer`: fused momentum and weight update, bias, then the clamp.
+    /// Apply `update` to `layer`: metaplasticity, momentum (orthogonalised every few steps),
+    /// the weight update, the bias, then the clamp. With a persistent `mask` (the one the
+    /// state was created with) only the mask's weights change.
     pub fn apply(
         &mut self,
         layer: &mut Dense,
+        mask: Option<&Mask>,
         update: RidgeUpdate,
         rule: &UpdateRule,
     ) -> Result<(), OpsError> {
-        if update.dw.rows() != layer.inputs() || update.dw.cols() != layer.outputs() {
+        let (d, m) = (layer.inputs(), layer.outputs());
+        if update.dw.rows() != d
+            || update.dw.cols() != m
+            || mask.is_some_and(|k| k.rows() != d || k.cols() != m)
+        {
             return Err(OpsError::Shape {
                 op: "PL update",
-                detail: format!(
-                    "update is {}x{}, weights are {}x{}",
-                    update.dw.rows(),
-                    update.dw.cols(),
-                    layer.inputs(),
-                    layer.outputs()
-                ),
+                detail: format!("update is {}x{}, weights are {d}x{m}", update.dw.rows(), update.dw.cols()),
             });
         }
-        let mut dw = update.dw;
+        // The update in the state's layout: dense, or gathered at the mask's connections.
+        let mut du = match mask {
+            Some(mask) => {
+                let dense = update.dw.as_slice();
+                let v: Vec<f32> = mask.indices().iter().map(|&k| dense[k as usize]).collect();
+                drop(update.dw);
+                Matrix::from_vec(1, v.len(), v)
+            }
+            None => update.dw,
+        };
         if let (Some(theta), Some(mp)) = (&mut self.theta, rule.metaplasticity) {
-            modulate(dw.as_mut_slice(), theta.as_mut_slice(), &mp);
+            modulate(du.as_mut_slice(), theta.as_mut_slice(), &mp);
         }
         self.steps += 1;
         let ortho = rule.orthogonalize.filter(|o| o.every > 0 && self.steps % o.every == 0);
-        let w = layer.weights.as_mut_slice();
-        match (&mut self.velocity, rule.momentum) {
+        let step: &Matrix = match (&mut self.velocity, rule.momentum) {
             (Some(v), Some(mu)) => {
-                if let Some(o) = ortho {
-                    for (v, &dw) in v.as_mut_slice().iter_mut().zip(dw.as_slice()) {
-                        *v = mu * *v + (1.0 - mu) * dw;
-                    }
-                    blend_orthogonalized(v, o.strength);
-                    for (w, &v) in w.iter_mut().zip(v.as_slice()) {
-                        *w += v;
-                    }
-                } else {
-                    // fused: one pass over the weights, the velocity and the update
-                    for ((w, v), &dw) in w.iter_mut().zip(v.as_mut_slice()).zip(dw.as_slice()) {
-                        *v = mu * *v + (1.0 - mu) * dw;
-                        *w += *v;
-                    }
+                for (v, &g) in v.as_mut_slice().iter_mut().zip(du.as_slice()) {
+                    *v = mu * *v + (1.0 - mu) * g;
                 }
+                if let Some(o) = ortho {
+                    orthogonalize_in_layout(v, mask, d, m, o.strength);
+                }
+                v
             }
             _ => {
                 if let Some(o) = ortho {
-                    blend_orthogonalized(&mut dw, o.strength);
+                    orthogonalize_in_layout(&mut du, mask, d, m, o.strength);
                 }
-                for (w, &dw) in w.iter_mut().zip(dw.as_slice()) {
-                    *w += dw;
+                &du
+            }
+        };
+        let w = layer.weights.as_mut_slice();
+        match mask {
+            Some(mask) => {
+                for (&k, &s) in mask.indices().iter().zip(step.as_slice()) {
+                    w[k as usize] += s;
+                }
+            }
+            None => {
+                for (w, &s) in w.iter_mut().zip(step.as_slice()) {
+                    *w += s;
                 }
             }
         }
@@ -158,6 +174,24 @@ impl LayerState {
             }
         }
         Ok(())
+    }
+}
+
+/// Orthogonalise a `d x m` matrix held densely, or held compactly at `mask`'s connections
+/// (scattered to dense for the products, gathered back: the mask stays authoritative).
+fn orthogonalize_in_layout(x: &mut Matrix, mask: Option<&Mask>, d: usize, m: usize, strength: f32) {
+    match mask {
+        None => blend_orthogonalized(x, strength),
+        Some(mask) => {
+            let mut dense = Matrix::zeros(d, m);
+            for (&k, &v) in mask.indices().iter().zip(x.as_slice()) {
+                dense.as_mut_slice()[k as usize] = v;
+            }
+            blend_orthogonalized(&mut dense, strength);
+            for (&k, v) in mask.indices().iter().zip(x.as_mut_slice()) {
+                *v = dense.as_slice()[k as usize];
+            }
+        }
     }
 }
 
@@ -327,12 +361,12 @@ mod tests {
             ..OFF
         };
         let mut layer = Dense::new(Matrix::zeros(2, 2));
-        let mut st = LayerState::new(&layer, &rule);
+        let mut st = LayerState::new(&layer, None, &rule);
         let dw = vec![1.0, 0.0, 0.0, 0.5];
-        st.apply(&mut layer, update(dw.clone(), 2, 2), &rule).expect("apply");
+        st.apply(&mut layer, None, update(dw.clone(), 2, 2), &rule).expect("apply");
         // step 1: V = 0.5 dW exactly
         assert_eq!(st.velocity.as_ref().expect("momentum").as_slice(), &[0.5, 0.0, 0.0, 0.25]);
-        st.apply(&mut layer, update(dw, 2, 2), &rule).expect("apply");
+        st.apply(&mut layer, None, update(dw, 2, 2), &rule).expect("apply");
         // step 2: V = 0.5*V + 0.5 dW = [0.75, 0, 0, 0.375], then blended with NS(V):
         // ||V||_F < 1, so NS(V) = 1.5 V - 0.5 V^3 (diagonal)
         let v = st.velocity.as_ref().expect("momentum").as_slice();
@@ -355,11 +389,11 @@ mod tests {
     fn momentum_follows_its_recurrence() {
         let rule = UpdateRule { momentum: Some(0.9), spectral_max: None, ..OFF };
         let mut layer = Dense::new(Matrix::zeros(1, 2));
-        let mut st = LayerState::new(&layer, &rule);
-        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
+        let mut st = LayerState::new(&layer, None, &rule);
+        st.apply(&mut layer, None, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
         // V1 = 0.1 dW, W1 = V1
         assert!((layer.weights.as_slice()[0] - 0.1).abs() < 1e-7);
-        st.apply(&mut layer, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
+        st.apply(&mut layer, None, update(vec![1.0, -2.0], 1, 2), &rule).expect("apply");
         // V2 = 0.9*0.1 + 0.1 = 0.19, W2 = 0.1 + 0.19
         assert!((layer.weights.as_slice()[0] - 0.29).abs() < 1e-6);
         assert!((layer.weights.as_slice()[1] + 0.58).abs() < 1e-6);
@@ -370,8 +404,8 @@ mod tests {
     fn clamp_scales_weights_to_max_norm() {
         let rule = UpdateRule { momentum: None, spectral_max: Some(2.0), ..OFF };
         let mut layer = Dense::new(Matrix::zeros(2, 2));
-        let mut st = LayerState::new(&layer, &rule);
-        st.apply(&mut layer, update(vec![5.0, 0.0, 0.0, 1.0], 2, 2), &rule).expect("apply");
+        let mut st = LayerState::new(&layer, None, &rule);
+        st.apply(&mut layer, None, update(vec![5.0, 0.0, 0.0, 1.0], 2, 2), &rule).expect("apply");
         let w = layer.weights.as_slice();
         assert!((w[0] - 2.0).abs() < 1e-3 && (w[3] - 0.4).abs() < 1e-3, "{w:?}");
         assert!(st.bytes() > 0 && st.velocity.is_none());

@@ -95,7 +95,7 @@ fn main() {
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
                 let activation = if i == last { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation }
+                Layer { dense, activation, mask: None }
             })
             .collect(),
     };
