@@ -175,8 +175,9 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
         let alive_acts: usize = (0..l).map(act).sum(); // inputs of layers 1..=l (x is `batch`)
         let err = act(l);
         let update = (d * m + m) * F32;
-        let solve = alive_acts + err + workspace_bytes(n, d, m, path);
-        let propagate = alive_acts + err + update + if l > 0 { act(l - 1) } else { 0 };
+        // the first layer's update is streamed into its state (see plflow_ops::pl)
+        let solve = alive_acts + err + workspace_bytes(n, d, m, path, l > 0);
+        let propagate = if l > 0 { alive_acts + err + update + act(l - 1) } else { 0 };
         step = step.max(solve).max(propagate);
     }
     MemoryEstimate { parameters, state, step: step + batch }

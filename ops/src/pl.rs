@@ -6,10 +6,12 @@
 //! layer `l-1` with layer `l`'s weights *before* they change; release layer `l`'s error and
 //! input activation; apply the update. Every error is thus computed from pre-update weights,
 //! exactly as if all were computed before any update, but at most two errors are alive at
-//! once and none is alive during another layer's solve.
+//! once and none is alive during another layer's solve. The first layer (the largest, with
+//! the dataset's features as input) needs no error below it, so its update is streamed from
+//! the solve straight into its state and weights without a `d x m` buffer.
 
 use crate::network::{LayerError, Network, StepStats, argmax, at};
-use crate::solve::{RidgeConfig, ridge_update};
+use crate::solve::{RidgeConfig, ridge_update, ridge_update_tiles};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 
@@ -66,23 +68,26 @@ impl PlTrainer {
         let stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
 
         for l in (0..count).rev() {
-            let input = if l == 0 { x } else { &acts[l - 1] };
+            if l == 0 {
+                // No error is propagated below the first layer, so nothing needs its old
+                // weights: fold the update into the state as the solve streams it.
+                let layer = &mut net.layers[0];
+                self.states[0]
+                    .stream_update(&mut layer.dense, layer.mask.as_ref(), &cfg.rule, |sink| {
+                        ridge_update_tiles(x, &err, &cfg.ridge, sink).map(|_| ())
+                    })
+                    .map_err(at(0))?;
+                break;
+            }
+            let input = &acts[l - 1];
             let update = ridge_update(input, &err, &cfg.ridge).map_err(at(l))?;
-            let previous = if l > 0 {
-                let mut e = net.layers[l].dense.input_error(&err).map_err(at(l))?;
-                net.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), acts[l - 1].as_slice());
-                Some(e)
-            } else {
-                None
-            };
+            let mut previous = net.layers[l].dense.input_error(&err).map_err(at(l))?;
+            net.layers[l - 1].activation.scale_by_derivative(previous.as_mut_slice(), acts[l - 1].as_slice());
             drop(err);
-            acts.truncate(l.saturating_sub(1));
+            acts.truncate(l - 1);
             let layer = &mut net.layers[l];
             self.states[l].apply(&mut layer.dense, layer.mask.as_ref(), update, &cfg.rule).map_err(at(l))?;
-            match previous {
-                Some(e) => err = e,
-                None => break,
-            }
+            err = previous;
         }
         Ok(stats)
     }

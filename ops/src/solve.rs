@@ -75,11 +75,39 @@ pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUp
     ridge_update_chunked(x, e, cfg, CHUNK)
 }
 
-/// Peak bytes of workspace (including the returned update) that [`ridge_update`] allocates for
-/// an input of `n x d` and an error of `n x m`; used for memory estimates.
-pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath) -> usize {
+/// What a streamed solve used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SolveInfo {
+    /// The `lambda` actually added to the diagonal.
+    pub lambda_used: f64,
+    /// `true` when the `n x n` system was factored.
+    pub dual: bool,
+}
+
+/// Receives the update `dTheta` (already scaled by `-alpha`) one tile at a time: the tile
+/// holds rows `row0..` and columns `col0..` of the `(d+1) x m` matrix whose last row is the
+/// bias update. Every entry is delivered exactly once.
+pub type TileSink<'a> = dyn FnMut(MatRef<'_, f64>, usize, usize) + 'a;
+
+/// Like [`ridge_update`], but hands the update to `sink` tile by tile instead of returning it,
+/// so the caller can fold it into its state without a `d x m` buffer. The inputs are checked
+/// before the first tile; a tile with NaN or infinity stops the stream with an error (the
+/// caller's state may then hold the tiles already delivered).
+pub fn ridge_update_tiles(
+    x: &Matrix,
+    e: &Matrix,
+    cfg: &RidgeConfig,
+    sink: &mut TileSink<'_>,
+) -> Result<SolveInfo, OpsError> {
+    solve_tiles(x, e, cfg, CHUNK, sink)
+}
+
+/// Peak bytes of workspace that a solve for an input of `n x d` and an error of `n x m`
+/// allocates: with `materialized`, [`ridge_update`] (which returns the whole update), else
+/// [`ridge_update_tiles`] (which streams it); used for memory estimates.
+pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath, materialized: bool) -> usize {
     let da = d + 1;
-    let update = (d * m + m) * size_of::<f32>();
+    let update = if materialized { (d * m + m) * size_of::<f32>() } else { 0 };
     let f64s = match path {
         SolvePath::Dual => n * n + n * CHUNK.min(da) + n * CHUNK.min(m) + CHUNK.min(da) * CHUNK.min(m),
         SolvePath::Primal => {
@@ -87,7 +115,13 @@ pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath) -> usize {
             da * da + da * m + rows * (da + m)
         }
         SolvePath::Auto => {
-            return workspace_bytes(n, d, m, if n < da { SolvePath::Dual } else { SolvePath::Primal });
+            return workspace_bytes(
+                n,
+                d,
+                m,
+                if n < da { SolvePath::Dual } else { SolvePath::Primal },
+                materialized,
+            );
         }
     };
     f64s * size_of::<f64>() + update
@@ -105,6 +139,29 @@ fn ridge_update_chunked(
     cfg: &RidgeConfig,
     chunk: usize,
 ) -> Result<RidgeUpdate, OpsError> {
+    let (d, m) = (x.cols(), e.cols());
+    let mut dw = Matrix::zeros(d, m);
+    let mut db = Matrix::zeros(1, m);
+    let info = solve_tiles(x, e, cfg, chunk, &mut |tile, row0, col0| {
+        for j in 0..tile.nrows() {
+            let row = row0 + j;
+            let dst =
+                if row == d { db.as_mut_slice() } else { &mut dw.as_mut_slice()[row * m..(row + 1) * m] };
+            for c in 0..tile.ncols() {
+                dst[col0 + c] = tile[(j, c)] as f32;
+            }
+        }
+    })?;
+    Ok(RidgeUpdate { dw, db, lambda_used: info.lambda_used, dual: info.dual })
+}
+
+fn solve_tiles(
+    x: &Matrix,
+    e: &Matrix,
+    cfg: &RidgeConfig,
+    chunk: usize,
+    sink: &mut TileSink<'_>,
+) -> Result<SolveInfo, OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     if e.rows() != n {
         return Err(OpsError::Shape {
@@ -130,17 +187,24 @@ fn ridge_update_chunked(
         SolvePath::Primal => false,
         SolvePath::Dual => true,
     };
-    let mut dw = Matrix::zeros(d, m);
-    let mut db = Matrix::zeros(1, m);
+    let mut finite = true;
+    let mut checked = |tile: MatRef<'_, f64>, row0: usize, col0: usize| {
+        if finite {
+            finite = (0..tile.ncols()).all(|c| (0..tile.nrows()).all(|r| tile[(r, c)].is_finite()));
+            if finite {
+                sink(tile, row0, col0);
+            }
+        }
+    };
     if dual {
-        solve_dual(x, e, lambda, cfg.alpha, chunk, &mut dw, &mut db)?;
+        solve_dual(x, e, lambda, cfg.alpha, chunk, &mut checked)?;
     } else {
-        solve_primal(x, e, lambda, cfg.alpha, chunk, &mut dw, &mut db)?;
+        solve_primal(x, e, lambda, cfg.alpha, chunk, &mut checked)?;
     }
-    if !dw.as_slice().iter().chain(db.as_slice()).all(|v| v.is_finite()) {
+    if !finite {
         return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: n, cols: d });
     }
-    Ok(RidgeUpdate { dw, db, lambda_used: lambda, dual })
+    Ok(SolveInfo { lambda_used: lambda, dual })
 }
 
 /// Columns `c0..c1` of `X_aug` (column `d` is the ones column) as a row-major `f64` block.
@@ -163,8 +227,7 @@ fn solve_dual(
     lambda: f64,
     alpha: f64,
     chunk: usize,
-    dw: &mut Matrix,
-    db: &mut Matrix,
+    sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
@@ -208,7 +271,7 @@ fn solve_dual(
             let xv = MatRef::from_row_major_slice(&xc[..n * cwid], n, cwid);
             let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
             matmul(ov.as_mut(), Accum::Replace, xv.transpose(), zr, -alpha, par());
-            store_theta(ov.as_ref(), c0, b0, d, dw, db);
+            sink(ov.as_ref(), c0, b0);
         }
     }
     Ok(())
@@ -222,8 +285,7 @@ fn solve_primal(
     lambda: f64,
     alpha: f64,
     chunk: usize,
-    dw: &mut Matrix,
-    db: &mut Matrix,
+    sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
@@ -268,21 +330,8 @@ fn solve_primal(
             rv[(j, c)] *= -alpha;
         }
     }
-    store_theta(rv.as_ref(), 0, 0, d, dw, db);
+    sink(rv.as_ref(), 0, 0);
     Ok(())
-}
-
-/// Write rows `c0..` and columns `b0..` of `dTheta` (already scaled) into `dw` (rows `< d`)
-/// and `db` (row `d`).
-fn store_theta(theta: MatRef<'_, f64>, c0: usize, b0: usize, d: usize, dw: &mut Matrix, db: &mut Matrix) {
-    let m = dw.cols();
-    for j in 0..theta.nrows() {
-        let row = c0 + j;
-        let dst = if row == d { db.as_mut_slice() } else { &mut dw.as_mut_slice()[row * m..(row + 1) * m] };
-        for c in 0..theta.ncols() {
-            dst[b0 + c] = theta[(j, c)] as f32;
-        }
-    }
 }
 
 /// Lower triangle of the symmetric product `a * b`, replacing or adding to `dst`.

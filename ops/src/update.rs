@@ -6,7 +6,7 @@
 //! without momentum holds no velocity buffer.
 
 use crate::dense::Dense;
-use crate::solve::RidgeUpdate;
+use crate::solve::{RidgeUpdate, TileSink};
 use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
 
@@ -129,8 +129,7 @@ impl LayerState {
         if let (Some(theta), Some(mp)) = (&mut self.theta, rule.metaplasticity) {
             modulate(du.as_mut_slice(), theta.as_mut_slice(), &mp);
         }
-        self.steps += 1;
-        let ortho = rule.orthogonalize.filter(|o| o.every > 0 && self.steps % o.every == 0);
+        let ortho = self.begin(rule);
         let step: &Matrix = match (&mut self.velocity, rule.momentum) {
             (Some(v), Some(mu)) => {
                 for (v, &g) in v.as_mut_slice().iter_mut().zip(du.as_slice()) {
@@ -164,6 +163,18 @@ impl LayerState {
         for (b, &db) in layer.bias.as_mut_slice().iter_mut().zip(update.db.as_slice()) {
             *b += db;
         }
+        self.finish(layer, rule);
+        Ok(())
+    }
+
+    /// Count the step; `Some` when this step orthogonalises.
+    fn begin(&mut self, rule: &UpdateRule) -> Option<Orthogonalize> {
+        self.steps += 1;
+        rule.orthogonalize.filter(|o| o.every > 0 && self.steps % o.every == 0)
+    }
+
+    /// The spectral-norm clamp, after the weights have changed.
+    fn finish(&mut self, layer: &mut Dense, rule: &UpdateRule) {
         if let Some(max) = rule.spectral_max {
             let sigma = power_iteration(&layer.weights, self.power_mut(), POWER_STEPS_PER_UPDATE);
             self.spectral_norm = sigma;
@@ -173,6 +184,110 @@ impl LayerState {
                 self.spectral_norm = max;
             }
         }
+    }
+
+    /// Apply the update that `produce` streams into the sink it is given (see
+    /// `crate::solve::ridge_update_tiles`), folding each tile into the traces, the velocity and
+    /// the weights as it arrives, so the `d x m` update never exists. Same result as [`apply`]
+    /// (up to rounding); on a step that orthogonalises without momentum the whole update is
+    /// needed, so it is collected first.
+    ///
+    /// [`apply`]: LayerState::apply
+    pub fn stream_update(
+        &mut self,
+        layer: &mut Dense,
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        produce: impl FnOnce(&mut TileSink<'_>) -> Result<(), OpsError>,
+    ) -> Result<(), OpsError> {
+        let (d, m) = (layer.inputs(), layer.outputs());
+        let next = self.steps + 1;
+        let ortho_next = rule.orthogonalize.is_some_and(|o| o.every > 0 && next % o.every == 0);
+        if ortho_next && (self.velocity.is_none() || rule.momentum.is_none()) {
+            let (mut dw, mut db) = (Matrix::zeros(d, m), Matrix::zeros(1, m));
+            produce(&mut |tile, row0, col0| {
+                for j in 0..tile.nrows() {
+                    let row = row0 + j;
+                    let dst = if row == d {
+                        db.as_mut_slice()
+                    } else {
+                        &mut dw.as_mut_slice()[row * m..(row + 1) * m]
+                    };
+                    for c in 0..tile.ncols() {
+                        dst[col0 + c] = tile[(j, c)] as f32;
+                    }
+                }
+            })?;
+            let update = RidgeUpdate { dw, db, lambda_used: 0.0, dual: false };
+            return self.apply(layer, mask, update, rule);
+        }
+        let ortho = self.begin(rule);
+        let mp = rule.metaplasticity;
+        let mu = rule.momentum.filter(|_| self.velocity.is_some());
+        let defer_weights = ortho.is_some();
+        let w = layer.weights.as_mut_slice();
+        let b = layer.bias.as_mut_slice();
+        let mut theta = self.theta.as_mut().map(|t| t.as_mut_slice());
+        let mut velocity = self.velocity.as_mut().map(|v| v.as_mut_slice());
+        let mut fold = |k: usize, idx: usize, g: f32| {
+            let g = match (&mut theta, mp) {
+                (Some(t), Some(mp)) => modulate_one(g, &mut t[k], &mp),
+                _ => g,
+            };
+            match (&mut velocity, mu) {
+                (Some(v), Some(mu)) => {
+                    v[k] = mu * v[k] + (1.0 - mu) * g;
+                    if !defer_weights {
+                        w[idx] += v[k];
+                    }
+                }
+                _ => w[idx] += g,
+            }
+        };
+        produce(&mut |tile, row0, col0| {
+            for j in 0..tile.nrows() {
+                let row = row0 + j;
+                if row == d {
+                    for c in 0..tile.ncols() {
+                        b[col0 + c] += tile[(j, c)] as f32;
+                    }
+                    continue;
+                }
+                let first = row * m + col0;
+                match mask {
+                    None => {
+                        for c in 0..tile.ncols() {
+                            fold(first + c, first + c, tile[(j, c)] as f32);
+                        }
+                    }
+                    Some(mask) => {
+                        let idx = mask.indices();
+                        let lo = idx.partition_point(|&k| (k as usize) < first);
+                        let hi = idx.partition_point(|&k| (k as usize) < first + tile.ncols());
+                        for (k, &flat) in idx.iter().enumerate().take(hi).skip(lo) {
+                            fold(k, flat as usize, tile[(j, flat as usize - first)] as f32);
+                        }
+                    }
+                }
+            }
+        })?;
+        if let (Some(o), Some(v)) = (ortho, self.velocity.as_mut()) {
+            orthogonalize_in_layout(v, mask, d, m, o.strength);
+            let w = layer.weights.as_mut_slice();
+            match mask {
+                Some(mask) => {
+                    for (&k, &s) in mask.indices().iter().zip(v.as_slice()) {
+                        w[k as usize] += s;
+                    }
+                }
+                None => {
+                    for (w, &s) in w.iter_mut().zip(v.as_slice()) {
+                        *w += s;
+                    }
+                }
+            }
+        }
+        self.finish(layer, rule);
         Ok(())
     }
 }
@@ -199,13 +314,20 @@ fn orthogonalize_in_layout(x: &mut Matrix, mask: Option<&Mask>, d: usize, m: usi
 /// scale each update by its modulation factor.
 pub fn modulate(dw: &mut [f32], theta: &mut [f32], mp: &Metaplasticity) {
     for (d, t) in dw.iter_mut().zip(theta.iter_mut()) {
-        *t = mp.beta * *t + (1.0 - mp.beta) * d.abs();
-        let mut rho = 1.0 / (1.0 + mp.gamma * *t);
-        if *t < mp.tau_inactive {
-            rho *= mp.xi;
-        }
-        *d *= rho;
+        *d = modulate_one(*d, t, mp);
     }
+}
+
+/// Metaplasticity for one weight: update its trace `t` from `|d|` and return the modulated
+/// update.
+#[inline]
+fn modulate_one(d: f32, t: &mut f32, mp: &Metaplasticity) -> f32 {
+    *t = mp.beta * *t + (1.0 - mp.beta) * d.abs();
+    let mut rho = 1.0 / (1.0 + mp.gamma * *t);
+    if *t < mp.tau_inactive {
+        rho *= mp.xi;
+    }
+    d * rho
 }
 
 /// `x <- (1 - s) x + s NS(x)`, where `NS` is one Newton-Schulz step (paper Alg. 4): normalise
@@ -409,5 +531,57 @@ mod tests {
         let w = layer.weights.as_slice();
         assert!((w[0] - 2.0).abs() < 1e-3 && (w[3] - 0.4).abs() < 1e-3, "{w:?}");
         assert!(st.bytes() > 0 && st.velocity.is_none());
+    }
+
+    /// Streaming the solve into the state gives the weights that materialising the update
+    /// and applying it gives, for dense and masked layers, across an orthogonalisation step.
+    #[test]
+    fn streamed_update_matches_materialized_update() {
+        use crate::init::xavier_normal;
+        use crate::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
+        use crate::sparse::small_world_mask;
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha8Rng;
+        let ridge =
+            RidgeConfig { alpha: 0.5, lambda: 0.3, scale: RidgeScale::Relative, path: SolvePath::Auto };
+        for (masked, momentum) in [(false, Some(0.9)), (true, Some(0.9)), (false, None), (true, None)] {
+            let rule = UpdateRule {
+                metaplasticity: Some(MP),
+                momentum,
+                orthogonalize: Some(Orthogonalize { every: 5, strength: 0.1 }),
+                spectral_max: Some(2.0),
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mask = masked.then(|| small_world_mask(20, 140, 0.1, &mut rng));
+            let mut w0 = xavier_normal(20, 140, &mut rng);
+            if let Some(m) = &mask {
+                m.apply(&mut w0);
+            }
+            let (mut a, mut b) = (Dense::new(w0.clone()), Dense::new(w0));
+            let (mut sa, mut sb) =
+                (LayerState::new(&a, mask.as_ref(), &rule), LayerState::new(&b, mask.as_ref(), &rule));
+            for step in 0..6 {
+                let x = xavier_normal(30, 20, &mut rng);
+                let e = xavier_normal(30, 140, &mut rng);
+                let u = ridge_update(&x, &e, &ridge).expect("solve");
+                sa.apply(&mut a, mask.as_ref(), u, &rule).expect("apply");
+                sb.stream_update(&mut b, mask.as_ref(), &rule, |sink| {
+                    ridge_update_tiles(&x, &e, &ridge, sink).map(|_| ())
+                })
+                .expect("stream");
+                for (p, q) in a
+                    .weights
+                    .as_slice()
+                    .iter()
+                    .chain(a.bias.as_slice())
+                    .zip(b.weights.as_slice().iter().chain(b.bias.as_slice()))
+                {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * p.abs().max(1e-2),
+                        "masked {masked}, momentum {momentum:?}, step {step}: {p} vs {q}"
+                    );
+                }
+            }
+        }
     }
 }
