@@ -54,3 +54,45 @@ fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
     assert!(acc >= 0.85, "test accuracy after one epoch {acc} < 0.85");
     assert!(rss < 100.0, "peak RSS {rss} MB >= 100 MB");
 }
+
+/// The comparison on real data: the default PL pipeline reaches 93% within 3 epochs, SGD
+/// reaches 89% after its first, and the bench table has one row per pipeline.
+#[test]
+fn bench_pl_against_sgd_on_real_mnist() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("bench");
+    let mut env = vec![("PLFLOW_DATA_DIR", data.as_path())];
+    let cache = std::env::var_os("PLFLOW_CACHE_DIR").map(PathBuf::from);
+    if let Some(c) = &cache {
+        env.push(("PLFLOW_CACHE_DIR", c.as_path()));
+    }
+    let out = plflow(
+        &root(),
+        &[
+            "bench",
+            "pipelines/mnist.yaml",
+            "pipelines/mnist-sgd.yaml",
+            "--epochs",
+            "3",
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let accuracy = |run: &str, epoch: usize| -> f64 {
+        let metrics = std::fs::read_to_string(out_dir.join(run).join("metrics.jsonl")).expect("metrics");
+        let line = metrics.lines().nth(epoch - 1).expect("epoch line");
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        v["test_accuracy"].as_f64().expect("number")
+    };
+    let pl = accuracy("mnist-r1", 3);
+    let sgd = accuracy("mnist-sgd-r1", 1);
+    println!("PL after 3 epochs: {pl}, SGD after 1 epoch: {sgd}");
+    assert!(pl >= 0.93, "PL after 3 epochs: {pl} < 0.93");
+    assert!(sgd >= 0.89, "SGD after 1 epoch: {sgd} < 0.89");
+    let csv = std::fs::read_to_string(out_dir.join("bench.csv")).expect("table");
+    assert_eq!(csv.lines().count(), 3, "a header and one row per pipeline:\n{csv}");
+}

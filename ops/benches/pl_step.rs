@@ -1,7 +1,7 @@
-//! Times one Prospective Learning training step and its parts on random data, and prints a
+//! Benchmark of one Prospective Learning training step and its parts on fixed data: prints a
 //! table of medians with the implied GFLOP/s.
 //!
-//!     cargo run --release -p plflow-tools --bin plflow-step-bench -- [--sizes 784,512,128,10] [--batch 512] [--repeat 20]
+//!     cargo bench -p plflow-ops --bench pl_step -- [--sizes 784,512,128,10] [--batch 512] [--repeat 20]
 //!
 //! Flops are counted as performed: forward and error products `2 n d m`; the symmetric Gram or
 //! kernel product (lower triangle) `n s^2` or `s n^2`; `X^T e` `2 n (d+1) m`; Cholesky `s^3/3`;
@@ -28,7 +28,8 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args { sizes: vec![784, 512, 128, 10], batch: 512, repeat: 20 };
-    let mut it = std::env::args().skip(1);
+    // `cargo bench` passes `--bench`; skip it.
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
