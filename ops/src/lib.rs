@@ -9,7 +9,10 @@
 //! - [`ledger`]: counts the bytes held by tracked buffers, with a high-water mark.
 //! - [`tensor`]: [`Matrix`], a ledger-tracked row-major `f32` matrix with faer views.
 //! - [`activation`]: ELU with clipping, and its derivative recovered from the output.
-//! - [`dense`]: a fully connected layer (weights, bias, forward pass).
+//! - [`dense`]: a fully connected layer (weights, bias, forward pass); over the rows of NHWC
+//!   feature maps it is also the pointwise (1x1) convolution.
+//! - [`depthwise`]: depthwise `k x k` convolution, its transposed convolution, its per-channel
+//!   PL solve, and global average pooling.
 //! - [`init`]: seeded weight initialisation.
 //! - [`solve`]: `dTheta = -alpha (X^T X + lambda I)^-1 X^T e` by Cholesky, primal or dual.
 //! - [`sparse`]: sparse connectivity masks and their initial weights (SPEC section 3).
@@ -21,6 +24,7 @@
 pub mod activation;
 pub mod backprop;
 pub mod dense;
+pub mod depthwise;
 pub mod error;
 pub mod init;
 pub mod ledger;

@@ -20,7 +20,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, MatMut, MatRef, Par};
 
 /// How `lambda` is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +331,27 @@ fn solve_primal(
         }
     }
     sink(rv.as_ref(), 0, 0);
+    Ok(())
+}
+
+/// Solve the small SPD system `a x = rhs` in place (`a` is `dim x dim`, symmetric, either
+/// layout; it is overwritten by its Cholesky factor and `rhs` by `x`). For the per-channel
+/// systems of depthwise layers.
+pub fn solve_spd_in_place(
+    a: &mut [f64],
+    dim: usize,
+    rhs: &mut [f64],
+    op: &'static str,
+) -> Result<(), OpsError> {
+    assert_eq!(a.len(), dim * dim, "solve_spd_in_place: matrix size");
+    assert_eq!(rhs.len(), dim, "solve_spd_in_place: right-hand side size");
+    let mut av = MatMut::from_column_major_slice_mut(a, dim, dim);
+    let mut mem = factor(av.as_mut()).map_err(|e| match e {
+        OpsError::NotPositiveDefinite { dim, pivot, .. } => OpsError::NotPositiveDefinite { op, dim, pivot },
+        other => other,
+    })?;
+    let rv = MatMut::from_column_major_slice_mut(rhs, dim, 1);
+    llt::solve::solve_in_place(av.as_ref(), rv, Par::Seq, MemStack::new(&mut mem));
     Ok(())
 }
 

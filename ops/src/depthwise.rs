@@ -1,0 +1,509 @@
+//! Depthwise `k x k` convolution (SPEC section 4, paper App. F) over NHWC feature maps.
+//!
+//! A batch of feature maps is a [`Matrix`] with one row per position (`B * H * W` rows, sample
+//! after sample, row-major within a sample) and one column per channel. In this layout a
+//! pointwise (1x1) convolution is exactly a dense layer over the rows, and flattening a
+//! sample is a free reshape. Each channel has its own `k x k` kernel and bias; padding is
+//! `k / 2` (zeros) and the stride 1 or 2.
+//!
+//! The Prospective Learning update of a depthwise layer is one small regularised
+//! least-squares solve per channel, on that channel's `k*k` patch values plus a bias column
+//! ([`depthwise_ridge_update`]); the `(k*k + 1)^2` Gram matrices are accumulated straight
+//! from the input, without materialising the patch matrix.
+
+use crate::solve::{RidgeConfig, RidgeScale, solve_spd_in_place};
+use crate::{Matrix, OpsError};
+use rayon::prelude::*;
+
+/// Spatial geometry of a depthwise layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel size (odd).
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+}
+
+impl Geometry {
+    /// Padding on each border: `k / 2`.
+    pub fn pad(&self) -> usize {
+        self.k / 2
+    }
+
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad() - self.k) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad() - self.k) / self.stride + 1
+    }
+
+    /// For output position `(oy, ox)` and tap `t`, the input position, if inside the map.
+    #[inline]
+    fn source(&self, oy: usize, ox: usize, t: usize) -> Option<usize> {
+        let (dy, dx) = (t / self.k, t % self.k);
+        let y = (oy * self.stride + dy).checked_sub(self.pad())?;
+        let x = (ox * self.stride + dx).checked_sub(self.pad())?;
+        (y < self.h && x < self.w).then_some(y * self.w + x)
+    }
+
+    fn check(&self, op: &'static str, x: &Matrix, channels: usize) -> Result<usize, OpsError> {
+        let per = self.h * self.w;
+        if x.cols() != channels || per == 0 || x.rows() % per != 0 {
+            return Err(OpsError::Shape {
+                op,
+                detail: format!(
+                    "input is {}x{}, expected (batch*{}*{})x{channels} positions x channels",
+                    x.rows(),
+                    x.cols(),
+                    self.h,
+                    self.w
+                ),
+            });
+        }
+        Ok(x.rows() / per)
+    }
+}
+
+/// A depthwise convolution: one `k x k` kernel and one bias per channel.
+#[derive(Debug, Clone)]
+pub struct Depthwise {
+    /// `(k*k) x C`: row `t = dy * k + dx` holds tap `t` of every channel's kernel.
+    pub kernel: Matrix,
+    /// `1 x C`.
+    pub bias: Matrix,
+    /// The layer's geometry.
+    pub geometry: Geometry,
+}
+
+impl Depthwise {
+    /// A layer from its kernel (`k*k x C`); the bias starts at zero.
+    pub fn new(kernel: Matrix, geometry: Geometry) -> Self {
+        let bias = Matrix::zeros(1, kernel.cols());
+        Self { kernel, bias, geometry }
+    }
+
+    /// Channels in and out.
+    pub fn channels(&self) -> usize {
+        self.kernel.cols()
+    }
+
+    /// Trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.kernel.as_slice().len() + self.bias.as_slice().len()
+    }
+
+    /// Convolve a batch of maps (`B*H*W x C`) into `B*Ho*Wo x C`.
+    pub fn forward(&self, x: &Matrix) -> Result<Matrix, OpsError> {
+        let g = self.geometry;
+        let c = self.channels();
+        let batch = g.check("depthwise forward", x, c)?;
+        let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
+        let mut out = Matrix::zeros(batch * per_out, c);
+        let (kernel, bias) = (self.kernel.as_slice(), self.bias.as_slice());
+        out.as_mut_slice().par_chunks_mut(per_out * c).zip(x.as_slice().par_chunks(per_in * c)).for_each(
+            |(dst, src)| {
+                for oy in 0..g.out_h() {
+                    for ox in 0..g.out_w() {
+                        let o = &mut dst[(oy * g.out_w() + ox) * c..][..c];
+                        o.copy_from_slice(bias);
+                        for t in 0..g.k * g.k {
+                            if let Some(p) = g.source(oy, ox, t) {
+                                let (xi, kt) = (&src[p * c..][..c], &kernel[t * c..][..c]);
+                                for ((o, &xv), &kv) in o.iter_mut().zip(xi).zip(kt) {
+                                    *o += xv * kv;
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(out)
+    }
+
+    /// The error reaching the input (`B*H*W x C`) from the output error `e` (`B*Ho*Wo x C`):
+    /// the transposed convolution with each channel's kernel, before the input activation's
+    /// derivative is applied.
+    pub fn input_error(&self, e: &Matrix) -> Result<Matrix, OpsError> {
+        let g = self.geometry;
+        let c = self.channels();
+        let out_geometry = Geometry { h: g.out_h(), w: g.out_w(), k: 1, stride: 1 };
+        let batch = out_geometry.check("depthwise error propagation", e, c)?;
+        let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
+        let mut out = Matrix::zeros(batch * per_in, c);
+        let kernel = self.kernel.as_slice();
+        out.as_mut_slice().par_chunks_mut(per_in * c).zip(e.as_slice().par_chunks(per_out * c)).for_each(
+            |(dst, src)| {
+                for oy in 0..g.out_h() {
+                    for ox in 0..g.out_w() {
+                        let eo = &src[(oy * g.out_w() + ox) * c..][..c];
+                        for t in 0..g.k * g.k {
+                            if let Some(p) = g.source(oy, ox, t) {
+                                let (d, kt) = (&mut dst[p * c..][..c], &kernel[t * c..][..c]);
+                                for ((d, &ev), &kv) in d.iter_mut().zip(eo).zip(kt) {
+                                    *d += ev * kv;
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(out)
+    }
+
+    /// Gradients of `sum(e * forward(x))` with respect to the kernel and the bias, for the
+    /// backprop baselines: `(k*k x C, 1 x C)`.
+    pub fn gradients(&self, x: &Matrix, e: &Matrix) -> Result<(Matrix, Matrix), OpsError> {
+        let g = self.geometry;
+        let c = self.channels();
+        let batch = g.check("depthwise gradients", x, c)?;
+        let (per_in, per_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.k * g.k);
+        if e.rows() != batch * per_out || e.cols() != c {
+            return Err(OpsError::Shape {
+                op: "depthwise gradients",
+                detail: format!("error is {}x{}", e.rows(), e.cols()),
+            });
+        }
+        let zero = || vec![0.0f64; (taps + 1) * c];
+        let sums = x
+            .as_slice()
+            .par_chunks(per_in * c)
+            .zip(e.as_slice().par_chunks(per_out * c))
+            .fold(zero, |mut acc, (src, err)| {
+                for oy in 0..g.out_h() {
+                    for ox in 0..g.out_w() {
+                        let eo = &err[(oy * g.out_w() + ox) * c..][..c];
+                        for t in 0..taps {
+                            if let Some(p) = g.source(oy, ox, t) {
+                                for ((a, &xv), &ev) in
+                                    acc[t * c..][..c].iter_mut().zip(&src[p * c..][..c]).zip(eo)
+                                {
+                                    *a += xv as f64 * ev as f64;
+                                }
+                            }
+                        }
+                        for (a, &ev) in acc[taps * c..].iter_mut().zip(eo) {
+                            *a += ev as f64;
+                        }
+                    }
+                }
+                acc
+            })
+            .reduce(zero, |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        let gk = Matrix::from_vec(taps, c, sums[..taps * c].iter().map(|&v| v as f32).collect());
+        let gb = Matrix::from_vec(1, c, sums[taps * c..].iter().map(|&v| v as f32).collect());
+        Ok((gk, gb))
+    }
+}
+
+/// The Prospective Learning update of a depthwise layer with input `x` and output error `e`:
+/// for each channel `c`, with `P_c` its patch values plus a ones column,
+/// `dTheta_c = -alpha (P_c^T P_c + lambda_c I)^-1 P_c^T e_c`, solved by Cholesky in `f64`.
+/// Relative `lambda` scales with each channel's mean Gram diagonal. Returns `(dK, db)`.
+pub fn depthwise_ridge_update(
+    layer: &Depthwise,
+    x: &Matrix,
+    e: &Matrix,
+    cfg: &RidgeConfig,
+) -> Result<(Matrix, Matrix), OpsError> {
+    const OP: &str = "depthwise PL solve";
+    let g = layer.geometry;
+    let c = layer.channels();
+    let batch = g.check(OP, x, c)?;
+    let (per_in, per_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.k * g.k);
+    if e.rows() != batch * per_out || e.cols() != c {
+        return Err(OpsError::Shape { op: OP, detail: format!("error is {}x{}", e.rows(), e.cols()) });
+    }
+    if !x.as_slice().iter().chain(e.as_slice()).all(|v| v.is_finite()) {
+        return Err(OpsError::NonFinite {
+            op: OP,
+            what: "the layer input or error",
+            rows: x.rows(),
+            cols: c,
+        });
+    }
+    let dim = taps + 1;
+    // Per channel: the Gram (dim x dim, lower triangle used) then the right-hand side (dim).
+    let stride = dim * dim + dim;
+    let zero = || vec![0.0f64; stride * c];
+    let sums = x
+        .as_slice()
+        .par_chunks(per_in * c)
+        .zip(e.as_slice().par_chunks(per_out * c))
+        .fold(zero, |mut acc, (src, err)| {
+            let mut patch = vec![0.0f64; dim * c];
+            for oy in 0..g.out_h() {
+                for ox in 0..g.out_w() {
+                    patch.iter_mut().for_each(|v| *v = 0.0);
+                    for t in 0..taps {
+                        if let Some(p) = g.source(oy, ox, t) {
+                            for (ch, &xv) in src[p * c..][..c].iter().enumerate() {
+                                patch[ch * dim + t] = xv as f64;
+                            }
+                        }
+                    }
+                    let eo = &err[(oy * g.out_w() + ox) * c..][..c];
+                    for ch in 0..c {
+                        let pv = &mut patch[ch * dim..][..dim];
+                        pv[taps] = 1.0;
+                        let a = &mut acc[ch * stride..][..stride];
+                        let ev = eo[ch] as f64;
+                        for i in 0..dim {
+                            let pi = pv[i];
+                            if pi == 0.0 {
+                                continue;
+                            }
+                            for j in 0..=i {
+                                a[i * dim + j] += pi * pv[j];
+                            }
+                            a[dim * dim + i] += pi * ev;
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .reduce(zero, |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+
+    let mut dk = Matrix::zeros(taps, c);
+    let mut db = Matrix::zeros(1, c);
+    for ch in 0..c {
+        let block = &sums[ch * stride..][..stride];
+        let mut gram = block[..dim * dim].to_vec();
+        let mut rhs = block[dim * dim..].to_vec();
+        let trace: f64 = (0..dim).map(|i| gram[i * dim + i]).sum();
+        let lambda = match cfg.scale {
+            RidgeScale::Absolute => cfg.lambda,
+            RidgeScale::Relative => cfg.lambda * trace / dim as f64,
+        };
+        for i in 0..dim {
+            gram[i * dim + i] += lambda;
+            for j in 0..i {
+                gram[j * dim + i] = gram[i * dim + j];
+            }
+        }
+        solve_spd_in_place(&mut gram, dim, &mut rhs, OP)?;
+        for t in 0..taps {
+            dk.as_mut_slice()[t * c + ch] = (-cfg.alpha * rhs[t]) as f32;
+        }
+        db.as_mut_slice()[ch] = (-cfg.alpha * rhs[taps]) as f32;
+    }
+    if !dk.as_slice().iter().chain(db.as_slice()).all(|v| v.is_finite()) {
+        return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: x.rows(), cols: c });
+    }
+    Ok((dk, db))
+}
+
+/// Global average pooling of `B*H*W x C` maps into `B x C`.
+pub fn global_avg_pool(x: &Matrix, positions: usize) -> Result<Matrix, OpsError> {
+    if positions == 0 || x.rows() % positions != 0 {
+        return Err(OpsError::Shape {
+            op: "global average pooling",
+            detail: format!("{} rows are not a whole number of {positions}-position maps", x.rows()),
+        });
+    }
+    let (batch, c) = (x.rows() / positions, x.cols());
+    let mut out = Matrix::zeros(batch, c);
+    let scale = 1.0 / positions as f32;
+    for (dst, src) in out.as_mut_slice().chunks_exact_mut(c).zip(x.as_slice().chunks_exact(positions * c)) {
+        for row in src.chunks_exact(c) {
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+        dst.iter_mut().for_each(|d| *d *= scale);
+    }
+    Ok(out)
+}
+
+/// The error reaching the pooled maps: each sample's error spread evenly over its positions.
+pub fn global_avg_pool_error(e: &Matrix, positions: usize) -> Matrix {
+    let c = e.cols();
+    let mut out = Matrix::zeros(e.rows() * positions, c);
+    let scale = 1.0 / positions.max(1) as f32;
+    for (dst, src) in out.as_mut_slice().chunks_exact_mut(positions * c).zip(e.as_slice().chunks_exact(c)) {
+        for row in dst.chunks_exact_mut(c) {
+            for (d, &v) in row.iter_mut().zip(src) {
+                *d = v * scale;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::xavier_normal;
+    use crate::solve::SolvePath;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Plain nested loops over NCHW indices with explicit zero padding.
+    fn naive(x: &Matrix, layer: &Depthwise, batch: usize) -> Vec<f32> {
+        let g = layer.geometry;
+        let c = layer.channels();
+        let (oh, ow, p) = (g.out_h() as isize, g.out_w() as isize, g.pad() as isize);
+        let mut out = Vec::new();
+        for b in 0..batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        let mut s = layer.bias.as_slice()[ch];
+                        for dy in 0..g.k as isize {
+                            for dx in 0..g.k as isize {
+                                let (y, xx) =
+                                    (oy * g.stride as isize + dy - p, ox * g.stride as isize + dx - p);
+                                if y >= 0 && xx >= 0 && (y as usize) < g.h && (xx as usize) < g.w {
+                                    let row = b * g.h * g.w + y as usize * g.w + xx as usize;
+                                    s += x.row(row)[ch]
+                                        * layer.kernel.row((dy * g.k as isize + dx) as usize)[ch];
+                                }
+                            }
+                        }
+                        out.push(s);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn layer(geometry: Geometry, c: usize, rng: &mut ChaCha8Rng) -> Depthwise {
+        let mut l = Depthwise::new(xavier_normal(geometry.k * geometry.k, c, rng), geometry);
+        l.bias = xavier_normal(1, c, rng);
+        l
+    }
+
+    const CASES: [(usize, usize, usize, usize); 6] =
+        [(5, 5, 3, 1), (5, 5, 3, 2), (6, 6, 3, 2), (7, 4, 3, 1), (4, 7, 3, 2), (6, 5, 5, 1)];
+
+    #[test]
+    fn forward_matches_naive_convolution() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for (h, w, k, stride) in CASES {
+            let (batch, c) = (2, 3);
+            let l = layer(Geometry { h, w, k, stride }, c, &mut rng);
+            let x = xavier_normal(batch * h * w, c, &mut rng);
+            let got = l.forward(&x).expect("shapes");
+            assert_eq!(got.rows(), batch * l.geometry.out_h() * l.geometry.out_w());
+            for (a, b) in got.as_slice().iter().zip(naive(&x, &l, batch)) {
+                assert!((a - b).abs() < 1e-5, "{h}x{w} k{k} s{stride}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_convolution_is_the_adjoint() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for (h, w, k, stride) in CASES {
+            let (batch, c) = (2, 4);
+            let mut l = layer(Geometry { h, w, k, stride }, c, &mut rng);
+            l.bias = Matrix::zeros(1, c); // the identity holds for the linear part
+            let x = xavier_normal(batch * h * w, c, &mut rng);
+            let y = xavier_normal(batch * l.geometry.out_h() * l.geometry.out_w(), c, &mut rng);
+            let dot = |a: &Matrix, b: &Matrix| {
+                a.as_slice().iter().zip(b.as_slice()).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>()
+            };
+            let lhs = dot(&l.forward(&x).expect("fwd"), &y);
+            let rhs = dot(&x, &l.input_error(&y).expect("adjoint"));
+            assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{h}x{w} s{stride}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_of_the_linear_map() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let l = layer(Geometry { h: 5, w: 4, k: 3, stride: 2 }, 2, &mut rng);
+        let x = xavier_normal(2 * 20, 2, &mut rng);
+        let e = xavier_normal(2 * l.geometry.out_h() * l.geometry.out_w(), 2, &mut rng);
+        let (gk, gb) = l.gradients(&x, &e).expect("shapes");
+        let objective = |l: &Depthwise| {
+            l.forward(&x)
+                .expect("fwd")
+                .as_slice()
+                .iter()
+                .zip(e.as_slice())
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>()
+        };
+        for t in 0..9 {
+            for ch in 0..2 {
+                let mut p = l.clone();
+                p.kernel.as_mut_slice()[t * 2 + ch] += 1.0;
+                let fd = objective(&p) - objective(&l); // exact: the map is linear in the kernel
+                assert!((fd - gk.row(t)[ch] as f64).abs() < 1e-4, "tap {t} ch {ch}");
+            }
+        }
+        let total: f64 = e.as_slice().iter().step_by(2).map(|&v| v as f64).sum();
+        assert!((gb.as_slice()[0] as f64 - total).abs() < 1e-4);
+    }
+
+    /// The per-channel solve satisfies its normal equations, checked with an explicitly built
+    /// patch matrix.
+    #[test]
+    fn per_channel_solve_satisfies_normal_equations() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let l = layer(Geometry { h: 6, w: 5, k: 3, stride: 1 }, 3, &mut rng);
+        let x = xavier_normal(2 * 30, 3, &mut rng);
+        let e = xavier_normal(2 * 30, 3, &mut rng);
+        let cfg =
+            RidgeConfig { alpha: 0.3, lambda: 0.05, scale: RidgeScale::Relative, path: SolvePath::Auto };
+        let (dk, db) = depthwise_ridge_update(&l, &x, &e, &cfg).expect("solve");
+        let g = l.geometry;
+        for ch in 0..3 {
+            // rows of P: one per output position, taps then a one
+            let mut rows = Vec::new();
+            for b in 0..2 {
+                for oy in 0..g.out_h() {
+                    for ox in 0..g.out_w() {
+                        let mut r: Vec<f64> = (0..9)
+                            .map(|t| g.source(oy, ox, t).map_or(0.0, |p| x.row(b * 30 + p)[ch] as f64))
+                            .collect();
+                        r.push(1.0);
+                        rows.push((r, e.row(b * 30 + oy * g.out_w() + ox)[ch] as f64));
+                    }
+                }
+            }
+            let theta: Vec<f64> =
+                (0..9).map(|t| dk.row(t)[ch] as f64).chain([db.as_slice()[ch] as f64]).collect();
+            let trace: f64 = rows.iter().map(|(r, _)| r.iter().map(|v| v * v).sum::<f64>()).sum();
+            let lambda = 0.05 * trace / 10.0;
+            for i in 0..10 {
+                let mut lhs = lambda * theta[i];
+                for j in 0..10 {
+                    lhs += rows.iter().map(|(r, _)| r[i] * r[j]).sum::<f64>() * theta[j];
+                }
+                let rhs = 0.3 * rows.iter().map(|(r, ev)| r[i] * ev).sum::<f64>();
+                assert!(
+                    (lhs + rhs).abs() < 1e-4 * rhs.abs().max(1.0),
+                    "channel {ch}, row {i}: {lhs} vs {}",
+                    -rhs
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_averages_and_spreads_evenly() {
+        let x = Matrix::from_vec(4, 2, vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0, 7.0, 40.0]);
+        let pooled = global_avg_pool(&x, 2).expect("2 samples of 2 positions");
+        assert_eq!(pooled.as_slice(), &[2.0, 15.0, 6.0, 35.0]);
+        let spread = global_avg_pool_error(&Matrix::from_vec(2, 2, vec![2.0, 4.0, 6.0, 8.0]), 2);
+        assert_eq!(spread.as_slice(), &[1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
+        // adjoint: <pool(x), y> = <x, spread(y)>
+        let y = Matrix::from_vec(2, 2, vec![0.5, -1.0, 2.0, 0.25]);
+        let dot =
+            |a: &Matrix, b: &Matrix| a.as_slice().iter().zip(b.as_slice()).map(|(p, q)| p * q).sum::<f32>();
+        assert!((dot(&pooled, &y) - dot(&x, &global_avg_pool_error(&y, 2))).abs() < 1e-5);
+        assert!(global_avg_pool(&x, 3).is_err());
+    }
+}
