@@ -291,8 +291,8 @@ pub fn depthwise_ridge_update(
             }
         }
         solve_spd_in_place(&mut gram, dim, &mut rhs, OP)?;
-        for t in 0..taps {
-            dk.as_mut_slice()[t * c + ch] = (-cfg.alpha * rhs[t]) as f32;
+        for (t, &r) in rhs[..taps].iter().enumerate() {
+            dk.as_mut_slice()[t * c + ch] = (-cfg.alpha * r) as f32;
         }
         db.as_mut_slice()[ch] = (-cfg.alpha * rhs[taps]) as f32;
     }
