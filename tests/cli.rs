@@ -188,3 +188,41 @@ fn bench_compares_pipelines_in_one_table() {
             && out_dir.join("mnist-sgd-r1/metrics.jsonl").is_file()
     );
 }
+
+#[test]
+fn check_prints_every_shape_of_the_cnn() {
+    let out = plflow(&root(), &["check", "pipelines/mnist-cnn.yaml"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "stem         pointwise data         32x28x28",
+        "block1.dw    depthwise stem         32x28x28",
+        "block2.dw    depthwise block1.pw    32x14x14",
+        "block3.pw    pointwise block3.dw    32x7x7",
+        "pool         pool      block3.pw    32 ",
+        "head.2       dense     head.1       10 linear",
+        "trainable parameters: 6,634",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn convolutions_reject_flat_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(
+        &p,
+        "name: x\nstages:\n  data:\n    kind: mnist\n  flat:\n    kind: dense\n    input: data\n    units: 16\n  conv:\n    kind: depthwise\n    input: flat\n",
+    )
+    .expect("write");
+    let out = plflow(dir.path(), &["check", "bad.yaml"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "bad.yaml:11: stage `conv`: shape mismatch: a depthwise convolution needs feature maps"
+        ),
+        "{stderr}"
+    );
+}

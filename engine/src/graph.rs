@@ -5,6 +5,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
+use plflow_ops::depthwise::Geometry;
 use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -88,8 +89,13 @@ impl Solver {
 pub enum Op {
     /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
     Mnist { path: PathBuf },
-    /// A fully connected layer.
-    Dense { inputs: usize, units: usize, activation: Activation, init: Init },
+    /// `x W + b` on every row: a fully connected layer on flat inputs (`positions == 1`; maps
+    /// are flattened), or a pointwise convolution on maps with `positions` positions.
+    Dense { inputs: usize, units: usize, positions: usize, activation: Activation, init: Init },
+    /// A depthwise convolution.
+    Depthwise { channels: usize, geometry: Geometry, activation: Activation },
+    /// Global average pooling.
+    Pool { channels: usize, positions: usize },
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
     Train { solver: Solver, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
     /// Accuracy of a trained model on a split.
@@ -101,7 +107,10 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Mnist { .. } => "mnist",
-            Op::Dense { .. } => "dense",
+            Op::Dense { positions: 1, .. } => "dense",
+            Op::Dense { .. } => "pointwise",
+            Op::Depthwise { .. } => "depthwise",
+            Op::Pool { .. } => "pool",
             Op::Train { solver, .. } => solver.kind(),
             Op::Evaluate { .. } => "evaluate",
         }
@@ -126,6 +135,7 @@ impl Node {
     pub fn parameter_count(&self) -> usize {
         match &self.op {
             Op::Dense { inputs, units, .. } => inputs * units + units,
+            Op::Depthwise { channels, geometry, .. } => (geometry.k * geometry.k + 1) * channels,
             _ => 0,
         }
     }
@@ -203,7 +213,7 @@ impl Graph {
                 Op::Mnist { .. } => "cylinder",
                 Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
-                Op::Dense { .. } => "box",
+                Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => "box",
             };
             let _ = writeln!(s, "  n{} [label=\"{label}\", shape={shape}];", i.index());
         }

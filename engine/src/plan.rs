@@ -13,6 +13,7 @@ use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
+use plflow_ops::depthwise::Geometry;
 use plflow_ops::pl::PlConfig;
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
 use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
@@ -78,15 +79,55 @@ impl Plan {
         let dims: Vec<(usize, usize)> = layers
             .iter()
             .filter_map(|&l| match self.graph.node(l).op {
-                Op::Dense { inputs, units, .. } => Some((inputs, units)),
+                Op::Dense { inputs, units, positions: 1, .. } => Some((inputs, units)),
                 _ => None,
             })
             .collect();
         let input_len = self.graph.node(*source).output.tensor().map_or(0, |(s, _)| s.iter().product());
+        if dims.len() != layers.len() {
+            return self.estimate_maps(trainer);
+        }
         match solver {
             Solver::Pl(config) => estimate_pl(&dims, input_len, *batch_size, config),
             Solver::Backprop(opt) => estimate_backprop(&dims, input_len, *batch_size, opt),
         }
+    }
+
+    /// A simpler, conservative estimate for chains with convolutions: parameters, optimiser
+    /// state, the batch, every activation of a step, the two largest errors, and the largest
+    /// solve workspace (pointwise solves over all positions; depthwise solves are tiny).
+    fn estimate_maps(&self, trainer: NodeIndex) -> MemoryEstimate {
+        const F32: usize = 4;
+        let Op::Train { solver, batch_size: n, layers, source, .. } = &self.graph.node(trainer).op else {
+            return MemoryEstimate::default();
+        };
+        let size =
+            |i: NodeIndex| self.graph.node(i).output.tensor().map_or(0, |(s, _)| s.iter().product::<usize>());
+        let parameters: usize = layers.iter().map(|&l| self.graph.node(l).parameter_count() * F32).sum();
+        let per_param = match solver {
+            Solver::Pl(c) => {
+                usize::from(c.rule.momentum.is_some()) + usize::from(c.rule.metaplasticity.is_some())
+            }
+            Solver::Backprop(o) => o.buffers_per_parameter(),
+        };
+        let acts: Vec<usize> = layers.iter().map(|&l| n * size(l) * F32).collect();
+        let mut largest = acts.clone();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        let workspace = layers
+            .iter()
+            .filter_map(|&l| match self.graph.node(l).op {
+                Op::Dense { inputs, units, positions, .. } => {
+                    Some(workspace_bytes(n * positions, inputs, units, SolvePath::Auto, true))
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let step = n * size(*source) * F32
+            + acts.iter().sum::<usize>()
+            + largest.iter().take(2).sum::<usize>()
+            + workspace;
+        MemoryEstimate { parameters, state: parameters * per_param, step }
     }
 
     /// The text `plflow check` prints: nodes in order with shapes and parameter counts, and
@@ -107,10 +148,12 @@ impl Plan {
                 (Port::Examples { classes, .. }, _) => {
                     format!("{} ({classes} classes)", n.output.describe())
                 }
-                (_, Op::Dense { activation: Activation::Elu { .. }, .. }) => {
+                (_, Op::Dense { activation: Activation::Elu { .. }, .. })
+                | (_, Op::Depthwise { activation: Activation::Elu { .. }, .. }) => {
                     format!("{} elu", n.output.describe())
                 }
-                (_, Op::Dense { activation: Activation::Linear, .. }) => {
+                (_, Op::Dense { activation: Activation::Linear, .. })
+                | (_, Op::Depthwise { activation: Activation::Linear, .. }) => {
                     format!("{} linear", n.output.describe())
                 }
                 (_, Op::Evaluate { split }) => {
@@ -357,6 +400,71 @@ impl Builder<'_> {
         i
     }
 
+    /// The input of a convolution or pooling stage: feature maps `[C, H, W]`.
+    fn map_input(
+        &self,
+        stage: &str,
+        input: &str,
+        who: &str,
+    ) -> Result<(NodeIndex, [usize; 3], usize), SpecError> {
+        let (from, _, classes) = self.tensor_input(stage, input, who)?;
+        match self.nodes[from].output.tensor() {
+            Some((&[c, h, w], _)) => Ok((from, [c, h, w], classes)),
+            Some((shape, _)) => Err(self.err(
+                stage,
+                Some("input"),
+                format!(
+                    "shape mismatch: {who} needs feature maps (channels x height x width), but `{input}` produces {}",
+                    shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+                ),
+            )),
+            None => unreachable!("tensor_input checked the port"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_depthwise(
+        &mut self,
+        node: &str,
+        stage: &str,
+        from: NodeIndex,
+        [c, h, w]: [usize; 3],
+        classes: usize,
+        kernel: usize,
+        stride: usize,
+        activation: Activation,
+    ) -> Result<NodeIndex, SpecError> {
+        self.range(
+            stage,
+            "kernel",
+            kernel % 2 == 1 && kernel <= h.min(w).max(1) * 2 + 1,
+            "odd (3, 5, ...)",
+            kernel,
+        )?;
+        self.range(stage, "stride", (1..=2).contains(&stride), "1 or 2", stride)?;
+        let geometry = Geometry { h, w, k: kernel, stride };
+        let op = Op::Depthwise { channels: c, geometry, activation };
+        let output = Port::Activations { shape: vec![c, geometry.out_h(), geometry.out_w()], classes };
+        Ok(self.add_node(Node { name: node.into(), stage: stage.into(), op, output }, Some(from)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_pointwise(
+        &mut self,
+        node: &str,
+        stage: &str,
+        from: NodeIndex,
+        [c, h, w]: [usize; 3],
+        classes: usize,
+        channels: usize,
+        activation: Activation,
+    ) -> Result<NodeIndex, SpecError> {
+        self.range(stage, "channels", channels > 0, "at least 1", channels)?;
+        let op = Op::Dense { inputs: c, units: channels, positions: h * w, activation, init: Init::Xavier };
+        let output = Port::Activations { shape: vec![channels, h, w], classes };
+        Ok(self.add_node(Node { name: node.into(), stage: stage.into(), op, output }, Some(from)))
+    }
+
     /// The initialisation of a layer fed by `from`.
     fn init(&self, stage: &str, sparse: Option<SparseSpec>, from: NodeIndex) -> Result<Init, SpecError> {
         let Some(sp) = sparse else { return Ok(Init::Xavier) };
@@ -395,7 +503,7 @@ impl Builder<'_> {
                 }
                 let activation = self.activation(name, s.activation, s.clip)?;
                 let init = self.init(name, s.sparse, from)?;
-                let op = Op::Dense { inputs, units: s.units, activation, init };
+                let op = Op::Dense { inputs, units: s.units, positions: 1, activation, init };
                 let output = Port::Activations { shape: vec![s.units], classes };
                 self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
             }
@@ -421,13 +529,48 @@ impl Builder<'_> {
                 for (k, &units) in widths.iter().enumerate() {
                     let activation = if k + 1 == widths.len() { Activation::Linear } else { hidden };
                     let init = self.init(name, s.sparse, from)?;
-                    let op = Op::Dense { inputs, units, activation, init };
+                    let op = Op::Dense { inputs, units, positions: 1, activation, init };
                     let output = Port::Activations { shape: vec![units], classes };
                     let node = Node { name: format!("{name}.{k}"), stage: name.into(), op, output };
                     from = self.add_node(node, Some(from));
                     inputs = units;
                 }
                 from
+            }
+            StageSpec::Depthwise(s) => {
+                let (from, shape, classes) = self.map_input(name, &s.input, "a depthwise convolution")?;
+                let activation = self.activation(name, s.activation, s.clip)?;
+                self.add_depthwise(name, name, from, shape, classes, s.kernel, s.stride, activation)?
+            }
+            StageSpec::Pointwise(s) => {
+                let (from, shape, classes) = self.map_input(name, &s.input, "a pointwise convolution")?;
+                let activation = self.activation(name, s.activation, s.clip)?;
+                self.add_pointwise(name, name, from, shape, classes, s.channels, activation)?
+            }
+            StageSpec::DsBlock(s) => {
+                let (from, shape, classes) = self.map_input(name, &s.input, "a ds_block")?;
+                let activation = self.activation(name, s.activation, s.clip)?;
+                let dw = self.add_depthwise(
+                    &format!("{name}.dw"),
+                    name,
+                    from,
+                    shape,
+                    classes,
+                    s.kernel,
+                    s.stride,
+                    activation,
+                )?;
+                let Some((mid, _)) = self.nodes[dw].output.tensor() else {
+                    unreachable!("maps carry tensors")
+                };
+                let mid = [mid[0], mid[1], mid[2]];
+                self.add_pointwise(&format!("{name}.pw"), name, dw, mid, classes, s.channels, activation)?
+            }
+            StageSpec::GlobalAvgPool(s) => {
+                let (from, [c, h, w], classes) = self.map_input(name, &s.input, "global average pooling")?;
+                let op = Op::Pool { channels: c, positions: h * w };
+                let output = Port::Activations { shape: vec![c], classes };
+                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
             }
             StageSpec::Pl(s) => {
                 let solver = self.pl_solver(name, s)?;
@@ -592,7 +735,7 @@ impl Builder<'_> {
         let mut at = model;
         let source = loop {
             match &self.nodes[at].op {
-                Op::Dense { .. } => layers.push(at),
+                Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => layers.push(at),
                 Op::Mnist { .. } => break at,
                 other => {
                     return Err(self.err(

@@ -15,12 +15,14 @@ use plflow_datasets::location::DataPath;
 use plflow_datasets::mnist::{Mnist, MnistSplit};
 use plflow_datasets::order::epoch_order;
 use plflow_ops::Matrix;
+use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{BackpropTrainer, Optimizer};
 use plflow_ops::dense::Dense;
+use plflow_ops::depthwise::Depthwise;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
-use plflow_ops::network::{Layer, Network, StepStats, argmax};
+use plflow_ops::network::{Layer, LayerKind, Network, StepStats, argmax};
 use plflow_ops::pl::PlTrainer;
 use plflow_ops::sparse::{CorrelationPass, correlation_mask, masked_weights, small_world_mask};
 use rand::SeedableRng;
@@ -101,7 +103,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 }
                 datasets.insert(i, mnist);
             }
-            Op::Dense { inputs, units, activation, init } => {
+            Op::Dense { inputs, units, positions, activation, init } => {
                 let (weights, mask) = match *init {
                     Init::Xavier => (xavier_normal(*inputs, *units, &mut rng), None),
                     Init::Sparse { tau, rewire, persistent, correlated } => {
@@ -126,7 +128,22 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         (weights, persistent.then_some(mask))
                     }
                 };
-                layers.insert(i, Layer { dense: Dense::new(weights), activation: *activation, mask });
+                let kind = LayerKind::Dense(Dense::new(weights));
+                layers.insert(i, Layer { kind, activation: *activation, mask, input_positions: *positions });
+            }
+            Op::Depthwise { channels, geometry, activation } => {
+                let taps = geometry.k * geometry.k;
+                let kind =
+                    LayerKind::Depthwise(Depthwise::new(xavier_normal(taps, *channels, &mut rng), *geometry));
+                let input_positions = geometry.h * geometry.w;
+                layers.insert(i, Layer { kind, activation: *activation, mask: None, input_positions });
+            }
+            Op::Pool { channels, positions } => {
+                let kind = LayerKind::Pool { positions: *positions, channels: *channels };
+                layers.insert(
+                    i,
+                    Layer { kind, activation: Activation::Linear, mask: None, input_positions: *positions },
+                );
             }
             Op::Train { solver, epochs, batch_size, source, layers: chain } => {
                 let network = Network {
@@ -299,10 +316,13 @@ impl TrainJob<'_> {
             let mut x = Matrix::zeros(self.batch_size, len);
             let mut labels = vec![0u32; self.batch_size];
             for (step, idx) in order.chunks(self.batch_size).enumerate() {
-                if idx.len() != x.rows() {
+                if idx.len() * len != x.as_slice().len() {
                     x = Matrix::zeros(idx.len(), len);
                 }
+                x.reshape(idx.len(), len);
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
+                let (rows, cols) = first_input(&network, idx.len(), len);
+                x.reshape(rows, cols);
                 let s =
                     trainer.step(&mut network, &x, &labels[..idx.len()]).map_err(|e| EngineError::Train {
                         stage: self.stage.to_owned(),
@@ -328,7 +348,7 @@ impl TrainJob<'_> {
                 }
                 parts.push(format!("{name} {:.2}%", acc * 100.0));
             }
-            let classes = network.layers.last().map_or(1, |l| l.dense.outputs()) as f64;
+            let classes = network.layers.last().map_or(1, |l| l.output_shape(1).1) as f64;
             let rows = totals.rows.max(1) as f64;
             let is_pl = matches!(self.solver, Solver::Pl(_));
             let record = EpochRecord {
@@ -380,6 +400,8 @@ impl TrainJob<'_> {
         for idx in all.chunks(self.batch_size) {
             let mut x = Matrix::zeros(idx.len(), len);
             data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
+            let (rows, cols) = first_input(network, idx.len(), len);
+            x.reshape(rows, cols);
             let out = network.forward(&x).map_err(|e| EngineError::Train {
                 stage: self.stage.to_owned(),
                 layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
@@ -391,6 +413,13 @@ impl TrainJob<'_> {
         }
         Ok(correct as f64 / data.len().max(1) as f64)
     }
+}
+
+/// The shape a batch of `batch` examples of `len` values takes for the network's first layer
+/// (one row per example for a dense layer, one row per position for a convolution; MNIST's
+/// single-channel images are already in that order).
+fn first_input(network: &Network, batch: usize, len: usize) -> (usize, usize) {
+    network.layers.first().map_or((batch, len), |l| l.input_shape(batch))
 }
 
 /// Pearson-correlation statistics of the first `features` values of every training example,

@@ -34,6 +34,15 @@ pub enum StageSpec {
     Dense(DenseSpec),
     /// A stack of fully connected layers; expands into one graph node per layer.
     Mlp(MlpSpec),
+    /// A depthwise convolution over feature maps.
+    Depthwise(DepthwiseSpec),
+    /// A pointwise (1x1) convolution over feature maps.
+    Pointwise(PointwiseSpec),
+    /// A depthwise-separable block: depthwise then pointwise, each with the activation;
+    /// expands into the nodes `<name>.dw` and `<name>.pw`.
+    DsBlock(DsBlockSpec),
+    /// Global average pooling: each channel of a map becomes its mean.
+    GlobalAvgPool(PoolSpec),
     /// Trains the layers that feed `input` with Prospective Learning.
     #[serde(rename = "pl", alias = "prospective_learning")]
     Pl(PlSpec),
@@ -54,6 +63,10 @@ impl StageSpec {
             StageSpec::Mnist(_) => "mnist",
             StageSpec::Dense(_) => "dense",
             StageSpec::Mlp(_) => "mlp",
+            StageSpec::Depthwise(_) => "depthwise",
+            StageSpec::Pointwise(_) => "pointwise",
+            StageSpec::DsBlock(_) => "ds_block",
+            StageSpec::GlobalAvgPool(_) => "global_avg_pool",
             StageSpec::Pl(_) => "pl",
             StageSpec::Sgd(_) => "sgd",
             StageSpec::Adam(_) => "adam",
@@ -68,6 +81,10 @@ impl StageSpec {
             StageSpec::Mnist(_) => None,
             StageSpec::Dense(s) => Some(&s.input),
             StageSpec::Mlp(s) => Some(&s.input),
+            StageSpec::Depthwise(s) => Some(&s.input),
+            StageSpec::Pointwise(s) => Some(&s.input),
+            StageSpec::DsBlock(s) => Some(&s.input),
+            StageSpec::GlobalAvgPool(s) => Some(&s.input),
             StageSpec::Pl(s) => Some(&s.input),
             StageSpec::Sgd(s) => Some(&s.input),
             StageSpec::Adam(s) | StageSpec::Adamw(s) => Some(&s.input),
@@ -163,6 +180,72 @@ pub struct MlpSpec {
     /// Xavier weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<SparseSpec>,
+}
+
+/// `kind: depthwise`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepthwiseSpec {
+    /// The stage feeding it (feature maps).
+    pub input: String,
+    /// Kernel size (odd); padding is `kernel / 2`.
+    #[serde(default = "defaults::kernel")]
+    pub kernel: usize,
+    /// Stride, 1 or 2.
+    #[serde(default = "defaults::stride")]
+    pub stride: usize,
+    /// Activation after the convolution.
+    #[serde(default)]
+    pub activation: ActivationSpec,
+    /// Activations are clipped to `[-clip, clip]`.
+    #[serde(default = "defaults::clip")]
+    pub clip: f32,
+}
+
+/// `kind: pointwise`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointwiseSpec {
+    /// The stage feeding it (feature maps).
+    pub input: String,
+    /// Output channels.
+    pub channels: usize,
+    /// Activation after the convolution.
+    #[serde(default)]
+    pub activation: ActivationSpec,
+    /// Activations are clipped to `[-clip, clip]`.
+    #[serde(default = "defaults::clip")]
+    pub clip: f32,
+}
+
+/// `kind: ds_block`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DsBlockSpec {
+    /// The stage feeding it (feature maps).
+    pub input: String,
+    /// Output channels of the pointwise convolution.
+    pub channels: usize,
+    /// Kernel size of the depthwise convolution.
+    #[serde(default = "defaults::kernel")]
+    pub kernel: usize,
+    /// Stride of the depthwise convolution, 1 or 2.
+    #[serde(default = "defaults::stride")]
+    pub stride: usize,
+    /// Activation after each convolution.
+    #[serde(default)]
+    pub activation: ActivationSpec,
+    /// Activations are clipped to `[-clip, clip]`.
+    #[serde(default = "defaults::clip")]
+    pub clip: f32,
+}
+
+/// `kind: global_avg_pool`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// The stage feeding it (feature maps).
+    pub input: String,
 }
 
 /// How `lambda` is read (see `plflow_ops::solve::RidgeScale`).
@@ -375,6 +458,12 @@ pub mod defaults {
     pub(crate) fn solve() -> SolveSpec {
         SolveSpec::Auto
     }
+    pub(crate) fn kernel() -> usize {
+        3
+    }
+    pub(crate) fn stride() -> usize {
+        1
+    }
     pub(crate) fn tau() -> f64 {
         0.3
     }
@@ -455,6 +544,10 @@ pub(crate) fn stage_body_error(kind: &str, body: &str) -> Option<serde_norway::E
         "mnist" => as_type::<MnistSpec>(body),
         "dense" => as_type::<DenseSpec>(body),
         "mlp" => as_type::<MlpSpec>(body),
+        "depthwise" => as_type::<DepthwiseSpec>(body),
+        "pointwise" => as_type::<PointwiseSpec>(body),
+        "ds_block" => as_type::<DsBlockSpec>(body),
+        "global_avg_pool" => as_type::<PoolSpec>(body),
         "pl" | "prospective_learning" => as_type::<PlSpec>(body),
         "sgd" => as_type::<SgdSpec>(body),
         "adam" | "adamw" => as_type::<AdamSpec>(body),

@@ -96,7 +96,7 @@ fn main() {
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
                 let activation = if i == last { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation, mask: None }
+                Layer::dense(dense, activation)
             })
             .collect(),
     };
@@ -108,8 +108,7 @@ fn main() {
     // Inputs of each layer, for timing the solves alone.
     let mut inputs = vec![x.clone()];
     for layer in &net.layers[..net.layers.len() - 1] {
-        let mut z = layer.dense.forward(inputs.last().expect("non-empty")).expect("shapes");
-        layer.activation.apply(z.as_mut_slice());
+        let z = layer.forward(inputs.last().expect("non-empty")).expect("shapes");
         inputs.push(z);
     }
 

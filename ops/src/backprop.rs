@@ -9,7 +9,7 @@
 //! comparison with PL a comparison against a careful baseline. Cached activations are
 //! released layer by layer as the backward pass passes them.
 
-use crate::network::{LayerError, Network, StepStats, argmax, at};
+use crate::network::{LayerError, LayerKind, Network, StepStats, argmax, at};
 use crate::{Matrix, OpsError, par};
 use faer::Accum;
 use faer::linalg::matmul::matmul;
@@ -131,7 +131,7 @@ impl BackpropTrainer {
             .layers
             .iter()
             .map(|l| {
-                let (d, m) = (l.dense.inputs(), l.dense.outputs());
+                let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
                 (Moments::new(d, m, &optimizer), Moments::new(1, m, &optimizer))
             })
             .collect();
@@ -150,12 +150,12 @@ impl BackpropTrainer {
             return Ok(StepStats::default());
         }
         self.steps += 1;
+        let batch = net.batch_of(x);
         let mut acts: Vec<Matrix> = Vec::with_capacity(count);
-        for (l, layer) in net.layers.iter().enumerate() {
+        for l in 0..count {
             let input = if l == 0 { x } else { &acts[l - 1] };
-            let mut z = layer.dense.forward(input).map_err(at(l))?;
-            layer.activation.apply(z.as_mut_slice());
-            acts.push(z);
+            let out = net.forward_layer(l, input, batch)?;
+            acts.push(out);
         }
         let Some(mut delta) = acts.pop() else {
             return Ok(StepStats::default());
@@ -164,42 +164,45 @@ impl BackpropTrainer {
 
         for l in (0..count).rev() {
             let input = if l == 0 { x } else { &acts[l - 1] };
-            let (d, m) = (net.layers[l].dense.inputs(), net.layers[l].dense.outputs());
-            let mut gw = Matrix::zeros(d, m);
-            matmul(gw.view_mut(), Accum::Replace, input.view().transpose(), delta.view(), 1.0, par());
-            let mut gb = vec![0.0f32; m];
-            for row in delta.as_slice().chunks_exact(m) {
-                for (g, &v) in gb.iter_mut().zip(row) {
-                    *g += v;
+            let grads = match &net.layers[l].kind {
+                LayerKind::Dense(dense) => {
+                    let (d, m) = (dense.inputs(), dense.outputs());
+                    let mut gw = Matrix::zeros(d, m);
+                    matmul(gw.view_mut(), Accum::Replace, input.view().transpose(), delta.view(), 1.0, par());
+                    let mut gb = Matrix::zeros(1, m);
+                    for row in delta.as_slice().chunks_exact(m) {
+                        for (g, &v) in gb.as_mut_slice().iter_mut().zip(row) {
+                            *g += v;
+                        }
+                    }
+                    Some((gw, gb))
                 }
-            }
-            let below = if l > 0 {
-                let mut e = net.layers[l].dense.input_error(&delta).map_err(at(l))?;
-                net.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), acts[l - 1].as_slice());
-                Some(e)
-            } else {
-                None
+                LayerKind::Depthwise(dw) => Some(dw.gradients(input, &delta).map_err(at(l))?),
+                LayerKind::Pool { .. } => None,
             };
+            let below = if l > 0 { Some(net.error_below(l, &delta, &acts[l - 1], batch)?) } else { None };
             drop(delta);
             acts.truncate(l.saturating_sub(1));
-            if !gw.as_slice().iter().chain(&gb).all(|v| v.is_finite()) {
-                return Err(LayerError {
-                    layer: l,
-                    source: OpsError::NonFinite {
+            if let Some((gw, gb)) = grads {
+                if !gw.as_slice().iter().chain(gb.as_slice()).all(|v| v.is_finite()) {
+                    let source = OpsError::NonFinite {
                         op: "backprop",
                         what: "the gradient",
                         rows: x.rows(),
-                        cols: d,
-                    },
-                });
-            }
-            let (sw, sb) = &mut self.states[l];
-            let dense = &mut net.layers[l].dense;
-            sw.apply(dense.weights.as_mut_slice(), gw.as_slice(), &self.optimizer, self.steps, true);
-            sb.apply(dense.bias.as_mut_slice(), &gb, &self.optimizer, self.steps, false);
-            let layer = &mut net.layers[l];
-            if let Some(mask) = &layer.mask {
-                mask.apply(&mut layer.dense.weights);
+                        cols: gw.rows(),
+                    };
+                    return Err(LayerError { layer: l, source });
+                }
+                let (sw, sb) = &mut self.states[l];
+                let layer = &mut net.layers[l];
+                let mask = layer.mask.clone();
+                if let Some(params) = layer.params_mut() {
+                    sw.apply(params.weights.as_mut_slice(), gw.as_slice(), &self.optimizer, self.steps, true);
+                    sb.apply(params.bias.as_mut_slice(), gb.as_slice(), &self.optimizer, self.steps, false);
+                    if let Some(mask) = &mask {
+                        mask.apply(&mut params.weights);
+                    }
+                }
             }
             match below {
                 Some(e) => delta = e,
@@ -260,8 +263,8 @@ mod tests {
         l1.bias = Matrix::from_vec(1, 2, vec![0.0, 0.05]);
         let net = Network {
             layers: vec![
-                Layer { dense: l0, activation: Activation::Elu { clip: 10.0 }, mask: None },
-                Layer { dense: l1, activation: Activation::Linear, mask: None },
+                Layer::dense(l0, Activation::Elu { clip: 10.0 }),
+                Layer::dense(l1, Activation::Linear),
             ],
         };
         (net, Matrix::from_vec(2, 2, vec![1.0, -2.0, 0.5, 1.5]), vec![1, 0])
@@ -274,10 +277,11 @@ mod tests {
         for (i, &y) in labels.iter().enumerate() {
             let mut a: Vec<f64> = x.row(i).iter().map(|&v| v as f64).collect();
             for layer in &net.layers {
-                let w = &layer.dense.weights;
+                let params = layer.params().expect("dense");
+                let w = &params.weights;
                 let mut z: Vec<f64> = (0..w.cols())
                     .map(|j| {
-                        layer.dense.bias.as_slice()[j] as f64
+                        params.bias.as_slice()[j] as f64
                             + (0..w.rows()).map(|k| a[k] * w.row(k)[j] as f64).sum::<f64>()
                     })
                     .collect();
@@ -298,20 +302,15 @@ mod tests {
         let mut grads = Vec::new();
         for l in 0..net.layers.len() {
             for which in 0..2 {
-                let len = if which == 0 {
-                    net.layers[l].dense.weights.as_slice().len()
-                } else {
-                    net.layers[l].dense.bias.as_slice().len()
-                };
+                let params = net.layers[l].params().expect("dense");
+                let len =
+                    if which == 0 { params.weights.as_slice().len() } else { params.bias.as_slice().len() };
                 let mut g = Vec::new();
                 for k in 0..len {
                     let probe = |delta: f32| {
                         let mut n2 = Network { layers: net.layers.clone() };
-                        let p = if which == 0 {
-                            n2.layers[l].dense.weights.as_mut_slice()
-                        } else {
-                            n2.layers[l].dense.bias.as_mut_slice()
-                        };
+                        let d = n2.layers[l].params_mut().expect("dense");
+                        let p = if which == 0 { d.weights.as_mut_slice() } else { d.bias.as_mut_slice() };
                         p[k] += delta;
                         loss(&n2, x, labels)
                     };
@@ -326,7 +325,8 @@ mod tests {
     fn params(net: &Network) -> Vec<Vec<f32>> {
         net.layers
             .iter()
-            .flat_map(|l| [l.dense.weights.as_slice().to_vec(), l.dense.bias.as_slice().to_vec()])
+            .filter_map(|l| l.params())
+            .flat_map(|p| [p.weights.as_slice().to_vec(), p.bias.as_slice().to_vec()])
             .collect()
     }
 
@@ -349,8 +349,9 @@ mod tests {
                 // reference: gradients at the current reference parameters
                 let mut reference = Network { layers: net.layers.clone() };
                 for (k, layer) in reference.layers.iter_mut().enumerate() {
-                    layer.dense.weights.as_mut_slice().copy_from_slice(&want[2 * k]);
-                    layer.dense.bias.as_mut_slice().copy_from_slice(&want[2 * k + 1]);
+                    let p = layer.params_mut().expect("dense");
+                    p.weights.as_mut_slice().copy_from_slice(&want[2 * k]);
+                    p.bias.as_mut_slice().copy_from_slice(&want[2 * k + 1]);
                 }
                 let grads = numeric_gradient(&reference, &x, &y);
                 for (i, (p, g)) in want.iter_mut().zip(&grads).enumerate() {

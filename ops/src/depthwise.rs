@@ -11,6 +11,7 @@
 //! ([`depthwise_ridge_update`]); the `(k*k + 1)^2` Gram matrices are accumulated straight
 //! from the input, without materialising the patch matrix.
 
+use crate::dense::Dense;
 use crate::solve::{RidgeConfig, RidgeScale, solve_spd_in_place};
 use crate::{Matrix, OpsError};
 use rayon::prelude::*;
@@ -74,10 +75,10 @@ impl Geometry {
 /// A depthwise convolution: one `k x k` kernel and one bias per channel.
 #[derive(Debug, Clone)]
 pub struct Depthwise {
-    /// `(k*k) x C`: row `t = dy * k + dx` holds tap `t` of every channel's kernel.
-    pub kernel: Matrix,
-    /// `1 x C`.
-    pub bias: Matrix,
+    /// The kernels as a `(k*k) x C` weight matrix (row `t = dy * k + dx` holds tap `t` of
+    /// every channel) and the `1 x C` bias: the same parameter block as a dense layer's, so
+    /// the PL update rule and the optimisers treat both alike.
+    pub params: Dense,
     /// The layer's geometry.
     pub geometry: Geometry,
 }
@@ -85,18 +86,17 @@ pub struct Depthwise {
 impl Depthwise {
     /// A layer from its kernel (`k*k x C`); the bias starts at zero.
     pub fn new(kernel: Matrix, geometry: Geometry) -> Self {
-        let bias = Matrix::zeros(1, kernel.cols());
-        Self { kernel, bias, geometry }
+        Self { params: Dense::new(kernel), geometry }
     }
 
     /// Channels in and out.
     pub fn channels(&self) -> usize {
-        self.kernel.cols()
+        self.params.weights.cols()
     }
 
     /// Trainable values.
     pub fn parameter_count(&self) -> usize {
-        self.kernel.as_slice().len() + self.bias.as_slice().len()
+        self.params.parameter_count()
     }
 
     /// Convolve a batch of maps (`B*H*W x C`) into `B*Ho*Wo x C`.
@@ -106,7 +106,7 @@ impl Depthwise {
         let batch = g.check("depthwise forward", x, c)?;
         let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
         let mut out = Matrix::zeros(batch * per_out, c);
-        let (kernel, bias) = (self.kernel.as_slice(), self.bias.as_slice());
+        let (kernel, bias) = (self.params.weights.as_slice(), self.params.bias.as_slice());
         out.as_mut_slice().par_chunks_mut(per_out * c).zip(x.as_slice().par_chunks(per_in * c)).for_each(
             |(dst, src)| {
                 for oy in 0..g.out_h() {
@@ -138,7 +138,7 @@ impl Depthwise {
         let batch = out_geometry.check("depthwise error propagation", e, c)?;
         let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
         let mut out = Matrix::zeros(batch * per_in, c);
-        let kernel = self.kernel.as_slice();
+        let kernel = self.params.weights.as_slice();
         out.as_mut_slice().par_chunks_mut(per_in * c).zip(e.as_slice().par_chunks(per_out * c)).for_each(
             |(dst, src)| {
                 for oy in 0..g.out_h() {
@@ -231,9 +231,10 @@ pub fn depthwise_ridge_update(
         });
     }
     let dim = taps + 1;
-    // Per channel: the Gram (dim x dim, lower triangle used) then the right-hand side (dim).
-    let stride = dim * dim + dim;
-    let zero = || vec![0.0f64; stride * c];
+    // Accumulators laid out [i][j][channel] (lower triangle, j <= i) then [i][channel] for the
+    // right-hand side, so the inner loops run contiguously over channels and vectorise.
+    let tri = dim * (dim + 1) / 2;
+    let zero = || vec![0.0f64; (tri + dim) * c];
     let sums = x
         .as_slice()
         .par_chunks(per_in * c)
@@ -242,43 +243,65 @@ pub fn depthwise_ridge_update(
             let mut patch = vec![0.0f64; dim * c];
             for oy in 0..g.out_h() {
                 for ox in 0..g.out_w() {
-                    patch.iter_mut().for_each(|v| *v = 0.0);
                     for t in 0..taps {
-                        if let Some(p) = g.source(oy, ox, t) {
-                            for (ch, &xv) in src[p * c..][..c].iter().enumerate() {
-                                patch[ch * dim + t] = xv as f64;
+                        let row = &mut patch[t * c..][..c];
+                        match g.source(oy, ox, t) {
+                            Some(p) => {
+                                row.iter_mut().zip(&src[p * c..][..c]).for_each(|(o, &v)| *o = v as f64)
                             }
+                            None => row.iter_mut().for_each(|o| *o = 0.0),
                         }
                     }
                     let eo = &err[(oy * g.out_w() + ox) * c..][..c];
-                    for ch in 0..c {
-                        let pv = &mut patch[ch * dim..][..dim];
-                        pv[taps] = 1.0;
-                        let a = &mut acc[ch * stride..][..stride];
-                        let ev = eo[ch] as f64;
-                        for i in 0..dim {
-                            let pi = pv[i];
-                            if pi == 0.0 {
-                                continue;
+                    let (gram, rhs) = acc.split_at_mut(tri * c);
+                    let mut k = 0;
+                    for i in 0..dim {
+                        for j in 0..=i {
+                            let out = &mut gram[k * c..][..c];
+                            match (i == taps, j == taps) {
+                                (true, true) => out.iter_mut().for_each(|o| *o += 1.0),
+                                (true, false) => {
+                                    out.iter_mut().zip(&patch[j * c..][..c]).for_each(|(o, &pj)| *o += pj);
+                                }
+                                _ => {
+                                    let (pi, pj) = (&patch[i * c..][..c], &patch[j * c..][..c]);
+                                    for ((o, &a), &b) in out.iter_mut().zip(pi).zip(pj) {
+                                        *o += a * b;
+                                    }
+                                }
                             }
-                            for j in 0..=i {
-                                a[i * dim + j] += pi * pv[j];
+                            k += 1;
+                        }
+                        let out = &mut rhs[i * c..][..c];
+                        if i == taps {
+                            out.iter_mut().zip(eo).for_each(|(o, &ev)| *o += ev as f64);
+                        } else {
+                            for ((o, &a), &ev) in out.iter_mut().zip(&patch[i * c..][..c]).zip(eo) {
+                                *o += a * ev as f64;
                             }
-                            a[dim * dim + i] += pi * ev;
                         }
                     }
                 }
             }
             acc
         })
-        .reduce(zero, |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        .reduce(zero, |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        });
 
     let mut dk = Matrix::zeros(taps, c);
     let mut db = Matrix::zeros(1, c);
     for ch in 0..c {
-        let block = &sums[ch * stride..][..stride];
-        let mut gram = block[..dim * dim].to_vec();
-        let mut rhs = block[dim * dim..].to_vec();
+        let mut gram = vec![0.0f64; dim * dim];
+        let mut k = 0;
+        for i in 0..dim {
+            for j in 0..=i {
+                gram[i * dim + j] = sums[k * c + ch];
+                k += 1;
+            }
+        }
+        let mut rhs: Vec<f64> = (0..dim).map(|i| sums[(tri + i) * c + ch]).collect();
         let trace: f64 = (0..dim).map(|i| gram[i * dim + i]).sum();
         let lambda = match cfg.scale {
             RidgeScale::Absolute => cfg.lambda,
@@ -357,7 +380,7 @@ mod tests {
             for oy in 0..oh {
                 for ox in 0..ow {
                     for ch in 0..c {
-                        let mut s = layer.bias.as_slice()[ch];
+                        let mut s = layer.params.bias.as_slice()[ch];
                         for dy in 0..g.k as isize {
                             for dx in 0..g.k as isize {
                                 let (y, xx) =
@@ -365,7 +388,7 @@ mod tests {
                                 if y >= 0 && xx >= 0 && (y as usize) < g.h && (xx as usize) < g.w {
                                     let row = b * g.h * g.w + y as usize * g.w + xx as usize;
                                     s += x.row(row)[ch]
-                                        * layer.kernel.row((dy * g.k as isize + dx) as usize)[ch];
+                                        * layer.params.weights.row((dy * g.k as isize + dx) as usize)[ch];
                                 }
                             }
                         }
@@ -379,7 +402,7 @@ mod tests {
 
     fn layer(geometry: Geometry, c: usize, rng: &mut ChaCha8Rng) -> Depthwise {
         let mut l = Depthwise::new(xavier_normal(geometry.k * geometry.k, c, rng), geometry);
-        l.bias = xavier_normal(1, c, rng);
+        l.params.bias = xavier_normal(1, c, rng);
         l
     }
 
@@ -407,7 +430,7 @@ mod tests {
         for (h, w, k, stride) in CASES {
             let (batch, c) = (2, 4);
             let mut l = layer(Geometry { h, w, k, stride }, c, &mut rng);
-            l.bias = Matrix::zeros(1, c); // the identity holds for the linear part
+            l.params.bias = Matrix::zeros(1, c); // the identity holds for the linear part
             let x = xavier_normal(batch * h * w, c, &mut rng);
             let y = xavier_normal(batch * l.geometry.out_h() * l.geometry.out_w(), c, &mut rng);
             let dot = |a: &Matrix, b: &Matrix| {
@@ -438,7 +461,7 @@ mod tests {
         for t in 0..9 {
             for ch in 0..2 {
                 let mut p = l.clone();
-                p.kernel.as_mut_slice()[t * 2 + ch] += 1.0;
+                p.params.weights.as_mut_slice()[t * 2 + ch] += 1.0;
                 let fd = objective(&p) - objective(&l); // exact: the map is linear in the kernel
                 assert!((fd - gk.row(t)[ch] as f64).abs() < 1e-4, "tap {t} ch {ch}");
             }

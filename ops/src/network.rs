@@ -1,20 +1,110 @@
-//! A chain of dense layers: weights and activations only. Trainers ([`crate::pl`], and the
-//! backprop baselines) own their optimiser state and update the network in place.
+//! A chain of layers: weights and activations only. Trainers ([`crate::pl`], and the backprop
+//! baselines) own their optimiser state and update the network in place.
+//!
+//! Layers exchange [`Matrix`] batches. Flat inputs have one row per sample; feature maps are
+//! NHWC, one row per position (see [`crate::depthwise`]). Between layers an activation is
+//! reshaped (without copying) to what the next layer reads, so a dense layer after a map sees
+//! the map flattened, and an error is reshaped back to what its layer produced.
 
 use crate::activation::Activation;
 use crate::dense::Dense;
+use crate::depthwise::{Depthwise, global_avg_pool, global_avg_pool_error};
 use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
+
+/// What a layer computes.
+#[derive(Debug, Clone)]
+pub enum LayerKind {
+    /// `x W + b` on every row: a fully connected layer on flat inputs, the pointwise (1x1)
+    /// convolution on the positions of NHWC maps.
+    Dense(Dense),
+    /// A depthwise `k x k` convolution.
+    Depthwise(Depthwise),
+    /// Global average pooling of maps with `positions` positions and `channels` channels.
+    Pool { positions: usize, channels: usize },
+}
 
 /// One layer of a network.
 #[derive(Debug, Clone)]
 pub struct Layer {
-    /// Weights and bias.
-    pub dense: Dense,
-    /// The activation after the affine map.
+    /// What it computes, with its parameters.
+    pub kind: LayerKind,
+    /// The activation after it.
     pub activation: Activation,
     /// Persistent sparse connectivity: weights outside the mask stay zero through training.
     pub mask: Option<Mask>,
+    /// Rows of input per sample: 1 for a dense layer on flat inputs, `H * W` for a pointwise
+    /// layer on maps.
+    pub input_positions: usize,
+}
+
+impl Layer {
+    /// A dense layer on flat inputs.
+    pub fn dense(dense: Dense, activation: Activation) -> Self {
+        Self { kind: LayerKind::Dense(dense), activation, mask: None, input_positions: 1 }
+    }
+
+    /// The weights and bias, if the layer has any.
+    pub fn params(&self) -> Option<&Dense> {
+        match &self.kind {
+            LayerKind::Dense(d) => Some(d),
+            LayerKind::Depthwise(dw) => Some(&dw.params),
+            LayerKind::Pool { .. } => None,
+        }
+    }
+
+    /// The weights and bias, mutable.
+    pub fn params_mut(&mut self) -> Option<&mut Dense> {
+        match &mut self.kind {
+            LayerKind::Dense(d) => Some(d),
+            LayerKind::Depthwise(dw) => Some(&mut dw.params),
+            LayerKind::Pool { .. } => None,
+        }
+    }
+
+    /// Shape of the input for a batch of `batch` samples.
+    pub fn input_shape(&self, batch: usize) -> (usize, usize) {
+        match &self.kind {
+            LayerKind::Dense(d) => (batch * self.input_positions, d.inputs()),
+            LayerKind::Depthwise(dw) => (batch * dw.geometry.h * dw.geometry.w, dw.channels()),
+            LayerKind::Pool { positions, channels } => (batch * positions, *channels),
+        }
+    }
+
+    /// Shape of the output for a batch of `batch` samples.
+    pub fn output_shape(&self, batch: usize) -> (usize, usize) {
+        match &self.kind {
+            LayerKind::Dense(d) => (batch * self.input_positions, d.outputs()),
+            LayerKind::Depthwise(dw) => (batch * dw.geometry.out_h() * dw.geometry.out_w(), dw.channels()),
+            LayerKind::Pool { channels, .. } => (batch, *channels),
+        }
+    }
+
+    /// The layer's output (after its activation) for `input` in [`Layer::input_shape`].
+    pub fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
+        let mut z = match &self.kind {
+            LayerKind::Dense(d) => d.forward(input)?,
+            LayerKind::Depthwise(dw) => dw.forward(input)?,
+            LayerKind::Pool { positions, .. } => global_avg_pool(input, *positions)?,
+        };
+        self.activation.apply(z.as_mut_slice());
+        Ok(z)
+    }
+
+    /// The error reaching the input from the error `err` at the output (before the input
+    /// activation's derivative).
+    pub fn input_error(&self, err: &Matrix) -> Result<Matrix, OpsError> {
+        match &self.kind {
+            LayerKind::Dense(d) => d.input_error(err),
+            LayerKind::Depthwise(dw) => dw.input_error(err),
+            LayerKind::Pool { positions, .. } => Ok(global_avg_pool_error(err, *positions)),
+        }
+    }
+
+    /// Trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.params().map_or(0, Dense::parameter_count)
+    }
 }
 
 /// What one training step saw, for the run's metrics.
@@ -54,18 +144,63 @@ pub struct Network {
 impl Network {
     /// Number of trainable values.
     pub fn parameter_count(&self) -> usize {
-        self.layers.iter().map(|l| l.dense.parameter_count()).sum()
+        self.layers.iter().map(Layer::parameter_count).sum()
+    }
+
+    /// Samples in a batch given to the first layer.
+    pub fn batch_of(&self, x: &Matrix) -> usize {
+        let per = self.layers.first().map_or(1, |l| l.input_shape(1).0);
+        x.rows() / per.max(1)
+    }
+
+    /// Run layer `l` on `input` and reshape its output for layer `l + 1`.
+    pub(crate) fn forward_layer(&self, l: usize, input: &Matrix, batch: usize) -> Result<Matrix, LayerError> {
+        let mut out = self.layers[l].forward(input).map_err(at(l))?;
+        if let Some(next) = self.layers.get(l + 1) {
+            let (rows, cols) = next.input_shape(batch);
+            if rows * cols != out.rows() * out.cols() {
+                return Err(LayerError {
+                    layer: l + 1,
+                    source: OpsError::Shape {
+                        op: "layer input",
+                        detail: format!(
+                            "{}x{} values reach a layer that reads {rows}x{cols}",
+                            out.rows(),
+                            out.cols()
+                        ),
+                    },
+                });
+            }
+            out.reshape(rows, cols);
+        }
+        Ok(out)
+    }
+
+    /// The error of layer `l - 1`'s output from layer `l`'s output error: propagated through
+    /// layer `l`, times the derivative of layer `l - 1`'s activation (recovered from its
+    /// output `below`), in layer `l - 1`'s output shape.
+    pub(crate) fn error_below(
+        &self,
+        l: usize,
+        err: &Matrix,
+        below: &Matrix,
+        batch: usize,
+    ) -> Result<Matrix, LayerError> {
+        let mut e = self.layers[l].input_error(err).map_err(at(l))?;
+        self.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), below.as_slice());
+        let (rows, cols) = self.layers[l - 1].output_shape(batch);
+        e.reshape(rows, cols);
+        Ok(e)
     }
 
     /// Outputs (pre-softmax scores) for a batch; each activation is dropped as soon as the
     /// next layer has consumed it.
     pub fn forward(&self, x: &Matrix) -> Result<Matrix, LayerError> {
+        let batch = self.batch_of(x);
         let mut current: Option<Matrix> = None;
-        for (l, layer) in self.layers.iter().enumerate() {
+        for l in 0..self.layers.len() {
             let input = current.as_ref().unwrap_or(x);
-            let mut z = layer.dense.forward(input).map_err(at(l))?;
-            layer.activation.apply(z.as_mut_slice());
-            current = Some(z);
+            current = Some(self.forward_layer(l, input, batch)?);
         }
         Ok(current.unwrap_or_else(|| x.clone()))
     }
@@ -93,8 +228,8 @@ mod tests {
         let second = Dense::new(Matrix::from_vec(2, 1, vec![1.0, 1.0]));
         let net = Network {
             layers: vec![
-                Layer { dense: first, activation: Activation::Elu { clip: 10.0 }, mask: None },
-                Layer { dense: second, activation: Activation::Linear, mask: None },
+                Layer::dense(first, Activation::Elu { clip: 10.0 }),
+                Layer::dense(second, Activation::Linear),
             ],
         };
         let out = net.forward(&Matrix::from_vec(1, 2, vec![2.0, 1.0])).expect("shapes");

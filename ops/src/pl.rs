@@ -10,8 +10,9 @@
 //! the dataset's features as input) needs no error below it, so its update is streamed from
 //! the solve straight into its state and weights without a `d x m` buffer.
 
-use crate::network::{LayerError, Network, StepStats, argmax, at};
-use crate::solve::{RidgeConfig, ridge_update, ridge_update_tiles};
+use crate::depthwise::depthwise_ridge_update;
+use crate::network::{Layer, LayerError, LayerKind, Network, StepStats, argmax, at};
+use crate::solve::{RidgeConfig, RidgeUpdate, ridge_update, ridge_update_tiles};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 
@@ -26,41 +27,56 @@ pub struct PlConfig {
     pub label_smoothing: f32,
 }
 
-/// Prospective Learning over a network: settings and one [`LayerState`] per layer.
+/// Prospective Learning over a network: settings and one [`LayerState`] per layer with
+/// parameters.
 #[derive(Debug)]
 pub struct PlTrainer {
     /// Settings.
     pub config: PlConfig,
-    /// Per-layer state, in layer order.
-    pub states: Vec<LayerState>,
+    /// Per-layer state, in layer order (`None` for layers without parameters).
+    pub states: Vec<Option<LayerState>>,
+}
+
+/// The update rule for a layer: the spectral clamp and orthogonalisation act on weight
+/// matrices, so they are left out for depthwise kernels (a `k*k x C` stack of independent
+/// kernels); momentum and metaplasticity apply to every parameter.
+fn rule_for(layer: &Layer, rule: &UpdateRule) -> UpdateRule {
+    match layer.kind {
+        LayerKind::Depthwise(_) => UpdateRule { spectral_max: None, orthogonalize: None, ..*rule },
+        _ => *rule,
+    }
 }
 
 impl PlTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: PlConfig) -> Self {
-        let states =
-            network.layers.iter().map(|l| LayerState::new(&l.dense, l.mask.as_ref(), &config.rule)).collect();
+        let states = network
+            .layers
+            .iter()
+            .map(|l| l.params().map(|p| LayerState::new(p, l.mask.as_ref(), &rule_for(l, &config.rule))))
+            .collect();
         Self { config, states }
     }
 
     /// Bytes of optimiser state held.
     pub fn state_bytes(&self) -> usize {
-        self.states.iter().map(LayerState::bytes).sum()
+        self.states.iter().flatten().map(LayerState::bytes).sum()
     }
 
-    /// One Prospective Learning step on batch `x` with class labels `labels`.
+    /// One Prospective Learning step on batch `x` (in the first layer's input shape) with
+    /// class labels `labels`.
     pub fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
         let cfg = self.config;
         let count = net.layers.len();
         if count == 0 {
             return Ok(StepStats::default());
         }
+        let batch = net.batch_of(x);
         let mut acts: Vec<Matrix> = Vec::with_capacity(count);
-        for (l, layer) in net.layers.iter().enumerate() {
+        for l in 0..count {
             let input = if l == 0 { x } else { &acts[l - 1] };
-            let mut z = layer.dense.forward(input).map_err(at(l))?;
-            layer.activation.apply(z.as_mut_slice());
-            acts.push(z);
+            let out = net.forward_layer(l, input, batch)?;
+            acts.push(out);
         }
         let Some(mut err) = acts.pop() else {
             return Ok(StepStats::default());
@@ -68,25 +84,50 @@ impl PlTrainer {
         let stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
 
         for l in (0..count).rev() {
+            let rule = rule_for(&net.layers[l], &cfg.rule);
             if l == 0 {
                 // No error is propagated below the first layer, so nothing needs its old
-                // weights: fold the update into the state as the solve streams it.
+                // weights: a dense first layer folds its update into its state as the solve
+                // streams it.
                 let layer = &mut net.layers[0];
-                self.states[0]
-                    .stream_update(&mut layer.dense, layer.mask.as_ref(), &cfg.rule, |sink| {
-                        ridge_update_tiles(x, &err, &cfg.ridge, sink).map(|_| ())
-                    })
-                    .map_err(at(0))?;
+                let mask = layer.mask.as_ref();
+                match (&mut layer.kind, &mut self.states[0]) {
+                    (LayerKind::Dense(dense), Some(state)) => state
+                        .stream_update(dense, mask, &rule, |sink| {
+                            ridge_update_tiles(x, &err, &cfg.ridge, sink).map(|_| ())
+                        })
+                        .map_err(at(0))?,
+                    (LayerKind::Depthwise(dw), Some(state)) => {
+                        let (dk, db) = depthwise_ridge_update(dw, x, &err, &cfg.ridge).map_err(at(0))?;
+                        let update = RidgeUpdate { dw: dk, db, lambda_used: 0.0, dual: false };
+                        state.apply(&mut dw.params, mask, update, &rule).map_err(at(0))?;
+                    }
+                    _ => {}
+                }
                 break;
             }
             let input = &acts[l - 1];
-            let update = ridge_update(input, &err, &cfg.ridge).map_err(at(l))?;
-            let mut previous = net.layers[l].dense.input_error(&err).map_err(at(l))?;
-            net.layers[l - 1].activation.scale_by_derivative(previous.as_mut_slice(), acts[l - 1].as_slice());
+            let update = match &net.layers[l].kind {
+                LayerKind::Dense(_) => Some(ridge_update(input, &err, &cfg.ridge).map_err(at(l))?),
+                LayerKind::Depthwise(dw) => {
+                    let (dk, db) = depthwise_ridge_update(dw, input, &err, &cfg.ridge).map_err(at(l))?;
+                    Some(RidgeUpdate { dw: dk, db, lambda_used: 0.0, dual: false })
+                }
+                LayerKind::Pool { .. } => None,
+            };
+            let previous = net.error_below(l, &err, &acts[l - 1], batch)?;
             drop(err);
             acts.truncate(l - 1);
             let layer = &mut net.layers[l];
-            self.states[l].apply(&mut layer.dense, layer.mask.as_ref(), update, &cfg.rule).map_err(at(l))?;
+            let mask = layer.mask.as_ref();
+            if let (Some(update), Some(state)) = (update, &mut self.states[l]) {
+                let params = match &mut layer.kind {
+                    LayerKind::Dense(d) => d,
+                    LayerKind::Depthwise(dw) => &mut dw.params,
+                    LayerKind::Pool { .. } => unreachable!("pooling has no update"),
+                };
+                state.apply(params, mask, update, &rule).map_err(at(l))?;
+            }
             err = previous;
         }
         Ok(stats)
@@ -161,7 +202,7 @@ mod tests {
                 let dense = Dense::new(xavier_normal(w[0], w[1], rng));
                 let activation =
                     if i + 2 == sizes.len() { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation, mask: None }
+                Layer::dense(dense, activation)
             })
             .collect();
         Network { layers }
@@ -221,7 +262,7 @@ mod tests {
                 let mask = small_world_mask(w[0], w[1], 0.1, &mut rng);
                 let dense = Dense::new(masked_weights(&mask, &mut rng));
                 let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation, mask: Some(mask) }
+                Layer { mask: Some(mask), ..Layer::dense(dense, activation) }
             })
             .collect();
         let mut net = Network { layers };
@@ -231,8 +272,9 @@ mod tests {
         cfg.rule.orthogonalize = Some(Orthogonalize { every: 5, strength: 0.1 });
         let mut trainer = PlTrainer::new(&net, cfg);
         let nnz: usize = net.layers.iter().map(|l| l.mask.as_ref().map_or(0, |m| m.nnz())).sum();
-        let dense: usize = net.layers.iter().map(|l| l.dense.inputs() * l.dense.outputs()).sum();
-        let spectral: usize = net.layers.iter().map(|l| l.dense.outputs()).sum();
+        let dense: usize =
+            net.layers.iter().filter_map(|l| l.params()).map(|p| p.inputs() * p.outputs()).sum();
+        let spectral: usize = net.layers.iter().filter_map(|l| l.params()).map(|p| p.outputs()).sum();
         assert_eq!(trainer.state_bytes(), (2 * nnz + spectral) * 4, "velocity and traces only on the masks");
         assert!(nnz < dense / 2);
         for _ in 0..100 {
@@ -243,9 +285,10 @@ mod tests {
         let mut changed = 0;
         for layer in &net.layers {
             let mask = layer.mask.as_ref().expect("persistent");
-            for i in 0..layer.dense.inputs() {
-                for j in 0..layer.dense.outputs() {
-                    let w = layer.dense.weights.row(i)[j];
+            let p = layer.params().expect("dense");
+            for i in 0..p.inputs() {
+                for j in 0..p.outputs() {
+                    let w = p.weights.row(i)[j];
                     if mask.contains(i, j) {
                         changed += usize::from(w != 0.0);
                     } else {

@@ -111,7 +111,7 @@ pub fn workspace_bytes(n: usize, d: usize, m: usize, path: SolvePath, materializ
     let f64s = match path {
         SolvePath::Dual => n * n + n * CHUNK.min(da) + n * CHUNK.min(m) + CHUNK.min(da) * CHUNK.min(m),
         SolvePath::Primal => {
-            let rows = CHUNK.min(n.max(1));
+            let rows = CHUNK.max((1 << 15) / da).min(n.max(1));
             da * da + da * m + rows * (da + m)
         }
         SolvePath::Auto => {
@@ -294,7 +294,9 @@ fn solve_primal(
     let mut r = Buffer::<f64>::zeros(da * m);
     let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
     {
-        let rows = chunk.min(n.max(1));
+        // Row slices of about 256 KiB: few enough calls for long, thin inputs (the positions
+        // of a pointwise layer), small enough to stay a minor part of the workspace.
+        let rows = chunk.max((1 << 15) / da).min(n.max(1));
         let mut xr = Buffer::<f64>::zeros(rows * da);
         let mut er = Buffer::<f64>::zeros(rows * m);
         for r0 in (0..n).step_by(rows) {

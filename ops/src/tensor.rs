@@ -52,6 +52,23 @@ impl Matrix {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    /// The same values seen as `rows x cols` (row-major order is kept, nothing moves): how a
+    /// batch of NHWC maps becomes one flat row per sample and back.
+    ///
+    /// # Panics
+    /// If `rows * cols` differs from the number of values (a programming error).
+    pub fn reshape(&mut self, rows: usize, cols: usize) {
+        assert_eq!(
+            rows * cols,
+            self.rows * self.cols,
+            "reshape {}x{} to {rows}x{cols}",
+            self.rows,
+            self.cols
+        );
+        self.rows = rows;
+        self.cols = cols;
+    }
+
     /// A faer view of the matrix.
     pub fn view(&self) -> MatRef<'_, f32> {
         MatRef::from_row_major_slice(&self.data, self.rows, self.cols)

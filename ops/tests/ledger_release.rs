@@ -35,7 +35,7 @@ fn step_releases_activations_and_errors_layer_by_layer() {
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
                 let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
-                Layer { dense, activation, mask: None }
+                Layer::dense(dense, activation)
             })
             .collect(),
     };
