@@ -226,3 +226,33 @@ fn convolutions_reject_flat_inputs() {
         "{stderr}"
     );
 }
+
+/// The convolutional path runs end to end for PL and for Adam (forward, error propagation,
+/// per-channel and pointwise solves, gradients, reports) on a small synthetic dataset. This
+/// checks that the path works, not how well it learns (issue 5 is open).
+#[test]
+fn cnn_pipelines_run_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 256, 64);
+    for pipeline in ["pipelines/mnist-cnn.yaml", "pipelines/mnist-cnn-adam.yaml"] {
+        let out_dir = dir.path().join(pipeline.replace(['/', '.'], "_"));
+        let path = root().join(pipeline);
+        let out = plflow(
+            dir.path(),
+            &[
+                "run",
+                path.to_str().expect("utf-8"),
+                "--set",
+                "train.epochs=1",
+                "--out",
+                out_dir.to_str().expect("utf-8"),
+            ],
+            &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{pipeline}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let summary = read_json(&out_dir.join("summary.json"));
+        let acc = summary["test_accuracy"].as_f64().expect("number");
+        assert!((0.0..=1.0).contains(&acc) && summary["parameters"] == 6634, "{summary}");
+    }
+}
