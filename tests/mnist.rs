@@ -4,7 +4,16 @@
 mod common;
 
 use common::{plflow, root, text};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The environment of a run on the real data: the data folder and, if set, the cache.
+fn real_env(data: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut env = vec![("PLFLOW_DATA_DIR", data.to_path_buf())];
+    if let Some(cache) = std::env::var_os("PLFLOW_CACHE_DIR") {
+        env.push(("PLFLOW_CACHE_DIR", PathBuf::from(cache)));
+    }
+    env
+}
 
 fn data_dir() -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("PLFLOW_DATA_DIR").map(PathBuf::from) else {
@@ -23,11 +32,8 @@ fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("run");
-    let mut env = vec![("PLFLOW_DATA_DIR", data.as_path())];
-    let cache = std::env::var_os("PLFLOW_CACHE_DIR").map(PathBuf::from);
-    if let Some(c) = &cache {
-        env.push(("PLFLOW_CACHE_DIR", c.as_path()));
-    }
+    let owned = real_env(&data);
+    let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let out = plflow(
         &root(),
         &[
@@ -62,11 +68,8 @@ fn bench_pl_against_sgd_on_real_mnist() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("bench");
-    let mut env = vec![("PLFLOW_DATA_DIR", data.as_path())];
-    let cache = std::env::var_os("PLFLOW_CACHE_DIR").map(PathBuf::from);
-    if let Some(c) = &cache {
-        env.push(("PLFLOW_CACHE_DIR", c.as_path()));
-    }
+    let owned = real_env(&data);
+    let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let out = plflow(
         &root(),
         &[

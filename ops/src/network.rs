@@ -153,6 +153,17 @@ impl Network {
         x.rows() / per.max(1)
     }
 
+    /// The forward pass of training: every layer's output, each reshaped for the layer after
+    /// it (the last is the output scores).
+    pub(crate) fn forward_all(&self, x: &Matrix, batch: usize) -> Result<Vec<Matrix>, LayerError> {
+        let mut acts: Vec<Matrix> = Vec::with_capacity(self.layers.len());
+        for l in 0..self.layers.len() {
+            let out = self.forward_layer(l, acts.last().unwrap_or(x), batch)?;
+            acts.push(out);
+        }
+        Ok(acts)
+    }
+
     /// Run layer `l` on `input` and reshape its output for layer `l + 1`.
     pub(crate) fn forward_layer(&self, l: usize, input: &Matrix, batch: usize) -> Result<Matrix, LayerError> {
         let mut out = self.layers[l].forward(input).map_err(at(l))?;

@@ -72,12 +72,7 @@ impl PlTrainer {
             return Ok(StepStats::default());
         }
         let batch = net.batch_of(x);
-        let mut acts: Vec<Matrix> = Vec::with_capacity(count);
-        for l in 0..count {
-            let input = if l == 0 { x } else { &acts[l - 1] };
-            let out = net.forward_layer(l, input, batch)?;
-            acts.push(out);
-        }
+        let mut acts = net.forward_all(x, batch)?;
         let Some(mut err) = acts.pop() else {
             return Ok(StepStats::default());
         };

@@ -139,20 +139,44 @@ fn ridge_update_chunked(
     cfg: &RidgeConfig,
     chunk: usize,
 ) -> Result<RidgeUpdate, OpsError> {
-    let (d, m) = (x.cols(), e.cols());
-    let mut dw = Matrix::zeros(d, m);
-    let mut db = Matrix::zeros(1, m);
-    let info = solve_tiles(x, e, cfg, chunk, &mut |tile, row0, col0| {
+    let mut collected = TileCollector::new(x.cols(), e.cols());
+    let info = solve_tiles(x, e, cfg, chunk, &mut |tile, row0, col0| collected.absorb(tile, row0, col0))?;
+    Ok(collected.finish(info))
+}
+
+/// Gathers streamed tiles of `dTheta` back into a whole update.
+#[derive(Debug)]
+pub struct TileCollector {
+    dw: Matrix,
+    db: Matrix,
+}
+
+impl TileCollector {
+    /// An empty update for `d` inputs and `m` outputs.
+    pub fn new(d: usize, m: usize) -> Self {
+        Self { dw: Matrix::zeros(d, m), db: Matrix::zeros(1, m) }
+    }
+
+    /// Store one tile (rows `row0..`, columns `col0..`; row `d` is the bias).
+    pub fn absorb(&mut self, tile: MatRef<'_, f64>, row0: usize, col0: usize) {
+        let (d, m) = (self.dw.rows(), self.dw.cols());
         for j in 0..tile.nrows() {
             let row = row0 + j;
-            let dst =
-                if row == d { db.as_mut_slice() } else { &mut dw.as_mut_slice()[row * m..(row + 1) * m] };
+            let dst = if row == d {
+                self.db.as_mut_slice()
+            } else {
+                &mut self.dw.as_mut_slice()[row * m..(row + 1) * m]
+            };
             for c in 0..tile.ncols() {
                 dst[col0 + c] = tile[(j, c)] as f32;
             }
         }
-    })?;
-    Ok(RidgeUpdate { dw, db, lambda_used: info.lambda_used, dual: info.dual })
+    }
+
+    /// The whole update.
+    pub fn finish(self, info: SolveInfo) -> RidgeUpdate {
+        RidgeUpdate { dw: self.dw, db: self.db, lambda_used: info.lambda_used, dual: info.dual }
+    }
 }
 
 fn solve_tiles(

@@ -6,7 +6,7 @@
 //! without momentum holds no velocity buffer.
 
 use crate::dense::Dense;
-use crate::solve::{RidgeUpdate, TileSink};
+use crate::solve::{RidgeUpdate, SolveInfo, TileCollector, TileSink};
 use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
 
@@ -204,21 +204,9 @@ impl LayerState {
         let next = self.steps + 1;
         let ortho_next = rule.orthogonalize.is_some_and(|o| o.every > 0 && next % o.every == 0);
         if ortho_next && (self.velocity.is_none() || rule.momentum.is_none()) {
-            let (mut dw, mut db) = (Matrix::zeros(d, m), Matrix::zeros(1, m));
-            produce(&mut |tile, row0, col0| {
-                for j in 0..tile.nrows() {
-                    let row = row0 + j;
-                    let dst = if row == d {
-                        db.as_mut_slice()
-                    } else {
-                        &mut dw.as_mut_slice()[row * m..(row + 1) * m]
-                    };
-                    for c in 0..tile.ncols() {
-                        dst[col0 + c] = tile[(j, c)] as f32;
-                    }
-                }
-            })?;
-            let update = RidgeUpdate { dw, db, lambda_used: 0.0, dual: false };
+            let mut collected = TileCollector::new(d, m);
+            produce(&mut |tile, row0, col0| collected.absorb(tile, row0, col0))?;
+            let update = collected.finish(SolveInfo { lambda_used: 0.0, dual: false });
             return self.apply(layer, mask, update, rule);
         }
         let ortho = self.begin(rule);
