@@ -107,9 +107,15 @@ fn run_trains_on_synthetic_data_and_writes_reports() {
     let lines: Vec<serde_json::Value> =
         metrics.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2);
-    for key in ["epoch", "train_residual", "test_accuracy", "epoch_seconds", "samples_per_second"] {
+    for key in
+        ["epoch", "train_residual", "test_accuracy", "epoch_seconds", "samples_per_second", "solve_seconds"]
+    {
         assert!(lines[1].get(key).is_some(), "metrics line lacks {key}");
     }
+    let shares = &summary["time_shares"];
+    let total: f64 =
+        ["forward", "propagate", "solve"].iter().map(|k| shares[k].as_f64().expect("share")).sum();
+    assert!((total - 1.0).abs() < 1e-9 && shares["solve"].as_f64() > Some(0.0), "{shares}");
     let resolved = std::fs::read_to_string(out_dir.join("pipeline.yaml")).expect("resolved pipeline");
     assert!(
         resolved.contains("epochs: 2")

@@ -114,6 +114,12 @@ pub struct EpochRecord {
     pub samples_per_second: f64,
     /// Wall seconds spent evaluating after the epoch.
     pub eval_seconds: f64,
+    /// Seconds of the epoch's steps spent in forward passes.
+    pub forward_seconds: f64,
+    /// Seconds spent propagating errors (PL) or deltas (backprop) to the layers below.
+    pub propagate_seconds: f64,
+    /// Seconds spent solving for updates (PL) or forming gradients (backprop) and applying them.
+    pub solve_seconds: f64,
     /// Ledger peak so far, MB.
     pub ledger_peak_mb: f64,
     /// Process peak RSS so far, MB.
@@ -187,6 +193,9 @@ pub struct Summary {
     pub parameters: usize,
     /// Bytes of optimiser state (PL: momentum and power vectors; backprop: moments), MB.
     pub optimizer_state_mb: f64,
+    /// Shares of the training steps' time: `forward`, `propagate` (errors to lower layers)
+    /// and `solve` (updates formed and applied), summing to 1.
+    pub time_shares: serde_json::Value,
     /// The solver settings actually used.
     pub solver: serde_json::Value,
     /// Wall seconds of the whole run.

@@ -207,6 +207,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         ledger_estimate_mb: report::mb(plan.estimate(last_trainer).total()),
         parameters: t.network.parameter_count(),
         optimizer_state_mb: report::mb(t.state_bytes),
+        time_shares: {
+            let sum = |f: fn(&EpochRecord) -> f64| t.records.iter().map(f).sum::<f64>();
+            let (fw, pr, so) =
+                (sum(|r| r.forward_seconds), sum(|r| r.propagate_seconds), sum(|r| r.solve_seconds));
+            let total = (fw + pr + so).max(1e-12);
+            serde_json::json!({ "forward": fw / total, "propagate": pr / total, "solve": so / total })
+        },
         solver: solver_settings(solver, *epochs, *batch_size),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
@@ -331,9 +338,7 @@ impl TrainJob<'_> {
                         step: step + 1,
                         source: e.source,
                     })?;
-                totals.rows += s.rows;
-                totals.correct += s.correct;
-                totals.loss_sum += s.loss_sum;
+                totals.add(&s);
                 bar.inc(1);
             }
             drop(x);
@@ -361,6 +366,9 @@ impl TrainJob<'_> {
                 epoch_seconds,
                 samples_per_second: totals.rows as f64 / epoch_seconds.max(1e-9),
                 eval_seconds: t1.elapsed().as_secs_f64(),
+                forward_seconds: totals.forward_seconds,
+                propagate_seconds: totals.propagate_seconds,
+                solve_seconds: totals.solve_seconds,
                 ledger_peak_mb: report::mb(ledger::peak_bytes()),
                 peak_rss_mb: report::peak_rss_mb(),
             };

@@ -13,6 +13,7 @@ use crate::network::{LayerError, LayerKind, Network, StepStats, argmax, at};
 use crate::{Matrix, OpsError, par};
 use faer::Accum;
 use faer::linalg::matmul::matmul;
+use std::time::Instant;
 
 /// A first-order optimiser and its settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,13 +152,16 @@ impl BackpropTrainer {
         }
         self.steps += 1;
         let batch = net.batch_of(x);
+        let clock = Instant::now();
         let mut acts = net.forward_all(x, batch)?;
         let Some(mut delta) = acts.pop() else {
             return Ok(StepStats::default());
         };
-        let stats = softmax_cross_entropy(&mut delta, labels).map_err(at(count - 1))?;
+        let mut stats = softmax_cross_entropy(&mut delta, labels).map_err(at(count - 1))?;
+        stats.forward_seconds = clock.elapsed().as_secs_f64();
 
         for l in (0..count).rev() {
+            let clock = Instant::now();
             let input = if l == 0 { x } else { &acts[l - 1] };
             let grads = match &net.layers[l].kind {
                 LayerKind::Dense(dense) => {
@@ -175,7 +179,10 @@ impl BackpropTrainer {
                 LayerKind::Depthwise(dw) => Some(dw.gradients(input, &delta).map_err(at(l))?),
                 LayerKind::Pool { .. } => None,
             };
+            let solved = Instant::now();
             let below = if l > 0 { Some(net.error_below(l, &delta, &acts[l - 1], batch)?) } else { None };
+            let propagated = Instant::now();
+            stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(delta);
             acts.truncate(l.saturating_sub(1));
             if let Some((gw, gb)) = grads {
@@ -199,6 +206,8 @@ impl BackpropTrainer {
                     }
                 }
             }
+            stats.solve_seconds +=
+                solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
             match below {
                 Some(e) => delta = e,
                 None => break,

@@ -117,6 +117,24 @@ pub struct StepStats {
     pub loss_sum: f64,
     /// Rows whose largest output was the true class (with the pre-update weights).
     pub correct: usize,
+    /// Seconds spent in the forward pass.
+    pub forward_seconds: f64,
+    /// Seconds spent propagating errors (or deltas) to the layers below.
+    pub propagate_seconds: f64,
+    /// Seconds spent solving for updates (PL) or forming gradients (backprop) and applying them.
+    pub solve_seconds: f64,
+}
+
+impl StepStats {
+    /// Add another step's figures to these.
+    pub fn add(&mut self, other: &StepStats) {
+        self.rows += other.rows;
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        self.forward_seconds += other.forward_seconds;
+        self.propagate_seconds += other.propagate_seconds;
+        self.solve_seconds += other.solve_seconds;
+    }
 }
 
 /// A failure inside a step, with the index of the layer where it happened.

@@ -15,6 +15,7 @@ use crate::network::{Layer, LayerError, LayerKind, Network, StepStats, argmax, a
 use crate::solve::{RidgeConfig, RidgeUpdate, ridge_update, ridge_update_tiles};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
+use std::time::Instant;
 
 /// Settings of a PL training step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,13 +73,16 @@ impl PlTrainer {
             return Ok(StepStats::default());
         }
         let batch = net.batch_of(x);
+        let clock = Instant::now();
         let mut acts = net.forward_all(x, batch)?;
         let Some(mut err) = acts.pop() else {
             return Ok(StepStats::default());
         };
-        let stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
+        let mut stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
+        stats.forward_seconds = clock.elapsed().as_secs_f64();
 
         for l in (0..count).rev() {
+            let clock = Instant::now();
             let rule = rule_for(&net.layers[l], &cfg.rule);
             if l == 0 {
                 // No error is propagated below the first layer, so nothing needs its old
@@ -99,6 +103,7 @@ impl PlTrainer {
                     }
                     _ => {}
                 }
+                stats.solve_seconds += clock.elapsed().as_secs_f64();
                 break;
             }
             let input = &acts[l - 1];
@@ -110,7 +115,10 @@ impl PlTrainer {
                 }
                 LayerKind::Pool { .. } => None,
             };
+            let solved = Instant::now();
             let previous = net.error_below(l, &err, &acts[l - 1], batch)?;
+            let propagated = Instant::now();
+            stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(err);
             acts.truncate(l - 1);
             let layer = &mut net.layers[l];
@@ -123,6 +131,8 @@ impl PlTrainer {
                 };
                 state.apply(params, mask, update, &rule).map_err(at(l))?;
             }
+            stats.solve_seconds +=
+                solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
             err = previous;
         }
         Ok(stats)
