@@ -867,19 +867,8 @@ mod tests {
     #[test]
     fn estimate_counts_parameters_and_state() {
         let config = PlConfig {
-            ridge: RidgeConfig {
-                alpha: 0.1,
-                lambda: 0.1,
-                scale: RidgeScale::Relative,
-                path: SolvePath::Auto,
-            },
-            rule: UpdateRule {
-                metaplasticity: None,
-                momentum: Some(0.9),
-                orthogonalize: None,
-                spectral_max: None,
-            },
-            label_smoothing: 0.01,
+            rule: UpdateRule { spectral_max: None, ..PlConfig::foundation(0.1, 0.1).rule },
+            ..PlConfig::foundation(0.1, 0.1)
         };
         let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
         assert_eq!(e.parameters, (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4);

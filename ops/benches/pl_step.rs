@@ -14,8 +14,7 @@ use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
 use plflow_ops::network::{Layer, Network};
 use plflow_ops::pl::{PlConfig, PlTrainer};
-use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update};
-use plflow_ops::update::UpdateRule;
+use plflow_ops::solve::ridge_update;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -77,16 +76,7 @@ fn main() {
         }
     };
     let (n, sizes) = (args.batch, &args.sizes);
-    let cfg = PlConfig {
-        ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-        rule: UpdateRule {
-            metaplasticity: None,
-            momentum: Some(0.9),
-            orthogonalize: None,
-            spectral_max: Some(2.0),
-        },
-        label_smoothing: 0.01,
-    };
+    let cfg = PlConfig::foundation(0.1, 0.1);
     let mut rng = ChaCha8Rng::seed_from_u64(42);
     let last = sizes.len() - 2;
     let mut net = Network {

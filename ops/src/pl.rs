@@ -12,7 +12,7 @@
 
 use crate::depthwise::depthwise_ridge_update;
 use crate::network::{Layer, LayerError, LayerKind, Network, StepStats, argmax, at};
-use crate::solve::{RidgeConfig, RidgeUpdate, ridge_update, ridge_update_tiles};
+use crate::solve::{RidgeConfig, RidgeScale, RidgeUpdate, SolvePath, ridge_update, ridge_update_tiles};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 use std::time::Instant;
@@ -26,6 +26,24 @@ pub struct PlConfig {
     pub rule: UpdateRule,
     /// Label smoothing `eps`: targets are `1 - eps` and `eps / (C - 1)`.
     pub label_smoothing: f32,
+}
+
+impl PlConfig {
+    /// The foundation PL rule (SPEC section 2 without sparse init, metaplasticity or
+    /// orthogonalisation): `lambda` relative to the mean Gram diagonal, the smaller system,
+    /// momentum 0.9, spectral clamp 2, label smoothing 0.01.
+    pub fn foundation(alpha: f64, lambda: f64) -> Self {
+        Self {
+            ridge: RidgeConfig { alpha, lambda, scale: RidgeScale::Relative, path: SolvePath::Auto },
+            rule: UpdateRule {
+                metaplasticity: None,
+                momentum: Some(0.9),
+                orthogonalize: None,
+                spectral_max: Some(2.0),
+            },
+            label_smoothing: 0.01,
+        }
+    }
 }
 
 /// Prospective Learning over a network: settings and one [`LayerState`] per layer with
@@ -177,26 +195,11 @@ mod tests {
     use crate::dense::Dense;
     use crate::init::xavier_normal;
     use crate::network::Layer;
-    use crate::solve::{RidgeScale, SolvePath};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
     fn config() -> PlConfig {
-        PlConfig {
-            ridge: RidgeConfig {
-                alpha: 0.1,
-                lambda: 0.1,
-                scale: RidgeScale::Relative,
-                path: SolvePath::Auto,
-            },
-            rule: UpdateRule {
-                metaplasticity: None,
-                momentum: Some(0.9),
-                orthogonalize: None,
-                spectral_max: Some(2.0),
-            },
-            label_smoothing: 0.01,
-        }
+        PlConfig::foundation(0.1, 0.1)
     }
 
     fn network(sizes: &[usize], rng: &mut ChaCha8Rng) -> Network {

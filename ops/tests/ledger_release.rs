@@ -9,24 +9,13 @@ use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
 use plflow_ops::network::{Layer, Network};
 use plflow_ops::pl::{PlConfig, PlTrainer};
-use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath};
-use plflow_ops::update::UpdateRule;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 #[test]
 fn step_releases_activations_and_errors_layer_by_layer() {
     let (n, sizes) = (512usize, [784usize, 512, 128, 10]);
-    let cfg = PlConfig {
-        ridge: RidgeConfig { alpha: 0.1, lambda: 0.1, scale: RidgeScale::Relative, path: SolvePath::Auto },
-        rule: UpdateRule {
-            metaplasticity: None,
-            momentum: Some(0.9),
-            orthogonalize: None,
-            spectral_max: Some(2.0),
-        },
-        label_smoothing: 0.01,
-    };
+    let cfg = PlConfig::foundation(0.1, 0.1);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut net = Network {
         layers: sizes
