@@ -62,6 +62,13 @@ impl Cache {
         Ok(target)
     }
 
+    /// A cache path for data derived from `source` (tagged `tag`, e.g. `parquet`), keyed by the
+    /// source's path, size and modification time. The entry may not exist yet.
+    pub fn keyed_path(&self, source: &Path, tag: &str, ext: &str) -> Result<PathBuf, DatasetError> {
+        let meta = std::fs::metadata(source).map_err(DatasetError::io(source, "cannot read"))?;
+        Ok(self.dir.join(format!("{}-{tag}.{ext}", self.entry_name(source, &meta))))
+    }
+
     fn entry_name(&self, path: &Path, meta: &std::fs::Metadata) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).hash(&mut h);

@@ -4,15 +4,13 @@
 //! truncated download is caught before training starts.
 
 use crate::DatasetError;
-use memmap2::Mmap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use crate::mapped::MappedFile;
+use std::path::Path;
 
 /// A checked, memory-mapped IDX file of unsigned bytes.
 #[derive(Debug)]
 pub struct IdxFile {
-    path: PathBuf,
-    map: Mmap,
+    map: MappedFile,
     dims: Vec<usize>,
     header: usize,
 }
@@ -20,12 +18,9 @@ pub struct IdxFile {
 impl IdxFile {
     /// Map `path` and check that it holds an `ndims`-dimensional array of bytes.
     pub fn open(path: &Path, ndims: usize) -> Result<Self, DatasetError> {
-        let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-        // SAFETY: the map is read-only; plflow never writes to files it maps. Another process
-        // truncating the file while it is mapped would fault, as with any mmap-based reader.
-        let map = unsafe { Mmap::map(&file) }.map_err(DatasetError::io(path, "cannot memory-map"))?;
-        let (dims, header) = parse_header(&map, ndims).map_err(|p| DatasetError::format(path, p))?;
-        Ok(Self { path: path.to_path_buf(), map, dims, header })
+        let map = MappedFile::open(path)?;
+        let (dims, header) = parse_header(map.bytes(), ndims).map_err(|p| DatasetError::format(path, p))?;
+        Ok(Self { map, dims, header })
     }
 
     /// Sizes of the dimensions, outermost first (e.g. `[60000, 28, 28]`).
@@ -35,12 +30,17 @@ impl IdxFile {
 
     /// The values after the header.
     pub fn data(&self) -> &[u8] {
-        &self.map[self.header..]
+        &self.map.bytes()[self.header..]
+    }
+
+    /// Drop the resident pages of `bytes`, a sub-slice of [`IdxFile::data`].
+    pub fn release(&self, bytes: &[u8]) {
+        self.map.release(bytes);
     }
 
     /// The file this was mapped from.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
     }
 }
 

@@ -5,20 +5,37 @@
 //! crate depends on no other plflow crate.
 //!
 //! Crate map:
-//! - [`source`]: the [`Source`] trait every dataset implements.
-//! - [`idx`]: the IDX format of MNIST, parsed and checked over a memory map.
-//! - [`cache`]: where decoded or decompressed data lives (never next to the user's data).
-//! - [`location`]: how a pipeline path becomes a folder (`PLFLOW_DATA_DIR`).
-//! - [`mnist`]: the MNIST dataset (four IDX files, gzip'd or not).
-//! - [`order`]: seeded per-epoch shuffling and batching.
+//! - [`source`]: the [`Source`] trait every split implements, and [`Dataset`] (train + test).
+//! - [`stream`]: shuffled or ordered batches that release consumed pages.
+//! - [`mapped`]: read-only memory maps with page release.
+//! - [`idx`], [`mnist`]: the IDX format and MNIST.
+//! - [`cifar`]: CIFAR-10/100 binary batches.
+//! - [`images`]: image folders and tar archives, decoded once into a cached table.
+//! - [`table`], [`parquet_source`], [`sink`]: Arrow IPC and Parquet feature tables, read
+//!   and written.
+//! - [`subset`], [`transform`]: `limit`, standardisation and flattening.
+//! - [`fetch`]: downloads with SHA-256 checks; [`inspect`]: what a dataset file holds.
+//! - [`cache`], [`location`]: where decoded data lives and where datasets are found.
+//! - [`order`]: seeded per-epoch shuffling.
 
 pub mod cache;
+pub mod cifar;
 pub mod error;
+pub mod fetch;
 pub mod idx;
+pub mod images;
+pub mod inspect;
 pub mod location;
+pub mod mapped;
 pub mod mnist;
 pub mod order;
+pub mod parquet_source;
+pub mod sink;
 pub mod source;
+pub mod stream;
+pub mod subset;
+pub mod table;
+pub mod transform;
 
 pub use error::DatasetError;
-pub use source::Source;
+pub use source::{Dataset, Source};

@@ -100,6 +100,17 @@ impl Source for MnistSplit {
         CLASSES
     }
 
+    fn label(&self, index: usize) -> u32 {
+        self.labels.data()[index] as u32
+    }
+
+    fn release(&self, indices: &[usize]) {
+        let len = self.example_len();
+        for &i in indices {
+            self.images.release(&self.images.data()[i * len..(i + 1) * len]);
+        }
+    }
+
     fn read_into(&self, indices: &[usize], features: &mut [f32], labels: &mut [u32]) {
         let len = self.example_len();
         assert_eq!(features.len(), indices.len() * len, "feature buffer size");

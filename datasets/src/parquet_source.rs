@@ -1,0 +1,72 @@
+//! Parquet feature tables as sources. Parquet pages are compressed and encoded, so rows cannot
+//! be mapped in place: on first use the file is decoded row group by row group (memory: one
+//! group) into an Arrow IPC copy in the cache, which is then mapped like any [`TableFile`].
+//! The copy is keyed by the file's path, size and modification time, so an edited file is
+//! decoded again.
+
+use crate::cache::Cache;
+use crate::sink::partial_path;
+use crate::table::{Columns, TableFile};
+use crate::DatasetError;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// Open the Parquet file at `path` through its IPC copy in `cache`.
+pub fn open(path: &Path, columns: &Columns, cache: &Cache) -> Result<TableFile, DatasetError> {
+    let copy = cache.keyed_path(path, "parquet", "arrow")?;
+    if !copy.is_file() {
+        convert(path, &copy)?;
+    }
+    TableFile::open(&copy, columns).map_err(|e| match e {
+        DatasetError::Format { problem, .. } => DatasetError::format(path, problem),
+        other => other,
+    })
+}
+
+/// Decode `path` into the IPC file `target`, one row group at a time.
+pub fn convert(path: &Path, target: &Path) -> Result<(), DatasetError> {
+    let bad = |p: String| DatasetError::format(path, p);
+    let open = || -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
+        let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| bad(format!("not a readable Parquet file ({e}): truncated or corrupt?")))
+    };
+    let first = open()?;
+    let schema = first.schema().clone();
+    let groups = first.metadata().num_row_groups();
+    drop(first);
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(DatasetError::io(dir, "cannot create the cache directory"))?;
+    }
+    let partial: PathBuf = partial_path(target);
+    let result = (|| {
+        let file = File::create(&partial).map_err(DatasetError::io(&partial, "cannot create"))?;
+        let mut writer = arrow_ipc::writer::FileWriter::try_new(BufWriter::new(file), &schema)
+            .map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+        for g in 0..groups {
+            let reader = open()?
+                .with_row_groups(vec![g])
+                .with_batch_size(8192)
+                .build()
+                .map_err(|e| bad(format!("row group {g}: {e}")))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| bad(format!("row group {g} is corrupt: {e}")))?;
+                writer.write(&batch).map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+            }
+        }
+        writer.finish().map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| DatasetError::format(&partial, e.to_string()))?
+            .into_inner()
+            .map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+        file.sync_all().map_err(DatasetError::io(&partial, "cannot sync"))?;
+        std::fs::rename(&partial, target).map_err(DatasetError::io(target, "cannot move into place"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
