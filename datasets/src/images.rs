@@ -392,3 +392,132 @@ pub fn survey(dir: &DataPath) -> Result<Vec<(&'static str, String, usize)>, Data
     }
     Ok(counts.into_iter().map(|((s, c), n)| (s, c, n)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: ImageOptions = ImageOptions { height: 2, width: 3, channels: 3, resize: false };
+
+    /// A 3x2 RGB PNG whose pixel (x, y) is `(seed + x, 10 * y, 200)`.
+    fn png(seed: u8, w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([seed + x as u8, 10 * y as u8, 200]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).expect("encode");
+        out.into_inner()
+    }
+
+    fn planes(seed: u8) -> Vec<f32> {
+        let mut v = Vec::new();
+        for c in 0..3 {
+            for y in 0..2u8 {
+                for x in 0..3u8 {
+                    v.push(f32::from([seed + x, 10 * y, 200][c]) / 255.0);
+                }
+            }
+        }
+        v
+    }
+
+    /// (member path, bytes) of a small dataset: classes `cat`, `dog`; 3 train and 2 test images.
+    fn members() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("train/dog/b.png".into(), png(40, 3, 2)),
+            ("train/cat/a.png".into(), png(10, 3, 2)),
+            ("train/cat/c.png".into(), png(20, 3, 2)),
+            ("test/dog/d.png".into(), png(50, 3, 2)),
+            ("test/cat/e.png".into(), png(60, 3, 2)),
+            ("README.txt".into(), b"not an image".to_vec()),
+        ]
+    }
+
+    fn folder(root: &Path, files: &[(String, Vec<u8>)]) {
+        for (name, bytes) in files {
+            let p = root.join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, bytes).expect("write");
+        }
+    }
+
+    fn tar_gz(path: &Path, files: &[(String, Vec<u8>)]) {
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).expect("create"), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &bytes[..]).expect("append");
+        }
+        b.into_inner().expect("tar").finish().expect("gz");
+    }
+
+    fn check(d: &Dataset) {
+        assert_eq!(d.class_names, vec!["cat", "dog"]);
+        assert_eq!((d.train.len(), d.test.len(), d.train.example_shape()), (3, 2, &[3usize, 2, 3][..]));
+        let mut got: Vec<(u32, Vec<f32>)> = (0..3)
+            .map(|i| {
+                let (mut x, mut y) = (vec![0.0; 18], vec![0]);
+                d.train.read_into(&[i], &mut x, &mut y);
+                (y[0], x)
+            })
+            .collect();
+        got.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]));
+        assert_eq!(got, vec![(0, planes(10)), (0, planes(20)), (1, planes(40))]);
+    }
+
+    #[test]
+    fn folders_and_archives_decode_to_the_same_exact_pixels_and_are_cached() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(dir.path().join("cache"));
+        folder(&dir.path().join("f"), &members());
+        let (d, first) = open(&DataPath::resolve(&dir.path().join("f")), &OPTS, &cache).expect("folder");
+        check(&d);
+        assert_eq!(first.decoded, 5);
+        let (_, again) = open(&DataPath::resolve(&dir.path().join("f")), &OPTS, &cache).expect("cached");
+        assert_eq!(again.decoded, 0, "second open maps the cache");
+
+        std::fs::create_dir(dir.path().join("a")).expect("mkdir");
+        tar_gz(&dir.path().join("a/imgs.tar.gz"), &members());
+        let (d, first) = open(&DataPath::resolve(&dir.path().join("a")), &OPTS, &cache).expect("archive");
+        check(&d);
+        assert_eq!(first.decoded, 5);
+    }
+
+    #[test]
+    fn wrong_sizes_and_broken_images_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(dir.path().join("cache"));
+        let mut files = members();
+        files.push(("train/cat/big.png".into(), png(1, 4, 4)));
+        folder(&dir.path().join("f"), &files);
+        let err = open(&DataPath::resolve(&dir.path().join("f")), &OPTS, &cache).expect_err("size");
+        assert!(err.to_string().contains("big.png: image is 4x4"), "{err}");
+        let resized = ImageOptions { resize: true, ..OPTS };
+        let (d, _) = open(&DataPath::resolve(&dir.path().join("f")), &resized, &cache).expect("resize");
+        assert_eq!(d.train.len(), 4);
+
+        let mut files = members();
+        files.push(("test/dog/broken.jpg".into(), b"\xff\xd8\xff garbage".to_vec()));
+        tar_gz(&dir.path().join("b.tar.gz"), &files);
+        let err = open(&DataPath::resolve(&dir.path().join("b.tar.gz")), &OPTS, &cache).expect_err("broken");
+        assert!(err.to_string().contains("b.tar.gz:test/dog/broken.jpg: cannot decode"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(cache.dir())
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "no partial cache files: {left:?}");
+    }
+
+    #[test]
+    fn truncated_archives_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.tar.gz");
+        tar_gz(&p, &members());
+        let bytes = std::fs::read(&p).expect("read");
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+        let err = open(&DataPath::resolve(&p), &OPTS, &Cache::new(dir.path().join("c"))).expect_err("truncated");
+        assert!(err.to_string().contains("t.tar.gz: archive is corrupt or truncated"), "{err}");
+    }
+}

@@ -61,6 +61,16 @@ fn find(dir: &DataPath, base: &str) -> Result<PathBuf, DatasetError> {
     })
 }
 
+impl From<Mnist> for crate::Dataset {
+    fn from(m: Mnist) -> Self {
+        Self {
+            train: std::sync::Arc::new(m.train),
+            test: std::sync::Arc::new(m.test),
+            class_names: crate::Dataset::numbered_classes(CLASSES),
+        }
+    }
+}
+
 impl MnistSplit {
     fn open(dir: &DataPath, (images, labels): (&str, &str), cache: &Cache) -> Result<Self, DatasetError> {
         let images = IdxFile::open(&cache.plain_file(&find(dir, images)?)?, 3)?;

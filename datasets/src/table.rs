@@ -378,3 +378,67 @@ fn bytes_of(v: &[f32]) -> &[u8] {
     // SAFETY: any f32 slice is a valid byte slice of four times its length.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
+
+/// Example shape and class count of the table at `path` (Arrow IPC or Parquet), reading only
+/// its schema and label column, so a pipeline can be checked before any data is decoded.
+pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), DatasetError> {
+    use crate::sink::TableFormat;
+    if !path.is_file() {
+        return Err(DatasetError::Missing {
+            what: "feature table".into(),
+            tried: vec![path.to_path_buf()],
+            hint: "Check the path (relative paths are looked up under PLFLOW_DATA_DIR).".into(),
+        });
+    }
+    match TableFormat::from_path(path) {
+        Some(TableFormat::ArrowIpc) => {
+            let t = TableFile::open(path, columns)?;
+            Ok((t.shape.clone(), t.classes))
+        }
+        Some(TableFormat::Parquet) => {
+            use parquet::arrow::ProjectionMask;
+            use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+            let bad = |p: String| DatasetError::format(path, p);
+            let open = || -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, DatasetError> {
+                let file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
+                ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(|e| bad(format!("not a readable Parquet file ({e}): truncated or corrupt?")))
+            };
+            let builder = open()?;
+            let schema = builder.schema().clone();
+            let layout = Layout::of(&schema, columns).map_err(&bad)?;
+            let shape = match schema.metadata().get(META_SHAPE) {
+                Some(s) => parse_shape(s, layout.dim).map_err(&bad)?,
+                None => vec![layout.dim],
+            };
+            let names = schema.metadata().get(META_CLASS_NAMES).map_or(0, |s| s.lines().count());
+            let leaf = builder
+                .parquet_schema()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts().first().is_some_and(|p| p == &columns.label))
+                .ok_or_else(|| bad(format!("no label column `{}`", columns.label)))?;
+            let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+            let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
+            let mut max: i64 = -1;
+            let mut row = 0;
+            for batch in reader {
+                let batch = batch.map_err(|e| bad(format!("corrupt label column: {e}")))?;
+                let labels = batch.column(0);
+                for r in 0..labels.len() {
+                    let v = label_value(labels, r);
+                    if v < 0 {
+                        return Err(bad(format!("record {} has label {v}, expected 0 or more", row + r)));
+                    }
+                    max = max.max(v);
+                }
+                row += labels.len();
+            }
+            Ok((shape, ((max + 1) as usize).max(names)))
+        }
+        None => Err(DatasetError::format(
+            path,
+            "unknown table format: name the file .arrow, .ipc or .feather (Arrow IPC) or .parquet",
+        )),
+    }
+}

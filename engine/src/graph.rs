@@ -8,6 +8,9 @@ use plflow_ops::backprop::Optimizer;
 use plflow_ops::depthwise::Geometry;
 use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
+use plflow_datasets::cifar::Variant;
+use plflow_datasets::images::ImageOptions;
+use plflow_datasets::table::Columns;
 use std::path::PathBuf;
 
 /// What flows out of a node.
@@ -84,11 +87,28 @@ impl Solver {
     }
 }
 
+/// Where a dataset node reads its examples.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// MNIST-layout IDX files in the folder `path` (as written in the pipeline).
+    Mnist { path: PathBuf },
+    /// CIFAR binary files, or an image folder / archive of 32x32 images.
+    Cifar { path: PathBuf, variant: Variant },
+    /// An image folder or archive.
+    Images { path: PathBuf, options: ImageOptions },
+    /// Feature tables, one per split.
+    Table { train: PathBuf, test: PathBuf, columns: Columns },
+}
+
 /// What a node does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// Read MNIST-layout IDX files from the folder `path` (as written in the pipeline).
-    Mnist { path: PathBuf },
+    /// Read a dataset; `limit` caps the training examples (class-balanced).
+    Data { source: DataSource, limit: Option<usize> },
+    /// Standardise every feature with the training split's statistics.
+    Standardize,
+    /// View examples as flat vectors.
+    Flatten,
     /// `x W + b` on every row: a fully connected layer on flat inputs (`positions == 1`; maps
     /// are flattened), or a pointwise convolution on maps with `positions` positions.
     Dense { inputs: usize, units: usize, positions: usize, activation: Activation, init: Init },
@@ -106,7 +126,13 @@ impl Op {
     /// The kind shown to users.
     pub fn kind(&self) -> &'static str {
         match self {
-            Op::Mnist { .. } => "mnist",
+            Op::Data { source: DataSource::Mnist { .. }, .. } => "mnist",
+            Op::Data { source: DataSource::Cifar { variant: Variant::Ten, .. }, .. } => "cifar10",
+            Op::Data { source: DataSource::Cifar { .. }, .. } => "cifar100",
+            Op::Data { source: DataSource::Images { .. }, .. } => "image_folder",
+            Op::Data { source: DataSource::Table { .. }, .. } => "table",
+            Op::Standardize => "standardize",
+            Op::Flatten => "flatten",
             Op::Dense { positions: 1, .. } => "dense",
             Op::Dense { .. } => "pointwise",
             Op::Depthwise { .. } => "depthwise",
@@ -114,6 +140,13 @@ impl Op {
             Op::Train { solver, .. } => solver.kind(),
             Op::Evaluate { .. } => "evaluate",
         }
+    }
+}
+
+impl Op {
+    /// `true` for nodes that produce examples (datasets and their transforms).
+    pub fn is_data(&self) -> bool {
+        matches!(self, Op::Data { .. } | Op::Standardize | Op::Flatten)
     }
 }
 
@@ -210,7 +243,7 @@ impl Graph {
                 let _ = write!(label, "\\n{} params", n.parameter_count());
             }
             let shape = match n.op {
-                Op::Mnist { .. } => "cylinder",
+                Op::Data { .. } | Op::Standardize | Op::Flatten => "cylinder",
                 Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
                 Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => "box",

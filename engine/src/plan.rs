@@ -3,14 +3,18 @@
 //! range, and an estimate of the memory a run will hold. All before any data is read.
 
 use crate::error::{EngineError, SpecError};
-use crate::graph::{Edge, Graph, Init, Node, Op, Port, Solver, Split};
+use crate::graph::{DataSource, Edge, Graph, Init, Node, Op, Port, Solver, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::{
-    ActivationSpec, AdamSpec, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SparseSpec,
+    ActivationSpec, AdamSpec, CifarLabels, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SparseSpec,
     SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
+use plflow_datasets::cifar::Variant;
+use plflow_datasets::images::ImageOptions;
+use plflow_datasets::location::DataPath;
+use plflow_datasets::table::Columns;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
 use plflow_ops::depthwise::Geometry;
@@ -465,6 +469,26 @@ impl Builder<'_> {
         Ok(self.add_node(Node { name: node.into(), stage: stage.into(), op, output }, Some(from)))
     }
 
+    /// A dataset node.
+    fn add_data(
+        &mut self,
+        name: &str,
+        source: DataSource,
+        limit: Option<usize>,
+        shape: Vec<usize>,
+        classes: usize,
+    ) -> Result<NodeIndex, SpecError> {
+        if limit == Some(0) {
+            return Err(self.err(name, Some("limit"), "field `limit`: must be at least 1 (or null for all)".into()));
+        }
+        if classes < 2 {
+            return Err(self.err(name, None, format!("the dataset has {classes} classes; training needs at least 2")));
+        }
+        let op = Op::Data { source, limit };
+        let output = Port::Examples { shape, classes };
+        Ok(self.add_node(Node { name: name.into(), stage: name.into(), op, output }, None))
+    }
+
     /// The initialisation of a layer fed by `from`.
     fn init(&self, stage: &str, sparse: Option<SparseSpec>, from: NodeIndex) -> Result<Init, SpecError> {
         let Some(sp) = sparse else { return Ok(Init::Xavier) };
@@ -474,7 +498,7 @@ impl Builder<'_> {
             tau: sp.tau,
             rewire: sp.rewire,
             persistent: sp.mask == MaskSpec::Persistent,
-            correlated: matches!(self.nodes[from].op, Op::Mnist { .. }),
+            correlated: self.nodes[from].op.is_data(),
         })
     }
 
@@ -491,10 +515,70 @@ impl Builder<'_> {
     fn add_stage(&mut self, name: &str, stage: &StageSpec) -> Result<(), SpecError> {
         let out = match stage {
             StageSpec::Mnist(s) => {
-                let op = Op::Mnist { path: s.path.clone() };
-                let output =
-                    Port::Examples { shape: vec![1, 28, 28], classes: plflow_datasets::mnist::CLASSES };
-                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, None)
+                let source = DataSource::Mnist { path: s.path.clone() };
+                self.add_data(name, source, s.limit, vec![1, 28, 28], plflow_datasets::mnist::CLASSES)?
+            }
+            StageSpec::Cifar10(s) => {
+                let source = DataSource::Cifar { path: s.path.clone(), variant: Variant::Ten };
+                self.add_data(name, source, s.limit, vec![3, 32, 32], 10)?
+            }
+            StageSpec::Cifar100(s) => {
+                let variant = Variant::Hundred { fine: s.labels == CifarLabels::Fine };
+                let source = DataSource::Cifar { path: s.path.clone(), variant };
+                self.add_data(name, source, s.limit, vec![3, 32, 32], variant.classes())?
+            }
+            StageSpec::ImageFolder(s) => {
+                let [height, width] = s.size;
+                if height == 0 || width == 0 {
+                    return Err(self.err(name, Some("size"), "field `size`: [height, width] must be positive".into()));
+                }
+                if !matches!(s.channels, 1 | 3) {
+                    return Err(self.err(name, Some("channels"), format!("field `channels`: must be 1 or 3, got {}", s.channels)));
+                }
+                let options = ImageOptions { height, width, channels: s.channels, resize: s.resize };
+                let shape = vec![s.channels as usize, height as usize, width as usize];
+                // Classes are the train folders: counted without decoding.
+                let classes = plflow_datasets::images::survey(&DataPath::resolve(&s.path))
+                    .map(|counts| {
+                        counts.iter().filter(|(split, ..)| *split == "train").count()
+                    })
+                    .map_err(|e| self.err(name, Some("path"), format!("field `path`: {e}")))?;
+                let source = DataSource::Images { path: s.path.clone(), options };
+                self.add_data(name, source, s.limit, shape, classes)?
+            }
+            StageSpec::Table(s) => {
+                let columns = Columns { features: s.features.clone(), label: s.label.clone() };
+                let mut shape = None;
+                let mut classes = 0;
+                for (field, path) in [("train", &s.train), ("test", &s.test)] {
+                    let resolved = DataPath::resolve(path).resolved;
+                    let (sh, c) = plflow_datasets::table::peek(&resolved, &columns)
+                        .map_err(|e| self.err(name, Some(field), format!("field `{field}`: {e}")))?;
+                    if shape.as_ref().is_some_and(|s| s != &sh) {
+                        return Err(self.err(name, Some("test"), format!(
+                            "shape mismatch: test rows have shape {sh:?}, train rows {:?}", shape.unwrap_or_default()
+                        )));
+                    }
+                    shape = Some(sh);
+                    classes = classes.max(c);
+                }
+                let source = DataSource::Table { train: s.train.clone(), test: s.test.clone(), columns };
+                self.add_data(name, source, s.limit, shape.unwrap_or_default(), classes)?
+            }
+            StageSpec::Standardize(s) | StageSpec::Flatten(s) => {
+                let from = self.outputs[s.input.as_str()];
+                let Port::Examples { shape, classes } = self.nodes[from].output.clone() else {
+                    return Err(self.err(name, Some("input"), format!(
+                        "field `input`: {} transforms examples, but `{}` produces {}",
+                        stage.kind(), s.input, self.nodes[from].output.describe()
+                    )));
+                };
+                let (op, shape) = match stage {
+                    StageSpec::Flatten(_) => (Op::Flatten, vec![shape.iter().product()]),
+                    _ => (Op::Standardize, shape),
+                };
+                let output = Port::Examples { shape, classes };
+                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
             }
             StageSpec::Dense(s) => {
                 let (from, inputs, classes) = self.tensor_input(name, &s.input, "a dense layer")?;
@@ -736,7 +820,7 @@ impl Builder<'_> {
         let source = loop {
             match &self.nodes[at].op {
                 Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => layers.push(at),
-                Op::Mnist { .. } => break at,
+                op if op.is_data() => break at,
                 other => {
                     return Err(self.err(
                         name,

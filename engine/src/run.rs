@@ -9,11 +9,13 @@ use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
-use plflow_datasets::Source;
+use crate::graph::DataSource;
 use plflow_datasets::cache::Cache;
 use plflow_datasets::location::DataPath;
-use plflow_datasets::mnist::{Mnist, MnistSplit};
-use plflow_datasets::order::epoch_order;
+use plflow_datasets::mnist::Mnist;
+use plflow_datasets::stream::BatchStream;
+use plflow_datasets::transform::{Stats, flatten, standardize};
+use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{BackpropTrainer, Optimizer};
@@ -78,30 +80,64 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     let mut metrics = MetricsFile::create(&dir)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
-    let mut datasets: HashMap<NodeIndex, Mnist> = HashMap::new();
+    let mut datasets: HashMap<NodeIndex, Dataset> = HashMap::new();
     let mut layers: HashMap<NodeIndex, Layer> = HashMap::new();
     let mut trained: HashMap<NodeIndex, Trained> = HashMap::new();
 
     for (i, node) in plan.graph.topological() {
         match &node.op {
-            Op::Mnist { path } => {
-                let dir = DataPath::resolve(path);
-                let mnist = Mnist::open(&dir, &opts.cache)
+            Op::Data { source, limit } => {
+                let data = open_dataset(source, &opts.cache)
                     .map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
+                let data = match limit {
+                    Some(n) => plflow_datasets::subset::limit(data, *n, plan.spec.seed),
+                    None => data,
+                };
                 let (want, _) = node.output.tensor().unwrap_or((&[], 0));
-                for split in [&mnist.train, &mnist.test] {
+                for split in [&data.train, &data.test] {
                     if split.example_shape() != want {
                         return Err(EngineError::DataMismatch {
                             stage: node.stage.clone(),
                             message: format!(
-                                "examples in {} have shape {:?}, the pipeline was checked for {want:?}",
-                                dir.resolved.display(),
+                                "examples have shape {:?}, the pipeline was checked for {want:?}",
                                 split.example_shape()
                             ),
                         });
                     }
                 }
-                datasets.insert(i, mnist);
+                println!(
+                    "{}: {} train and {} test examples of shape {}, {} classes",
+                    node.name,
+                    data.train.len(),
+                    data.test.len(),
+                    node.output.describe(),
+                    data.class_names.len().max(data.train.classes())
+                );
+                datasets.insert(i, data);
+            }
+            Op::Standardize => {
+                let input = &datasets[&plan.graph.input_of(i).expect("a transform has an input")];
+                let t0 = Instant::now();
+                let stats = Stats::measure(input.train.as_ref(), 512);
+                let json = serde_json::to_vec(&serde_json::json!({ "mean": stats.mean, "std": stats.std }))
+                    .map_err(|e| EngineError::io(&dir, "cannot encode statistics")(e.into()))?;
+                let file = dir.join(format!("{}-stats.json", node.name));
+                report::write_atomic(&file, &json)?;
+                println!(
+                    "{}: mean and std of {} features over {} examples in {:.1} s (saved to {})",
+                    node.name,
+                    stats.mean.len(),
+                    input.train.len(),
+                    t0.elapsed().as_secs_f64(),
+                    file.display()
+                );
+                let out = standardize(input, &stats);
+                datasets.insert(i, out);
+            }
+            Op::Flatten => {
+                let input = &datasets[&plan.graph.input_of(i).expect("a transform has an input")];
+                let out = flatten(input);
+                datasets.insert(i, out);
             }
             Op::Dense { inputs, units, positions, activation, init } => {
                 let (weights, mask) = match *init {
@@ -113,7 +149,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                                 unreachable!("a correlated layer is fed by a dataset opened before it")
                             };
                             let corr =
-                                correlation_pass(&data.train, *inputs).map_err(|e| EngineError::Train {
+                                correlation_pass(data.train.as_ref(), *inputs).map_err(|e| EngineError::Train {
                                     stage: node.stage.clone(),
                                     layer: node.name.clone(),
                                     epoch: 0,
@@ -286,7 +322,7 @@ struct TrainJob<'a> {
     epochs: usize,
     batch_size: usize,
     seed: u64,
-    data: &'a Mnist,
+    data: &'a Dataset,
     evaluators: &'a [(String, Split)],
     progress: bool,
 }
@@ -314,33 +350,35 @@ impl TrainJob<'_> {
         };
 
         let mut records = Vec::with_capacity(self.epochs);
+        let mut scratch = Matrix::zeros(0, 0);
         for epoch in 0..self.epochs {
             bar.set_message(format!("{}/{}", epoch + 1, self.epochs));
-            let order = epoch_order(train.len(), self.seed, epoch as u64);
+            let mut stream = BatchStream::shuffled(train.as_ref(), self.batch_size, self.seed, epoch as u64);
             let t0 = Instant::now();
             let mut totals = StepStats::default();
             let len = train.example_len();
             let mut x = Matrix::zeros(self.batch_size, len);
             let mut labels = vec![0u32; self.batch_size];
-            for (step, idx) in order.chunks(self.batch_size).enumerate() {
+            let mut step = 0;
+            while let Some(idx) = stream.next_batch() {
                 if idx.len() * len != x.as_slice().len() {
                     x = Matrix::zeros(idx.len(), len);
                 }
                 x.reshape(idx.len(), len);
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
-                let (rows, cols) = first_input(&network, idx.len(), len);
-                x.reshape(rows, cols);
-                let s =
-                    trainer.step(&mut network, &x, &labels[..idx.len()]).map_err(|e| EngineError::Train {
-                        stage: self.stage.to_owned(),
-                        layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
-                        epoch: epoch + 1,
-                        step: step + 1,
-                        source: e.source,
-                    })?;
+                let x_in = network_input(&network, train.example_shape(), &mut x, &mut scratch, idx.len());
+                let s = trainer.step(&mut network, x_in, &labels[..idx.len()]).map_err(|e| EngineError::Train {
+                    stage: self.stage.to_owned(),
+                    layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    source: e.source,
+                })?;
                 totals.add(&s);
                 bar.inc(1);
+                step += 1;
             }
+            drop(stream);
             drop(x);
             let epoch_seconds = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
@@ -397,20 +435,20 @@ impl TrainJob<'_> {
     }
 
     fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {
-        let data: &MnistSplit = match split {
-            Split::Train => &self.data.train,
-            Split::Test => &self.data.test,
+        let data: &dyn Source = match split {
+            Split::Train => self.data.train.as_ref(),
+            Split::Test => self.data.test.as_ref(),
         };
         let len = data.example_len();
-        let all: Vec<usize> = (0..data.len()).collect();
         let mut labels = vec![0u32; self.batch_size];
         let mut correct = 0usize;
-        for idx in all.chunks(self.batch_size) {
+        let mut scratch = Matrix::zeros(0, 0);
+        let mut stream = BatchStream::in_order(data, self.batch_size);
+        while let Some(idx) = stream.next_batch() {
             let mut x = Matrix::zeros(idx.len(), len);
             data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
-            let (rows, cols) = first_input(network, idx.len(), len);
-            x.reshape(rows, cols);
-            let out = network.forward(&x).map_err(|e| EngineError::Train {
+            let x_in = network_input(network, data.example_shape(), &mut x, &mut scratch, idx.len());
+            let out = network.forward(x_in).map_err(|e| EngineError::Train {
                 stage: self.stage.to_owned(),
                 layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
                 epoch: epoch + 1,
@@ -423,21 +461,107 @@ impl TrainJob<'_> {
     }
 }
 
-/// The shape a batch of `batch` examples of `len` values takes for the network's first layer
-/// (one row per example for a dense layer, one row per position for a convolution; MNIST's
-/// single-channel images are already in that order).
-fn first_input(network: &Network, batch: usize, len: usize) -> (usize, usize) {
-    network.layers.first().map_or((batch, len), |l| l.input_shape(batch))
+/// A batch of `batch` examples (rows of `shape`, channels first) as the network's first layer
+/// takes it: one row per example for a dense layer; one row per position with the channels
+/// last (NHWC) for a convolution, transposed through `scratch` when there are several channels.
+fn network_input<'m>(
+    network: &Network,
+    shape: &[usize],
+    x: &'m mut Matrix,
+    scratch: &'m mut Matrix,
+    batch: usize,
+) -> &'m Matrix {
+    let len: usize = shape.iter().product();
+    let (rows, cols) = network.layers.first().map_or((batch, len), |l| l.input_shape(batch));
+    let channels = if rows == batch { 1 } else { cols };
+    if channels == 1 {
+        x.reshape(rows, cols);
+        return x;
+    }
+    let positions = len / channels;
+    if scratch.as_slice().len() != batch * len {
+        *scratch = Matrix::zeros(rows, cols);
+    }
+    scratch.reshape(rows, cols);
+    let (src, dst) = (x.as_slice(), scratch.as_mut_slice());
+    for b in 0..batch {
+        let (from, to) = (&src[b * len..(b + 1) * len], &mut dst[b * len..(b + 1) * len]);
+        for c in 0..channels {
+            for p in 0..positions {
+                to[p * channels + c] = from[c * positions + p];
+            }
+        }
+    }
+    scratch
+}
+
+/// Open the dataset a data node names.
+fn open_dataset(source: &DataSource, cache: &Cache) -> Result<Dataset, DatasetError> {
+    use plflow_datasets::{cifar, images, parquet_source, sink::TableFormat, table::TableFile};
+    match source {
+        DataSource::Mnist { path } => Ok(Mnist::open(&DataPath::resolve(path), cache)?.into()),
+        DataSource::Cifar { path, variant } => {
+            let dir = DataPath::resolve(path);
+            if cifar::is_binary_folder(&dir.resolved, *variant) {
+                return cifar::open(&dir, *variant);
+            }
+            if *variant == (cifar::Variant::Hundred { fine: false }) {
+                return Err(DatasetError::format(
+                    &dir.resolved,
+                    "coarse CIFAR-100 labels need the binary files (`plflow fetch cifar100`); image \
+                     folders carry only the fine classes",
+                ));
+            }
+            let options = images::ImageOptions { height: 32, width: 32, channels: 3, resize: false };
+            open_images(&dir, &options, cache)
+        }
+        DataSource::Images { path, options } => open_images(&DataPath::resolve(path), options, cache),
+        DataSource::Table { train, test, columns } => {
+            let open = |p: &std::path::Path| -> Result<TableFile, DatasetError> {
+                let p = DataPath::resolve(p).resolved;
+                match TableFormat::from_path(&p) {
+                    Some(TableFormat::Parquet) => parquet_source::open(&p, columns, cache),
+                    _ => TableFile::open(&p, columns),
+                }
+            };
+            let (mut train, mut test) = (open(train)?, open(test)?);
+            let classes = train.classes().max(test.classes());
+            train.set_classes(classes);
+            test.set_classes(classes);
+            let class_names = train.class_names().unwrap_or_else(|| Dataset::numbered_classes(classes));
+            Ok(Dataset { train: std::sync::Arc::new(train), test: std::sync::Arc::new(test), class_names })
+        }
+    }
+}
+
+fn open_images(
+    dir: &DataPath,
+    options: &plflow_datasets::images::ImageOptions,
+    cache: &Cache,
+) -> Result<Dataset, DatasetError> {
+    let (data, report) = plflow_datasets::images::open(dir, options, cache)?;
+    if report.decoded > 0 {
+        println!(
+            "decoded {} images in {:.1} s ({:.0}/s) into {}",
+            report.decoded,
+            report.seconds,
+            report.decoded as f64 / report.seconds.max(1e-9),
+            report.cache_file.display()
+        );
+    } else {
+        println!("mapped decoded images from {} in {:.2} s", report.cache_file.display(), report.seconds);
+    }
+    Ok(data)
 }
 
 /// Pearson-correlation statistics of the first `features` values of every training example,
 /// in one sequential pass.
-fn correlation_pass(data: &MnistSplit, features: usize) -> Result<CorrelationPass, plflow_ops::OpsError> {
+fn correlation_pass(data: &dyn Source, features: usize) -> Result<CorrelationPass, plflow_ops::OpsError> {
     const ROWS: usize = 256;
     let mut pass = CorrelationPass::new(features);
     let mut labels = vec![0u32; ROWS];
-    let all: Vec<usize> = (0..data.len()).collect();
-    for idx in all.chunks(ROWS) {
+    let mut stream = BatchStream::in_order(data, ROWS);
+    while let Some(idx) = stream.next_batch() {
         let mut x = Matrix::zeros(idx.len(), data.example_len());
         data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
         pass.add(&x)?;

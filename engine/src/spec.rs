@@ -30,6 +30,18 @@ pub struct PipelineSpec {
 pub enum StageSpec {
     /// MNIST-layout IDX files.
     Mnist(MnistSpec),
+    /// CIFAR-10: binary batches, or an image folder / archive of 32x32 images.
+    Cifar10(CifarSpec),
+    /// CIFAR-100 (fine or coarse labels): binary files, or an image folder / archive.
+    Cifar100(Cifar100Spec),
+    /// Images in `<split>/<class>/` folders, in a directory or a tar(.gz) archive.
+    ImageFolder(ImageFolderSpec),
+    /// A feature table (Arrow IPC or Parquet) per split.
+    Table(TableSpec),
+    /// Per-feature standardisation with the training split's mean and std.
+    Standardize(TransformSpec),
+    /// Examples as flat vectors.
+    Flatten(TransformSpec),
     /// One fully connected layer.
     Dense(DenseSpec),
     /// A stack of fully connected layers; expands into one graph node per layer.
@@ -61,6 +73,12 @@ impl StageSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             StageSpec::Mnist(_) => "mnist",
+            StageSpec::Cifar10(_) => "cifar10",
+            StageSpec::Cifar100(_) => "cifar100",
+            StageSpec::ImageFolder(_) => "image_folder",
+            StageSpec::Table(_) => "table",
+            StageSpec::Standardize(_) => "standardize",
+            StageSpec::Flatten(_) => "flatten",
             StageSpec::Dense(_) => "dense",
             StageSpec::Mlp(_) => "mlp",
             StageSpec::Depthwise(_) => "depthwise",
@@ -78,7 +96,12 @@ impl StageSpec {
     /// The stage this one consumes, if any.
     pub fn input(&self) -> Option<&str> {
         match self {
-            StageSpec::Mnist(_) => None,
+            StageSpec::Mnist(_)
+            | StageSpec::Cifar10(_)
+            | StageSpec::Cifar100(_)
+            | StageSpec::ImageFolder(_)
+            | StageSpec::Table(_) => None,
+            StageSpec::Standardize(s) | StageSpec::Flatten(s) => Some(&s.input),
             StageSpec::Dense(s) => Some(&s.input),
             StageSpec::Mlp(s) => Some(&s.input),
             StageSpec::Depthwise(s) => Some(&s.input),
@@ -100,6 +123,97 @@ pub struct MnistSpec {
     /// Folder of the four IDX files; relative paths are looked up under `PLFLOW_DATA_DIR`.
     #[serde(default = "defaults::mnist_path")]
     pub path: PathBuf,
+    /// Use at most this many training examples (class-balanced, reproducible) and the same
+    /// share of the test split; `null` for all.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `kind: cifar10`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CifarSpec {
+    /// Folder with the binary batches (as `plflow fetch cifar10` leaves them), or with
+    /// `train/<class>/*.jpg` and `test/...` folders, or with one archive of those.
+    #[serde(default = "defaults::cifar10_path")]
+    pub path: PathBuf,
+    /// As for `mnist`.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Which CIFAR-100 labels are learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CifarLabels {
+    /// The 100 classes.
+    #[default]
+    Fine,
+    /// The 20 superclasses (binary format only).
+    Coarse,
+}
+
+/// `kind: cifar100`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cifar100Spec {
+    /// As for `cifar10`.
+    #[serde(default = "defaults::cifar100_path")]
+    pub path: PathBuf,
+    /// `fine` (100 classes) or `coarse` (20).
+    #[serde(default)]
+    pub labels: CifarLabels,
+    /// As for `mnist`.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `kind: image_folder`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFolderSpec {
+    /// A folder with `train/<class>/` and `test/<class>/`, a `.tar`/`.tar.gz` of that layout,
+    /// or a folder holding one such archive.
+    pub path: PathBuf,
+    /// `[height, width]` of every example.
+    pub size: [u32; 2],
+    /// 3 (RGB) or 1 (grey).
+    #[serde(default = "defaults::channels")]
+    pub channels: u8,
+    /// Scale images of another size (bilinear) instead of rejecting them.
+    #[serde(default)]
+    pub resize: bool,
+    /// As for `mnist`.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `kind: table`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Training table (`.arrow`/`.ipc`/`.feather` or `.parquet`).
+    pub train: PathBuf,
+    /// Test table, same layout.
+    pub test: PathBuf,
+    /// Feature column (a fixed-size list); when the table has none by that name, every
+    /// float32 column but the label is a feature.
+    #[serde(default = "defaults::features_column")]
+    pub features: String,
+    /// Integer label column.
+    #[serde(default = "defaults::label_column")]
+    pub label: String,
+    /// As for `mnist`.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `kind: standardize` and `kind: flatten`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// The dataset (or transform) stage transformed.
+    pub input: String,
 }
 
 /// Activation after a layer.
@@ -430,6 +544,21 @@ pub mod defaults {
     pub(crate) fn mnist_path() -> PathBuf {
         PathBuf::from("mnist")
     }
+    pub(crate) fn cifar10_path() -> PathBuf {
+        PathBuf::from("cifar10")
+    }
+    pub(crate) fn cifar100_path() -> PathBuf {
+        PathBuf::from("cifar100")
+    }
+    pub(crate) fn channels() -> u8 {
+        3
+    }
+    pub(crate) fn features_column() -> String {
+        "features".into()
+    }
+    pub(crate) fn label_column() -> String {
+        "label".into()
+    }
     pub(crate) fn clip() -> f32 {
         10.0
     }
@@ -542,6 +671,11 @@ pub(crate) fn stage_body_error(kind: &str, body: &str) -> Option<serde_norway::E
     }
     match kind {
         "mnist" => as_type::<MnistSpec>(body),
+        "cifar10" => as_type::<CifarSpec>(body),
+        "cifar100" => as_type::<Cifar100Spec>(body),
+        "image_folder" => as_type::<ImageFolderSpec>(body),
+        "table" => as_type::<TableSpec>(body),
+        "standardize" | "flatten" => as_type::<TransformSpec>(body),
         "dense" => as_type::<DenseSpec>(body),
         "mlp" => as_type::<MlpSpec>(body),
         "depthwise" => as_type::<DepthwiseSpec>(body),
