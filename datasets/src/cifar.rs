@@ -9,7 +9,7 @@
 
 use crate::location::DataPath;
 use crate::mapped::MappedFile;
-use crate::{DatasetError, Dataset, Source};
+use crate::{Dataset, DatasetError, Source};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,7 +68,13 @@ impl Variant {
     fn files(self) -> (Vec<&'static str>, &'static str) {
         match self {
             Variant::Ten => (
-                vec!["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
+                vec![
+                    "data_batch_1.bin",
+                    "data_batch_2.bin",
+                    "data_batch_3.bin",
+                    "data_batch_4.bin",
+                    "data_batch_5.bin",
+                ],
                 "test_batch.bin",
             ),
             Variant::Hundred { .. } => (vec!["train.bin"], "test.bin"),
@@ -140,7 +146,8 @@ pub fn open(dir: &DataPath, variant: Variant) -> Result<Dataset, DatasetError> {
 /// Class names from a names file (one per line, blank lines ignored), or numbers without one.
 fn read_names(path: &Path, classes: usize) -> Result<Vec<String>, DatasetError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(Dataset::numbered_classes(classes)) };
-    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let names: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
     if names.len() != classes {
         return Err(DatasetError::format(path, format!("{} class names, expected {classes}", names.len())));
     }
@@ -171,7 +178,10 @@ impl CifarSplit {
                     if l as usize >= limit {
                         return Err(DatasetError::format(
                             path,
-                            format!("record {r} has label {l}, expected 0..{} (is this the right CIFAR?)", limit - 1),
+                            format!(
+                                "record {r} has label {l}, expected 0..{} (is this the right CIFAR?)",
+                                limit - 1
+                            ),
                         ));
                     }
                 }
@@ -210,9 +220,12 @@ impl Source for CifarSplit {
     fn read_into(&self, indices: &[usize], features: &mut [f32], labels: &mut [u32]) {
         assert_eq!(features.len(), indices.len() * PIXELS, "feature buffer size");
         assert_eq!(labels.len(), indices.len(), "label buffer size");
+        let mut rec = vec![0u8; self.variant.label_bytes() + PIXELS];
         let skip = self.variant.label_bytes();
-        for ((&i, out), label) in indices.iter().zip(features.chunks_exact_mut(PIXELS)).zip(labels.iter_mut()) {
-            let rec = self.record(i);
+        for ((&i, out), label) in indices.iter().zip(features.chunks_exact_mut(PIXELS)).zip(labels.iter_mut())
+        {
+            let f = self.starts.partition_point(|&s| s <= i) - 1;
+            self.files[f].copy_out(self.record(i), &mut rec);
             for (o, &p) in out.iter_mut().zip(&rec[skip..]) {
                 *o = f32::from(p) / 255.0;
             }
@@ -244,8 +257,11 @@ mod tests {
         let sub = dir.path().join("cifar-10-batches-bin");
         std::fs::create_dir(&sub).expect("mkdir");
         for k in 1..=5u8 {
-            std::fs::write(sub.join(format!("data_batch_{k}.bin")), [record(&[k], k), record(&[9], 100 + k)].concat())
-                .expect("write");
+            std::fs::write(
+                sub.join(format!("data_batch_{k}.bin")),
+                [record(&[k], k), record(&[9], 100 + k)].concat(),
+            )
+            .expect("write");
         }
         std::fs::write(sub.join("test_batch.bin"), record(&[3], 0)).expect("write");
         std::fs::write(sub.join("batches.meta.txt"), "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n\n").expect("write");
@@ -282,7 +298,10 @@ mod tests {
         bytes.truncate(bytes.len() - 10);
         std::fs::write(&p, &bytes).expect("write");
         let err = CifarSplit::open(&[p.clone()], Variant::Hundred { fine: true }).expect_err("truncated");
-        assert!(err.to_string().contains("test.bin") && err.to_string().contains("record 1 is incomplete"), "{err}");
+        assert!(
+            err.to_string().contains("test.bin") && err.to_string().contains("record 1 is incomplete"),
+            "{err}"
+        );
         std::fs::write(&p, [record(&[0, 1], 0), record(&[25, 2], 0)].concat()).expect("write");
         let err = CifarSplit::open(&[p], Variant::Hundred { fine: true }).expect_err("label");
         assert!(err.to_string().contains("record 1 has label 25"), "{err}");

@@ -33,6 +33,11 @@ impl IdxFile {
         &self.map.bytes()[self.header..]
     }
 
+    /// Copy `bytes` (a sub-slice of [`IdxFile::data`]) into `out` without mapping its pages.
+    pub fn copy_out(&self, bytes: &[u8], out: &mut [u8]) {
+        self.map.copy_out(bytes, out);
+    }
+
     /// Drop the resident pages of `bytes`, a sub-slice of [`IdxFile::data`].
     pub fn release(&self, bytes: &[u8]) {
         self.map.release(bytes);

@@ -95,7 +95,8 @@ fn locate(dir: &DataPath) -> Result<Container, DatasetError> {
     Err(DatasetError::Missing {
         what: "image folder".into(),
         tried: vec![p.join("train"), p.join("*.tar.gz")],
-        hint: dir.how_to_provide("a folder with train/<class>/*.jpg and test/<class>/*.jpg, or a .tar(.gz) of it"),
+        hint: dir
+            .how_to_provide("a folder with train/<class>/*.jpg and test/<class>/*.jpg, or a .tar(.gz) of it"),
     })
 }
 
@@ -119,7 +120,11 @@ fn member(path: &str) -> Option<(&'static str, String)> {
 }
 
 /// Open (decoding on first use) the image dataset at `dir`.
-pub fn open(dir: &DataPath, opts: &ImageOptions, cache: &Cache) -> Result<(Dataset, DecodeReport), DatasetError> {
+pub fn open(
+    dir: &DataPath,
+    opts: &ImageOptions,
+    cache: &Cache,
+) -> Result<(Dataset, DecodeReport), DatasetError> {
     let started = Instant::now();
     let container = locate(dir)?;
     let key = fingerprint(&container, opts)?;
@@ -183,7 +188,11 @@ fn list_folder(root: &Path) -> Result<Vec<(PathBuf, &'static str, String)>, Data
             let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
                 .map_err(DatasetError::io(&cdir, "cannot list"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.') && is_image(&n.to_string_lossy())))
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        !n.to_string_lossy().starts_with('.') && is_image(&n.to_string_lossy())
+                    })
+                })
                 .collect();
             files.sort();
             out.extend(files.into_iter().map(|f| (f, split, class.clone())));
@@ -225,8 +234,13 @@ fn decode_all(
             v
         }
     };
-    let classes: Vec<String> =
-        members.iter().filter(|(s, _)| *s == "train").map(|(_, c)| c.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let classes: Vec<String> = members
+        .iter()
+        .filter(|(s, _)| *s == "train")
+        .map(|(_, c)| c.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let counts = |split| members.iter().filter(|(s, _)| *s == split).count();
     if classes.is_empty() || counts("test") == 0 {
         return Err(DatasetError::format(
@@ -256,14 +270,18 @@ fn decode_all(
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let mut total = 0;
     let mut flush = |pending: &mut Vec<Pending>, train: &mut TableWriter, test: &mut TableWriter| {
-        let decoded: Vec<Result<Vec<u8>, String>> =
-            pending.par_iter().map(|p| decode(&p.bytes, opts).map_err(|e| format!("{}: {e}", p.name))).collect();
+        let decoded: Vec<Result<Vec<u8>, String>> = pending
+            .par_iter()
+            .map(|p| decode(&p.bytes, opts).map_err(|e| format!("{}: {e}", p.name)))
+            .collect();
         for split in ["train", "test"] {
             let mut pixels = Vec::new();
             let mut labels = Vec::new();
             for (p, d) in pending.iter().zip(&decoded) {
                 if p.split == split {
-                    pixels.extend_from_slice(d.as_ref().map_err(|e| DatasetError::format(&source_path, e.clone()))?);
+                    pixels.extend_from_slice(
+                        d.as_ref().map_err(|e| DatasetError::format(&source_path, e.clone()))?,
+                    );
                     labels.push(p.label);
                 }
             }
@@ -440,7 +458,10 @@ mod tests {
     }
 
     fn tar_gz(path: &Path, files: &[(String, Vec<u8>)]) {
-        let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).expect("create"), flate2::Compression::fast());
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(path).expect("create"),
+            flate2::Compression::fast(),
+        );
         let mut b = tar::Builder::new(gz);
         for (name, bytes) in files {
             let mut h = tar::Header::new_ustar();
@@ -517,7 +538,8 @@ mod tests {
         tar_gz(&p, &members());
         let bytes = std::fs::read(&p).expect("read");
         std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
-        let err = open(&DataPath::resolve(&p), &OPTS, &Cache::new(dir.path().join("c"))).expect_err("truncated");
+        let err =
+            open(&DataPath::resolve(&p), &OPTS, &Cache::new(dir.path().join("c"))).expect_err("truncated");
         assert!(err.to_string().contains("t.tar.gz: archive is corrupt or truncated"), "{err}");
     }
 }

@@ -1,5 +1,11 @@
 //! Read-only memory maps whose consumed pages can be handed back to the kernel, so that
 //! streaming a file larger than memory does not grow the process's resident set.
+//!
+//! Random rows are copied out with positioned reads ([`MappedFile::copy_out`]) rather than by
+//! touching the map: on current kernels a fault on a file mapping maps a whole page-cache folio
+//! (up to hundreds of KiB) around the row, so a shuffled batch of 512 rows of 3 KiB mapped
+//! ~128 MB at once (measured on CIFAR-10). A positioned read maps nothing; the file's pages
+//! stay in the page cache for the next epoch either way.
 
 use crate::DatasetError;
 use memmap2::{Mmap, UncheckedAdvice};
@@ -11,6 +17,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct MappedFile {
     path: PathBuf,
+    file: Arc<File>,
     map: Arc<Mmap>,
 }
 
@@ -21,7 +28,7 @@ impl MappedFile {
         // SAFETY: the map is read-only and plflow never writes to files it maps. Another
         // process truncating the file while it is mapped would fault, as with any mmap reader.
         let map = unsafe { Mmap::map(&file) }.map_err(DatasetError::io(path, "cannot memory-map"))?;
-        Ok(Self { path: path.to_path_buf(), map: Arc::new(map) })
+        Ok(Self { path: path.to_path_buf(), file: Arc::new(file), map: Arc::new(map) })
     }
 
     /// The mapped bytes.
@@ -37,6 +44,22 @@ impl MappedFile {
     /// The file this was mapped from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copy `bytes` (a sub-slice of this map) into `out` with a positioned read of the file,
+    /// without faulting the map's pages in. Falls back to a plain copy if the read fails.
+    ///
+    /// # Panics
+    /// If `bytes` is not inside the map or `out` has another length (caller bugs).
+    pub fn copy_out(&self, bytes: &[u8], out: &mut [u8]) {
+        use std::os::unix::fs::FileExt;
+        assert_eq!(bytes.len(), out.len(), "copy_out lengths");
+        let base = self.map.as_ptr() as usize;
+        let offset = (bytes.as_ptr() as usize).checked_sub(base).expect("slice inside the map");
+        assert!(offset + bytes.len() <= self.map.len(), "slice inside the map");
+        if self.file.read_exact_at(out, offset as u64).is_err() {
+            out.copy_from_slice(bytes);
+        }
     }
 
     /// Drop the resident pages that hold `bytes` (a sub-slice of this map, or of a buffer
@@ -89,6 +112,9 @@ mod tests {
         assert_eq!(m.bytes(), &body[..]);
         m.release(&m.bytes()[5000..20_000]);
         m.release(&body[..10]); // not in the map: ignored
+        let mut out = vec![0u8; 300];
+        m.copy_out(&m.bytes()[4000..4300], &mut out);
+        assert_eq!(out, &body[4000..4300]);
         assert_eq!(m.bytes(), &body[..], "released pages read back the same bytes");
     }
 }

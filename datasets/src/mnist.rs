@@ -126,9 +126,10 @@ impl Source for MnistSplit {
         assert_eq!(features.len(), indices.len() * len, "feature buffer size");
         assert_eq!(labels.len(), indices.len(), "label buffer size");
         let (pixels, all_labels) = (self.images.data(), self.labels.data());
+        let mut row = vec![0u8; len];
         for ((&i, out), label) in indices.iter().zip(features.chunks_exact_mut(len)).zip(labels.iter_mut()) {
-            let src = &pixels[i * len..(i + 1) * len];
-            for (o, &p) in out.iter_mut().zip(src) {
+            self.images.copy_out(&pixels[i * len..(i + 1) * len], &mut row);
+            for (o, &p) in out.iter_mut().zip(&row) {
                 *o = p as f32 / 255.0;
             }
             *label = all_labels[i] as u32;

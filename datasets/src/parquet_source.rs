@@ -4,10 +4,10 @@
 //! The copy is keyed by the file's path, size and modification time, so an edited file is
 //! decoded again.
 
+use crate::DatasetError;
 use crate::cache::Cache;
 use crate::sink::partial_path;
 use crate::table::{Columns, TableFile};
-use crate::DatasetError;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::fs::File;
 use std::io::BufWriter;

@@ -70,10 +70,8 @@ impl TableSchema {
             Element::U8 => DataType::UInt8,
         };
         let mut metadata = self.metadata.clone();
-        metadata.insert(
-            META_SHAPE.into(),
-            self.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
-        );
+        metadata
+            .insert(META_SHAPE.into(), self.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
         if !self.class_names.is_empty() {
             metadata.insert(META_CLASS_NAMES.into(), self.class_names.join("\n"));
         }
@@ -132,7 +130,8 @@ impl TableWriter {
                     .set_dictionary_enabled(false)
                     .build();
                 Inner::Parquet(
-                    ArrowWriter::try_new(file, arrow.clone(), Some(props)).map_err(|e| fail(e.to_string()))?,
+                    ArrowWriter::try_new(file, arrow.clone(), Some(props))
+                        .map_err(|e| fail(e.to_string()))?,
                 )
             }
         };
@@ -173,11 +172,14 @@ impl TableWriter {
         let DataType::FixedSizeList(item, size) = self.schema.field(0).data_type() else {
             unreachable!("the feature column is a fixed-size list")
         };
-        let list = FixedSizeListArray::try_new(item.clone(), *size, values, None).map_err(|e| fail(e.to_string()))?;
+        let list = FixedSizeListArray::try_new(item.clone(), *size, values, None)
+            .map_err(|e| fail(e.to_string()))?;
         let label_values: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), vec![Arc::new(list), Arc::new(Int32Array::from(label_values))])
-                .map_err(|e| fail(e.to_string()))?;
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![Arc::new(list), Arc::new(Int32Array::from(label_values))],
+        )
+        .map_err(|e| fail(e.to_string()))?;
         match self.inner.as_mut() {
             Some(Inner::Ipc(w)) => w.write(&batch).map_err(|e| fail(e.to_string()))?,
             Some(Inner::Parquet(w)) => {
@@ -196,7 +198,10 @@ impl TableWriter {
         let file = match self.inner.take() {
             Some(Inner::Ipc(mut w)) => {
                 w.finish().map_err(|e| fail(e.to_string()))?;
-                w.into_inner().map_err(|e| fail(e.to_string()))?.into_inner().map_err(|e| fail(e.to_string()))?
+                w.into_inner()
+                    .map_err(|e| fail(e.to_string()))?
+                    .into_inner()
+                    .map_err(|e| fail(e.to_string()))?
             }
             Some(Inner::Parquet(w)) => w.into_inner().map_err(|e| fail(e.to_string()))?,
             None => unreachable!("finish runs once"),
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!((t.len(), t.example_shape(), t.classes()), (30, &[2usize, 3][..], 3));
         assert_eq!(t.class_names().expect("names"), vec!["zero", "one", "two"]);
         assert_eq!(t.metadata().get(META_FINGERPRINT).map(String::as_str), Some("abc"));
+        assert!(t.is_zero_copy(), "feature values are read from the map, not copied");
         let order = [29, 0, 13, 7, 6, 14];
         let (mut got, mut labels) = (vec![0.0; 36], vec![0; 6]);
         t.read_into(&order, &mut got, &mut labels);
@@ -294,10 +300,12 @@ mod tests {
     fn bytes_read_back_scaled() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("px.arrow");
-        let mut w = TableWriter::create(&path, TableFormat::ArrowIpc, &schema(vec![1, 2, 2], Element::U8)).expect("create");
+        let mut w = TableWriter::create(&path, TableFormat::ArrowIpc, &schema(vec![1, 2, 2], Element::U8))
+            .expect("create");
         w.write_u8(&[0, 51, 255, 3, 9, 8, 7, 6], &[2, 1]).expect("write");
         w.finish().expect("finish");
         let t = TableFile::open(&path, &Columns::default()).expect("open");
+        assert!(t.is_zero_copy());
         let (mut x, mut y) = (vec![0.0; 4], vec![0]);
         t.read_into(&[0], &mut x, &mut y);
         assert_eq!((x, y), (vec![0.0, 0.2, 1.0, 3.0 / 255.0], vec![2]));
@@ -332,7 +340,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gone.parquet");
         let (x, y) = rows(5, 4);
-        let mut w = TableWriter::create(&path, TableFormat::Parquet, &schema(vec![4], Element::F32)).expect("create");
+        let mut w =
+            TableWriter::create(&path, TableFormat::Parquet, &schema(vec![4], Element::F32)).expect("create");
         w.write_f32(&x, &y).expect("write");
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
@@ -357,7 +366,8 @@ mod tests {
             ],
         )
         .expect("batch");
-        let mut w = arrow_ipc::writer::FileWriter::try_new(File::create(&path).expect("create"), &schema).expect("w");
+        let mut w =
+            arrow_ipc::writer::FileWriter::try_new(File::create(&path).expect("create"), &schema).expect("w");
         w.write(&batch).expect("write");
         w.finish().expect("finish");
         let columns = Columns { features: "features".into(), label: "class".into() };

@@ -110,7 +110,17 @@ mod tests {
     #[test]
     fn limit_is_balanced_proportional_and_reproducible() {
         // 3 classes with 50, 30 and 20 rows; test split a fifth of that.
-        let labels: Vec<u32> = (0..100).map(|i| if i < 50 { 0 } else if i < 80 { 1 } else { 2 }).collect();
+        let labels: Vec<u32> = (0..100)
+            .map(|i| {
+                if i < 50 {
+                    0
+                } else if i < 80 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         let test_labels: Vec<u32> = labels.iter().step_by(5).copied().collect();
         let d = Dataset {
             train: Arc::new(Toy::new(labels, 3)),

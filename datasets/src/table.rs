@@ -170,6 +170,20 @@ impl TableFile {
         self.classes = self.classes.max(classes);
     }
 
+    /// `true` when every feature buffer points into the file's map (nothing was copied).
+    pub fn is_zero_copy(&self) -> bool {
+        let within = |bytes: &[u8]| {
+            let (base, len) = (self.map.bytes().as_ptr() as usize, self.map.bytes().len());
+            let p = bytes.as_ptr() as usize;
+            p >= base && p + bytes.len() <= base + len
+        };
+        self.parts.iter().all(|part| match &part.values {
+            Values::F32(v) => within(bytes_of(v)),
+            Values::U8(v) => within(v),
+            Values::Columns(cols) => cols.iter().all(|c| within(bytes_of(c))),
+        })
+    }
+
     fn max_label(&self) -> Result<Option<u32>, String> {
         let mut max = None;
         for (p, part) in self.parts.iter().enumerate() {
@@ -341,13 +355,22 @@ impl Source for TableFile {
         let dim = self.dim;
         assert_eq!(features.len(), indices.len() * dim, "feature buffer size");
         assert_eq!(labels.len(), indices.len(), "label buffer size");
+        let mut scratch = Vec::new();
         for ((&i, out), label) in indices.iter().zip(features.chunks_exact_mut(dim)).zip(labels.iter_mut()) {
             let (p, r) = self.locate(i);
             let part = &self.parts[p];
             match &part.values {
-                Values::F32(v) => out.copy_from_slice(&v[r * dim..(r + 1) * dim]),
+                Values::F32(v) => {
+                    let src = bytes_of(&v[r * dim..(r + 1) * dim]);
+                    // SAFETY: any bytes are a valid f32 bit pattern; the slice is `out` itself.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), dim * 4) };
+                    self.map.copy_out(src, dst);
+                }
                 Values::U8(v) => {
-                    for (o, &x) in out.iter_mut().zip(&v[r * dim..(r + 1) * dim]) {
+                    scratch.resize(dim, 0);
+                    self.map.copy_out(&v[r * dim..(r + 1) * dim], &mut scratch);
+                    for (o, &x) in out.iter_mut().zip(scratch.iter()) {
                         *o = f32::from(x) / 255.0;
                     }
                 }

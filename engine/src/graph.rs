@@ -3,14 +3,14 @@
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
+use plflow_datasets::cifar::Variant;
+use plflow_datasets::images::ImageOptions;
+use plflow_datasets::table::Columns;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
 use plflow_ops::depthwise::Geometry;
 use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
-use plflow_datasets::cifar::Variant;
-use plflow_datasets::images::ImageOptions;
-use plflow_datasets::table::Columns;
 use std::path::PathBuf;
 
 /// What flows out of a node.

@@ -6,8 +6,8 @@ use crate::error::{EngineError, SpecError};
 use crate::graph::{DataSource, Edge, Graph, Init, Node, Op, Port, Solver, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::{
-    ActivationSpec, AdamSpec, CifarLabels, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec, SparseSpec,
-    SplitSpec, StageSpec,
+    ActivationSpec, AdamSpec, CifarLabels, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec,
+    SparseSpec, SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -479,10 +479,18 @@ impl Builder<'_> {
         classes: usize,
     ) -> Result<NodeIndex, SpecError> {
         if limit == Some(0) {
-            return Err(self.err(name, Some("limit"), "field `limit`: must be at least 1 (or null for all)".into()));
+            return Err(self.err(
+                name,
+                Some("limit"),
+                "field `limit`: must be at least 1 (or null for all)".into(),
+            ));
         }
         if classes < 2 {
-            return Err(self.err(name, None, format!("the dataset has {classes} classes; training needs at least 2")));
+            return Err(self.err(
+                name,
+                None,
+                format!("the dataset has {classes} classes; training needs at least 2"),
+            ));
         }
         let op = Op::Data { source, limit };
         let output = Port::Examples { shape, classes };
@@ -530,18 +538,24 @@ impl Builder<'_> {
             StageSpec::ImageFolder(s) => {
                 let [height, width] = s.size;
                 if height == 0 || width == 0 {
-                    return Err(self.err(name, Some("size"), "field `size`: [height, width] must be positive".into()));
+                    return Err(self.err(
+                        name,
+                        Some("size"),
+                        "field `size`: [height, width] must be positive".into(),
+                    ));
                 }
                 if !matches!(s.channels, 1 | 3) {
-                    return Err(self.err(name, Some("channels"), format!("field `channels`: must be 1 or 3, got {}", s.channels)));
+                    return Err(self.err(
+                        name,
+                        Some("channels"),
+                        format!("field `channels`: must be 1 or 3, got {}", s.channels),
+                    ));
                 }
                 let options = ImageOptions { height, width, channels: s.channels, resize: s.resize };
                 let shape = vec![s.channels as usize, height as usize, width as usize];
                 // Classes are the train folders: counted without decoding.
                 let classes = plflow_datasets::images::survey(&DataPath::resolve(&s.path))
-                    .map(|counts| {
-                        counts.iter().filter(|(split, ..)| *split == "train").count()
-                    })
+                    .map(|counts| counts.iter().filter(|(split, ..)| *split == "train").count())
                     .map_err(|e| self.err(name, Some("path"), format!("field `path`: {e}")))?;
                 let source = DataSource::Images { path: s.path.clone(), options };
                 self.add_data(name, source, s.limit, shape, classes)?
@@ -555,9 +569,14 @@ impl Builder<'_> {
                     let (sh, c) = plflow_datasets::table::peek(&resolved, &columns)
                         .map_err(|e| self.err(name, Some(field), format!("field `{field}`: {e}")))?;
                     if shape.as_ref().is_some_and(|s| s != &sh) {
-                        return Err(self.err(name, Some("test"), format!(
-                            "shape mismatch: test rows have shape {sh:?}, train rows {:?}", shape.unwrap_or_default()
-                        )));
+                        return Err(self.err(
+                            name,
+                            Some("test"),
+                            format!(
+                                "shape mismatch: test rows have shape {sh:?}, train rows {:?}",
+                                shape.unwrap_or_default()
+                            ),
+                        ));
                     }
                     shape = Some(sh);
                     classes = classes.max(c);
@@ -568,10 +587,16 @@ impl Builder<'_> {
             StageSpec::Standardize(s) | StageSpec::Flatten(s) => {
                 let from = self.outputs[s.input.as_str()];
                 let Port::Examples { shape, classes } = self.nodes[from].output.clone() else {
-                    return Err(self.err(name, Some("input"), format!(
-                        "field `input`: {} transforms examples, but `{}` produces {}",
-                        stage.kind(), s.input, self.nodes[from].output.describe()
-                    )));
+                    return Err(self.err(
+                        name,
+                        Some("input"),
+                        format!(
+                            "field `input`: {} transforms examples, but `{}` produces {}",
+                            stage.kind(),
+                            s.input,
+                            self.nodes[from].output.describe()
+                        ),
+                    ));
                 };
                 let (op, shape) = match stage {
                     StageSpec::Flatten(_) => (Op::Flatten, vec![shape.iter().product()]),

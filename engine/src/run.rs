@@ -4,12 +4,12 @@
 //! evaluate stages after every epoch, and the run folder receives the reports.
 
 use crate::error::EngineError;
+use crate::graph::DataSource;
 use crate::graph::{Init, Op, Solver, Split};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
-use crate::graph::DataSource;
 use plflow_datasets::cache::Cache;
 use plflow_datasets::location::DataPath;
 use plflow_datasets::mnist::Mnist;
@@ -148,14 +148,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                             let Some(data) = source else {
                                 unreachable!("a correlated layer is fed by a dataset opened before it")
                             };
-                            let corr =
-                                correlation_pass(data.train.as_ref(), *inputs).map_err(|e| EngineError::Train {
+                            let corr = correlation_pass(data.train.as_ref(), *inputs).map_err(|e| {
+                                EngineError::Train {
                                     stage: node.stage.clone(),
                                     layer: node.name.clone(),
                                     epoch: 0,
                                     step: 0,
                                     source: e,
-                                })?;
+                                }
+                            })?;
                             correlation_mask(&corr, *units, tau, &mut rng)
                         } else {
                             small_world_mask(*inputs, *units, rewire, &mut rng)
@@ -367,12 +368,14 @@ impl TrainJob<'_> {
                 x.reshape(idx.len(), len);
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
                 let x_in = network_input(&network, train.example_shape(), &mut x, &mut scratch, idx.len());
-                let s = trainer.step(&mut network, x_in, &labels[..idx.len()]).map_err(|e| EngineError::Train {
-                    stage: self.stage.to_owned(),
-                    layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    source: e.source,
+                let s = trainer.step(&mut network, x_in, &labels[..idx.len()]).map_err(|e| {
+                    EngineError::Train {
+                        stage: self.stage.to_owned(),
+                        layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        source: e.source,
+                    }
                 })?;
                 totals.add(&s);
                 bar.inc(1);
