@@ -36,6 +36,25 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
+    /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
+    Fetch {
+        /// Dataset name.
+        #[arg(value_parser = ["mnist", "cifar10", "cifar100"])]
+        dataset: String,
+        /// Data folder (default: $PLFLOW_DATA_DIR, else ./data).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Fetch the files from this base URL instead (a local mirror); checksums still apply.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
+    /// Describe a dataset file, folder or archive: format, rows, shapes, labels, statistics.
+    Inspect {
+        /// IDX file (gzip'd or not), MNIST or CIFAR folder, image folder or archive, CIFAR .bin,
+        /// Arrow IPC or Parquet table.
+        path: PathBuf,
+    },
     /// Run several pipelines, each in its own process, and compare them in one table
     /// (test accuracy, seconds per epoch, peak RSS, ledger peak), written as CSV and Markdown.
     Bench {
@@ -130,6 +149,28 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 s.ledger_peak_mb,
                 outcome.dir.display()
             );
+        }
+        Command::Fetch { dataset, dir, mirror } => {
+            use plflow_engine::datasets::{fetch, location::DATA_DIR_ENV};
+            let dir = dir
+                .or_else(|| std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("data"));
+            let entry = fetch::catalog()
+                .into_iter()
+                .find(|e| e.name == dataset)
+                .with_context(|| format!("no dataset named {dataset}"))?;
+            let target = fetch::fetch(&entry, &dir, mirror.as_deref(), &mut |line| println!("{line}"))
+                .with_context(|| format!("cannot fetch {dataset}"))?;
+            println!("{dataset} is ready in {}", target.display());
+            if std::env::var_os(DATA_DIR_ENV).is_none() {
+                println!("pipelines find it with {DATA_DIR_ENV}={}", dir.display());
+            }
+        }
+        Command::Inspect { path } => {
+            let cache = plflow_engine::run::default_cache();
+            let text = plflow_engine::datasets::inspect::inspect(&path, &cache)
+                .with_context(|| format!("cannot inspect {}", path.display()))?;
+            print!("{text}");
         }
         Command::Bench { pipelines, epochs, repeat, out, sets } => {
             bench(&pipelines, epochs, repeat, out, &sets)?

@@ -17,6 +17,9 @@ pub enum DatasetError {
         #[source]
         source: std::io::Error,
     },
+    /// A download failed (network, HTTP status or an interrupted body).
+    #[error("cannot download {url}: {message}")]
+    Download { url: String, message: String },
     /// A file exists but its bytes are not what its format requires.
     #[error("{}: {problem}", .path.display())]
     Format { path: PathBuf, problem: String },

@@ -54,9 +54,12 @@ fn find(dir: &DataPath, base: &str) -> Result<PathBuf, DatasetError> {
     Err(DatasetError::Missing {
         what: format!("MNIST file {base}"),
         tried: tried[..2].to_vec(),
-        hint: dir.how_to_provide(
-            "the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
-             t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
+        hint: format!(
+            "{} Or run `plflow fetch mnist` to download them.",
+            dir.how_to_provide(
+                "the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
+                 t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
+            )
         ),
     })
 }

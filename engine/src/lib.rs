@@ -22,4 +22,5 @@ pub mod spec;
 
 pub use error::{EngineError, SpecError};
 pub use plan::Plan;
+pub use plflow_datasets as datasets;
 pub use plflow_ops::ledger;
