@@ -262,3 +262,91 @@ fn cnn_pipelines_run_end_to_end() {
         assert!((0.0..=1.0).contains(&acc) && summary["parameters"] == 6634, "{summary}");
     }
 }
+
+/// Feature tables as pipeline input: a Parquet train file and an Arrow IPC test file of two
+/// separable classes, standardised, limited, trained and evaluated.
+#[test]
+fn feature_tables_train_end_to_end() {
+    use plflow_engine::datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
+    use plflow_engine::datasets::table::Columns;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = TableSchema {
+        shape: vec![6],
+        element: Element::F32,
+        class_names: vec!["left".into(), "right".into()],
+        metadata: Default::default(),
+        columns: Columns { features: "emb".into(), label: "y".into() },
+    };
+    for (file, n) in [("train.parquet", 600), ("test.arrow", 200)] {
+        let path = dir.path().join(file);
+        let mut w = TableWriter::create(&path, TableFormat::from_path(&path).expect("format"), &schema)
+            .expect("create");
+        let y: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let x: Vec<f32> = (0..n * 6)
+            .map(|k| {
+                let (i, j) = (k / 6, k % 6);
+                let sign = if y[i] == 1 { 1.0 } else { -1.0 };
+                100.0 + sign * (j as f32 + 1.0) * 3.0 + ((k * 37 % 11) as f32 - 5.0)
+            })
+            .collect();
+        w.write_f32(&x, &y).expect("write");
+        w.finish().expect("finish");
+    }
+    let yaml = "name: tables\nstages:\n  data:\n    kind: table\n    train: train.parquet\n    test: test.arrow\n    features: emb\n    label: y\n    limit: 400\n  scaled:\n    kind: standardize\n    input: data\n  net:\n    kind: mlp\n    input: scaled\n    hidden: [16]\n  train:\n    kind: pl\n    input: net\n    epochs: 3\n    batch_size: 64\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n";
+    std::fs::write(dir.path().join("t.yaml"), yaml).expect("write");
+    let out = plflow(
+        dir.path(),
+        &["run", "t.yaml", "--out", "run"],
+        &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("data: 400 train and 134 test examples of shape 6, 2 classes"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).expect("summary"))
+            .expect("json");
+    assert!(summary["test_accuracy"].as_f64().expect("acc") > 0.95, "{stdout}");
+    let check = plflow(dir.path(), &["check", "t.yaml"], &[("PLFLOW_DATA_DIR", &dir.path().join("nowhere"))]);
+    let (_, err) = text(&check);
+    assert!(
+        !check.status.success() && err.contains("field `train`") && err.contains("train.parquet"),
+        "{err}"
+    );
+}
+
+/// `plflow fetch` against a local server that returns corrupted bytes: rejected by the
+/// checksum, and nothing is left in the data folder.
+#[test]
+fn fetch_rejects_a_corrupted_download() {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = b"these are not the MNIST bytes";
+            let mut s = reader.into_inner();
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                    .as_bytes(),
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mirror = format!("http://{addr}");
+    let out = plflow(
+        dir.path(),
+        &["fetch", "mnist", "--dir", data.to_str().expect("utf8"), "--mirror", &mirror],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&data).map_or(0, |d| d.count()), 0, "nothing left in {}", data.display());
+}

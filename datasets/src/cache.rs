@@ -53,10 +53,10 @@ impl Cache {
         let meta = file.metadata().map_err(DatasetError::io(path, "cannot stat"))?;
         let isize = gzip_isize(path, meta.len())?;
         let target = self.dir.join(self.entry_name(path, &meta));
-        if let Ok(m) = std::fs::metadata(&target) {
-            if m.len() as u32 == isize {
-                return Ok(target);
-            }
+        if let Ok(m) = std::fs::metadata(&target)
+            && m.len() as u32 == isize
+        {
+            return Ok(target);
         }
         self.decompress(path, &target)?;
         Ok(target)

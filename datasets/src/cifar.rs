@@ -297,7 +297,8 @@ mod tests {
         let mut bytes = [record(&[0, 1], 0), record(&[0, 2], 0)].concat();
         bytes.truncate(bytes.len() - 10);
         std::fs::write(&p, &bytes).expect("write");
-        let err = CifarSplit::open(&[p.clone()], Variant::Hundred { fine: true }).expect_err("truncated");
+        let err = CifarSplit::open(std::slice::from_ref(&p), Variant::Hundred { fine: true })
+            .expect_err("truncated");
         assert!(
             err.to_string().contains("test.bin") && err.to_string().contains("record 1 is incomplete"),
             "{err}"

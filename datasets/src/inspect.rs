@@ -69,8 +69,11 @@ pub fn inspect(path: &Path, cache: &Cache) -> Result<String, DatasetError> {
     }
     if name.ends_with(".bin") {
         let len = std::fs::metadata(path).map_err(DatasetError::io(path, "cannot read"))?.len() as usize;
-        let variant =
-            if len % (cifar::PIXELS + 1) == 0 { Variant::Ten } else { Variant::Hundred { fine: true } };
+        let variant = if len.is_multiple_of(cifar::PIXELS + 1) {
+            Variant::Ten
+        } else {
+            Variant::Hundred { fine: true }
+        };
         let split = CifarSplit::open(&[path.to_path_buf()], variant)?;
         let _ = writeln!(out, "{} binary records: {}", variant.fetch_name(), path.display());
         split_lines(&mut out, "rows", &split, None);

@@ -37,10 +37,10 @@ impl SpecError {
 
     /// Narrow the location to `field` of the stage already set.
     pub fn at_field(mut self, text: &str, field: &str) -> Self {
-        if let Some(stage) = &self.stage {
-            if let Some(line) = crate::parse::field_line(text, stage, field) {
-                self.line = Some(line);
-            }
+        if let Some(stage) = &self.stage
+            && let Some(line) = crate::parse::field_line(text, stage, field)
+        {
+            self.line = Some(line);
         }
         self
     }

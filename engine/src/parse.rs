@@ -132,11 +132,12 @@ fn strip_location(msg: &str) -> String {
 /// Split `field: message` (serde's path prefix) or find the field named in "unknown field
 /// `x`" / "missing field `x`".
 fn split_field(msg: &str) -> (Option<String>, String) {
-    if let Some((path, rest)) = msg.split_once(": ") {
-        if !path.is_empty() && path.chars().all(|c| c.is_alphanumeric() || "_[].".contains(c)) {
-            let field = path.split(['.', '[']).next().unwrap_or(path).to_owned();
-            return (Some(field), format!("field `{path}`: {rest}"));
-        }
+    if let Some((path, rest)) = msg.split_once(": ")
+        && !path.is_empty()
+        && path.chars().all(|c| c.is_alphanumeric() || "_[].".contains(c))
+    {
+        let field = path.split(['.', '[']).next().unwrap_or(path).to_owned();
+        return (Some(field), format!("field `{path}`: {rest}"));
     }
     for marker in ["unknown field `", "missing field `"] {
         if let Some(i) = msg.find(marker) {

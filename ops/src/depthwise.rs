@@ -56,7 +56,7 @@ impl Geometry {
 
     fn check(&self, op: &'static str, x: &Matrix, channels: usize) -> Result<usize, OpsError> {
         let per = self.h * self.w;
-        if x.cols() != channels || per == 0 || x.rows() % per != 0 {
+        if x.cols() != channels || per == 0 || !x.rows().is_multiple_of(per) {
             return Err(OpsError::Shape {
                 op,
                 detail: format!(
@@ -327,7 +327,7 @@ pub fn depthwise_ridge_update(
 
 /// Global average pooling of `B*H*W x C` maps into `B x C`.
 pub fn global_avg_pool(x: &Matrix, positions: usize) -> Result<Matrix, OpsError> {
-    if positions == 0 || x.rows() % positions != 0 {
+    if positions == 0 || !x.rows().is_multiple_of(positions) {
         return Err(OpsError::Shape {
             op: "global average pooling",
             detail: format!("{} rows are not a whole number of {positions}-position maps", x.rows()),

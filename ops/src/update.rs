@@ -170,7 +170,7 @@ impl LayerState {
     /// Count the step; `Some` when this step orthogonalises.
     fn begin(&mut self, rule: &UpdateRule) -> Option<Orthogonalize> {
         self.steps += 1;
-        rule.orthogonalize.filter(|o| o.every > 0 && self.steps % o.every == 0)
+        rule.orthogonalize.filter(|o| o.every > 0 && self.steps.is_multiple_of(o.every))
     }
 
     /// The spectral-norm clamp, after the weights have changed.
@@ -202,7 +202,7 @@ impl LayerState {
     ) -> Result<(), OpsError> {
         let (d, m) = (layer.inputs(), layer.outputs());
         let next = self.steps + 1;
-        let ortho_next = rule.orthogonalize.is_some_and(|o| o.every > 0 && next % o.every == 0);
+        let ortho_next = rule.orthogonalize.is_some_and(|o| o.every > 0 && next.is_multiple_of(o.every));
         if ortho_next && (self.velocity.is_none() || rule.momentum.is_none()) {
             let mut collected = TileCollector::new(d, m);
             produce(&mut |tile, row0, col0| collected.absorb(tile, row0, col0))?;
