@@ -1,7 +1,7 @@
 //! Parquet feature tables as sources. Parquet pages are compressed and encoded, so rows cannot
-//! be mapped in place: on first use the file is decoded row group by row group (memory: one
-//! group) into an Arrow IPC copy in the cache, which is then mapped like any [`TableFile`].
-//! The copy is keyed by the file's path, size and modification time, so an edited file is
+//! be mapped in place: on first use the file is decoded row group by row group, in record
+//! batches of 1024 rows (memory: one compressed column chunk and one batch), into an Arrow IPC
+//! copy in the cache, which is then mapped like any [`TableFile`]. The copy is keyed by the file's path, size and modification time, so an edited file is
 //! decoded again.
 
 use crate::DatasetError;
@@ -48,7 +48,7 @@ pub fn convert(path: &Path, target: &Path) -> Result<(), DatasetError> {
         for g in 0..groups {
             let reader = open()?
                 .with_row_groups(vec![g])
-                .with_batch_size(8192)
+                .with_batch_size(1024)
                 .build()
                 .map_err(|e| bad(format!("row group {g}: {e}")))?;
             for batch in reader {
