@@ -1,8 +1,8 @@
 //! Parquet feature tables as sources. Parquet pages are compressed and encoded, so rows cannot
 //! be mapped in place: on first use the file is decoded row group by row group, in record
 //! batches of 1024 rows (memory: one compressed column chunk and one batch), into an Arrow IPC
-//! copy in the cache, which is then mapped like any [`TableFile`]. The copy is keyed by the file's path, size and modification time, so an edited file is
-//! decoded again.
+//! copy in the cache, which is then mapped like any [`TableFile`]. The copy is keyed by the
+//! file's path, size and modification time, so an edited file is decoded again.
 
 use crate::DatasetError;
 use crate::cache::Cache;
