@@ -6,6 +6,18 @@ use std::path::{Path, PathBuf};
 /// Environment variable naming the folder that holds datasets (e.g. `mnist/` inside it).
 pub const DATA_DIR_ENV: &str = "PLFLOW_DATA_DIR";
 
+/// Environment variable naming the folder that holds models (ONNX backbones).
+pub const MODEL_DIR_ENV: &str = "PLFLOW_MODEL_DIR";
+
+/// A model path as written in a pipeline, resolved: relative paths under `PLFLOW_MODEL_DIR`
+/// when it is set, else as they are (relative to the working folder).
+pub fn resolve_model(written: &Path) -> PathBuf {
+    match std::env::var_os(MODEL_DIR_ENV).filter(|v| !v.is_empty()) {
+        Some(root) if written.is_relative() => PathBuf::from(root).join(written),
+        _ => written.to_path_buf(),
+    }
+}
+
 /// A dataset path as the pipeline wrote it and the folder it means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataPath {

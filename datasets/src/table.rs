@@ -465,3 +465,20 @@ pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), Datas
         )),
     }
 }
+
+/// The schema metadata of a feature table (Arrow IPC or Parquet), read from its footer only.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, DatasetError> {
+    use crate::sink::TableFormat;
+    match TableFormat::from_path(path) {
+        Some(TableFormat::Parquet) => {
+            let file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| DatasetError::format(path, format!("not a readable Parquet file ({e})")))?;
+            Ok(builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        _ => {
+            let columns = Columns::default();
+            Ok(TableFile::open(path, &columns)?.metadata)
+        }
+    }
+}

@@ -84,6 +84,13 @@ pub enum EngineError {
         #[source]
         source: plflow_datasets::DatasetError,
     },
+    /// Feature extraction failed or was stopped.
+    #[error("stage `{stage}`: feature extraction failed")]
+    Extract {
+        stage: String,
+        #[source]
+        source: plflow_extract::ExtractError,
+    },
     /// Data did not match what the checked plan expected.
     #[error("stage `{stage}`: {message}")]
     DataMismatch { stage: String, message: String },

@@ -100,11 +100,32 @@ pub enum DataSource {
     Table { train: PathBuf, test: PathBuf, columns: Columns },
 }
 
+/// A feature-extraction node's settings (see `spec::ExtractSpec`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractOp {
+    /// The ONNX file, resolved.
+    pub model: PathBuf,
+    /// Output name.
+    pub output: String,
+    /// Feature width.
+    pub dim: usize,
+    /// Input preparation.
+    pub preprocess: plflow_extract::preprocess::Preprocess,
+    /// Images per model run.
+    pub batch: usize,
+    /// Images per part.
+    pub chunk: usize,
+    /// Feature file stem as written (`None`: in the cache).
+    pub path: Option<PathBuf>,
+}
+
 /// What a node does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Read a dataset; `limit` caps the training examples (class-balanced).
     Data { source: DataSource, limit: Option<usize> },
+    /// Run a frozen backbone over every image; the features are cached as Parquet files.
+    Extract(ExtractOp),
     /// Standardise every feature with the training split's statistics.
     Standardize,
     /// View examples as flat vectors.
@@ -131,6 +152,7 @@ impl Op {
             Op::Data { source: DataSource::Cifar { .. }, .. } => "cifar100",
             Op::Data { source: DataSource::Images { .. }, .. } => "image_folder",
             Op::Data { source: DataSource::Table { .. }, .. } => "table",
+            Op::Extract(_) => "extract",
             Op::Standardize => "standardize",
             Op::Flatten => "flatten",
             Op::Dense { positions: 1, .. } => "dense",
@@ -146,7 +168,7 @@ impl Op {
 impl Op {
     /// `true` for nodes that produce examples (datasets and their transforms).
     pub fn is_data(&self) -> bool {
-        matches!(self, Op::Data { .. } | Op::Standardize | Op::Flatten)
+        matches!(self, Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten)
     }
 }
 
@@ -243,7 +265,7 @@ impl Graph {
                 let _ = write!(label, "\\n{} params", n.parameter_count());
             }
             let shape = match n.op {
-                Op::Data { .. } | Op::Standardize | Op::Flatten => "cylinder",
+                Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten => "cylinder",
                 Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
                 Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => "box",

@@ -584,6 +584,51 @@ impl Builder<'_> {
                 let source = DataSource::Table { train: s.train.clone(), test: s.test.clone(), columns };
                 self.add_data(name, source, s.limit, shape.unwrap_or_default(), classes)?
             }
+            StageSpec::Extract(s) => {
+                let from = self.outputs[s.input.as_str()];
+                let images = match &self.nodes[from].output {
+                    Port::Examples { shape, classes } if shape.len() == 3 && matches!(shape[0], 1 | 3) => Some(*classes),
+                    _ => None,
+                };
+                let Some(classes) = images else {
+                    return Err(self.err(name, Some("input"), format!(
+                        "field `input`: extract runs a model over images (1 or 3 channels x height x width), but `{}` produces {}",
+                        s.input, self.nodes[from].output.describe()
+                    )));
+                };
+                for (field, v) in [("dim", s.dim), ("size", s.size), ("batch", s.batch), ("chunk", s.chunk)] {
+                    if v == 0 {
+                        return Err(self.err(name, Some(field), format!("field `{field}`: must be at least 1")));
+                    }
+                }
+                if let Some(c) = s.std.iter().position(|&v| !(v > 0.0)) {
+                    return Err(self.err(name, Some("std"), format!("field `std[{c}]`: must be > 0")));
+                }
+                let model = plflow_datasets::location::resolve_model(&s.model);
+                if !model.is_file() {
+                    return Err(self.err(name, Some("model"), format!(
+                        "field `model`: {} not found (relative paths are looked up under ${} when it is set)",
+                        model.display(), plflow_datasets::location::MODEL_DIR_ENV
+                    )));
+                }
+                let preprocess = plflow_extract::preprocess::Preprocess {
+                    size: s.size,
+                    mean: s.mean,
+                    std: s.std,
+                    bgr: s.channel_order == crate::spec::ChannelOrder::Bgr,
+                };
+                let op = Op::Extract(crate::graph::ExtractOp {
+                    model,
+                    output: s.output.clone(),
+                    dim: s.dim,
+                    preprocess,
+                    batch: s.batch,
+                    chunk: s.chunk,
+                    path: s.path.clone(),
+                });
+                let output = Port::Examples { shape: vec![s.dim], classes };
+                self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
+            }
             StageSpec::Standardize(s) | StageSpec::Flatten(s) => {
                 let from = self.outputs[s.input.as_str()];
                 let Port::Examples { shape, classes } = self.nodes[from].output.clone() else {

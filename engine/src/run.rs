@@ -115,6 +115,22 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 );
                 datasets.insert(i, data);
             }
+            Op::Extract(x) => {
+                let input = &datasets[&plan.graph.input_of(i).expect("extract has an input")];
+                let data = extract(x, input, plan, &node.name, opts)
+                    .map_err(|source| EngineError::Extract { stage: node.stage.clone(), source })?;
+                let got = data.train.example_len();
+                if got != x.dim {
+                    return Err(EngineError::DataMismatch {
+                        stage: node.stage.clone(),
+                        message: format!(
+                            "the model's `{}` output has {got} values per image; set `dim: {got}`",
+                            x.output
+                        ),
+                    });
+                }
+                datasets.insert(i, data);
+            }
             Op::Standardize => {
                 let input = &datasets[&plan.graph.input_of(i).expect("a transform has an input")];
                 let t0 = Instant::now();
@@ -535,6 +551,96 @@ fn open_dataset(source: &DataSource, cache: &Cache) -> Result<Dataset, DatasetEr
             Ok(Dataset { train: std::sync::Arc::new(train), test: std::sync::Arc::new(test), class_names })
         }
     }
+}
+
+/// Run (or reuse) a feature extraction and open its feature files.
+fn extract(
+    x: &crate::graph::ExtractOp,
+    input: &Dataset,
+    plan: &Plan,
+    stage: &str,
+    opts: &RunOptions,
+) -> Result<Dataset, plflow_extract::ExtractError> {
+    use plflow_datasets::{parquet_source, table::Columns};
+    use std::ops::ControlFlow;
+    // Pipelines that share a dataset and a backbone share the default feature files (the
+    // fingerprint inside guards against anything else changing).
+    let default_stem = || {
+        let (kind, limit) = plan
+            .graph
+            .topological()
+            .find(|(_, n)| n.name == stage)
+            .and_then(|(i, _)| plan.graph.input_of(i))
+            .map(|i| match &plan.graph.node(i).op {
+                Op::Data { limit, .. } => (plan.graph.node(i).op.kind(), *limit),
+                op => (op.kind(), None),
+            })
+            .unwrap_or(("data", None));
+        let model = x.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let limit = limit.map_or(String::new(), |n| format!("-limit{n}"));
+        opts.cache.dir().join("features").join(format!("{kind}{limit}-{model}-s{}-{}", x.preprocess.size, x.output))
+    };
+    let target = x.path.clone().unwrap_or_else(default_stem);
+    let job = plflow_extract::ExtractJob {
+        model: x.model.clone(),
+        output: x.output.clone(),
+        preprocess: x.preprocess.clone(),
+        batch: x.batch,
+        chunk: x.chunk,
+        target,
+    };
+    let total = (input.train.len() + input.test.len()) as u64;
+    let bar = if opts.progress {
+        let bar = ProgressBar::new(total);
+        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(stage.to_owned());
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let mut next_line = 0.1;
+    let report = job.run(input, &mut |p| {
+        let done = if p.split == "train" { p.done } else { input.train.len() + p.done } as u64;
+        bar.set_position(done);
+        let share = done as f64 / total.max(1) as f64;
+        if !opts.progress && share >= next_line && p.extracted > 0 {
+            let rate = p.extracted as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (total - done) as f64 / rate.max(1e-9);
+            println!("{stage}: {:.0}% of {total} images, {rate:.0} images/s, eta {eta:.0} s", share * 100.0);
+            while next_line <= share {
+                next_line += 0.1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    bar.finish_and_clear();
+    if report.reused {
+        println!(
+            "{stage}: reusing {} and {} (fingerprint {} matches; the model was not run)",
+            report.train.display(),
+            report.test.display(),
+            &report.fingerprint[..12]
+        );
+    } else {
+        println!(
+            "{stage}: extracted {} images in {:.1} s ({:.1} images/s) into {}",
+            report.extracted,
+            report.seconds,
+            report.extracted as f64 / report.seconds.max(1e-9),
+            report.train.display()
+        );
+    }
+    let columns = Columns::default();
+    let mut train = parquet_source::open(&report.train, &columns, &opts.cache)?;
+    let mut test = parquet_source::open(&report.test, &columns, &opts.cache)?;
+    let classes = input.train.classes().max(train.classes()).max(test.classes());
+    train.set_classes(classes);
+    test.set_classes(classes);
+    Ok(Dataset { train: std::sync::Arc::new(train), test: std::sync::Arc::new(test), class_names: input.class_names.clone() })
 }
 
 fn open_images(

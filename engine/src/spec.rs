@@ -38,6 +38,8 @@ pub enum StageSpec {
     ImageFolder(ImageFolderSpec),
     /// A feature table (Arrow IPC or Parquet) per split.
     Table(TableSpec),
+    /// Features of every image from a frozen ONNX backbone, cached as Parquet files.
+    Extract(ExtractSpec),
     /// Per-feature standardisation with the training split's mean and std.
     Standardize(TransformSpec),
     /// Examples as flat vectors.
@@ -77,6 +79,7 @@ impl StageSpec {
             StageSpec::Cifar100(_) => "cifar100",
             StageSpec::ImageFolder(_) => "image_folder",
             StageSpec::Table(_) => "table",
+            StageSpec::Extract(_) => "extract",
             StageSpec::Standardize(_) => "standardize",
             StageSpec::Flatten(_) => "flatten",
             StageSpec::Dense(_) => "dense",
@@ -102,6 +105,7 @@ impl StageSpec {
             | StageSpec::ImageFolder(_)
             | StageSpec::Table(_) => None,
             StageSpec::Standardize(s) | StageSpec::Flatten(s) => Some(&s.input),
+            StageSpec::Extract(s) => Some(&s.input),
             StageSpec::Dense(s) => Some(&s.input),
             StageSpec::Mlp(s) => Some(&s.input),
             StageSpec::Depthwise(s) => Some(&s.input),
@@ -206,6 +210,53 @@ pub struct TableSpec {
     /// As for `mnist`.
     #[serde(default)]
     pub limit: Option<usize>,
+}
+
+/// Channel order a backbone expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelOrder {
+    /// Red, green, blue.
+    #[default]
+    Rgb,
+    /// Blue, green, red.
+    Bgr,
+}
+
+/// `kind: extract`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    /// An image dataset stage (`cifar10`, `cifar100`, `image_folder`).
+    pub input: String,
+    /// ONNX file; relative paths are looked up under `PLFLOW_MODEL_DIR` when it is set.
+    pub model: PathBuf,
+    /// The model output kept as features.
+    #[serde(default = "defaults::extract_output")]
+    pub output: String,
+    /// Values per image of that output (checked against the model when it runs).
+    pub dim: usize,
+    /// Images are resized (bilinear) to `size x size`.
+    pub size: usize,
+    /// Per-channel mean subtracted from values in [0, 1] (ImageNet's by default).
+    #[serde(default = "defaults::imagenet_mean")]
+    pub mean: [f32; 3],
+    /// Per-channel std divided by (ImageNet's by default).
+    #[serde(default = "defaults::imagenet_std")]
+    pub std: [f32; 3],
+    /// `rgb` or `bgr`.
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+    /// Images per model run.
+    #[serde(default = "defaults::extract_batch")]
+    pub batch: usize,
+    /// Images per resumable part (one Parquet row group).
+    #[serde(default = "defaults::extract_chunk")]
+    pub chunk: usize,
+    /// Feature files `<path>-train.parquet` and `<path>-test.parquet`; by default in the
+    /// cache, under `features/<pipeline name>-<stage>`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 /// `kind: standardize` and `kind: flatten`.
@@ -550,6 +601,21 @@ pub mod defaults {
     pub(crate) fn cifar100_path() -> PathBuf {
         PathBuf::from("cifar100")
     }
+    pub(crate) fn extract_output() -> String {
+        "features".into()
+    }
+    pub(crate) fn imagenet_mean() -> [f32; 3] {
+        [0.485, 0.456, 0.406]
+    }
+    pub(crate) fn imagenet_std() -> [f32; 3] {
+        [0.229, 0.224, 0.225]
+    }
+    pub(crate) fn extract_batch() -> usize {
+        32
+    }
+    pub(crate) fn extract_chunk() -> usize {
+        1024
+    }
     pub(crate) fn channels() -> u8 {
         3
     }
@@ -676,6 +742,7 @@ pub(crate) fn stage_body_error(kind: &str, body: &str) -> Option<serde_norway::E
         "image_folder" => as_type::<ImageFolderSpec>(body),
         "table" => as_type::<TableSpec>(body),
         "standardize" | "flatten" => as_type::<TransformSpec>(body),
+        "extract" => as_type::<ExtractSpec>(body),
         "dense" => as_type::<DenseSpec>(body),
         "mlp" => as_type::<MlpSpec>(body),
         "depthwise" => as_type::<DepthwiseSpec>(body),
