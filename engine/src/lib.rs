@@ -8,8 +8,9 @@
 //! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s;
 //! - [`bench`]: the comparison table of several runs.
 //!
-//! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`; neither depends on
-//! this crate. The memory ledger is `plflow_ops::ledger`, re-exported here as [`ledger`].
+//! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
+//! with ONNX backbones in `plflow_extract`; none of them depends on this crate. The memory
+//! ledger is `plflow_ops::ledger`, re-exported here as [`ledger`].
 
 pub mod bench;
 pub mod error;

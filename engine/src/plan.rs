@@ -587,7 +587,9 @@ impl Builder<'_> {
             StageSpec::Extract(s) => {
                 let from = self.outputs[s.input.as_str()];
                 let images = match &self.nodes[from].output {
-                    Port::Examples { shape, classes } if shape.len() == 3 && matches!(shape[0], 1 | 3) => Some(*classes),
+                    Port::Examples { shape, classes } if shape.len() == 3 && matches!(shape[0], 1 | 3) => {
+                        Some(*classes)
+                    }
                     _ => None,
                 };
                 let Some(classes) = images else {
@@ -598,10 +600,14 @@ impl Builder<'_> {
                 };
                 for (field, v) in [("dim", s.dim), ("size", s.size), ("batch", s.batch), ("chunk", s.chunk)] {
                     if v == 0 {
-                        return Err(self.err(name, Some(field), format!("field `{field}`: must be at least 1")));
+                        return Err(self.err(
+                            name,
+                            Some(field),
+                            format!("field `{field}`: must be at least 1"),
+                        ));
                     }
                 }
-                if let Some(c) = s.std.iter().position(|&v| !(v > 0.0)) {
+                if let Some(c) = s.std.iter().position(|&v| v.is_nan() || v <= 0.0) {
                     return Err(self.err(name, Some("std"), format!("field `std[{c}]`: must be > 0")));
                 }
                 let model = plflow_datasets::location::resolve_model(&s.model);

@@ -578,7 +578,10 @@ fn extract(
             .unwrap_or(("data", None));
         let model = x.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         let limit = limit.map_or(String::new(), |n| format!("-limit{n}"));
-        opts.cache.dir().join("features").join(format!("{kind}{limit}-{model}-s{}-{}", x.preprocess.size, x.output))
+        opts.cache
+            .dir()
+            .join("features")
+            .join(format!("{kind}{limit}-{model}-s{}-{}", x.preprocess.size, x.output))
     };
     let target = x.path.clone().unwrap_or_else(default_stem);
     let job = plflow_extract::ExtractJob {
@@ -592,9 +595,10 @@ fn extract(
     let total = (input.train.len() + input.test.len()) as u64;
     let bar = if opts.progress {
         let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(stage.to_owned());
         bar
@@ -640,7 +644,11 @@ fn extract(
     let classes = input.train.classes().max(train.classes()).max(test.classes());
     train.set_classes(classes);
     test.set_classes(classes);
-    Ok(Dataset { train: std::sync::Arc::new(train), test: std::sync::Arc::new(test), class_names: input.class_names.clone() })
+    Ok(Dataset {
+        train: std::sync::Arc::new(train),
+        test: std::sync::Arc::new(test),
+        class_names: input.class_names.clone(),
+    })
 }
 
 fn open_images(

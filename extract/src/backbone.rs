@@ -22,7 +22,9 @@ impl Backbone {
             .map_err(|e| format!("cannot load the ONNX model: {e}"))?;
         let inputs = model.input_outlets().map_err(|e| e.to_string())?.len();
         if inputs != 1 {
-            return Err(format!("the model has {inputs} inputs; feature extraction needs exactly one (an image batch)"));
+            return Err(format!(
+                "the model has {inputs} inputs; feature extraction needs exactly one (an image batch)"
+            ));
         }
         model
             .set_input_fact(0, f32::fact([batch, 3, size, size]).into())

@@ -100,7 +100,8 @@ impl ExtractJob {
     /// label of both splits.
     pub fn fingerprint(&self, data: &Dataset) -> Result<String, ExtractError> {
         let mut h = Sha256::new();
-        let model = std::fs::read(&self.model).map_err(DatasetError::io(&self.model, "cannot read the model"))?;
+        let model =
+            std::fs::read(&self.model).map_err(DatasetError::io(&self.model, "cannot read the model"))?;
         h.update(Sha256::digest(&model));
         h.update(self.output.as_bytes());
         h.update(self.preprocess.describe().as_bytes());
@@ -137,7 +138,8 @@ impl ExtractJob {
         let fingerprint = self.fingerprint(data)?;
         let (train_path, test_path) = self.paths();
         let current = |p: &Path| {
-            read_metadata(p).ok().and_then(|m| m.get(META_FINGERPRINT).cloned()).as_deref() == Some(&fingerprint)
+            read_metadata(p).ok().and_then(|m| m.get(META_FINGERPRINT).cloned()).as_deref()
+                == Some(&fingerprint)
         };
         let report = |reused, extracted| ExtractReport {
             reused,
@@ -154,7 +156,9 @@ impl ExtractJob {
         let [channels, h, w] = shape[..] else {
             return Err(ExtractError::Model {
                 path: self.model.clone(),
-                message: format!("feature extraction needs images (channels x height x width), got shape {shape:?}"),
+                message: format!(
+                    "feature extraction needs images (channels x height x width), got shape {shape:?}"
+                ),
             });
         };
         let backbone = Backbone::load(&self.model, &self.output, self.batch.max(1), self.preprocess.size)
@@ -294,7 +298,9 @@ mod tests {
         }
         fn read_into(&self, indices: &[usize], features: &mut [f32], labels: &mut [u32]) {
             let plane = self.shape[1] * self.shape[2];
-            for ((&i, out), l) in indices.iter().zip(features.chunks_exact_mut(3 * plane)).zip(labels.iter_mut()) {
+            for ((&i, out), l) in
+                indices.iter().zip(features.chunks_exact_mut(3 * plane)).zip(labels.iter_mut())
+            {
                 for c in 0..3 {
                     out[c * plane..(c + 1) * plane].fill(((i + c) % 10) as f32 / 10.0 + self.bump);
                 }
@@ -345,7 +351,8 @@ mod tests {
         let (x, y) = read(&r.train, &cache);
         assert_eq!((x.len(), y.len()), (42, 21));
         for i in 0..21 {
-            let m: Vec<f32> = (0..3).map(|c| (((i + c) % 10) as f32 / 10.0 - 0.5) / [0.25, 0.5, 1.0][c]).collect();
+            let m: Vec<f32> =
+                (0..3).map(|c| (((i + c) % 10) as f32 / 10.0 - 0.5) / [0.25, 0.5, 1.0][c]).collect();
             let want = [m[0] + m[2] + 0.5, 2.0 * m[1] - m[2] - 0.5];
             assert!((x[2 * i] - want[0]).abs() < 1e-5 && (x[2 * i + 1] - want[1]).abs() < 1e-5, "row {i}");
             assert_eq!(y[i], (i % 3) as u32);

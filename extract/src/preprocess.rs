@@ -29,7 +29,13 @@ impl Preprocess {
         assert_eq!(out.len(), 3 * s * s, "input size");
         let (ys, xs) = (taps(h, s), taps(w, s));
         for c in 0..3 {
-            let src_c = if channels == 1 { 0 } else if self.bgr { 2 - c } else { c };
+            let src_c = if channels == 1 {
+                0
+            } else if self.bgr {
+                2 - c
+            } else {
+                c
+            };
             let plane = &image[src_c * h * w..(src_c + 1) * h * w];
             let dst = &mut out[c * s * s..(c + 1) * s * s];
             let (m, inv) = (self.mean[c], 1.0 / self.std[c]);

@@ -1,0 +1,143 @@
+//! End-to-end tests of feature extraction and feature-file pipelines. The real-data test needs
+//! `$PLFLOW_DATA_DIR/cifar10` and `$PLFLOW_MODEL_DIR` (`.ci/run` sets both to `../shared`);
+//! the others build their own images, tables and use the tiny ONNX model of `extract/tests`.
+
+mod common;
+
+use common::{plflow, root, text};
+use std::path::{Path, PathBuf};
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary")).expect("json")
+}
+
+#[test]
+fn cifar10_from_images_to_a_summary_then_reused_features() {
+    let (Some(data), Some(models)) = (
+        std::env::var_os("PLFLOW_DATA_DIR").map(PathBuf::from),
+        std::env::var_os("PLFLOW_MODEL_DIR").map(PathBuf::from),
+    ) else {
+        eprintln!(
+            "skipping: set PLFLOW_DATA_DIR (with cifar10/) and PLFLOW_MODEL_DIR (with the EfficientNet ONNX files)"
+        );
+        return;
+    };
+    if !data.join("cifar10").is_dir() || !models.join("efficientnet-lite0-features-96.onnx").is_file() {
+        eprintln!(
+            "skipping: {} has no cifar10/ or {} has no efficientnet-lite0-features-96.onnx",
+            data.display(),
+            models.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let env: Vec<(&str, &Path)> =
+        vec![("PLFLOW_DATA_DIR", &data), ("PLFLOW_MODEL_DIR", &models), ("PLFLOW_CACHE_DIR", &cache)];
+    let args = |out: &str| -> Vec<String> {
+        ["run", "pipelines/cifar10.yaml", "--set", "data.limit=2000", "--set", "train.epochs=2", "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.path().join(out).display().to_string()])
+            .collect()
+    };
+    let first_args = args("first");
+    let out = plflow(&root(), &first_args.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("features: extracted 2400 images"), "{stdout}");
+    let acc = summary(&dir.path().join("first"))["test_accuracy"].as_f64().expect("accuracy");
+    assert!(acc > 0.55, "test accuracy {acc} on 2,000 images:\n{stdout}");
+
+    let second_args = args("second");
+    let out = plflow(&root(), &second_args.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("the model was not run"), "the second run extracted again:\n{stdout}");
+    let again = summary(&dir.path().join("second"))["test_accuracy"].as_f64().expect("accuracy");
+    assert_eq!(acc, again, "same features, same seed, same result");
+}
+
+/// Two colours of 6x6 PNG images in an image folder, the tiny test model as backbone.
+#[test]
+fn extract_stage_runs_a_model_over_an_image_folder_and_caches_its_features() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (split, n) in [("train", 40), ("test", 10)] {
+        for (class, rgb) in [("blue", [20u8, 40, 220]), ("red", [220u8, 30, 20])] {
+            let folder = dir.path().join("imgs").join(split).join(class);
+            std::fs::create_dir_all(&folder).expect("mkdir");
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(6, 6, |x, y| {
+                    let j = ((x + y + i) % 7) as u8;
+                    image::Rgb([rgb[0] + j, rgb[1] + j, rgb[2] - j])
+                });
+                img.save(folder.join(format!("{i:03}.png"))).expect("png");
+            }
+        }
+    }
+    let model = root().join("extract/tests/data/tiny.onnx");
+    let yaml = format!(
+        "name: tiny\nstages:\n  data:\n    kind: image_folder\n    path: imgs\n    size: [6, 6]\n  features:\n    kind: extract\n    input: data\n    model: {}\n    dim: 2\n    size: 8\n    batch: 4\n    chunk: 16\n  scaled:\n    kind: standardize\n    input: features\n  net:\n    kind: mlp\n    input: scaled\n    hidden: [8]\n  train:\n    kind: pl\n    input: net\n    epochs: 3\n    batch_size: 16\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n",
+        model.display()
+    );
+    std::fs::write(dir.path().join("p.yaml"), yaml).expect("write");
+    let cache = dir.path().join("cache");
+    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
+    let out = plflow(dir.path(), &["run", "p.yaml", "--out", "r1"], &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("features: extracted 100 images"), "{stdout}");
+    assert!(summary(&dir.path().join("r1"))["test_accuracy"].as_f64().expect("acc") > 0.95, "{stdout}");
+    let out = plflow(dir.path(), &["run", "p.yaml", "--out", "r2"], &env);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success() && stdout.contains("the model was not run"), "{stdout}");
+    let wrong = std::fs::read_to_string(dir.path().join("p.yaml")).expect("read").replace("dim: 2", "dim: 3");
+    std::fs::write(dir.path().join("w.yaml"), wrong).expect("write");
+    let out = plflow(dir.path(), &["run", "w.yaml", "--out", "r3"], &env);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("set `dim: 2`"), "{stderr}");
+}
+
+/// `pipelines/features.yaml` trains from feature files under `$PLFLOW_DATA_DIR/features/`.
+#[test]
+fn the_features_pipeline_trains_from_files_on_disk() {
+    use plflow_engine::datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
+    use plflow_engine::datasets::table::Columns;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = TableSchema {
+        shape: vec![16],
+        element: Element::F32,
+        class_names: vec![],
+        metadata: Default::default(),
+        columns: Columns::default(),
+    };
+    for (file, n) in [("train.parquet", 512), ("test.parquet", 128)] {
+        let path = dir.path().join("features").join(file);
+        let mut w = TableWriter::create(&path, TableFormat::Parquet, &schema).expect("create");
+        let y: Vec<u32> = (0..n).map(|i| (i % 4) as u32).collect();
+        let x: Vec<f32> = (0..n * 16)
+            .map(|k| if k % 16 == 4 * y[k / 16] as usize { 3.0 } else { ((k * 31 % 13) as f32) / 13.0 })
+            .collect();
+        w.write_f32(&x, &y).expect("write");
+        w.finish().expect("finish");
+    }
+    let pipeline = root().join("pipelines/features.yaml");
+    let out = plflow(
+        dir.path(),
+        &[
+            "run",
+            pipeline.to_str().expect("utf8"),
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.alpha=0.5",
+            "--out",
+            "run",
+        ],
+        &[("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("data: 512 train and 128 test examples of shape 16, 4 classes"), "{stdout}");
+    assert!(summary(&dir.path().join("run"))["test_accuracy"].as_f64().expect("acc") > 0.9, "{stdout}");
+}
