@@ -25,14 +25,18 @@ pub fn open(path: &Path, columns: &Columns, cache: &Cache) -> Result<TableFile, 
     })
 }
 
+/// A reader of the Parquet file at `path` (footer parsed), with errors that name the file.
+pub fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
+    let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        DatasetError::format(path, format!("not a readable Parquet file ({e}): truncated or corrupt?"))
+    })
+}
+
 /// Decode `path` into the IPC file `target`, one row group at a time.
 pub fn convert(path: &Path, target: &Path) -> Result<(), DatasetError> {
     let bad = |p: String| DatasetError::format(path, p);
-    let open = || -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
-        let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-        ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| bad(format!("not a readable Parquet file ({e}): truncated or corrupt?")))
-    };
+    let open = || reader(path);
     let first = open()?;
     let schema = first.schema().clone();
     let groups = first.metadata().num_row_groups();

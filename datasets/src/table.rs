@@ -420,14 +420,8 @@ pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), Datas
         }
         Some(TableFormat::Parquet) => {
             use parquet::arrow::ProjectionMask;
-            use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
             let bad = |p: String| DatasetError::format(path, p);
-            let open = || -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, DatasetError> {
-                let file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-                ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|e| bad(format!("not a readable Parquet file ({e}): truncated or corrupt?")))
-            };
-            let builder = open()?;
+            let builder = crate::parquet_source::reader(path)?;
             let schema = builder.schema().clone();
             let layout = Layout::of(&schema, columns).map_err(&bad)?;
             let shape = match schema.metadata().get(META_SHAPE) {
@@ -471,9 +465,7 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, DatasetErro
     use crate::sink::TableFormat;
     match TableFormat::from_path(path) {
         Some(TableFormat::Parquet) => {
-            let file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| DatasetError::format(path, format!("not a readable Parquet file ({e})")))?;
+            let builder = crate::parquet_source::reader(path)?;
             Ok(builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         }
         _ => {
