@@ -63,6 +63,8 @@ pub enum Split {
 pub enum Init {
     /// Dense Xavier-normal weights.
     Xavier,
+    /// Dense He-normal weights, `N(0, 2 / fan_in)`.
+    He,
     /// Sparse connectivity (SPEC section 3). `correlated` for a layer fed by a dataset (top-k
     /// correlation), else a small-world ring.
     Sparse { tau: f64, rewire: f64, persistent: bool, correlated: bool },

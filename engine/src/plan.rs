@@ -6,8 +6,8 @@ use crate::error::{EngineError, SpecError};
 use crate::graph::{DataSource, Edge, Graph, Init, Node, Op, Port, Solver, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::{
-    ActivationSpec, AdamSpec, CifarLabels, LambdaScale, MaskSpec, PipelineSpec, PlSpec, SgdSpec, SolveSpec,
-    SparseSpec, SplitSpec, StageSpec,
+    ActivationSpec, AdamSpec, CifarLabels, ErrorScaleSpec, InitSpec, LambdaScale, MaskSpec, PipelineSpec,
+    PlSpec, SgdSpec, SolveSpec, SparseSpec, SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -18,7 +18,7 @@ use plflow_datasets::table::Columns;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
 use plflow_ops::depthwise::Geometry;
-use plflow_ops::pl::PlConfig;
+use plflow_ops::pl::{ErrorScale, PlConfig};
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
 use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
 use std::fmt::Write as _;
@@ -258,7 +258,7 @@ fn describe_solver(solver: &Solver) -> String {
         Solver::Pl(config) => {
             let r = &config.ridge;
             format!(
-                "Prospective Learning, alpha {}, lambda {} ({}), momentum {}, spectral max {}",
+                "Prospective Learning, alpha {}, lambda {} ({}), momentum {}, spectral max {}, {} errors",
                 r.alpha,
                 r.lambda,
                 if r.scale == RidgeScale::Relative {
@@ -268,6 +268,10 @@ fn describe_solver(solver: &Solver) -> String {
                 },
                 config.rule.momentum.map_or("off".into(), |m| m.to_string()),
                 config.rule.spectral_max.map_or("off".into(), |m| m.to_string()),
+                match config.error_scale {
+                    ErrorScale::Raw => "raw",
+                    ErrorScale::Output => "output-scaled",
+                },
             )
         }
         Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
@@ -464,7 +468,7 @@ impl Builder<'_> {
         activation: Activation,
     ) -> Result<NodeIndex, SpecError> {
         self.range(stage, "channels", channels > 0, "at least 1", channels)?;
-        let op = Op::Dense { inputs: c, units: channels, positions: h * w, activation, init: Init::Xavier };
+        let op = Op::Dense { inputs: c, units: channels, positions: h * w, activation, init: Init::He };
         let output = Port::Activations { shape: vec![channels, h, w], classes };
         Ok(self.add_node(Node { name: node.into(), stage: stage.into(), op, output }, Some(from)))
     }
@@ -498,8 +502,27 @@ impl Builder<'_> {
     }
 
     /// The initialisation of a layer fed by `from`.
-    fn init(&self, stage: &str, sparse: Option<SparseSpec>, from: NodeIndex) -> Result<Init, SpecError> {
-        let Some(sp) = sparse else { return Ok(Init::Xavier) };
+    fn init(
+        &self,
+        stage: &str,
+        init: InitSpec,
+        sparse: Option<SparseSpec>,
+        from: NodeIndex,
+    ) -> Result<Init, SpecError> {
+        let Some(sp) = sparse else {
+            return Ok(match init {
+                InitSpec::Xavier => Init::Xavier,
+                InitSpec::He => Init::He,
+            });
+        };
+        if init != InitSpec::Xavier {
+            return Err(self.err(
+                stage,
+                Some("init"),
+                "field `init`: sparse connectivity sets its own initial weights; remove `init` or `sparse`"
+                    .into(),
+            ));
+        }
         self.range(stage, "sparse", sp.tau > 0.0 && sp.tau <= 1.0, "a `tau` in (0, 1]", sp.tau)?;
         self.range(stage, "sparse", (0.0..=1.0).contains(&sp.rewire), "a `rewire` in [0, 1]", sp.rewire)?;
         Ok(Init::Sparse {
@@ -662,7 +685,7 @@ impl Builder<'_> {
                     return Err(self.err(name, Some("units"), "field `units`: must be at least 1".into()));
                 }
                 let activation = self.activation(name, s.activation, s.clip)?;
-                let init = self.init(name, s.sparse, from)?;
+                let init = self.init(name, s.init, s.sparse, from)?;
                 let op = Op::Dense { inputs, units: s.units, positions: 1, activation, init };
                 let output = Port::Activations { shape: vec![s.units], classes };
                 self.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from))
@@ -688,7 +711,7 @@ impl Builder<'_> {
                 let widths: Vec<usize> = s.hidden.iter().copied().chain([outputs]).collect();
                 for (k, &units) in widths.iter().enumerate() {
                     let activation = if k + 1 == widths.len() { Activation::Linear } else { hidden };
-                    let init = self.init(name, s.sparse, from)?;
+                    let init = self.init(name, s.init, s.sparse, from)?;
                     let op = Op::Dense { inputs, units, positions: 1, activation, init };
                     let output = Port::Activations { shape: vec![units], classes };
                     let node = Node { name: format!("{name}.{k}"), stage: name.into(), op, output };
@@ -853,6 +876,10 @@ impl Builder<'_> {
                 spectral_max: s.spectral_max,
             },
             label_smoothing: s.label_smoothing,
+            error_scale: match s.error_scale {
+                ErrorScaleSpec::Raw => ErrorScale::Raw,
+                ErrorScaleSpec::Output => ErrorScale::Output,
+            },
         }))
     }
 

@@ -21,7 +21,7 @@ use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{BackpropTrainer, Optimizer};
 use plflow_ops::dense::Dense;
 use plflow_ops::depthwise::Depthwise;
-use plflow_ops::init::xavier_normal;
+use plflow_ops::init::{he_normal, xavier_normal};
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, LayerKind, Network, StepStats, argmax};
@@ -158,6 +158,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
             Op::Dense { inputs, units, positions, activation, init } => {
                 let (weights, mask) = match *init {
                     Init::Xavier => (xavier_normal(*inputs, *units, &mut rng), None),
+                    Init::He => (he_normal(*inputs, *inputs, *units, &mut rng), None),
                     Init::Sparse { tau, rewire, persistent, correlated } => {
                         let mask = if correlated {
                             let source = plan.graph.input_of(i).and_then(|s| datasets.get(&s));
@@ -186,8 +187,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
             }
             Op::Depthwise { channels, geometry, activation } => {
                 let taps = geometry.k * geometry.k;
-                let kind =
-                    LayerKind::Depthwise(Depthwise::new(xavier_normal(taps, *channels, &mut rng), *geometry));
+                // He scale over the k*k taps each output reads: the kernel matrix is taps x
+                // channels, but a channel's fan-in is only its own taps.
+                let w = he_normal(taps, taps, *channels, &mut rng);
+                let kind = LayerKind::Depthwise(Depthwise::new(w, *geometry));
                 let input_positions = geometry.h * geometry.w;
                 layers.insert(i, Layer { kind, activation: *activation, mask: None, input_positions });
             }
@@ -286,6 +289,7 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
             "momentum": c.rule.momentum,
             "spectral_max": c.rule.spectral_max,
             "label_smoothing": c.label_smoothing,
+            "error_scale": format!("{:?}", c.error_scale).to_lowercase(),
         }),
         Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
             serde_json::json!({ "lr": lr, "momentum": momentum, "weight_decay": weight_decay })

@@ -295,6 +295,10 @@ pub struct DenseSpec {
     /// Sparse connectivity initialisation; `null` (the default) for dense Xavier weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<SparseSpec>,
+    /// Scale of dense initial weights: `xavier` (the default) or `he`; ignored by `sparse`,
+    /// which sets its own.
+    #[serde(default)]
+    pub init: InitSpec,
 }
 
 /// Sparse connectivity (SPEC section 3): correlation top-k for a layer fed by a dataset, a
@@ -311,6 +315,18 @@ pub struct SparseSpec {
     /// `persistent` keeps every update inside the mask; `init_only` only shapes the initial weights.
     #[serde(default = "defaults::mask")]
     pub mask: MaskSpec,
+}
+
+/// The distribution of dense initial weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitSpec {
+    /// `N(0, 2 / (fan_in + fan_out))` (Glorot): the paper's choice for its MLPs.
+    #[default]
+    Xavier,
+    /// `N(0, 2 / fan_in)` (He): keeps the activations' scale through deep ELU stacks;
+    /// convolutions always use it.
+    He,
 }
 
 /// How long a sparse mask lasts.
@@ -345,6 +361,10 @@ pub struct MlpSpec {
     /// Xavier weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<SparseSpec>,
+    /// Scale of dense initial weights: `xavier` (the default) or `he`; ignored by `sparse`,
+    /// which sets its own.
+    #[serde(default)]
+    pub init: InitSpec,
 }
 
 /// `kind: depthwise`.
@@ -474,6 +494,22 @@ pub struct PlSpec {
     /// Label smoothing `eps` of the targets.
     #[serde(default = "defaults::label_smoothing")]
     pub label_smoothing: f32,
+    /// The size of the error each hidden layer solves for: `raw` (default, the paper's rule)
+    /// or `output` (rescaled to the output error's root mean square; needed by deep stacks
+    /// such as the CNN).
+    #[serde(default)]
+    pub error_scale: ErrorScaleSpec,
+}
+
+/// See `plflow_ops::pl::ErrorScale`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorScaleSpec {
+    /// The backpropagated error as it is.
+    #[default]
+    Raw,
+    /// Rescaled to the output error's root mean square.
+    Output,
 }
 
 /// Metaplasticity settings (defaults from SPEC section 5).

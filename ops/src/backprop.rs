@@ -9,7 +9,7 @@
 //! comparison with PL a comparison against a careful baseline. Cached activations are
 //! released layer by layer as the backward pass passes them.
 
-use crate::network::{LayerError, LayerKind, Network, StepStats, argmax, at};
+use crate::network::{LayerError, LayerKind, Network, PoolError, StepStats, argmax, at};
 use crate::{Matrix, OpsError, par};
 use faer::Accum;
 use faer::linalg::matmul::matmul;
@@ -180,7 +180,11 @@ impl BackpropTrainer {
                 LayerKind::Pool { .. } => None,
             };
             let solved = Instant::now();
-            let below = if l > 0 { Some(net.error_below(l, &delta, &acts[l - 1], batch)?) } else { None };
+            let below = if l > 0 {
+                Some(net.error_below(l, &delta, &acts[l - 1], batch, PoolError::Gradient)?)
+            } else {
+                None
+            };
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(delta);

@@ -347,11 +347,12 @@ pub fn global_avg_pool(x: &Matrix, positions: usize) -> Result<Matrix, OpsError>
     Ok(out)
 }
 
-/// The error reaching the pooled maps: each sample's error spread evenly over its positions.
-pub fn global_avg_pool_error(e: &Matrix, positions: usize) -> Matrix {
+/// The error reaching the pooled maps: each sample's error times `share` at every one of its
+/// positions (`1 / positions` for the gradient; see [`crate::network::PoolError`]).
+pub fn global_avg_pool_error(e: &Matrix, positions: usize, share: f32) -> Matrix {
     let c = e.cols();
     let mut out = Matrix::zeros(e.rows() * positions, c);
-    let scale = 1.0 / positions.max(1) as f32;
+    let scale = share;
     for (dst, src) in out.as_mut_slice().chunks_exact_mut(positions * c).zip(e.as_slice().chunks_exact(c)) {
         for row in dst.chunks_exact_mut(c) {
             for (d, &v) in row.iter_mut().zip(src) {
@@ -520,13 +521,17 @@ mod tests {
         let x = Matrix::from_vec(4, 2, vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0, 7.0, 40.0]);
         let pooled = global_avg_pool(&x, 2).expect("2 samples of 2 positions");
         assert_eq!(pooled.as_slice(), &[2.0, 15.0, 6.0, 35.0]);
-        let spread = global_avg_pool_error(&Matrix::from_vec(2, 2, vec![2.0, 4.0, 6.0, 8.0]), 2);
+        let spread = global_avg_pool_error(&Matrix::from_vec(2, 2, vec![2.0, 4.0, 6.0, 8.0]), 2, 0.5);
         assert_eq!(spread.as_slice(), &[1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
         // adjoint: <pool(x), y> = <x, spread(y)>
         let y = Matrix::from_vec(2, 2, vec![0.5, -1.0, 2.0, 0.25]);
         let dot =
             |a: &Matrix, b: &Matrix| a.as_slice().iter().zip(b.as_slice()).map(|(p, q)| p * q).sum::<f32>();
-        assert!((dot(&pooled, &y) - dot(&x, &global_avg_pool_error(&y, 2))).abs() < 1e-5);
+        assert!((dot(&pooled, &y) - dot(&x, &global_avg_pool_error(&y, 2, 0.5))).abs() < 1e-5);
         assert!(global_avg_pool(&x, 3).is_err());
+        // PL's target spread is the pseudo-inverse: pooling it gives the error back
+        let e = Matrix::from_vec(2, 2, vec![0.5, -1.0, 2.0, 0.25]);
+        let back = global_avg_pool(&global_avg_pool_error(&e, 3, 1.0), 3).expect("whole maps");
+        assert_eq!(back.as_slice(), e.as_slice());
     }
 }
