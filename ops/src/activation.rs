@@ -68,10 +68,16 @@ impl Activation {
         match self {
             Activation::Linear => {}
             Activation::Elu { .. } => {
-                for (e, &a) in err.iter_mut().zip(a) {
-                    if a < 0.0 {
-                        *e *= a + 1.0;
+                // Branch-free so the loop vectorises.
+                let scale = |(err, a): (&mut [f32], &[f32])| {
+                    for (e, &a) in err.iter_mut().zip(a) {
+                        *e *= if a < 0.0 { a + 1.0 } else { 1.0 };
                     }
+                };
+                if err.len() >= 2 * PARALLEL_CHUNK {
+                    err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
+                } else {
+                    scale((err, a));
                 }
             }
         }
@@ -123,6 +129,18 @@ mod tests {
         for (g, w) in big.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
+    }
+
+    #[test]
+    fn parallel_and_serial_derivatives_agree() {
+        let act = Activation::Elu { clip: 10.0 };
+        let n = 3 * PARALLEL_CHUNK + 5;
+        let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 3.0 - 1.0).collect();
+        let mut e: Vec<f32> = (0..n).map(|i| (i as f32 * 0.07).sin()).collect();
+        let want: Vec<f32> =
+            e.iter().zip(&a).map(|(&e, &a)| if a < 0.0 { e * (a + 1.0) } else { e }).collect();
+        act.scale_by_derivative(&mut e, &a);
+        assert_eq!(e, want);
     }
 
     #[test]

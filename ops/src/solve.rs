@@ -21,6 +21,7 @@ use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// How `lambda` is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,31 +320,60 @@ fn solve_primal(
     let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
     {
         // Row slices of about 256 KiB: few enough calls for long, thin inputs (the positions
-        // of a pointwise layer), small enough to stay a minor part of the workspace.
+        // of a pointwise layer), small enough to stay a minor part of the workspace. The rows
+        // are split into one contiguous range per thread, each accumulating its own partial
+        // Gram and right-hand side with sequential products: the products of one slice are
+        // too small to share out (a 33 x 33 result), and parallel ones spent most of their
+        // time in barriers. Partials are summed in range order, so the result does not
+        // depend on scheduling.
         let rows = chunk.max((1 << 15) / da).min(n.max(1));
-        let mut xr = Buffer::<f64>::zeros(rows * da);
-        let mut er = Buffer::<f64>::zeros(rows * m);
-        for r0 in (0..n).step_by(rows) {
-            let r1 = (r0 + rows).min(n);
-            let h = r1 - r0;
-            for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
-                for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
-                    *o = v as f64;
+        let parts = rayon::current_num_threads().clamp(1, n.div_ceil(rows).max(1));
+        let span = n.div_ceil(parts).max(1);
+        let partials: Vec<(Buffer<f64>, Buffer<f64>)> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (start, stop) = ((p * span).min(n), ((p + 1) * span).min(n));
+                let mut g = Buffer::<f64>::zeros(da * da);
+                let mut r = Buffer::<f64>::zeros(da * m);
+                let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+                let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
+                let mut xr = Buffer::<f64>::zeros(rows * da);
+                let mut er = Buffer::<f64>::zeros(rows * m);
+                for r0 in (start..stop).step_by(rows) {
+                    let r1 = (r0 + rows).min(stop);
+                    let h = r1 - r0;
+                    for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
+                        for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
+                            *o = v as f64;
+                        }
+                        dst[d] = 1.0;
+                    }
+                    for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
+                        *o = v as f64;
+                    }
+                    let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
+                    let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
+                    lower_product_with(gv.as_mut(), Accum::Add, xv.transpose(), xv, Par::Seq);
+                    matmul(rv.as_mut(), Accum::Add, xv.transpose(), ev, 1.0, Par::Seq);
                 }
-                dst[d] = 1.0;
+                (g, r)
+            })
+            .collect();
+        gv.fill(0.0);
+        rv.fill(0.0);
+        for (g, r) in &partials {
+            let (g, r) =
+                (MatRef::from_column_major_slice(g, da, da), MatRef::from_column_major_slice(r, da, m));
+            for j in 0..da {
+                for i in j..da {
+                    gv[(i, j)] += g[(i, j)];
+                }
             }
-            for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
-                *o = v as f64;
+            for c in 0..m {
+                for j in 0..da {
+                    rv[(j, c)] += r[(j, c)];
+                }
             }
-            let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
-            let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
-            let accum = if r0 == 0 { Accum::Replace } else { Accum::Add };
-            lower_product(gv.as_mut(), accum, xv.transpose(), xv);
-            matmul(rv.as_mut(), accum, xv.transpose(), ev, 1.0, par());
-        }
-        if n == 0 {
-            gv.fill(0.0);
-            rv.fill(0.0);
         }
     }
     for i in 0..da {
@@ -383,6 +413,11 @@ pub fn solve_spd_in_place(
 
 /// Lower triangle of the symmetric product `a * b`, replacing or adding to `dst`.
 fn lower_product(dst: MatMut<'_, f64>, accum: Accum, a: MatRef<'_, f64>, b: MatRef<'_, f64>) {
+    lower_product_with(dst, accum, a, b, par());
+}
+
+/// [`lower_product`] with the given parallelism.
+fn lower_product_with(dst: MatMut<'_, f64>, accum: Accum, a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) {
     triangular::matmul(
         dst,
         BlockStructure::TriangularLower,
@@ -392,7 +427,7 @@ fn lower_product(dst: MatMut<'_, f64>, accum: Accum, a: MatRef<'_, f64>, b: MatR
         b,
         BlockStructure::Rectangular,
         1.0,
-        par(),
+        par,
     );
 }
 
