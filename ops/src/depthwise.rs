@@ -133,30 +133,43 @@ impl Depthwise {
     /// derivative is applied.
     pub fn input_error(&self, e: &Matrix) -> Result<Matrix, OpsError> {
         let g = self.geometry;
-        let c = self.channels();
-        let out_geometry = Geometry { h: g.out_h(), w: g.out_w(), k: 1, stride: 1 };
-        let batch = out_geometry.check("depthwise error propagation", e, c)?;
-        let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
+        let batch = self.check_error(e)?;
+        let (per_in, per_out, c) = (g.h * g.w, g.out_h() * g.out_w(), self.channels());
         let mut out = Matrix::zeros(batch * per_in, c);
+        out.as_mut_slice()
+            .par_chunks_mut(per_in * c)
+            .zip(e.as_slice().par_chunks(per_out * c))
+            .for_each(|(dst, src)| self.input_error_sample(src, dst));
+        Ok(out)
+    }
+
+    /// Samples in the output error `e`, checked against the layer's output shape.
+    pub(crate) fn check_error(&self, e: &Matrix) -> Result<usize, OpsError> {
+        let g = self.geometry;
+        let out_geometry = Geometry { h: g.out_h(), w: g.out_w(), k: 1, stride: 1 };
+        out_geometry.check("depthwise error propagation", e, self.channels())
+    }
+
+    /// [`Depthwise::input_error`] of one sample: `err` is its `Ho*Wo x C` output error and
+    /// `dst` its `H*W x C` input error, overwritten.
+    pub(crate) fn input_error_sample(&self, err: &[f32], dst: &mut [f32]) {
+        let g = self.geometry;
+        let c = self.channels();
         let kernel = self.params.weights.as_slice();
-        out.as_mut_slice().par_chunks_mut(per_in * c).zip(e.as_slice().par_chunks(per_out * c)).for_each(
-            |(dst, src)| {
-                for oy in 0..g.out_h() {
-                    for ox in 0..g.out_w() {
-                        let eo = &src[(oy * g.out_w() + ox) * c..][..c];
-                        for t in 0..g.k * g.k {
-                            if let Some(p) = g.source(oy, ox, t) {
-                                let (d, kt) = (&mut dst[p * c..][..c], &kernel[t * c..][..c]);
-                                for ((d, &ev), &kv) in d.iter_mut().zip(eo).zip(kt) {
-                                    *d += ev * kv;
-                                }
-                            }
+        dst.iter_mut().for_each(|d| *d = 0.0);
+        for oy in 0..g.out_h() {
+            for ox in 0..g.out_w() {
+                let eo = &err[(oy * g.out_w() + ox) * c..][..c];
+                for t in 0..g.k * g.k {
+                    if let Some(p) = g.source(oy, ox, t) {
+                        let (d, kt) = (&mut dst[p * c..][..c], &kernel[t * c..][..c]);
+                        for ((d, &ev), &kv) in d.iter_mut().zip(eo).zip(kt) {
+                            *d += ev * kv;
                         }
                     }
                 }
-            },
-        );
-        Ok(out)
+            }
+        }
     }
 
     /// Gradients of `sum(e * forward(x))` with respect to the kernel and the bias, for the

@@ -161,7 +161,8 @@ impl PlTrainer {
                 LayerKind::Pool { .. } => None,
             };
             let solved = Instant::now();
-            let mut previous = net.error_below(l, &err, &acts[l - 1], batch, PoolError::Target)?;
+            let below = acts.pop().expect("one activation per layer below this one");
+            let mut previous = net.error_below_in_place(l, &err, below, batch, PoolError::Target)?;
             if cfg.error_scale == ErrorScale::Output {
                 let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
                 previous.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
@@ -169,7 +170,6 @@ impl PlTrainer {
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(err);
-            acts.truncate(l - 1);
             let layer = &mut net.layers[l];
             let mask = layer.mask.as_ref();
             if let (Some(update), Some(state)) = (update, &mut self.states[l]) {
