@@ -98,7 +98,7 @@ impl Plan {
     }
 
     /// A simpler, conservative estimate for chains with convolutions: parameters, optimiser
-    /// state, the batch, every activation of a step, the two largest errors, and the largest
+    /// state, the batch, every activation of a step, the largest error (two for backprop), and the largest
     /// solve workspace (pointwise solves over all positions; depthwise solves are tiny).
     fn estimate_maps(&self, trainer: NodeIndex) -> MemoryEstimate {
         const F32: usize = 4;
@@ -127,9 +127,15 @@ impl Plan {
             })
             .max()
             .unwrap_or(0);
+        // PL writes each propagated error over the activation below it, so one error buffer
+        // is alive beside the activations; backprop holds two deltas.
+        let errors = match solver {
+            Solver::Pl(_) => 1,
+            Solver::Backprop(_) => 2,
+        };
         let step = n * size(*source) * F32
             + acts.iter().sum::<usize>()
-            + largest.iter().take(2).sum::<usize>()
+            + largest.iter().take(errors).sum::<usize>()
             + workspace;
         MemoryEstimate { parameters, state: parameters * per_param, step }
     }
@@ -224,7 +230,8 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
         let update = (d * m + m) * F32;
         // the first layer's update is streamed into its state (see plflow_ops::pl)
         let solve = alive_acts + err + workspace_bytes(n, d, m, path, l > 0);
-        let propagate = if l > 0 { alive_acts + err + update + act(l - 1) } else { 0 };
+        // the error below is written over the activation below (already in `alive_acts`)
+        let propagate = if l > 0 { alive_acts + err + update } else { 0 };
         step = step.max(solve).max(propagate);
     }
     MemoryEstimate { parameters, state, step: step + batch }
