@@ -27,31 +27,29 @@ fn data_dir() -> Option<PathBuf> {
     Some(std::fs::canonicalize(&dir).unwrap_or(dir))
 }
 
-#[test]
-fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
-    let Some(data) = data_dir() else { return };
+/// Run `pipeline` for one epoch on the real data in a temporary run folder; returns its
+/// `summary.json`.
+fn run_one_epoch(data: &Path, pipeline: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("run");
-    let owned = real_env(&data);
+    let owned = real_env(data);
     let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let out = plflow(
         &root(),
-        &[
-            "run",
-            "pipelines/mnist.yaml",
-            "--set",
-            "train.epochs=1",
-            "--out",
-            out_dir.to_str().expect("utf-8"),
-        ],
+        &["run", pipeline, "--set", "train.epochs=1", "--out", out_dir.to_str().expect("utf-8")],
         &env,
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     println!("{stdout}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).expect("summary"))
-            .expect("JSON");
+    serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).expect("summary"))
+        .expect("JSON")
+}
+
+#[test]
+fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
+    let Some(data) = data_dir() else { return };
+    let summary = run_one_epoch(&data, "pipelines/mnist.yaml");
     for key in ["test_accuracy", "epochs", "epoch_seconds_median", "peak_rss_mb", "ledger_peak_mb"] {
         assert!(summary.get(key).is_some_and(|v| !v.is_null()), "summary lacks {key}: {summary}");
     }
@@ -106,28 +104,7 @@ fn bench_pl_against_sgd_on_real_mnist() {
 #[test]
 fn pl_trains_the_reference_cnn_past_50_percent_in_one_epoch() {
     let Some(data) = data_dir() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out_dir = dir.path().join("run");
-    let owned = real_env(&data);
-    let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    let out = plflow(
-        &root(),
-        &[
-            "run",
-            "pipelines/mnist-cnn.yaml",
-            "--set",
-            "train.epochs=1",
-            "--out",
-            out_dir.to_str().expect("utf-8"),
-        ],
-        &env,
-    );
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    println!("{stdout}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).expect("summary"))
-            .expect("JSON");
+    let summary = run_one_epoch(&data, "pipelines/mnist-cnn.yaml");
     let acc = summary["test_accuracy"].as_f64().expect("number");
     assert!(acc > 0.5, "test accuracy of the CNN after one epoch {acc} <= 0.5");
 }

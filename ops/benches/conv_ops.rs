@@ -4,6 +4,9 @@
 //!
 //!     cargo bench -p plflow-ops --bench conv_ops -- [--batch 128] [--channels 32] [--repeat 15]
 
+mod common;
+
+use common::median_ms;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
@@ -12,20 +15,6 @@ use plflow_ops::init::{he_normal, xavier_normal};
 use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::time::Instant;
-
-fn median_ms(mut f: impl FnMut(), repeat: usize) -> f64 {
-    f(); // warm up
-    let mut t: Vec<f64> = (0..repeat)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
 
 fn parse_args() -> Result<(usize, usize, usize), String> {
     let (mut batch, mut channels, mut repeat) = (128, 32, 15);

@@ -7,6 +7,9 @@
 //! kernel product (lower triangle) `n s^2` or `s n^2`; `X^T e` `2 n (d+1) m`; Cholesky `s^3/3`;
 //! two triangular solves `2 s^2 m`, where `s` is the size of the system factored.
 
+mod common;
+
+use common::median_ms;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
@@ -17,7 +20,6 @@ use plflow_ops::pl::{PlConfig, PlTrainer};
 use plflow_ops::solve::ridge_update;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::time::Instant;
 
 struct Args {
     sizes: Vec<usize>,
@@ -45,19 +47,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--sizes needs at least two positive widths and --batch must be positive".into());
     }
     Ok(args)
-}
-
-fn median_ms(mut f: impl FnMut(), repeat: usize) -> f64 {
-    f(); // warm up
-    let mut t: Vec<f64> = (0..repeat)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 fn solve_flops(n: usize, d: usize, m: usize) -> f64 {

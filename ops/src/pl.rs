@@ -264,25 +264,31 @@ mod tests {
         assert!(output_error(&mut z, &[3], 0.01).is_err());
     }
 
-    /// A separable synthetic task: the class is the index of the largest of the first three
-    /// features. PL must learn it well within a few dozen steps.
-    #[test]
-    fn pl_learns_a_synthetic_task() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let mut net = network(&[8, 32, 16, 3], &mut rng);
+    /// Train a fresh network of `sizes` with `cfg` for `steps` batches of 64 on a separable
+    /// synthetic task (the class is the index of the largest of the first three of 8
+    /// features), and count the correct answers on a new batch of 64.
+    fn synthetic_score(sizes: &[usize], cfg: PlConfig, steps: usize, seed: u64) -> usize {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut net = network(sizes, &mut rng);
         let batch = |rng: &mut ChaCha8Rng| {
             let x = xavier_normal(64, 8, rng);
             let labels: Vec<u32> = (0..64).map(|i| argmax(&x.row(i)[..3]) as u32).collect();
             (x, labels)
         };
-        let mut trainer = PlTrainer::new(&net, config());
-        for _ in 0..60 {
+        let mut trainer = PlTrainer::new(&net, cfg);
+        for _ in 0..steps {
             let (x, y) = batch(&mut rng);
             trainer.step(&mut net, &x, &y).expect("step");
         }
         let (x, y) = batch(&mut rng);
         let out = net.forward(&x).expect("forward");
-        let correct = (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count();
+        (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count()
+    }
+
+    /// PL must learn the synthetic task well within a few dozen steps.
+    #[test]
+    fn pl_learns_a_synthetic_task() {
+        let correct = synthetic_score(&[8, 32, 16, 3], config(), 60, 7);
         assert!(correct >= 54, "only {correct}/64 correct after training");
     }
 
@@ -290,23 +296,8 @@ mod tests {
     /// error's size.
     #[test]
     fn pl_with_output_scaled_errors_learns_through_a_deep_stack() {
-        let mut rng = ChaCha8Rng::seed_from_u64(8);
-        let mut net = network(&[8, 32, 32, 32, 16, 3], &mut rng);
-        let mut cfg = config();
-        cfg.error_scale = ErrorScale::Output;
-        let mut trainer = PlTrainer::new(&net, cfg);
-        let batch = |rng: &mut ChaCha8Rng| {
-            let x = xavier_normal(64, 8, rng);
-            let labels: Vec<u32> = (0..64).map(|i| argmax(&x.row(i)[..3]) as u32).collect();
-            (x, labels)
-        };
-        for _ in 0..80 {
-            let (x, y) = batch(&mut rng);
-            trainer.step(&mut net, &x, &y).expect("step");
-        }
-        let (x, y) = batch(&mut rng);
-        let out = net.forward(&x).expect("forward");
-        let correct = (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count();
+        let cfg = PlConfig { error_scale: ErrorScale::Output, ..config() };
+        let correct = synthetic_score(&[8, 32, 32, 32, 16, 3], cfg, 80, 8);
         assert!(correct >= 54, "only {correct}/64 correct after training");
     }
 
