@@ -279,7 +279,11 @@ fn describe_solver(solver: &Solver) -> String {
                     ErrorScale::Raw => "raw",
                     ErrorScale::Output => "output-scaled",
                 },
-            )
+            ) + &if config.alpha_decay < 1.0 {
+                format!(", alpha x{} per epoch", config.alpha_decay)
+            } else {
+                String::new()
+            }
         }
         Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
             format!("backprop with SGD, lr {lr}, momentum {momentum}, weight decay {weight_decay}")
@@ -849,6 +853,13 @@ impl Builder<'_> {
         }
         self.range(
             name,
+            "alpha_decay",
+            s.alpha_decay > 0.0 && s.alpha_decay <= 1.0,
+            "in (0, 1]",
+            s.alpha_decay,
+        )?;
+        self.range(
+            name,
             "label_smoothing",
             (0.0..1.0).contains(&s.label_smoothing),
             "in [0, 1)",
@@ -883,6 +894,7 @@ impl Builder<'_> {
                 spectral_max: s.spectral_max,
             },
             label_smoothing: s.label_smoothing,
+            alpha_decay: s.alpha_decay,
             error_scale: match s.error_scale {
                 ErrorScaleSpec::Raw => ErrorScale::Raw,
                 ErrorScaleSpec::Output => ErrorScale::Output,
@@ -1056,6 +1068,8 @@ mod tests {
         assert!(msg.starts_with("p.yaml:12: stage `train`: field `lambda`"), "{msg}");
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    momentum: 1.5\n"));
         assert!(msg.contains("field `momentum`"), "{msg}");
+        let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    alpha_decay: 1.5\n"));
+        assert!(msg.contains("field `alpha_decay`"), "{msg}");
     }
 
     #[test]

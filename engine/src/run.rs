@@ -290,6 +290,7 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
             "spectral_max": c.rule.spectral_max,
             "label_smoothing": c.label_smoothing,
             "error_scale": format!("{:?}", c.error_scale).to_lowercase(),
+            "alpha_decay": c.alpha_decay,
         }),
         Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
             serde_json::json!({ "lr": lr, "momentum": momentum, "weight_decay": weight_decay })
@@ -374,6 +375,9 @@ impl TrainJob<'_> {
         let mut scratch = Matrix::zeros(0, 0);
         for epoch in 0..self.epochs {
             bar.set_message(format!("{}/{}", epoch + 1, self.epochs));
+            if let Trainer::Pl(t) = &mut trainer {
+                t.set_epoch(epoch);
+            }
             let mut stream = BatchStream::shuffled(train.as_ref(), self.batch_size, self.seed, epoch as u64);
             let t0 = Instant::now();
             let mut totals = StepStats::default();

@@ -499,6 +499,10 @@ pub struct PlSpec {
     /// such as the CNN).
     #[serde(default)]
     pub error_scale: ErrorScaleSpec,
+    /// Per-epoch factor of `alpha`: epoch `k` (from 1) uses `alpha * alpha_decay^(k-1)`;
+    /// 1 (the default) keeps the step constant.
+    #[serde(default = "defaults::alpha_decay")]
+    pub alpha_decay: f64,
 }
 
 /// See `plflow_ops::pl::ErrorScale`.
@@ -737,6 +741,10 @@ pub mod defaults {
     pub(crate) fn spectral_max() -> Option<f32> {
         Some(2.0)
     }
+    pub(crate) fn alpha_decay() -> f64 {
+        1.0
+    }
+
     pub(crate) fn label_smoothing() -> f32 {
         0.01
     }

@@ -28,6 +28,8 @@ pub struct PlConfig {
     pub label_smoothing: f32,
     /// The size of the error each hidden layer solves for.
     pub error_scale: ErrorScale,
+    /// Per-epoch factor of the step: epoch `k` (from 0) solves with `alpha * alpha_decay^k`.
+    pub alpha_decay: f64,
 }
 
 /// The size of the error a hidden layer's solve is asked to remove.
@@ -68,6 +70,7 @@ impl PlConfig {
             },
             label_smoothing: 0.01,
             error_scale: ErrorScale::Raw,
+            alpha_decay: 1.0,
         }
     }
 }
@@ -80,6 +83,8 @@ pub struct PlTrainer {
     pub config: PlConfig,
     /// Per-layer state, in layer order (`None` for layers without parameters).
     pub states: Vec<Option<LayerState>>,
+    /// The epoch being trained (from 0), for the step's decay.
+    epoch: usize,
 }
 
 /// The update rule for a layer: the spectral clamp and orthogonalisation act on weight
@@ -100,7 +105,17 @@ impl PlTrainer {
             .iter()
             .map(|l| l.params().map(|p| LayerState::new(p, l.mask.as_ref(), &rule_for(l, &config.rule))))
             .collect();
-        Self { config, states }
+        Self { config, states, epoch: 0 }
+    }
+
+    /// Set the epoch (from 0) the next steps belong to: their step is `alpha * alpha_decay^epoch`.
+    pub fn set_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    /// The step size of the current epoch.
+    pub fn alpha(&self) -> f64 {
+        self.config.ridge.alpha * self.config.alpha_decay.powi(self.epoch.min(i32::MAX as usize) as i32)
     }
 
     /// Bytes of optimiser state held.
@@ -111,7 +126,8 @@ impl PlTrainer {
     /// One Prospective Learning step on batch `x` (in the first layer's input shape) with
     /// class labels `labels`.
     pub fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
-        let cfg = self.config;
+        let mut cfg = self.config;
+        cfg.ridge.alpha = self.alpha();
         let count = net.layers.len();
         if count == 0 {
             return Ok(StepStats::default());
@@ -299,6 +315,17 @@ mod tests {
         let cfg = PlConfig { error_scale: ErrorScale::Output, ..config() };
         let correct = synthetic_score(&[8, 32, 32, 32, 16, 3], cfg, 80, 8);
         assert!(correct >= 54, "only {correct}/64 correct after training");
+    }
+
+    #[test]
+    fn step_size_decays_per_epoch() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let net = network(&[4, 3], &mut rng);
+        let mut trainer =
+            PlTrainer::new(&net, PlConfig { alpha_decay: 0.5, ..PlConfig::foundation(0.8, 0.1) });
+        assert_eq!(trainer.alpha(), 0.8);
+        trainer.set_epoch(2);
+        assert!((trainer.alpha() - 0.2).abs() < 1e-12);
     }
 
     #[test]
