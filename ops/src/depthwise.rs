@@ -221,6 +221,7 @@ impl Depthwise {
 /// loaded and stored once per group rather than once per position, which is what bounded the
 /// per-position loop (three loads and a store per multiply-add).
 const GROUP: usize = 4;
+const _: () = assert!(GROUP == 4, "accumulate_sample unrolls exactly four positions");
 
 /// Add one sample's contribution to the per-channel sums of [`depthwise_ridge_update`]:
 /// `acc` holds the lower triangle of every channel's `(k*k + 1)^2` Gram, laid out

@@ -3,10 +3,11 @@
 //!
 //! One step: forward with the current weights, smoothed targets, then from the output back
 //! to the input: solve layer `l` on its input activation and error; compute the error of
-//! layer `l-1` with layer `l`'s weights *before* they change; release layer `l`'s error and
-//! input activation; apply the update. Every error is thus computed from pre-update weights,
-//! exactly as if all were computed before any update, but at most two errors are alive at
-//! once and none is alive during another layer's solve. The first layer (the largest, with
+//! layer `l-1` with layer `l`'s weights *before* they change, written over layer `l`'s input
+//! activation (its last use); release layer `l`'s error; apply the update. Every error is
+//! thus computed from pre-update weights, exactly as if all were computed before any update,
+//! but at most two errors are alive at once, one of them in an activation's place, and none
+//! is alive during another layer's solve. The first layer (the largest, with
 //! the dataset's features as input) needs no error below it, so its update is streamed from
 //! the solve straight into its state and weights without a `d x m` buffer.
 
@@ -37,9 +38,9 @@ pub struct PlConfig {
 /// A solve turns an error into an update of about the same size (it asks the layer's output
 /// to move by `-alpha e`), unlike a gradient step, whose size the rest of the network
 /// rescales. So the gains along the error's way down (weight norms, activation
-/// derivatives, pooling) set each layer's step directly. In a deep stack they compound:
-/// on the MNIST CNN (11 layers) the errors reaching the first convolutions are orders of
-/// magnitude off the output's, and PL with raw errors stalls at chance or diverges.
+/// derivatives) set each layer's step directly, and in a deep stack they compound. On the
+/// MNIST CNN (11 layers) one epoch gives 74.4% test accuracy with raw errors and 87.2% with
+/// output-scaled ones; on subsets, raw errors were also the unstable ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorScale {
     /// The propagated error as it is (SPEC section 2, eq. 3-4; the paper's rule).
