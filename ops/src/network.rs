@@ -47,6 +47,16 @@ pub enum PoolError {
     Target,
 }
 
+impl PoolError {
+    /// The factor each of `positions` pooled positions receives of the pooled error.
+    pub fn share(self, positions: usize) -> f32 {
+        match self {
+            PoolError::Gradient => 1.0 / positions.max(1) as f32,
+            PoolError::Target => 1.0,
+        }
+    }
+}
+
 /// One layer of a network.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -121,11 +131,7 @@ impl Layer {
             LayerKind::Dense(d) => d.input_error(err),
             LayerKind::Depthwise(dw) => dw.input_error(err),
             LayerKind::Pool { positions, .. } => {
-                let share = match pool {
-                    PoolError::Gradient => 1.0 / (*positions).max(1) as f32,
-                    PoolError::Target => 1.0,
-                };
-                Ok(global_avg_pool_error(err, *positions, share))
+                Ok(global_avg_pool_error(err, *positions, pool.share(*positions)))
             }
         }
     }
@@ -338,10 +344,7 @@ impl Network {
                         ),
                     }));
                 }
-                let share = match pool {
-                    PoolError::Gradient => 1.0 / (*positions).max(1) as f32,
-                    PoolError::Target => 1.0,
-                };
+                let share = pool.share(*positions);
                 below
                     .as_mut_slice()
                     .par_chunks_mut(positions * channels)
