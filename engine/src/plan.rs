@@ -7,7 +7,7 @@ use crate::graph::{DataSource, Edge, Graph, Init, Node, Op, Port, Solver, Split}
 use crate::parse::parse_with_overrides;
 use crate::spec::{
     ActivationSpec, AdamSpec, CifarLabels, ErrorScaleSpec, InitSpec, LambdaScale, MaskSpec, PipelineSpec,
-    PlSpec, SgdSpec, SolveSpec, SparseSpec, SplitSpec, StageSpec,
+    PlSpec, PrecisionSpec, SgdSpec, SolveSpec, SparseSpec, SplitSpec, StageSpec,
 };
 use indexmap::IndexMap;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -16,10 +16,11 @@ use plflow_datasets::images::ImageOptions;
 use plflow_datasets::location::DataPath;
 use plflow_datasets::table::Columns;
 use plflow_ops::activation::Activation;
-use plflow_ops::backprop::Optimizer;
+use plflow_ops::backprop::{GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::depthwise::Geometry;
+use plflow_ops::network::dense_error_scratch_bytes;
 use plflow_ops::pl::{ErrorScale, PlConfig};
-use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
+use plflow_ops::solve::{Delivery, Precision, RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
 use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -119,9 +120,14 @@ impl Plan {
         largest.sort_unstable_by(|a, b| b.cmp(a));
         let workspace = layers
             .iter()
-            .filter_map(|&l| match self.graph.node(l).op {
-                Op::Dense { inputs, units, positions, .. } => {
-                    Some(workspace_bytes(n * positions, inputs, units, SolvePath::Auto, true))
+            .filter_map(|&l| match (&self.graph.node(l).op, solver) {
+                (&Op::Dense { inputs, units, positions, .. }, Solver::Pl(c)) => {
+                    let (rows, threads) = (n * positions, plflow_ops::threads());
+                    let route = c.ridge.planned_route(rows, inputs);
+                    Some(workspace_bytes(rows, inputs, units, route, Delivery::Whole, threads))
+                }
+                (&Op::Dense { inputs, units, .. }, Solver::Backprop(_)) => {
+                    Some((inputs * units + units) * F32)
                 }
                 _ => None,
             })
@@ -211,10 +217,10 @@ impl Plan {
 }
 
 /// Peak bytes of a PL step over a chain of dense layers `(inputs, units)`, following the
-/// order of `plflow_ops::network::Network::pl_step` and `plflow_ops::solve::ridge_update`.
+/// order of `plflow_ops::pl::PlTrainer::step` and `plflow_ops::solve::ridge_update`.
 pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: &PlConfig) -> MemoryEstimate {
     const F32: usize = 4;
-    let (rule, path) = (&config.rule, config.ridge.path);
+    let (rule, ridge, threads) = (&config.rule, &config.ridge, plflow_ops::threads());
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
     let state: usize = dims
         .iter()
@@ -228,10 +234,14 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
         let alive_acts: usize = (0..l).map(act).sum(); // inputs of layers 1..=l (x is `batch`)
         let err = act(l);
         let update = (d * m + m) * F32;
-        // the first layer's update is streamed into its state (see plflow_ops::pl)
-        let solve = alive_acts + err + workspace_bytes(n, d, m, path, l > 0);
+        // the first layer's solve consumes its error and streams its update into its state
+        // (see plflow_ops::pl); an absolute ridge may need f64 (it depends on the data), so
+        // the planned route counts that
+        let delivery = if l == 0 { Delivery::TilesConsuming } else { Delivery::Whole };
+        let solve = alive_acts + err + workspace_bytes(n, d, m, ridge.planned_route(n, d), delivery, threads);
         // the error below is written over the activation below (already in `alive_acts`)
-        let propagate = if l > 0 { alive_acts + err + update } else { 0 };
+        let propagate =
+            if l > 0 { alive_acts + err + update + dense_error_scratch_bytes(n, d, threads) } else { 0 };
         step = step.max(solve).max(propagate);
     }
     MemoryEstimate { parameters, state, step: step + batch }
@@ -239,7 +249,8 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
 
 /// Peak bytes of a backprop step over a chain of dense layers `(inputs, units)`, following
 /// `plflow_ops::backprop::BackpropTrainer::step`: all activations cached by the forward pass,
-/// then one layer's gradient and two deltas at a time on the way back.
+/// then on the way back one layer's gradient, its delta and the error below written over the
+/// activation below; the first layer's gradient a tile of rows at a time.
 pub fn estimate_backprop(
     dims: &[(usize, usize)],
     input_len: usize,
@@ -251,11 +262,16 @@ pub fn estimate_backprop(
     let state = parameters * opt.buffers_per_parameter();
     let batch = n * input_len * F32;
     let act = |l: usize| n * dims[l].1 * F32;
+    let threads = plflow_ops::threads();
     let mut step: usize = (0..dims.len()).map(act).sum();
     for (l, &(d, m)) in dims.iter().enumerate() {
         let alive_acts: usize = (0..l).map(act).sum();
-        let below = if l > 0 { act(l - 1) } else { 0 };
-        step = step.max(alive_acts + act(l) + (d * m + m) * F32 + below);
+        let gradient = if l > 0 {
+            (d * m + m) * F32 + dense_error_scratch_bytes(n, d, threads)
+        } else {
+            (GRADIENT_TILE_ROWS.min(d) * m + m) * F32
+        };
+        step = step.max(alive_acts + act(l) + gradient);
     }
     MemoryEstimate { parameters, state, step: step + batch }
 }
@@ -877,6 +893,10 @@ impl Builder<'_> {
                     SolveSpec::Auto => SolvePath::Auto,
                     SolveSpec::Primal => SolvePath::Primal,
                     SolveSpec::Dual => SolvePath::Dual,
+                },
+                precision: match s.precision {
+                    PrecisionSpec::Auto => Precision::Auto,
+                    PrecisionSpec::F64 => Precision::F64,
                 },
             },
             rule: UpdateRule {

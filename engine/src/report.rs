@@ -120,7 +120,7 @@ pub struct EpochRecord {
     pub propagate_seconds: f64,
     /// Seconds spent solving for updates (PL) or forming gradients (backprop) and applying them.
     pub solve_seconds: f64,
-    /// Ledger peak so far, MB.
+    /// Ledger peak since the stage began training, MB.
     pub ledger_peak_mb: f64,
     /// Process peak RSS so far, MB.
     pub peak_rss_mb: Option<f64>,
@@ -185,10 +185,15 @@ pub struct Summary {
     pub train_accuracy: f64,
     /// Whole-process peak RSS (VmHWM), MB.
     pub peak_rss_mb: Option<f64>,
-    /// Peak bytes held by the engine's tensors, MB.
+    /// Peak bytes held by the engine's tensors while the last training stage trained
+    /// (weights, optimiser state, batches, steps and evaluation), MB: what the solvers are
+    /// compared on, and what `plflow check` estimates.
     pub ledger_peak_mb: f64,
-    /// What `plflow check` predicted for the ledger peak, MB.
+    /// What `plflow check` predicted for the training ledger peak, MB.
     pub ledger_estimate_mb: f64,
+    /// Peak of the whole run, MB: also one-off passes before training, such as the
+    /// correlation pass of a sparse initialisation or the standardisation statistics.
+    pub run_ledger_peak_mb: f64,
     /// Trainable parameters.
     pub parameters: usize,
     /// Bytes of optimiser state (PL: momentum and power vectors; backprop: moments), MB.

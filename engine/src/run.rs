@@ -58,6 +58,8 @@ struct Trained {
     records: Vec<EpochRecord>,
     network: Network,
     state_bytes: usize,
+    /// Ledger peak while the stage trained.
+    ledger_peak: usize,
 }
 
 /// Execute `plan`.
@@ -83,6 +85,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     let mut datasets: HashMap<NodeIndex, Dataset> = HashMap::new();
     let mut layers: HashMap<NodeIndex, Layer> = HashMap::new();
     let mut trained: HashMap<NodeIndex, Trained> = HashMap::new();
+    let mut run_peak = 0usize;
 
     for (i, node) in plan.graph.topological() {
         match &node.op {
@@ -231,7 +234,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                     evaluators: &evaluators,
                     progress: opts.progress,
                 };
+                // The stage's own peak is measured from here; the run's keeps what came before.
+                run_peak = run_peak.max(ledger::peak_bytes());
+                ledger::reset_peak();
                 let t = job.train(network, &mut metrics)?;
+                run_peak = run_peak.max(ledger::peak_bytes());
                 trained.insert(i, t);
             }
             Op::Evaluate { .. } => {} // measured by its trainer after every epoch
@@ -259,8 +266,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         train_loss: last.and_then(|r| r.train_loss),
         train_accuracy: last.map_or(f64::NAN, |r| r.train_accuracy),
         peak_rss_mb: report::peak_rss_mb(),
-        ledger_peak_mb: report::mb(ledger::peak_bytes()),
+        ledger_peak_mb: report::mb(t.ledger_peak),
         ledger_estimate_mb: report::mb(plan.estimate(last_trainer).total()),
+        run_ledger_peak_mb: report::mb(run_peak.max(ledger::peak_bytes())),
         parameters: t.network.parameter_count(),
         optimizer_state_mb: report::mb(t.state_bytes),
         time_shares: {
@@ -458,7 +466,7 @@ impl TrainJob<'_> {
         }
         bar.finish_and_clear();
         let state_bytes = trainer.state_bytes();
-        Ok(Trained { records, network, state_bytes })
+        Ok(Trained { records, network, state_bytes, ledger_peak: ledger::peak_bytes() })
     }
 
     fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {

@@ -455,6 +455,17 @@ pub enum SolveSpec {
     Dual,
 }
 
+/// The arithmetic of the PL solve (see `plflow_ops::solve::Precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecisionSpec {
+    /// `f32` where the ridge bounds the condition number well enough, else `f64`.
+    #[default]
+    Auto,
+    /// Always `f64`.
+    F64,
+}
+
 /// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -479,6 +490,9 @@ pub struct PlSpec {
     /// Which system to factor.
     #[serde(default = "defaults::solve")]
     pub solve: SolveSpec,
+    /// `auto` (f32 where the ridge bounds the condition number by 1000, else f64) or `f64`.
+    #[serde(default)]
+    pub precision: PrecisionSpec,
     /// Metaplasticity (paper eq. 16-19); `null` switches it off, `{}` takes the paper's settings.
     #[serde(default = "defaults::metaplasticity")]
     pub metaplasticity: Option<MetaplasticitySpec>,

@@ -12,7 +12,7 @@ use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
 use plflow_ops::depthwise::{Depthwise, Geometry, depthwise_ridge_update, global_avg_pool};
 use plflow_ops::init::{he_normal, xavier_normal};
-use plflow_ops::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update};
+use plflow_ops::solve::{Precision, RidgeConfig, RidgeScale, SolvePath, ridge_update};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -41,7 +41,13 @@ fn main() {
         }
     };
     let mut rng = ChaCha8Rng::seed_from_u64(42);
-    let ridge = RidgeConfig { alpha: 0.3, lambda: 0.01, scale: RidgeScale::Relative, path: SolvePath::Auto };
+    let ridge = RidgeConfig {
+        alpha: 0.3,
+        lambda: 0.01,
+        scale: RidgeScale::Relative,
+        path: SolvePath::Auto,
+        precision: Precision::Auto,
+    };
     println!("batch {batch}, {c} channels, median of {repeat} calls");
     println!("{:<44} {:>10}", "kernel", "ms/call");
     let row = |name: String, ms: f64| println!("{name:<44} {ms:>10.2}");

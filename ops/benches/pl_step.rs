@@ -1,17 +1,20 @@
 //! Benchmark of one Prospective Learning training step and its parts on fixed data: prints a
 //! table of medians with the implied GFLOP/s.
 //!
-//!     cargo bench -p plflow-ops --bench pl_step -- [--sizes 784,512,128,10] [--batch 512] [--repeat 20]
+//!     cargo bench -p plflow-ops --bench pl_step -- [--sizes 784,512,128,10] [--batch 512] [--lambda 6] [--repeat 20]
 //!
 //! Flops are counted as performed: forward and error products `2 n d m`; the symmetric Gram or
 //! kernel product (lower triangle) `n s^2` or `s n^2`; `X^T e` `2 n (d+1) m`; Cholesky `s^3/3`;
-//! two triangular solves `2 s^2 m`, where `s` is the size of the system factored.
+//! two triangular solves `2 s^2 m`, where `s` is the size of the system factored. The
+//! machine's peak is measured as faer's matmul on the forward shapes, in f32 and f64; a lean
+//! Adam step on the same network runs beside the PL step.
 
 mod common;
 
 use common::median_ms;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
+use plflow_ops::backprop::{BackpropTrainer, Optimizer};
 use plflow_ops::dense::Dense;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
@@ -25,10 +28,11 @@ struct Args {
     sizes: Vec<usize>,
     batch: usize,
     repeat: usize,
+    lambda: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { sizes: vec![784, 512, 128, 10], batch: 512, repeat: 20 };
+    let mut args = Args { sizes: vec![784, 512, 128, 10], batch: 512, repeat: 20, lambda: 6.0 };
     // `cargo bench` passes `--bench`; skip it.
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = it.next() {
@@ -38,8 +42,9 @@ fn parse_args() -> Result<Args, String> {
             "--sizes" => args.sizes = value.split(',').map(num).collect::<Result<_, _>>()?,
             "--batch" => args.batch = num(&value)?,
             "--repeat" => args.repeat = num(&value)?.max(1),
+            "--lambda" => args.lambda = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?,
             _ => {
-                return Err(format!("unknown flag {flag} (use --sizes, --batch, --repeat)"));
+                return Err(format!("unknown flag {flag} (use --sizes, --batch, --lambda, --repeat)"));
             }
         }
     }
@@ -65,7 +70,7 @@ fn main() {
         }
     };
     let (n, sizes) = (args.batch, &args.sizes);
-    let cfg = PlConfig::foundation(0.1, 0.1);
+    let cfg = PlConfig::foundation(0.1, args.lambda);
     let mut rng = ChaCha8Rng::seed_from_u64(42);
     let last = sizes.len() - 2;
     let mut net = Network {
@@ -100,17 +105,47 @@ fn main() {
         let e = xavier_normal(n, w[1], &mut rng);
         let flops = solve_flops(n, w[0], w[1]);
         solves += flops;
-        let route = if n < w[0] + 1 { "dual" } else { "primal" };
+        let route = if cfg.ridge.dual(n, w[0]) { "dual" } else { "primal" };
+        let single = cfg.ridge.single_precision(w[0]).unwrap_or(false);
         let ms = median_ms(|| drop(ridge_update(&inputs[l], &e, &cfg.ridge)), args.repeat);
-        rows.push((format!("solve layer {l} ({}x{}, {route} {})", w[0], w[1], n.min(w[0] + 1)), ms, flops));
+        let (s, p) = (n.min(w[0] + 1), if single { "f32" } else { "f64" });
+        rows.push((format!("solve layer {l} ({}x{}, {route} {s} {p})", w[0], w[1]), ms, flops));
     }
     let err_flops: f64 = sizes.windows(2).skip(1).map(|w| 2.0 * (n * w[0] * w[1]) as f64).sum();
     let step_flops = fwd_flops + err_flops + solves;
+    let mut trainer = PlTrainer::new(&net, cfg);
     ledger::reset_peak();
     let base = ledger::current_bytes();
-    let mut trainer = PlTrainer::new(&net, cfg);
     let ms = median_ms(|| drop(trainer.step(&mut net, &x, &labels)), args.repeat);
     rows.push(("full PL step".into(), ms, step_flops));
+    let pl_peak = ledger::peak_bytes() - base;
+    let pl_ms = ms;
+
+    // Lean Adam on the same network: forward, weight gradients, errors for the layers below.
+    let grad_flops: f64 = sizes.windows(2).map(|w| 2.0 * (n * w[0] * w[1]) as f64).sum();
+    let adam = Optimizer::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut bp = BackpropTrainer::new(&net, adam);
+    ledger::reset_peak();
+    let base = ledger::current_bytes();
+    let ms = median_ms(|| drop(bp.step(&mut net, &x, &labels)), args.repeat);
+    rows.push(("full Adam step".into(), ms, fwd_flops + grad_flops + err_flops));
+    let adam_peak = ledger::peak_bytes() - base;
+    let adam_ms = ms;
+
+    // The machine's matmul peak on the forward shapes, in each precision.
+    for w in sizes.windows(2) {
+        let flops = 2.0 * (n * w[0] * w[1]) as f64;
+        rows.push((
+            format!("faer matmul f32 {n}x{}x{}", w[0], w[1]),
+            matmul_ms::<f32>(n, w[0], w[1], args.repeat),
+            flops,
+        ));
+        rows.push((
+            format!("faer matmul f64 {n}x{}x{}", w[0], w[1]),
+            matmul_ms::<f64>(n, w[0], w[1], args.repeat),
+            flops,
+        ));
+    }
 
     println!(
         "PL step benchmark: sizes {sizes:?}, batch {n}, {} threads, median of {} runs",
@@ -121,8 +156,46 @@ fn main() {
     for (name, ms, flops) in &rows {
         println!("{name:<44} {ms:>10.2} {:>10.3} {:>10.1}", flops / 1e9, flops / 1e9 / (ms / 1e3));
     }
+    let peak = |prec: &str| {
+        rows.iter()
+            .filter(|(name, _, _)| name.contains(prec))
+            .map(|(_, ms, f)| f / 1e9 / (ms / 1e3))
+            .fold(0.0, f64::max)
+    };
+    let step_rate = step_flops / 1e9 / (pl_ms / 1e3);
     println!(
-        "ledger peak during a step: {:.1} MB above the network and batch",
-        (ledger::peak_bytes() - base) as f64 / 1e6
+        "PL step: {step_rate:.1} GFLOP/s = {:.0}% of the measured f32 matmul peak ({:.1}), {:.0}% of f64's ({:.1}); {:.2}x the Adam step's time",
+        100.0 * step_rate / peak("matmul f32"),
+        peak("matmul f32"),
+        100.0 * step_rate / peak("matmul f64"),
+        peak("matmul f64"),
+        pl_ms / adam_ms
     );
+    println!(
+        "ledger peak during a step, above the network, batch and optimiser state: PL {:.2} MB, Adam {:.2} MB",
+        pl_peak as f64 / 1e6,
+        adam_peak as f64 / 1e6
+    );
+}
+
+/// Median milliseconds of faer's `n x d` times `d x m` product in precision `T`, on both
+/// threads, from row-major operands as the layers hold them.
+fn matmul_ms<T: faer::traits::ComplexField + Copy + From<f32>>(
+    n: usize,
+    d: usize,
+    m: usize,
+    repeat: usize,
+) -> f64 {
+    use faer::{Accum, MatMut, MatRef, Par};
+    let a: Vec<T> = (0..n * d).map(|i| T::from((i % 7) as f32 * 0.1)).collect();
+    let b: Vec<T> = (0..d * m).map(|i| T::from((i % 5) as f32 * 0.1)).collect();
+    let mut c: Vec<T> = vec![T::from(0.0); n * m];
+    let (av, bv) = (MatRef::from_row_major_slice(&a, n, d), MatRef::from_row_major_slice(&b, d, m));
+    median_ms(
+        || {
+            let cv = MatMut::from_row_major_slice_mut(&mut c, n, m);
+            faer::linalg::matmul::matmul(cv, Accum::Replace, av, bv, T::from(1.0), Par::rayon(0));
+        },
+        repeat,
+    )
 }

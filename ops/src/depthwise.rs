@@ -412,7 +412,7 @@ pub fn global_avg_pool_error(e: &Matrix, positions: usize, share: f32) -> Matrix
 mod tests {
     use super::*;
     use crate::init::xavier_normal;
-    use crate::solve::SolvePath;
+    use crate::solve::{Precision, SolvePath};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -524,8 +524,13 @@ mod tests {
         let l = layer(Geometry { h: 6, w: 5, k: 3, stride: 1 }, 3, &mut rng);
         let x = xavier_normal(2 * 30, 3, &mut rng);
         let e = xavier_normal(2 * 30, 3, &mut rng);
-        let cfg =
-            RidgeConfig { alpha: 0.3, lambda: 0.05, scale: RidgeScale::Relative, path: SolvePath::Auto };
+        let cfg = RidgeConfig {
+            alpha: 0.3,
+            lambda: 0.05,
+            scale: RidgeScale::Relative,
+            path: SolvePath::Auto,
+            precision: Precision::F64,
+        };
         let (dk, db) = depthwise_ridge_update(&l, &x, &e, &cfg).expect("solve");
         let g = l.geometry;
         for ch in 0..3 {

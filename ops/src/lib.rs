@@ -38,6 +38,12 @@ pub mod update;
 pub use error::OpsError;
 pub use tensor::Matrix;
 
+/// Threads of rayon's global pool: the workers of every parallel loop and product, for
+/// memory estimates of per-thread buffers.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// The parallelism faer uses for large products: all threads of rayon's global pool.
 pub(crate) fn par() -> faer::Par {
     faer::Par::rayon(0)

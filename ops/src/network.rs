@@ -9,15 +9,45 @@
 use crate::activation::Activation;
 use crate::dense::Dense;
 use crate::depthwise::{Depthwise, global_avg_pool, global_avg_pool_error};
+use crate::ledger::Buffer;
 use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// Rows per block of [`Network::error_below_in_place`] for dense layers: a 1024 x 32 scratch
-/// is 128 KiB.
-const ROW_BLOCK: usize = 1024;
+/// Values per scratch block of [`Network::error_below_in_place`] for dense layers (128 KiB):
+/// the rows of a block are as many as fit, at least one.
+const SCRATCH_VALUES: usize = 1 << 15;
+
+/// How [`Network::error_below_in_place`] splits a dense layer's rows: `span` rows per worker,
+/// processed `block` rows at a time in the worker's own scratch.
+#[derive(Debug, Clone, Copy)]
+struct ScratchLayout {
+    block: usize,
+    span: usize,
+    workers: usize,
+    cols: usize,
+}
+
+impl ScratchLayout {
+    fn new(rows: usize, cols: usize, threads: usize) -> Self {
+        let block = (SCRATCH_VALUES / cols.max(1)).max(1).min(rows.max(1));
+        let workers = rows.div_ceil(block).clamp(1, threads.max(1));
+        let span = rows.div_ceil(workers).max(1);
+        Self { block: block.min(span), span, workers, cols }
+    }
+
+    fn bytes(&self) -> usize {
+        self.workers * self.block * self.cols * size_of::<f32>()
+    }
+}
+
+/// Bytes of scratch that [`Network::error_below_in_place`] holds for a dense layer with
+/// `cols` inputs over `rows` rows on `threads` threads.
+pub fn dense_error_scratch_bytes(rows: usize, cols: usize, threads: usize) -> usize {
+    ScratchLayout::new(rows, cols, threads).bytes()
+}
 
 /// What a layer computes.
 #[derive(Debug, Clone)]
@@ -243,6 +273,7 @@ impl Network {
     /// The error of layer `l - 1`'s output from layer `l`'s output error: propagated through
     /// layer `l` (across pooling as `pool` says), times the derivative of layer `l - 1`'s activation (recovered from its
     /// output `below`), in layer `l - 1`'s output shape.
+    #[cfg(test)]
     pub(crate) fn error_below(
         &self,
         l: usize,
@@ -306,18 +337,24 @@ impl Network {
                         ),
                     }));
                 }
-                let (m, block) = (d.outputs(), ROW_BLOCK);
+                // One contiguous range of rows per worker, each with its own block of scratch,
+                // all allocated up front: the peak does not depend on scheduling.
+                let (m, layout) = (d.outputs(), ScratchLayout::new(rows, cols, crate::threads()));
+                let mut scratch = Buffer::<f32>::zeros(layout.bytes() / size_of::<f32>());
                 below
                     .as_mut_slice()
-                    .par_chunks_mut(block * cols)
-                    .zip(err.as_slice().par_chunks(block * m))
-                    .for_each(|(a, e)| {
-                        let h = e.len() / m.max(1);
-                        let mut scratch = vec![0.0f32; h * cols];
-                        let mut out = MatMut::from_row_major_slice_mut(&mut scratch, h, cols);
-                        let e = MatRef::from_row_major_slice(e, h, m);
-                        matmul(out.as_mut(), Accum::Replace, e, d.weights.view().transpose(), 1.0, Par::Seq);
-                        combine(&mut scratch, a);
+                    .par_chunks_mut(layout.span * cols)
+                    .zip(err.as_slice().par_chunks(layout.span * m))
+                    .zip(scratch.par_chunks_mut(layout.block * cols))
+                    .for_each(|((a, e), s)| {
+                        for (a, e) in a.chunks_mut(layout.block * cols).zip(e.chunks(layout.block * m)) {
+                            let h = e.len() / m.max(1);
+                            let s = &mut s[..h * cols];
+                            let out = MatMut::from_row_major_slice_mut(s, h, cols);
+                            let e = MatRef::from_row_major_slice(e, h, m);
+                            matmul(out, Accum::Replace, e, d.weights.view().transpose(), 1.0, Par::Seq);
+                            combine(s, a);
+                        }
                     });
             }
             LayerKind::Depthwise(dw) => {
@@ -328,7 +365,7 @@ impl Network {
                     .par_chunks_mut(per_in * cols)
                     .zip(err.as_slice().par_chunks(per_out * cols))
                     .for_each(|(a, e)| {
-                        let mut scratch = vec![0.0f32; a.len()];
+                        let mut scratch = Buffer::<f32>::zeros(a.len());
                         dw.input_error_sample(e, &mut scratch);
                         combine(&mut scratch, a);
                     });
@@ -350,8 +387,8 @@ impl Network {
                     .par_chunks_mut(positions * channels)
                     .zip(err.as_slice().par_chunks(*channels))
                     .for_each(|(a, e)| {
-                        let mut scratch: Vec<f32> =
-                            e.iter().map(|v| v * share).cycle().take(a.len()).collect();
+                        let mut scratch =
+                            Buffer::from_vec(e.iter().map(|v| v * share).cycle().take(a.len()).collect());
                         combine(&mut scratch, a);
                     });
             }

@@ -8,12 +8,15 @@
 //! thus computed from pre-update weights, exactly as if all were computed before any update,
 //! but at most two errors are alive at once, one of them in an activation's place, and none
 //! is alive during another layer's solve. The first layer (the largest, with
-//! the dataset's features as input) needs no error below it, so its update is streamed from
-//! the solve straight into its state and weights without a `d x m` buffer.
+//! the dataset's features as input) needs no error below it, so its solve consumes its error
+//! (solving over it in place where the route allows) and its update is streamed from the
+//! solve straight into its state and weights without a `d x m` buffer.
 
 use crate::depthwise::depthwise_ridge_update;
 use crate::network::{Layer, LayerError, LayerKind, Network, PoolError, StepStats, argmax, at};
-use crate::solve::{RidgeConfig, RidgeScale, RidgeUpdate, SolvePath, ridge_update, ridge_update_tiles};
+use crate::solve::{
+    Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath, ridge_update, ridge_update_tiles_consuming,
+};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 use std::time::Instant;
@@ -62,7 +65,13 @@ impl PlConfig {
     /// momentum 0.9, spectral clamp 2, label smoothing 0.01.
     pub fn foundation(alpha: f64, lambda: f64) -> Self {
         Self {
-            ridge: RidgeConfig { alpha, lambda, scale: RidgeScale::Relative, path: SolvePath::Auto },
+            ridge: RidgeConfig {
+                alpha,
+                lambda,
+                scale: RidgeScale::Relative,
+                path: SolvePath::Auto,
+                precision: Precision::Auto,
+            },
             rule: UpdateRule {
                 metaplasticity: None,
                 momentum: Some(0.9),
@@ -155,7 +164,7 @@ impl PlTrainer {
                 match (&mut layer.kind, &mut self.states[0]) {
                     (LayerKind::Dense(dense), Some(state)) => state
                         .stream_update(dense, mask, &rule, |sink| {
-                            ridge_update_tiles(x, &err, &cfg.ridge, sink).map(|_| ())
+                            ridge_update_tiles_consuming(x, err, &cfg.ridge, sink).map(|_| ())
                         })
                         .map_err(at(0))?,
                     (LayerKind::Depthwise(dw), Some(state)) => {

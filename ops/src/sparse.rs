@@ -96,13 +96,20 @@ impl Mask {
 
     /// Zero every weight outside the mask.
     pub fn apply(&self, w: &mut Matrix) {
+        self.apply_rows(w, 0, self.rows);
+    }
+
+    /// Zero the weights outside the mask in rows `row0..row0 + count` only.
+    pub fn apply_rows(&self, w: &mut Matrix, row0: usize, count: usize) {
+        let (start, stop) = (row0 * self.cols, ((row0 + count) * self.cols).min(w.as_slice().len()));
         let data = w.as_mut_slice();
-        let mut next = 0usize;
-        for &k in self.indices.iter() {
+        let idx = &self.indices[self.indices.partition_point(|&k| (k as usize) < start)..];
+        let mut next = start;
+        for &k in idx.iter().take_while(|&&k| (k as usize) < stop) {
             data[next..k as usize].iter_mut().for_each(|v| *v = 0.0);
             next = k as usize + 1;
         }
-        data[next..].iter_mut().for_each(|v| *v = 0.0);
+        data[next..stop].iter_mut().for_each(|v| *v = 0.0);
     }
 
     /// Bytes held by the mask.

@@ -6,6 +6,7 @@
 //! without momentum holds no velocity buffer.
 
 use crate::dense::Dense;
+use crate::ledger::Buffer;
 use crate::solve::{RidgeUpdate, SolveInfo, TileCollector, TileSink};
 use crate::sparse::Mask;
 use crate::{Matrix, OpsError};
@@ -205,55 +206,39 @@ impl LayerState {
         let ortho_next = rule.orthogonalize.is_some_and(|o| o.every > 0 && next.is_multiple_of(o.every));
         if ortho_next && (self.velocity.is_none() || rule.momentum.is_none()) {
             let mut collected = TileCollector::new(d, m);
-            produce(&mut |tile, row0, col0| collected.absorb(tile, row0, col0))?;
-            let update = collected.finish(SolveInfo { lambda_used: 0.0, dual: false });
+            produce(&mut |tile| collected.absorb(tile))?;
+            let update = collected.finish(SolveInfo { lambda_used: 0.0, dual: false, single: false });
             return self.apply(layer, mask, update, rule);
         }
         let ortho = self.begin(rule);
-        let mp = rule.metaplasticity;
         let mu = rule.momentum.filter(|_| self.velocity.is_some());
-        let defer_weights = ortho.is_some();
-        let w = layer.weights.as_mut_slice();
-        let b = layer.bias.as_mut_slice();
-        let mut theta = self.theta.as_mut().map(|t| t.as_mut_slice());
-        let mut velocity = self.velocity.as_mut().map(|v| v.as_mut_slice());
-        let mut fold = |k: usize, idx: usize, g: f32| {
-            let g = match (&mut theta, mp) {
-                (Some(t), Some(mp)) => modulate_one(g, &mut t[k], &mp),
-                _ => g,
-            };
-            match (&mut velocity, mu) {
-                (Some(v), Some(mu)) => {
-                    v[k] = mu * v[k] + (1.0 - mu) * g;
-                    if !defer_weights {
-                        w[idx] += v[k];
-                    }
-                }
-                _ => w[idx] += g,
-            }
+        let mut fold = Fold {
+            w: layer.weights.as_mut_slice(),
+            theta: self.theta.as_mut().map(|t| t.as_mut_slice()),
+            velocity: self.velocity.as_mut().map(|v| v.as_mut_slice()),
+            mp: rule.metaplasticity,
+            mu,
+            defer_weights: ortho.is_some(),
         };
-        produce(&mut |tile, row0, col0| {
-            for j in 0..tile.nrows() {
-                let row = row0 + j;
+        let b = layer.bias.as_mut_slice();
+        produce(&mut |tile| {
+            for j in 0..tile.rows() {
+                let (row, g) = (tile.row0 + j, tile.row(j));
                 if row == d {
-                    for c in 0..tile.ncols() {
-                        b[col0 + c] += tile[(j, c)] as f32;
+                    for (b, &g) in b[tile.col0..].iter_mut().zip(g) {
+                        *b += g;
                     }
                     continue;
                 }
-                let first = row * m + col0;
+                let first = row * m + tile.col0;
                 match mask {
-                    None => {
-                        for c in 0..tile.ncols() {
-                            fold(first + c, first + c, tile[(j, c)] as f32);
-                        }
-                    }
+                    None => fold.dense(first, g),
                     Some(mask) => {
                         let idx = mask.indices();
                         let lo = idx.partition_point(|&k| (k as usize) < first);
-                        let hi = idx.partition_point(|&k| (k as usize) < first + tile.ncols());
+                        let hi = idx.partition_point(|&k| (k as usize) < first + g.len());
                         for (k, &flat) in idx.iter().enumerate().take(hi).skip(lo) {
-                            fold(k, flat as usize, tile[(j, flat as usize - first)] as f32);
+                            fold.one(k, flat as usize, g[flat as usize - first]);
                         }
                     }
                 }
@@ -277,6 +262,56 @@ impl LayerState {
         }
         self.finish(layer, rule);
         Ok(())
+    }
+}
+
+/// Folds streamed update values into a layer's traces, velocity and weights.
+struct Fold<'a> {
+    w: &'a mut [f32],
+    theta: Option<&'a mut [f32]>,
+    velocity: Option<&'a mut [f32]>,
+    mp: Option<Metaplasticity>,
+    mu: Option<f32>,
+    /// Weights move after the velocity is orthogonalised, not as tiles arrive.
+    defer_weights: bool,
+}
+
+impl Fold<'_> {
+    /// Update value `g` of state entry `k`, which is weight `idx`.
+    #[inline]
+    fn one(&mut self, k: usize, idx: usize, g: f32) {
+        let g = match (&mut self.theta, self.mp) {
+            (Some(t), Some(mp)) => modulate_one(g, &mut t[k], &mp),
+            _ => g,
+        };
+        match (&mut self.velocity, self.mu) {
+            (Some(v), Some(mu)) => {
+                v[k] = mu * v[k] + (1.0 - mu) * g;
+                if !self.defer_weights {
+                    self.w[idx] += v[k];
+                }
+            }
+            _ => self.w[idx] += g,
+        }
+    }
+
+    /// Update values `g` of the dense entries `first..` (state and weights alike).
+    fn dense(&mut self, first: usize, g: &[f32]) {
+        let range = first..first + g.len();
+        match (&mut self.velocity, self.mu, self.mp, self.defer_weights) {
+            // The common case, as one vectorisable loop over the row.
+            (Some(v), Some(mu), None, false) => {
+                for ((w, v), &g) in self.w[range.clone()].iter_mut().zip(&mut v[range]).zip(g) {
+                    *v = mu * *v + (1.0 - mu) * g;
+                    *w += *v;
+                }
+            }
+            _ => {
+                for (c, &g) in g.iter().enumerate() {
+                    self.one(first + c, first + c, g);
+                }
+            }
+        }
     }
 }
 
@@ -353,38 +388,45 @@ pub fn newton_schulz_step(x: &Matrix) -> Matrix {
 }
 
 /// Advance the persistent right singular vector `v` of `w` (`d x m`) by `steps` power
-/// iterations and return the estimate `||W v||` of the largest singular value.
+/// iterations and return the estimate `||W v||` of the largest singular value. The products
+/// run in `f32` on every thread (an estimate to about 1e-6 is plenty for a clamp); norms are
+/// summed in `f64`.
 pub fn power_iteration(w: &Matrix, v: &mut [f32], steps: usize) -> f32 {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, MatMut, MatRef};
     let (d, m) = (w.rows(), w.cols());
     if v.len() != m || m == 0 || d == 0 {
         return 0.0;
     }
-    let mut u = vec![0.0f64; d];
-    let mut next = vec![0.0f64; m];
-    let w_times = |v: &[f32], u: &mut [f64]| {
-        for (i, ui) in u.iter_mut().enumerate() {
-            *ui = w.row(i).iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum();
-        }
-        u.iter().map(|x| x * x).sum::<f64>().sqrt()
+    let mut u = Buffer::<f32>::zeros(d);
+    let mut next = Buffer::<f32>::zeros(m);
+    let norm = |x: &[f32]| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt();
+    let w_times = |v: &[f32], u: &mut [f32]| {
+        let uv = MatMut::from_column_major_slice_mut(u, d, 1);
+        matmul(uv, Accum::Replace, w.view(), MatRef::from_column_major_slice(v, m, 1), 1.0, crate::par());
     };
     for _ in 0..steps.max(1) {
         w_times(v, &mut u);
-        next.iter_mut().for_each(|x| *x = 0.0);
-        for (i, &ui) in u.iter().enumerate() {
-            for (n, &a) in next.iter_mut().zip(w.row(i)) {
-                *n += a as f64 * ui;
-            }
-        }
-        let norm = next.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 || !norm.is_finite() {
+        let nv = MatMut::from_column_major_slice_mut(&mut next, m, 1);
+        matmul(
+            nv,
+            Accum::Replace,
+            w.view().transpose(),
+            MatRef::from_column_major_slice(&u, d, 1),
+            1.0,
+            crate::par(),
+        );
+        let size = norm(&next);
+        if size == 0.0 || !size.is_finite() {
             break;
         }
-        for (vj, nj) in v.iter_mut().zip(&next) {
-            *vj = (nj / norm) as f32;
+        for (vj, &nj) in v.iter_mut().zip(next.iter()) {
+            *vj = (nj as f64 / size) as f32;
         }
     }
     // Rayleigh estimate with the refined vector: ||W v|| for unit v.
-    w_times(v, &mut u) as f32
+    w_times(v, &mut u);
+    norm(&u) as f32
 }
 
 #[cfg(test)]
@@ -526,12 +568,17 @@ mod tests {
     #[test]
     fn streamed_update_matches_materialized_update() {
         use crate::init::xavier_normal;
-        use crate::solve::{RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
+        use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
         use crate::sparse::small_world_mask;
         use rand::SeedableRng;
         use rand_chacha::ChaCha8Rng;
-        let ridge =
-            RidgeConfig { alpha: 0.5, lambda: 0.3, scale: RidgeScale::Relative, path: SolvePath::Auto };
+        let ridge = RidgeConfig {
+            alpha: 0.5,
+            lambda: 0.3,
+            scale: RidgeScale::Relative,
+            path: SolvePath::Auto,
+            precision: Precision::F64,
+        };
         for (masked, momentum) in [(false, Some(0.9)), (true, Some(0.9)), (false, None), (true, None)] {
             let rule = UpdateRule {
                 metaplasticity: Some(MP),

@@ -1,0 +1,191 @@
+//! The `f64` routes, for systems whose condition bound is too large for `f32`. `X_aug` and `e`
+//! are never converted to `f64` whole: the system is accumulated from slices of `chunk`
+//! columns (dual) or of a few hundred rows (primal), and the dual route's right-hand side is
+//! solved block by block.
+
+use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows};
+use crate::ledger::Buffer;
+use crate::{Matrix, OpsError, par};
+use faer::dyn_stack::MemStack;
+use faer::linalg::cholesky::llt;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Peak workspace bytes of [`solve_dual`] or [`solve_primal`] (see `super::workspace_bytes`).
+pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, threads: usize) -> usize {
+    let (da, chunk) = (d + 1, super::CHUNK);
+    let (f64b, f32b) = (size_of::<f64>(), size_of::<f32>());
+    if dual {
+        let (bw, cw) = (chunk.min(m), chunk.min(da));
+        (n * n + n * cw + n * bw + cw * bw) * f64b + cw * bw * f32b
+    } else {
+        let rows = primal_rows(chunk, da, n);
+        let parts = primal_parts(n, rows, threads);
+        let system = da * da + da * m;
+        // accumulating: the summed system, and per thread a partial system and one slice of
+        // rows; then the system and the f32 copy of the solution
+        let accumulate = ((1 + parts) * system + parts * rows * (da + m)) * f64b;
+        accumulate.max(system * f64b + da * m * f32b)
+    }
+}
+
+/// Columns `c0..c1` of `X_aug` (column `d` is the ones column) as a row-major `f64` block.
+fn columns_f64(x: &Matrix, c0: usize, c1: usize, out: &mut [f64]) {
+    let (d, w) = (x.cols(), c1 - c0);
+    for (i, dst) in out.chunks_exact_mut(w).enumerate().take(x.rows()) {
+        let row = x.row(i);
+        for (j, o) in dst.iter_mut().enumerate() {
+            let c = c0 + j;
+            *o = if c == d { 1.0 } else { row[c] as f64 };
+        }
+    }
+}
+
+/// Hand an `f64` tile to the sink as `f32`.
+fn emit(tile: MatRef<'_, f64>, scratch: &mut [f32], row0: usize, col0: usize, sink: &mut TileSink<'_>) {
+    let (h, w) = (tile.nrows(), tile.ncols());
+    for (j, dst) in scratch.chunks_exact_mut(w).take(h).enumerate() {
+        for (c, o) in dst.iter_mut().enumerate() {
+            *o = tile[(j, c)] as f32;
+        }
+    }
+    sink(Tile { values: &scratch[..h * w], cols: w, row0, col0 });
+}
+
+/// Dual route: `K = X_aug X_aug^T + lambda I` (n x n) accumulated from column chunks, then for
+/// each block of error columns `Z = K^-1 e_b` and `dTheta_b = -alpha X_aug^T Z`.
+pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<'_>) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let (da, chunk) = (d + 1, r.chunk);
+    let mut k = Buffer::<f64>::zeros(n * n);
+    let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
+    {
+        let mut xc = Buffer::<f64>::zeros(n * chunk.min(da));
+        for c0 in (0..da).step_by(chunk) {
+            let c1 = (c0 + chunk).min(da);
+            let w = c1 - c0;
+            columns_f64(x, c0, c1, &mut xc[..n * w]);
+            let xv = MatRef::from_row_major_slice(&xc[..n * w], n, w);
+            let accum = if c0 == 0 { Accum::Replace } else { Accum::Add };
+            lower_product(kv.as_mut(), accum, xv, xv.transpose(), 1.0, par());
+        }
+    }
+    for i in 0..n {
+        kv[(i, i)] += r.lambda;
+    }
+    let mut mem = factor(kv.as_mut(), par(), chunk.min(m))?;
+    let stack = MemStack::new(&mut mem);
+    let (bw, cw) = (chunk.min(m), chunk.min(da));
+    let mut z = Buffer::<f64>::zeros(n * bw);
+    let mut xc = Buffer::<f64>::zeros(n * cw);
+    let mut out = Buffer::<f64>::zeros(cw * bw);
+    let mut narrow = Buffer::<f32>::zeros(cw * bw);
+    for b0 in (0..m).step_by(chunk) {
+        let b1 = (b0 + chunk).min(m);
+        let w = b1 - b0;
+        for (i, dst) in z.chunks_exact_mut(w).enumerate().take(n) {
+            for (o, &v) in dst.iter_mut().zip(&e.row(i)[b0..b1]) {
+                *o = v as f64;
+            }
+        }
+        let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
+        llt::solve::solve_in_place(kv.as_ref(), zv.as_mut(), par(), stack);
+        let zr = zv.as_ref();
+        for c0 in (0..da).step_by(chunk) {
+            let c1 = (c0 + chunk).min(da);
+            let cwid = c1 - c0;
+            columns_f64(x, c0, c1, &mut xc[..n * cwid]);
+            let xv = MatRef::from_row_major_slice(&xc[..n * cwid], n, cwid);
+            let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
+            matmul(ov.as_mut(), Accum::Replace, xv.transpose(), zr, -r.alpha, par());
+            emit(ov.as_ref(), &mut narrow, c0, b0, sink);
+        }
+    }
+    Ok(())
+}
+
+/// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` accumulated from row
+/// chunks, then `R <- G^-1 R` in place.
+pub(super) fn solve_primal(
+    x: &Matrix,
+    e: &Matrix,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let da = d + 1;
+    let mut g = Buffer::<f64>::zeros(da * da);
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    let mut rhs = Buffer::<f64>::zeros(da * m);
+    let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
+    {
+        // The rows are split into one contiguous range per thread, each accumulating its own
+        // partial Gram and right-hand side with sequential products: the products of one
+        // slice are too small to share out (a 33 x 33 result), and parallel ones spent most
+        // of their time in barriers. Partials are summed in range order, so the result does
+        // not depend on scheduling.
+        let rows = primal_rows(r.chunk, da, n);
+        let parts = primal_parts(n, rows, rayon::current_num_threads());
+        let span = n.div_ceil(parts).max(1);
+        let partials: Vec<(Buffer<f64>, Buffer<f64>)> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (start, stop) = ((p * span).min(n), ((p + 1) * span).min(n));
+                let mut g = Buffer::<f64>::zeros(da * da);
+                let mut r = Buffer::<f64>::zeros(da * m);
+                let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+                let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
+                let mut xr = Buffer::<f64>::zeros(rows * da);
+                let mut er = Buffer::<f64>::zeros(rows * m);
+                for r0 in (start..stop).step_by(rows) {
+                    let r1 = (r0 + rows).min(stop);
+                    let h = r1 - r0;
+                    for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
+                        for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
+                            *o = v as f64;
+                        }
+                        dst[d] = 1.0;
+                    }
+                    for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
+                        *o = v as f64;
+                    }
+                    let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
+                    let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
+                    lower_product(gv.as_mut(), Accum::Add, xv.transpose(), xv, 1.0, Par::Seq);
+                    matmul(rv.as_mut(), Accum::Add, xv.transpose(), ev, 1.0, Par::Seq);
+                }
+                (g, r)
+            })
+            .collect();
+        gv.fill(0.0);
+        rv.fill(0.0);
+        for (g, r) in &partials {
+            let (g, r) =
+                (MatRef::from_column_major_slice(g, da, da), MatRef::from_column_major_slice(r, da, m));
+            for j in 0..da {
+                for i in j..da {
+                    gv[(i, j)] += g[(i, j)];
+                }
+            }
+            for c in 0..m {
+                for j in 0..da {
+                    rv[(j, c)] += r[(j, c)];
+                }
+            }
+        }
+    }
+    for i in 0..da {
+        gv[(i, i)] += r.lambda;
+    }
+    let mut mem = factor(gv.as_mut(), par(), m)?;
+    llt::solve::solve_in_place(gv.as_ref(), rv.as_mut(), par(), MemStack::new(&mut mem));
+    let mut narrow = Buffer::<f32>::zeros(da * m);
+    for c in 0..m {
+        for j in 0..da {
+            narrow[j * m + c] = (rv[(j, c)] * -r.alpha) as f32;
+        }
+    }
+    sink(Tile { values: &narrow, cols: m, row0: 0, col0: 0 });
+    Ok(())
+}

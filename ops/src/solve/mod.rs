@@ -1,0 +1,670 @@
+//! The Prospective Learning solve (SPEC section 2, step 4):
+//! `dTheta = -alpha (X_aug^T X_aug + lambda I)^-1 X_aug^T e` with `X_aug = [X, 1]`.
+//!
+//! Two exact routes give the same `dTheta`:
+//! - primal: factor the `(d+1) x (d+1)` Gram `X_aug^T X_aug + lambda I`;
+//! - dual: factor the `n x n` kernel `X_aug X_aug^T + lambda I` and map back with
+//!   `X_aug^T (X_aug X_aug^T + lambda I)^-1 e`.
+//!
+//! [`SolvePath::Auto`] takes the smaller system. Both factor by Cholesky (never an explicit
+//! inverse), compute only the lower triangle of the symmetric product, and solve in place.
+//!
+//! Precision follows the system's condition number, which the ridge bounds before anything is
+//! computed: the largest eigenvalue of the Gram (or kernel) is at most its trace and the
+//! smallest at least `lambda`, so `cond <= 1 + trace / lambda` (with the relative ridge,
+//! `1 + (d+1) / lambda_rel`: 132 on the MNIST first layer at the default 6). Where that bound
+//! is at most [`F32_CONDITION_LIMIT`], the system is built and factored in `f32` straight from
+//! the layer's own `f32` input ([`single`]): half the memory and about twice the speed of
+//! `f64`. Above it (the paper's absolute `lambda = 1e-4`, the CNN's relative 0.01 on narrow
+//! layers) everything runs in `f64` ([`double`]), where `X_aug` and `e` are converted 128
+//! columns at a time. Either way the update reaches the caller as `f32` tiles, the workspace is
+//! ledger-tracked and released before the function returns ([`workspace_bytes`]).
+
+mod double;
+mod single;
+
+use crate::{Matrix, OpsError};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::traits::ComplexField;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// How `lambda` is interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RidgeScale {
+    /// `lambda` is added to the Gram diagonal as it is (the paper's literal setting).
+    Absolute,
+    /// `lambda` is multiplied by the mean diagonal of `X_aug^T X_aug`, i.e. by
+    /// `||X_aug||_F^2 / (d+1)`, so the regularisation follows the scale of the data and of
+    /// the batch size. Both solve routes see the same value.
+    Relative,
+}
+
+/// Which system to factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolvePath {
+    /// The smaller of the two.
+    Auto,
+    /// The `(d+1) x (d+1)` Gram.
+    Primal,
+    /// The `n x n` kernel.
+    Dual,
+}
+
+/// The arithmetic a solve may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// `f32` where the ridge bounds the condition number by [`F32_CONDITION_LIMIT`], else `f64`.
+    Auto,
+    /// Always `f64` (for comparison, or to rule precision out when a run misbehaves).
+    F64,
+}
+
+/// Largest bound on the condition number at which a system is solved in `f32`. With `f32`
+/// rounding (6e-8) the relative error of the solved update stays near `cond * 1e-7` times a
+/// small factor; at 1000 that is about 1e-4 (measured in the tests below against the `f64`
+/// normal equations), far below the noise of a minibatch step.
+pub const F32_CONDITION_LIMIT: f64 = 1.0e3;
+
+/// Settings of one regularised least-squares update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RidgeConfig {
+    /// Step size `alpha`.
+    pub alpha: f64,
+    /// Ridge `lambda`, read according to `scale`.
+    pub lambda: f64,
+    /// How `lambda` is read.
+    pub scale: RidgeScale,
+    /// Which system to factor.
+    pub path: SolvePath,
+    /// Which arithmetic to use.
+    pub precision: Precision,
+}
+
+impl RidgeConfig {
+    /// The route a batch of `n` rows into a layer of `d` inputs takes, as far as it is known
+    /// before seeing data: with an absolute ridge the precision depends on the data's scale,
+    /// and the (larger) `f64` route is assumed.
+    pub fn planned_route(&self, n: usize, d: usize) -> Route {
+        Route { dual: self.dual(n, d), single: self.single_precision(d).unwrap_or(false) }
+    }
+
+    /// Whether a layer with `d` inputs is solved in `f32`, when that is known before seeing
+    /// data (relative ridge); `None` when it depends on the data's scale (absolute ridge).
+    pub fn single_precision(&self, d: usize) -> Option<bool> {
+        match (self.precision, self.scale) {
+            (Precision::F64, _) => Some(false),
+            (Precision::Auto, RidgeScale::Relative) => {
+                Some(1.0 + (d + 1) as f64 / self.lambda <= F32_CONDITION_LIMIT)
+            }
+            (Precision::Auto, RidgeScale::Absolute) => None,
+        }
+    }
+
+    /// Whether the dual system is factored for a batch of `n` rows and `d` inputs.
+    pub fn dual(&self, n: usize, d: usize) -> bool {
+        match self.path {
+            SolvePath::Auto => n < d + 1,
+            SolvePath::Primal => false,
+            SolvePath::Dual => true,
+        }
+    }
+}
+
+/// The result of one solve: the update of a dense layer's weights and bias.
+#[derive(Debug)]
+pub struct RidgeUpdate {
+    /// `d x m`, to be added to the weights.
+    pub dw: Matrix,
+    /// `1 x m`, to be added to the bias.
+    pub db: Matrix,
+    /// The `lambda` actually added to the diagonal.
+    pub lambda_used: f64,
+    /// `true` when the `n x n` system was factored.
+    pub dual: bool,
+}
+
+/// What a solve used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SolveInfo {
+    /// The `lambda` actually added to the diagonal.
+    pub lambda_used: f64,
+    /// `true` when the `n x n` system was factored.
+    pub dual: bool,
+    /// `true` when the system was built and factored in `f32`.
+    pub single: bool,
+}
+
+/// Which system a solve factors, in which precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The `n x n` kernel rather than the `(d+1) x (d+1)` Gram.
+    pub dual: bool,
+    /// In `f32` rather than `f64`.
+    pub single: bool,
+}
+
+/// How a solve hands its update over, which sets its workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// As one `d x m` matrix ([`ridge_update`]).
+    Whole,
+    /// In tiles, the error borrowed ([`ridge_update_tiles`]).
+    Tiles,
+    /// In tiles, the error consumed and solved in place where the route allows
+    /// ([`ridge_update_tiles_consuming`]).
+    TilesConsuming,
+}
+
+/// One tile of the update `dTheta` (already scaled by `-alpha`): rows `row0..` and columns
+/// `col0..` of the `(d+1) x m` matrix whose last row is the bias update, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile<'a> {
+    /// `rows() x cols` values, row after row.
+    pub values: &'a [f32],
+    /// Columns of the tile.
+    pub cols: usize,
+    /// First row of the update the tile holds.
+    pub row0: usize,
+    /// First column of the update the tile holds.
+    pub col0: usize,
+}
+
+impl<'a> Tile<'a> {
+    /// Rows of the tile.
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.cols.max(1)
+    }
+
+    /// Row `j` of the tile (row `row0 + j` of the update).
+    pub fn row(&self, j: usize) -> &'a [f32] {
+        &self.values[j * self.cols..(j + 1) * self.cols]
+    }
+}
+
+/// Receives the update one tile at a time. Every entry is delivered exactly once.
+pub type TileSink<'a> = dyn FnMut(Tile<'_>) + 'a;
+
+/// Solve for the update of a layer with input `x` (`n x d`) and error `e` (`n x m`).
+pub fn ridge_update(x: &Matrix, e: &Matrix, cfg: &RidgeConfig) -> Result<RidgeUpdate, OpsError> {
+    ridge_update_chunked(x, Rhs::Borrowed(e), cfg, CHUNK)
+}
+
+/// Like [`ridge_update`], but hands the update to `sink` tile by tile instead of returning it,
+/// so the caller can fold it into its state without a `d x m` buffer. The inputs are checked
+/// before the first tile; a tile with NaN or infinity stops the stream with an error (the
+/// caller's state may then hold the tiles already delivered).
+pub fn ridge_update_tiles(
+    x: &Matrix,
+    e: &Matrix,
+    cfg: &RidgeConfig,
+    sink: &mut TileSink<'_>,
+) -> Result<SolveInfo, OpsError> {
+    solve_tiles(x, Rhs::Borrowed(e), cfg, CHUNK, sink)
+}
+
+/// Like [`ridge_update_tiles`] for an error whose last use this is (the first layer's):
+/// the `f32` dual route solves the kernel system over the error's own storage, with no block
+/// of right-hand sides beside it, and in one call for all columns. The error is released
+/// before the function returns.
+pub fn ridge_update_tiles_consuming(
+    x: &Matrix,
+    e: Matrix,
+    cfg: &RidgeConfig,
+    sink: &mut TileSink<'_>,
+) -> Result<SolveInfo, OpsError> {
+    solve_tiles(x, Rhs::Owned(e), cfg, CHUNK, sink)
+}
+
+/// Peak bytes of workspace that a solve for an input of `n x d` and an error of `n x m`
+/// allocates on `route` when it delivers its update as `delivery` (for
+/// [`Delivery::TilesConsuming`], beyond the consumed error); used for memory estimates.
+/// `threads` is the number of per-thread partial systems of the primal route.
+pub fn workspace_bytes(
+    n: usize,
+    d: usize,
+    m: usize,
+    route: Route,
+    delivery: Delivery,
+    threads: usize,
+) -> usize {
+    let update = if delivery == Delivery::Whole { (d * m + m) * size_of::<f32>() } else { 0 };
+    let work = match (route.single, route.dual, delivery) {
+        (true, true, Delivery::TilesConsuming) => single::in_place_workspace_bytes(n, d, m),
+        (true, ..) => single::workspace_bytes(n, d, m, route.dual, threads),
+        (false, ..) => double::workspace_bytes(n, d, m, route.dual, threads),
+    };
+    work + update
+}
+
+/// The error a solve reads: borrowed, or owned (its last use) so a route may overwrite it.
+#[derive(Debug)]
+enum Rhs<'a> {
+    Borrowed(&'a Matrix),
+    Owned(Matrix),
+}
+
+impl Rhs<'_> {
+    fn matrix(&self) -> &Matrix {
+        match self {
+            Rhs::Borrowed(m) => m,
+            Rhs::Owned(m) => m,
+        }
+    }
+}
+
+/// Width of the slices of `X_aug` and `e` handled at a time: large enough for efficient
+/// products, small enough that the workspace is dominated by the system itself.
+const CHUNK: usize = 128;
+
+const OP: &str = "PL solve";
+
+fn ridge_update_chunked(
+    x: &Matrix,
+    e: Rhs<'_>,
+    cfg: &RidgeConfig,
+    chunk: usize,
+) -> Result<RidgeUpdate, OpsError> {
+    let mut collected = TileCollector::new(x.cols(), e.matrix().cols());
+    let info = solve_tiles(x, e, cfg, chunk, &mut |tile| collected.absorb(tile))?;
+    Ok(collected.finish(info))
+}
+
+/// Gathers streamed tiles of `dTheta` back into a whole update.
+#[derive(Debug)]
+pub struct TileCollector {
+    dw: Matrix,
+    db: Matrix,
+}
+
+impl TileCollector {
+    /// An empty update for `d` inputs and `m` outputs.
+    pub fn new(d: usize, m: usize) -> Self {
+        Self { dw: Matrix::zeros(d, m), db: Matrix::zeros(1, m) }
+    }
+
+    /// Store one tile (row `d` of the update is the bias).
+    pub fn absorb(&mut self, tile: Tile<'_>) {
+        let (d, m) = (self.dw.rows(), self.dw.cols());
+        for j in 0..tile.rows() {
+            let row = tile.row0 + j;
+            let dst = if row == d {
+                self.db.as_mut_slice()
+            } else {
+                &mut self.dw.as_mut_slice()[row * m..(row + 1) * m]
+            };
+            dst[tile.col0..tile.col0 + tile.cols].copy_from_slice(tile.row(j));
+        }
+    }
+
+    /// The whole update.
+    pub fn finish(self, info: SolveInfo) -> RidgeUpdate {
+        RidgeUpdate { dw: self.dw, db: self.db, lambda_used: info.lambda_used, dual: info.dual }
+    }
+}
+
+/// The sum of squares of `values` in `f64`, in parallel blocks summed in a fixed order.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    let parts: Vec<f64> = values
+        .par_chunks(1 << 16)
+        .map(|c| {
+            // Eight f32 lanes per f64 partial keep the loop vectorisable.
+            let mut lanes = [0.0f64; 8];
+            let mut it = c.chunks_exact(8);
+            for block in &mut it {
+                for (l, &v) in lanes.iter_mut().zip(block) {
+                    *l += (v as f64) * (v as f64);
+                }
+            }
+            lanes.iter().sum::<f64>() + it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+fn solve_tiles(
+    x: &Matrix,
+    rhs: Rhs<'_>,
+    cfg: &RidgeConfig,
+    chunk: usize,
+    sink: &mut TileSink<'_>,
+) -> Result<SolveInfo, OpsError> {
+    let e = rhs.matrix();
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    if e.rows() != n {
+        return Err(OpsError::Shape {
+            op: OP,
+            detail: format!("input has {n} rows but the error has {} ({}x{m})", e.rows(), e.rows()),
+        });
+    }
+    let da = d + 1;
+    // trace(X_aug^T X_aug) = ||X||_F^2 + n (the ones column), summed in f64.
+    let trace = n as f64 + sum_of_squares(x.as_slice());
+    if !trace.is_finite() {
+        return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows: n, cols: d });
+    }
+    if !sum_of_squares(e.as_slice()).is_finite() {
+        return Err(OpsError::NonFinite { op: OP, what: "the error", rows: n, cols: m });
+    }
+    let lambda = match cfg.scale {
+        RidgeScale::Absolute => cfg.lambda,
+        RidgeScale::Relative => cfg.lambda * trace / da as f64,
+    };
+    let dual = cfg.dual(n, d);
+    let single = cfg.precision == Precision::Auto && 1.0 + trace / lambda <= F32_CONDITION_LIMIT;
+    let mut finite = true;
+    let mut checked = |tile: Tile<'_>| {
+        if finite {
+            finite = tile.values.iter().all(|v| v.is_finite());
+            if finite {
+                sink(tile);
+            }
+        }
+    };
+    let system = Ridge { lambda, alpha: cfg.alpha, chunk };
+    match (single, dual, rhs) {
+        (true, true, Rhs::Owned(e)) => single::solve_dual_in_place(x, e, &system, &mut checked)?,
+        (true, true, rhs) => single::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
+        (true, false, rhs) => single::solve_primal(x, rhs.matrix(), &system, &mut checked)?,
+        (false, true, rhs) => double::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
+        (false, false, rhs) => double::solve_primal(x, rhs.matrix(), &system, &mut checked)?,
+    }
+    if !finite {
+        return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: da, cols: m });
+    }
+    Ok(SolveInfo { lambda_used: lambda, dual, single })
+}
+
+/// The numbers a route needs: the ridge actually added, the step, and the slice width.
+#[derive(Debug, Clone, Copy)]
+struct Ridge {
+    lambda: f64,
+    alpha: f64,
+    chunk: usize,
+}
+
+/// Rows per block of a primal route's per-thread accumulation: about 256 KiB of `f64` input,
+/// few enough calls for long, thin inputs (the positions of a pointwise layer).
+fn primal_rows(chunk: usize, da: usize, n: usize) -> usize {
+    chunk.max((1 << 15) / da).min(n.max(1))
+}
+
+/// How many per-thread partial systems a primal route over `n` rows accumulates.
+fn primal_parts(n: usize, rows: usize, threads: usize) -> usize {
+    threads.clamp(1, n.div_ceil(rows.max(1)).max(1))
+}
+
+/// Solve the small SPD system `a x = rhs` in place (`a` is `dim x dim`, symmetric, either
+/// layout; it is overwritten by its Cholesky factor and `rhs` by `x`). For the per-channel
+/// systems of depthwise layers.
+pub fn solve_spd_in_place(
+    a: &mut [f64],
+    dim: usize,
+    rhs: &mut [f64],
+    op: &'static str,
+) -> Result<(), OpsError> {
+    assert_eq!(a.len(), dim * dim, "solve_spd_in_place: matrix size");
+    assert_eq!(rhs.len(), dim, "solve_spd_in_place: right-hand side size");
+    let mut av = MatMut::from_column_major_slice_mut(a, dim, dim);
+    let mut mem = factor(av.as_mut(), Par::Seq, 1).map_err(|e| match e {
+        OpsError::NotPositiveDefinite { dim, pivot, .. } => OpsError::NotPositiveDefinite { op, dim, pivot },
+        other => other,
+    })?;
+    let rv = MatMut::from_column_major_slice_mut(rhs, dim, 1);
+    llt::solve::solve_in_place(av.as_ref(), rv, Par::Seq, MemStack::new(&mut mem));
+    Ok(())
+}
+
+/// Lower triangle of the symmetric product `alpha * a * b`, replacing or adding to `dst`.
+fn lower_product<T: ComplexField>(
+    dst: MatMut<'_, T>,
+    accum: Accum,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    alpha: T,
+    par: Par,
+) {
+    triangular::matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        accum,
+        a,
+        BlockStructure::Rectangular,
+        b,
+        BlockStructure::Rectangular,
+        alpha,
+        par,
+    );
+}
+
+/// Cholesky-factor the SPD matrix `a` (lower triangle) in place; returns the scratch the
+/// triangular solves of up to `rhs` right-hand sides may use.
+fn factor<T: ComplexField>(a: MatMut<'_, T>, par: Par, rhs: usize) -> Result<MemBuffer, OpsError> {
+    let dim = a.nrows();
+    let req = llt::factor::cholesky_in_place_scratch::<T>(dim, par, Default::default())
+        .or(llt::solve::solve_in_place_scratch::<T>(dim, rhs, par));
+    let mut mem = MemBuffer::new(req);
+    llt::factor::cholesky_in_place(a, Default::default(), par, MemStack::new(&mut mem), Default::default())
+        .map_err(|err| match err {
+        llt::factor::LltError::NonPositivePivot { index } => {
+            OpsError::NotPositiveDefinite { op: OP, dim, pivot: index }
+        }
+    })?;
+    Ok(mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let v = (0..rows * cols).map(|_| StandardNormal.sample(&mut rng)).collect();
+        Matrix::from_vec(rows, cols, v)
+    }
+
+    /// Residual of the normal equations `(X_aug^T X_aug + lambda I) dTheta + alpha X_aug^T e`,
+    /// computed with plain loops in f64, relative to the size of `alpha X_aug^T e`.
+    fn normal_equation_residual(x: &Matrix, e: &Matrix, u: &RidgeUpdate, alpha: f64) -> f64 {
+        let (n, d, m) = (x.rows(), x.cols(), e.cols());
+        let xa = |i: usize, j: usize| if j == d { 1.0 } else { x.row(i)[j] as f64 };
+        let theta = |j: usize, c: usize| {
+            if j == d { u.db.as_slice()[c] as f64 } else { u.dw.row(j)[c] as f64 }
+        };
+        let gram: Vec<f64> = (0..=d)
+            .flat_map(|j| (0..=d).map(move |k| (j, k)))
+            .map(|(j, k)| (0..n).map(|i| xa(i, j) * xa(i, k)).sum())
+            .collect();
+        let (mut worst, mut scale) = (0.0f64, 0.0f64);
+        for j in 0..=d {
+            for c in 0..m {
+                let mut lhs = u.lambda_used * theta(j, c);
+                for k in 0..=d {
+                    lhs += gram[j * (d + 1) + k] * theta(k, c);
+                }
+                let rhs: f64 = alpha * (0..n).map(|i| xa(i, j) * e.row(i)[c] as f64).sum::<f64>();
+                worst = worst.max((lhs + rhs).abs());
+                scale = scale.max(rhs.abs());
+            }
+        }
+        worst / scale
+    }
+
+    fn cfg(path: SolvePath, scale: RidgeScale, lambda: f64) -> RidgeConfig {
+        RidgeConfig { alpha: 0.1, lambda, scale, path, precision: Precision::F64 }
+    }
+
+    fn single(path: SolvePath, lambda_rel: f64) -> RidgeConfig {
+        RidgeConfig { precision: Precision::Auto, ..cfg(path, RidgeScale::Relative, lambda_rel) }
+    }
+
+    fn solve_with_info(x: &Matrix, e: &Matrix, c: &RidgeConfig, chunk: usize) -> (RidgeUpdate, SolveInfo) {
+        let mut collected = TileCollector::new(x.cols(), e.cols());
+        let info = solve_tiles(x, Rhs::Borrowed(e), c, chunk, &mut |t| collected.absorb(t)).expect("solve");
+        (collected.finish(info), info)
+    }
+
+    fn max_abs_diff(a: &RidgeUpdate, b: &RidgeUpdate) -> (f32, f32) {
+        let pairs =
+            a.dw.as_slice().iter().zip(b.dw.as_slice()).chain(a.db.as_slice().iter().zip(b.db.as_slice()));
+        pairs.fold((0f32, 0f32), |(diff, max), (x, y)| (diff.max((x - y).abs()), max.max(y.abs())))
+    }
+
+    #[test]
+    fn primal_solve_satisfies_normal_equations() {
+        let (x, e) = (random(40, 12, 1), random(40, 3, 2));
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Absolute, 0.5)).expect("solve");
+        assert!(!u.dual, "n=40 > d+1=13 must take the primal route");
+        let r = normal_equation_residual(&x, &e, &u, 0.1);
+        assert!(r < 1e-5, "relative residual {r}");
+    }
+
+    #[test]
+    fn dual_solve_satisfies_normal_equations() {
+        let (x, e) = (random(10, 30, 3), random(10, 4, 4));
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.1)).expect("solve");
+        assert!(u.dual, "n=10 < d+1=31 must take the dual route");
+        let r = normal_equation_residual(&x, &e, &u, 0.1);
+        assert!(r < 1e-5, "relative residual {r}");
+    }
+
+    #[test]
+    fn both_routes_agree() {
+        for precision in [Precision::F64, Precision::Auto] {
+            for (n, d) in [(20, 50), (50, 20), (31, 30), (150, 300), (300, 140)] {
+                let (x, e) = (random(n, d, 5), random(n, if d > 200 { 140 } else { 6 }, 6));
+                let lambda = if precision == Precision::F64 { 1e-2 } else { 6.0 };
+                let p = RidgeConfig { precision, ..cfg(SolvePath::Primal, RidgeScale::Relative, lambda) };
+                let q = RidgeConfig { path: SolvePath::Dual, ..p };
+                let (p, pi) = solve_with_info(&x, &e, &p, CHUNK);
+                let (q, qi) = solve_with_info(&x, &e, &q, CHUNK);
+                assert_eq!(pi.single, precision == Precision::Auto);
+                assert_eq!(qi.single, pi.single);
+                assert_eq!(p.lambda_used, q.lambda_used);
+                let (diff, max) = max_abs_diff(&p, &q);
+                assert!(diff <= 1e-4 * max, "{precision:?} n={n} d={d}: differ by {diff} (max {max})");
+            }
+        }
+    }
+
+    /// The f32 routes against the f64 normal equations, on both routes and on shapes that
+    /// exercise the per-thread partial systems (long and thin) and the parallel one (wide).
+    #[test]
+    fn single_precision_satisfies_normal_equations() {
+        for (n, d, m, lambda) in
+            [(512, 100, 20, 6.0), (60, 300, 30, 6.0), (3000, 20, 5, 1.0), (700, 300, 8, 0.5)]
+        {
+            let (x, e) = (random(n, d, 12), random(n, m, 13));
+            let (u, info) = solve_with_info(&x, &e, &single(SolvePath::Auto, lambda), CHUNK);
+            assert!(info.single, "bound {} allows f32", 1.0 + (d + 1) as f64 / lambda);
+            assert_eq!(info.dual, n < d + 1);
+            let r = normal_equation_residual(&x, &e, &u, 0.1);
+            assert!(r < 1e-4, "n={n} d={d} lambda {lambda}: relative residual {r}");
+        }
+    }
+
+    /// At the limit of the bound, on inputs made as ill-conditioned as the ridge allows
+    /// (nearly collinear columns with a large offset), the f32 solve still agrees with f64.
+    #[test]
+    fn single_precision_holds_at_the_condition_limit() {
+        let (n, d) = (400, 63);
+        let base = random(n, 1, 14);
+        let noise = random(n, d, 15);
+        let v: Vec<f32> =
+            (0..n * d).map(|k| 5.0 + base.as_slice()[k / d] + 1e-3 * noise.as_slice()[k]).collect();
+        let x = Matrix::from_vec(n, d, v);
+        let e = random(n, 7, 16);
+        let lambda = (d + 1) as f64 / (F32_CONDITION_LIMIT - 1.0) * (1.0 + 1e-9); // bound at the limit
+        for path in [SolvePath::Primal, SolvePath::Dual] {
+            let (u32s, info) = solve_with_info(&x, &e, &single(path, lambda), CHUNK);
+            assert!(info.single);
+            let (u64s, _) = solve_with_info(&x, &e, &cfg(path, RidgeScale::Relative, lambda), CHUNK);
+            let (diff, max) = max_abs_diff(&u32s, &u64s);
+            assert!(diff <= 1e-3 * max, "{path:?}: f32 and f64 differ by {diff} (max {max})");
+        }
+    }
+
+    /// Where the bound exceeds the limit (the CNN's relative 0.01 on a 33-wide layer, a tiny
+    /// absolute ridge), the solve falls back to f64 and stays exact.
+    #[test]
+    fn large_condition_bound_falls_back_to_f64() {
+        let (x, e) = (random(2000, 32, 17), random(2000, 32, 18));
+        let c = single(SolvePath::Auto, 0.01);
+        assert_eq!(c.single_precision(32), Some(false));
+        let (u, info) = solve_with_info(&x, &e, &c, CHUNK);
+        assert!(!info.single && !info.dual);
+        assert!(normal_equation_residual(&x, &e, &u, 0.1) < 1e-5);
+        let absolute = RidgeConfig { scale: RidgeScale::Absolute, lambda: 1e-4, ..c };
+        assert_eq!(absolute.single_precision(32), None, "an absolute ridge depends on the data");
+        let (_, info) = solve_with_info(&x, &e, &absolute, CHUNK);
+        assert!(!info.single);
+        assert_eq!(single(SolvePath::Auto, 6.0).single_precision(784), Some(true));
+    }
+
+    /// The first layer's route, solved over its consumed error, gives the borrowed route's
+    /// update (f32 dual), and the other routes accept a consumed error as well.
+    #[test]
+    fn consuming_the_error_gives_the_same_update() {
+        for (n, d, m, lambda) in [(64, 300, 70, 6.0), (64, 300, 70, 0.01), (300, 40, 9, 6.0)] {
+            let (x, e) = (random(n, d, 21), random(n, m, 22));
+            let c = single(SolvePath::Auto, lambda);
+            let (borrowed, info) = solve_with_info(&x, &e, &c, CHUNK);
+            let mut collected = TileCollector::new(d, m);
+            let consumed =
+                ridge_update_tiles_consuming(&x, e, &c, &mut |t| collected.absorb(t)).expect("solve");
+            assert_eq!(consumed, info);
+            let (diff, max) = max_abs_diff(&collected.finish(consumed), &borrowed);
+            assert!(diff <= 1e-5 * max, "n={n} d={d} lambda {lambda}: differ by {diff} (max {max})");
+        }
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_change_the_result() {
+        // Chunks of 3 split X_aug's columns (dual) and rows (primal) and e's columns unevenly.
+        for precision in [Precision::F64, Precision::Auto] {
+            for (n, d, m) in [(9, 20, 7), (25, 10, 8)] {
+                let (x, e) = (random(n, d, 10), random(n, m, 11));
+                let c = RidgeConfig { precision, ..cfg(SolvePath::Auto, RidgeScale::Relative, 0.05) };
+                let c = if precision == Precision::Auto { RidgeConfig { lambda: 2.0, ..c } } else { c };
+                let (whole, _) = solve_with_info(&x, &e, &c, CHUNK);
+                let (chunked, _) = solve_with_info(&x, &e, &c, 3);
+                let r = normal_equation_residual(&x, &e, &chunked, 0.1);
+                assert!(r < 1e-4, "n={n} d={d}: relative residual {r}");
+                let (diff, max) = max_abs_diff(&chunked, &whole);
+                assert!(diff <= 1e-5 * max.max(1e-3), "{precision:?}: differ by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn relative_lambda_is_mean_gram_diagonal() {
+        let x = Matrix::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
+        let e = Matrix::from_vec(2, 1, vec![1.0, -1.0]);
+        let u = ridge_update(&x, &e, &cfg(SolvePath::Auto, RidgeScale::Relative, 0.5)).expect("solve");
+        // trace = 1 + 4 + 9 + 16 + 2 (ones column) = 32, over d+1 = 3 diagonal entries.
+        assert!((u.lambda_used - 0.5 * 32.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nan_input_is_reported_not_propagated() {
+        let mut x = random(8, 4, 7);
+        x.as_mut_slice()[5] = f32::NAN;
+        let err = ridge_update(&x, &random(8, 2, 8), &cfg(SolvePath::Auto, RidgeScale::Absolute, 1.0))
+            .expect_err("NaN input");
+        assert!(err.to_string().contains("NaN"), "{err}");
+    }
+
+    #[test]
+    fn zero_lambda_on_rank_deficient_input_is_not_positive_definite() {
+        let x = Matrix::zeros(10, 3);
+        let e = random(10, 2, 9);
+        let err =
+            ridge_update(&x, &e, &cfg(SolvePath::Primal, RidgeScale::Absolute, 0.0)).expect_err("singular");
+        assert!(err.to_string().contains("not positive definite"), "{err}");
+    }
+}

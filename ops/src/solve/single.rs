@@ -1,0 +1,210 @@
+//! The `f32` routes, for systems whose condition bound allows it (see the module above). They
+//! read the layer's `f32` input where it lies, with no converted copy: the ones column of
+//! `X_aug` is folded in algebraically (`X_aug X_aug^T = X X^T + 1 1^T`; the Gram's last row
+//! and column are the column sums of `X` and the row count), so the workspace is the system,
+//! one block of right-hand sides and one output tile.
+
+use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows};
+use crate::ledger::Buffer;
+use crate::{Matrix, OpsError, par};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Above this many Gram rows, the primal route builds one system with parallel products
+/// instead of one partial system per thread (whose copies would then cost more memory than
+/// the barriers of a parallel product cost time).
+const PARTIALS_UP_TO: usize = 256;
+
+/// Peak workspace bytes of [`solve_dual`] or [`solve_primal`] (see `super::workspace_bytes`).
+pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, threads: usize) -> usize {
+    let (da, chunk) = (d + 1, super::CHUNK);
+    let f32s = if dual {
+        let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
+        n * n + n * bw + cw * bw + bw
+    } else {
+        primal_systems(n, da, threads) * (da * da + da * m)
+    };
+    f32s * size_of::<f32>()
+}
+
+/// Number of systems the primal route accumulates at once (one per thread for small ones).
+fn primal_systems(n: usize, da: usize, threads: usize) -> usize {
+    if da > PARTIALS_UP_TO { 1 } else { primal_parts(n, primal_rows(super::CHUNK, da, n), threads) }
+}
+
+/// Column sums of the rows of `v` (`cols` wide, row-major), accumulated in `f64` on the
+/// stack a block of columns at a time (no allocation), each handed to `emit(column, sum)`.
+fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f64)) {
+    const BLOCK: usize = 64;
+    for c0 in (0..cols).step_by(BLOCK) {
+        let w = BLOCK.min(cols - c0);
+        let mut acc = [0.0f64; BLOCK];
+        for row in v.chunks_exact(cols) {
+            for (a, &x) in acc[..w].iter_mut().zip(&row[c0..c0 + w]) {
+                *a += x as f64;
+            }
+        }
+        for (j, &a) in acc[..w].iter().enumerate() {
+            emit(c0 + j, a);
+        }
+    }
+}
+
+/// Values of `dW` per tile of the in-place dual route (128 KiB).
+const TILE_VALUES: usize = 1 << 15;
+
+/// Peak workspace bytes of [`solve_dual_in_place`], beside the consumed error.
+pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
+    let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
+    (n * n + rows * m + m) * size_of::<f32>()
+}
+
+/// The factored kernel `K = X X^T + 1 1^T + lambda I` (lower triangle, column-major), with
+/// the scratch its solves for `rhs` right-hand sides need.
+fn kernel(x: &Matrix, lambda: f64, rhs: usize) -> Result<(Buffer<f32>, MemBuffer), OpsError> {
+    let n = x.rows();
+    let mut k = Buffer::<f32>::zeros(n * n);
+    let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
+    lower_product(kv.as_mut(), Accum::Replace, x.view(), x.view().transpose(), 1.0, par());
+    for j in 0..n {
+        for i in j..n {
+            kv[(i, j)] += 1.0;
+        }
+        kv[(j, j)] += lambda as f32;
+    }
+    let mem = factor(kv.as_mut(), par(), rhs)?;
+    Ok((k, mem))
+}
+
+/// Dual route over the error's own storage (its last use): `Z = K^-1 e` in place for all
+/// columns at once, then `dW = -alpha X^T Z` in tiles of rows and `db = -alpha 1^T Z`.
+pub(super) fn solve_dual_in_place(
+    x: &Matrix,
+    mut e: Matrix,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let (k, mut mem) = kernel(x, r.lambda, m)?;
+    let kv = MatRef::from_column_major_slice(&k, n, n);
+    llt::solve::solve_in_place(kv, e.view_mut(), par(), MemStack::new(&mut mem));
+    let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
+    let mut out = Buffer::<f32>::zeros(rows * m);
+    for c0 in (0..d).step_by(rows) {
+        let h = rows.min(d - c0);
+        let ov = MatMut::from_row_major_slice_mut(&mut out[..h * m], h, m);
+        matmul(ov, Accum::Replace, x.view().subcols(c0, h).transpose(), e.view(), -r.alpha as f32, par());
+        sink(Tile { values: &out[..h * m], cols: m, row0: c0, col0: 0 });
+    }
+    let mut bias = Buffer::<f32>::zeros(m);
+    column_sums(e.as_slice(), m, |c, s| bias[c] = (-r.alpha * s) as f32);
+    sink(Tile { values: &bias, cols: m, row0: d, col0: 0 });
+    Ok(())
+}
+
+/// Dual route: `K = X X^T + 1 1^T + lambda I` (n x n), then for each block of error columns
+/// `Z = K^-1 e_b`, `dW_b = -alpha X^T Z` in tiles of rows and `db_b = -alpha 1^T Z`.
+pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<'_>) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let chunk = r.chunk;
+    let (k, mut mem) = kernel(x, r.lambda, chunk.min(m))?;
+    let kv = MatRef::from_column_major_slice(&k, n, n);
+    let stack = MemStack::new(&mut mem);
+    let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
+    let mut z = Buffer::<f32>::zeros(n * bw);
+    let mut out = Buffer::<f32>::zeros(cw * bw);
+    let mut bias = Buffer::<f32>::zeros(bw);
+    let alpha = r.alpha as f32;
+    for b0 in (0..m).step_by(chunk) {
+        let b1 = (b0 + chunk).min(m);
+        let w = b1 - b0;
+        for (dst, src) in z.chunks_exact_mut(w).zip(e.as_slice().chunks_exact(m)) {
+            dst.copy_from_slice(&src[b0..b1]);
+        }
+        let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
+        llt::solve::solve_in_place(kv.as_ref(), zv.as_mut(), par(), stack);
+        let zr = zv.as_ref();
+        for c0 in (0..d).step_by(chunk) {
+            let cwid = chunk.min(d - c0);
+            let xv = x.view().subcols(c0, cwid);
+            let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
+            matmul(ov.as_mut(), Accum::Replace, xv.transpose(), zr, -alpha, par());
+            sink(Tile { values: &out[..cwid * w], cols: w, row0: c0, col0: b0 });
+        }
+        column_sums(&z[..n * w], w, |c, s| bias[c] = (-r.alpha * s) as f32);
+        sink(Tile { values: &bias[..w], cols: w, row0: d, col0: b0 });
+    }
+    Ok(())
+}
+
+/// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` (row `d` of each from
+/// column sums), then `R <- -alpha G^-1 R` in place, handed over as one tile.
+pub(super) fn solve_primal(
+    x: &Matrix,
+    e: &Matrix,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<(), OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let da = d + 1;
+    let parts = primal_systems(n, da, rayon::current_num_threads());
+    // One contiguous range of rows per system, summed in range order (no dependence on
+    // scheduling); with one system its products use every thread.
+    let span = n.div_ceil(parts).max(1);
+    let inner = if parts == 1 { par() } else { Par::Seq };
+    let mut systems: Vec<(Buffer<f32>, Buffer<f32>)> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (start, stop) = ((p * span).min(n), ((p + 1) * span).min(n));
+            accumulate(x, e, start, stop, inner)
+        })
+        .collect();
+    let (mut g, mut rhs) = systems.remove(0);
+    for (pg, pr) in &systems {
+        // Only the lower triangle of a Gram is meaningful.
+        for j in 0..da {
+            for i in j..da {
+                g[j * da + i] += pg[j * da + i];
+            }
+        }
+        for (a, &b) in rhs.iter_mut().zip(pr.iter()) {
+            *a += b;
+        }
+    }
+    drop(systems);
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    for i in 0..da {
+        gv[(i, i)] += r.lambda as f32;
+    }
+    let mut mem = factor(gv.as_mut(), par(), m)?;
+    let rv = MatMut::from_row_major_slice_mut(&mut rhs, da, m);
+    llt::solve::solve_in_place(gv.as_ref(), rv, par(), MemStack::new(&mut mem));
+    let alpha = r.alpha as f32;
+    rhs.iter_mut().for_each(|v| *v *= -alpha);
+    sink(Tile { values: &rhs, cols: m, row0: 0, col0: 0 });
+    Ok(())
+}
+
+/// The Gram (lower triangle, column-major `da x da`) and right-hand side (row-major
+/// `da x m`) of rows `start..stop`.
+fn accumulate(x: &Matrix, e: &Matrix, start: usize, stop: usize, par: Par) -> (Buffer<f32>, Buffer<f32>) {
+    let (d, m) = (x.cols(), e.cols());
+    let (da, h) = (d + 1, stop - start);
+    let mut g = Buffer::<f32>::zeros(da * da);
+    let mut rhs = Buffer::<f32>::zeros(da * m);
+    let xv = x.view().subrows(start, h);
+    let ev = e.view().subrows(start, h);
+    {
+        let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+        lower_product(gv.as_mut().submatrix_mut(0, 0, d, d), Accum::Replace, xv.transpose(), xv, 1.0, par);
+        column_sums(&x.as_slice()[start * d..stop * d], d, |j, s| gv[(d, j)] = s as f32);
+        gv[(d, d)] = h as f32;
+        let mut rv = MatMut::from_row_major_slice_mut(&mut rhs, da, m);
+        matmul(rv.as_mut().submatrix_mut(0, 0, d, m), Accum::Replace, xv.transpose(), ev, 1.0, par);
+        column_sums(&e.as_slice()[start * m..stop * m], m, |c, s| rv[(d, c)] = s as f32);
+    }
+    (g, rhs)
+}
