@@ -36,6 +36,22 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Measure a trained model: accuracy, accuracy per class and the confusion matrix,
+    /// printed and written as CSV (RUN_DIR/eval-<split>.csv).
+    Eval {
+        /// A run folder (its model.safetensors) or a model file.
+        run: PathBuf,
+        /// The split to measure.
+        #[arg(long, value_parser = ["test", "train"], default_value = "test")]
+        split: String,
+        /// Use the run's best.safetensors (best test accuracy) instead of its last model.
+        #[arg(long)]
+        best: bool,
+        /// Override a field of the model's pipeline, e.g. `data.path=other` for another
+        /// dataset of the same shape; repeatable.
+        #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
+        sets: Vec<String>,
+    },
     /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
     /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
     Fetch {
@@ -150,6 +166,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 outcome.dir.display()
             );
         }
+        Command::Eval { run, split, best, sets } => eval(&run, &split, best, &sets)?,
         Command::Fetch { dataset, dir, mirror } => {
             use plflow_engine::datasets::{fetch, location::DATA_DIR_ENV};
             let dir = dir
@@ -176,6 +193,30 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             bench(&pipelines, epochs, repeat, out, &sets)?
         }
     }
+    Ok(())
+}
+
+fn eval(run: &std::path::Path, split: &str, best: bool, sets: &[String]) -> anyhow::Result<()> {
+    use plflow_engine::graph::Split;
+    let (model, dir) = if run.is_dir() {
+        (run.join(if best { "best.safetensors" } else { "model.safetensors" }), run.to_path_buf())
+    } else {
+        (run.to_path_buf(), run.parent().map_or_else(|| PathBuf::from("."), PathBuf::from))
+    };
+    anyhow::ensure!(
+        model.is_file(),
+        "{} does not exist: give a run folder written by `plflow run` (it holds model.safetensors) or a model file",
+        model.display()
+    );
+    let split = if split == "train" { Split::Train } else { Split::Test };
+    let opts = RunOptions { out: None, progress: false, cache: plflow_engine::run::default_cache() };
+    let report = plflow_engine::eval::evaluate(&model, split, sets, &opts)
+        .with_context(|| format!("cannot evaluate {}", model.display()))?;
+    print!("{}", report.table());
+    let name = if split == Split::Train { "eval-train.csv" } else { "eval-test.csv" };
+    let csv = dir.join(name);
+    report::write_atomic(&csv, report.csv().as_bytes())?;
+    println!("per-class accuracy and confusion matrix written to {}", csv.display());
     Ok(())
 }
 

@@ -350,3 +350,66 @@ fn fetch_rejects_a_corrupted_download() {
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
     assert_eq!(std::fs::read_dir(&data).map_or(0, |d| d.count()), 0, "nothing left in {}", data.display());
 }
+
+/// A run leaves its model behind: `eval` on the run folder reproduces the run's test accuracy
+/// exactly, counts every test example in a per-class CSV, measures another dataset of the
+/// same shape given by `--set`, and refuses a truncated model naming the file.
+#[test]
+fn eval_reproduces_the_run_and_measures_other_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 1200, 300);
+    synthetic_mnist(&dir.path().join("other"), 100, 70);
+    let run_dir = dir.path().join("run");
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let run = plflow(
+        dir.path(),
+        &[
+            "run",
+            &mnist_pipeline(),
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "net.hidden=[48]",
+            "--set",
+            "net.sparse={mask: persistent}",
+            "--out",
+            run_dir.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    let (stdout, stderr) = text(&run);
+    assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for file in ["model.safetensors", "best.safetensors"] {
+        assert!(run_dir.join(file).is_file(), "{file} written");
+    }
+    let acc = read_json(&run_dir.join("summary.json"))["test_accuracy"].as_f64().expect("number");
+
+    let run_arg = run_dir.to_str().expect("utf-8");
+    let eval = plflow(dir.path(), &["eval", run_arg], &env);
+    let (stdout, stderr) = text(&eval);
+    assert!(eval.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(&format!("test accuracy {:.2}% over 300 examples", acc * 100.0)), "{stdout}");
+    let csv = std::fs::read_to_string(run_dir.join("eval-test.csv")).expect("csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 11, "a header and one row per class:\n{csv}");
+    let examples: u64 = rows[1..]
+        .iter()
+        .map(|r| r.split(',').nth(1).and_then(|v| v.parse::<u64>().ok()).expect("count"))
+        .sum();
+    assert_eq!(examples, 300);
+
+    let other = plflow(dir.path(), &["eval", run_arg, "--set", "data.path=other"], &env);
+    let (stdout, stderr) = text(&other);
+    assert!(other.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("over 70 examples"), "{stdout}");
+
+    let bytes = std::fs::read(run_dir.join("model.safetensors")).expect("model");
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let bad = plflow(dir.path(), &["eval", cut.to_str().expect("utf-8")], &env);
+    let (_, stderr) = text(&bad);
+    assert!(
+        !bad.status.success() && stderr.contains("cut.safetensors") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}

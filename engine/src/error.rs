@@ -104,6 +104,9 @@ pub enum EngineError {
         #[source]
         source: plflow_ops::OpsError,
     },
+    /// A model file that cannot be used.
+    #[error("{}{}: {message}", .path.display(), .tensor.as_ref().map_or(String::new(), |t| format!(", tensor `{t}`")))]
+    Model { path: PathBuf, tensor: Option<String>, message: String },
     /// Reading the pipeline or writing run outputs failed.
     #[error("{}: {action}", .path.display())]
     Io {

@@ -5,7 +5,9 @@
 //! - [`parse`]: text and `--set` overrides into a spec, with located errors;
 //! - [`plan`]: the spec checked and expanded into a [`graph::Graph`] of typed, shaped nodes
 //!   (references, cycles, shapes, memory estimate), before any data is read;
-//! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s;
+//! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s
+//!   and, after every epoch, the trained [`model`] files;
+//! - [`eval`]: a saved model measured on a dataset (accuracy, per class, confusion matrix);
 //! - [`bench`]: the comparison table of several runs.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
@@ -14,7 +16,9 @@
 
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod graph;
+pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod report;

@@ -114,6 +114,8 @@ pub struct EpochRecord {
     pub samples_per_second: f64,
     /// Wall seconds spent evaluating after the epoch.
     pub eval_seconds: f64,
+    /// Wall seconds spent writing the model files after the epoch.
+    pub save_seconds: f64,
     /// Seconds of the epoch's steps spent in forward passes.
     pub forward_seconds: f64,
     /// Seconds spent propagating errors (PL) or deltas (backprop) to the layers below.

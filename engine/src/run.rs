@@ -6,6 +6,7 @@
 use crate::error::EngineError;
 use crate::graph::DataSource;
 use crate::graph::{Init, Op, Solver, Split};
+use crate::model::ModelFiles;
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -78,7 +79,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         .map_err(|e| EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
     let header =
         format!("# {} as run by plflow: overrides applied, every default filled in\n", plan.file.display());
-    report::write_atomic(&dir.join("pipeline.yaml"), format!("{header}{resolved}").as_bytes())?;
+    let pipeline_text = format!("{header}{resolved}");
+    report::write_atomic(&dir.join("pipeline.yaml"), pipeline_text.as_bytes())?;
     let mut metrics = MetricsFile::create(&dir)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
@@ -86,77 +88,26 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     let mut layers: HashMap<NodeIndex, Layer> = HashMap::new();
     let mut trained: HashMap<NodeIndex, Trained> = HashMap::new();
     let mut run_peak = 0usize;
+    let mut measured: HashMap<String, Stats> = HashMap::new();
+    let mut hashes: HashMap<String, String> = HashMap::new();
 
     for (i, node) in plan.graph.topological() {
         match &node.op {
-            Op::Data { source, limit } => {
-                let data = open_dataset(source, &opts.cache)
-                    .map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
-                let data = match limit {
-                    Some(n) => plflow_datasets::subset::limit(data, *n, plan.spec.seed),
-                    None => data,
-                };
-                let (want, _) = node.output.tensor().unwrap_or((&[], 0));
-                for split in [&data.train, &data.test] {
-                    if split.example_shape() != want {
-                        return Err(EngineError::DataMismatch {
-                            stage: node.stage.clone(),
-                            message: format!(
-                                "examples have shape {:?}, the pipeline was checked for {want:?}",
-                                split.example_shape()
-                            ),
-                        });
-                    }
+            op @ (Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten) => {
+                if let Some(stats) = data_stage(plan, i, &mut datasets, opts, None)? {
+                    let json =
+                        serde_json::to_vec(&serde_json::json!({ "mean": stats.mean, "std": stats.std }))
+                            .map_err(|e| EngineError::io(&dir, "cannot encode statistics")(e.into()))?;
+                    let file = dir.join(format!("{}-stats.json", node.name));
+                    report::write_atomic(&file, &json)?;
+                    println!("{}: statistics saved to {}", node.name, file.display());
+                    measured.insert(node.name.clone(), stats);
                 }
-                println!(
-                    "{}: {} train and {} test examples of shape {}, {} classes",
-                    node.name,
-                    data.train.len(),
-                    data.test.len(),
-                    node.output.describe(),
-                    data.class_names.len().max(data.train.classes())
-                );
-                datasets.insert(i, data);
-            }
-            Op::Extract(x) => {
-                let input = &datasets[&plan.graph.input_of(i).expect("extract has an input")];
-                let data = extract(x, input, plan, &node.name, opts)
-                    .map_err(|source| EngineError::Extract { stage: node.stage.clone(), source })?;
-                let got = data.train.example_len();
-                if got != x.dim {
-                    return Err(EngineError::DataMismatch {
-                        stage: node.stage.clone(),
-                        message: format!(
-                            "the model's `{}` output has {got} values per image; set `dim: {got}`",
-                            x.output
-                        ),
-                    });
+                if let Op::Extract(x) = op {
+                    let hash = crate::model::sha256_file(&x.model)
+                        .map_err(EngineError::io(&x.model, "cannot read the backbone"))?;
+                    hashes.insert(node.name.clone(), hash);
                 }
-                datasets.insert(i, data);
-            }
-            Op::Standardize => {
-                let input = &datasets[&plan.graph.input_of(i).expect("a transform has an input")];
-                let t0 = Instant::now();
-                let stats = Stats::measure(input.train.as_ref(), 512);
-                let json = serde_json::to_vec(&serde_json::json!({ "mean": stats.mean, "std": stats.std }))
-                    .map_err(|e| EngineError::io(&dir, "cannot encode statistics")(e.into()))?;
-                let file = dir.join(format!("{}-stats.json", node.name));
-                report::write_atomic(&file, &json)?;
-                println!(
-                    "{}: mean and std of {} features over {} examples in {:.1} s (saved to {})",
-                    node.name,
-                    stats.mean.len(),
-                    input.train.len(),
-                    t0.elapsed().as_secs_f64(),
-                    file.display()
-                );
-                let out = standardize(input, &stats);
-                datasets.insert(i, out);
-            }
-            Op::Flatten => {
-                let input = &datasets[&plan.graph.input_of(i).expect("a transform has an input")];
-                let out = flatten(input);
-                datasets.insert(i, out);
             }
             Op::Dense { inputs, units, positions, activation, init } => {
                 let (weights, mask) = match *init {
@@ -237,7 +188,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 // The stage's own peak is measured from here; the run's keeps what came before.
                 run_peak = run_peak.max(ledger::peak_bytes());
                 ledger::reset_peak();
-                let t = job.train(network, &mut metrics)?;
+                let mut files =
+                    ModelFiles::new(plan, i, &dir, &pipeline_text, &measured, &hashes, &data.class_names);
+                let t = job.train(network, &mut metrics, &mut files)?;
                 run_peak = run_peak.max(ledger::peak_bytes());
                 trained.insert(i, t);
             }
@@ -285,6 +238,98 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         .map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
     report::write_atomic(&dir.join("summary.json"), &json)?;
     Ok(RunOutcome { dir, summary })
+}
+
+/// Execute data node `i` (a source, an extraction, `standardize` or `flatten`), adding its
+/// dataset to `datasets` (its input's dataset must be there). A `standardize` stage uses the
+/// `saved` statistics when given (a saved model's), else measures them on the training
+/// split and returns them.
+pub(crate) fn data_stage(
+    plan: &Plan,
+    i: NodeIndex,
+    datasets: &mut HashMap<NodeIndex, Dataset>,
+    opts: &RunOptions,
+    saved: Option<Stats>,
+) -> Result<Option<Stats>, EngineError> {
+    let node = plan.graph.node(i);
+    let input = |datasets: &HashMap<NodeIndex, Dataset>| {
+        plan.graph
+            .input_of(i)
+            .and_then(|j| datasets.get(&j))
+            .cloned()
+            .expect("a data stage's input runs before it")
+    };
+    let mut measured = None;
+    let data = match &node.op {
+        Op::Data { source, limit } => {
+            let data = open_dataset(source, &opts.cache)
+                .map_err(|source| EngineError::Dataset { stage: node.stage.clone(), source })?;
+            let data = match limit {
+                Some(n) => plflow_datasets::subset::limit(data, *n, plan.spec.seed),
+                None => data,
+            };
+            let (want, _) = node.output.tensor().unwrap_or((&[], 0));
+            for split in [&data.train, &data.test] {
+                if split.example_shape() != want {
+                    return Err(EngineError::DataMismatch {
+                        stage: node.stage.clone(),
+                        message: format!(
+                            "examples have shape {:?}, the pipeline was checked for {want:?}",
+                            split.example_shape()
+                        ),
+                    });
+                }
+            }
+            println!(
+                "{}: {} train and {} test examples of shape {}, {} classes",
+                node.name,
+                data.train.len(),
+                data.test.len(),
+                node.output.describe(),
+                data.class_names.len().max(data.train.classes())
+            );
+            data
+        }
+        Op::Extract(x) => {
+            let data = extract(x, &input(datasets), plan, &node.name, opts)
+                .map_err(|source| EngineError::Extract { stage: node.stage.clone(), source })?;
+            let got = data.train.example_len();
+            if got != x.dim {
+                return Err(EngineError::DataMismatch {
+                    stage: node.stage.clone(),
+                    message: format!(
+                        "the model's `{}` output has {got} values per image; set `dim: {got}`",
+                        x.output
+                    ),
+                });
+            }
+            data
+        }
+        Op::Standardize => {
+            let input = input(datasets);
+            let stats = match saved {
+                Some(stats) => stats,
+                None => {
+                    let t0 = Instant::now();
+                    let stats = Stats::measure(input.train.as_ref(), 512);
+                    println!(
+                        "{}: mean and std of {} features over {} examples in {:.1} s",
+                        node.name,
+                        stats.mean.len(),
+                        input.train.len(),
+                        t0.elapsed().as_secs_f64()
+                    );
+                    measured = Some(stats.clone());
+                    stats
+                }
+            };
+            standardize(&input, &stats)
+        }
+        Op::Flatten => flatten(&input(datasets)),
+        _ => unreachable!("data_stage runs data nodes only"),
+    };
+    datasets.insert(i, data);
+    Ok(measured)
 }
 
 fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_json::Value {
@@ -358,7 +403,12 @@ struct TrainJob<'a> {
 }
 
 impl TrainJob<'_> {
-    fn train(&self, mut network: Network, metrics: &mut MetricsFile) -> Result<Trained, EngineError> {
+    fn train(
+        &self,
+        mut network: Network,
+        metrics: &mut MetricsFile,
+        files: &mut ModelFiles,
+    ) -> Result<Trained, EngineError> {
         let train = &self.data.train;
         let mut trainer = Trainer::new(&network, self.solver);
         let steps_per_epoch = train.len().div_ceil(self.batch_size);
@@ -429,7 +479,7 @@ impl TrainJob<'_> {
             let classes = network.layers.last().map_or(1, |l| l.output_shape(1).1) as f64;
             let rows = totals.rows.max(1) as f64;
             let is_pl = matches!(self.solver, Solver::Pl(_));
-            let record = EpochRecord {
+            let mut record = EpochRecord {
                 stage: self.stage.to_owned(),
                 epoch: epoch + 1,
                 train_residual: is_pl.then(|| totals.loss_sum / (rows * classes)),
@@ -439,6 +489,7 @@ impl TrainJob<'_> {
                 epoch_seconds,
                 samples_per_second: totals.rows as f64 / epoch_seconds.max(1e-9),
                 eval_seconds: t1.elapsed().as_secs_f64(),
+                save_seconds: 0.0,
                 forward_seconds: totals.forward_seconds,
                 propagate_seconds: totals.propagate_seconds,
                 solve_seconds: totals.solve_seconds,
@@ -461,6 +512,9 @@ impl TrainJob<'_> {
                 record.samples_per_second,
                 record.ledger_peak_mb,
             ));
+            let t2 = Instant::now();
+            files.save(&network, epoch + 1, test_accuracy)?;
+            record.save_seconds = t2.elapsed().as_secs_f64();
             metrics.append(&record)?;
             records.push(record);
         }
@@ -499,7 +553,7 @@ impl TrainJob<'_> {
 /// A batch of `batch` examples (rows of `shape`, channels first) as the network's first layer
 /// takes it: one row per example for a dense layer; one row per position with the channels
 /// last (NHWC) for a convolution, transposed through `scratch` when there are several channels.
-fn network_input<'m>(
+pub(crate) fn network_input<'m>(
     network: &Network,
     shape: &[usize],
     x: &'m mut Matrix,

@@ -55,6 +55,23 @@ impl Mask {
         Self { rows, cols, indices: Buffer::from_vec(idx) }
     }
 
+    /// A mask from sorted, distinct flat row-major indices into a `rows x cols` matrix (as
+    /// [`Mask::indices`] gives them), e.g. read back from a model file.
+    pub fn from_indices(rows: usize, cols: usize, indices: Vec<u32>) -> Result<Self, OpsError> {
+        let size = rows.checked_mul(cols).filter(|&s| s <= u32::MAX as usize + 1);
+        let bad = |detail: String| OpsError::Shape { op: "sparse mask", detail };
+        let Some(size) = size else {
+            return Err(bad(format!("a {rows}x{cols} mask is too large for u32 indices")));
+        };
+        if let Some(w) = indices.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(bad(format!("indices are not sorted and distinct at position {}", w + 1)));
+        }
+        if let Some(&last) = indices.last().filter(|&&k| k as usize >= size) {
+            return Err(bad(format!("index {last} is outside the {rows}x{cols} matrix")));
+        }
+        Ok(Self { rows, cols, indices: Buffer::from_vec(indices) })
+    }
+
     /// Inputs (rows).
     pub fn rows(&self) -> usize {
         self.rows

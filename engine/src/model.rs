@@ -1,0 +1,665 @@
+//! Trained models as files: `model.safetensors` holds every layer's weights and biases (f32),
+//! the connection masks of persistent-sparse layers (u32 flat indices) and the
+//! standardisation statistics in front of the network; its metadata (key `plflow`, JSON)
+//! holds what is needed to use the model without the pipeline file: the layers, the
+//! preprocessing, the class names, the input shape, the resolved pipeline, plflow's version,
+//! the epoch and its test accuracy.
+//!
+//! Tensor names: `layers.<node>.weight` (`inputs x outputs`; depthwise: `taps x channels`),
+//! `layers.<node>.bias`, `layers.<node>.mask`, `preprocess.<stage>.mean` and `.std`.
+//! Tensors are handed to the writer as views of the live buffers: the file is written with
+//! no second copy of the model in memory, to a temporary name, synced, then renamed.
+
+use crate::error::EngineError;
+use crate::graph::{Init, Node, Op};
+use crate::plan::Plan;
+use petgraph::graph::NodeIndex;
+use plflow_datasets::transform::Stats;
+use plflow_ops::Matrix;
+use plflow_ops::activation::Activation;
+use plflow_ops::dense::Dense;
+use plflow_ops::depthwise::Depthwise;
+use plflow_ops::network::{Layer, LayerKind, Network};
+use plflow_ops::sparse::Mask;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+/// Version of the file layout described above.
+pub const FORMAT: u32 = 1;
+/// The metadata key holding [`ModelMeta`] as JSON.
+pub const META_KEY: &str = "plflow";
+
+/// What a model file says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// [`FORMAT`] when written.
+    pub format: u32,
+    /// plflow's version that wrote it.
+    pub plflow_version: String,
+    /// The training stage that trained it.
+    pub stage: String,
+    /// Epochs trained (from 1).
+    pub epoch: usize,
+    /// Test accuracy after that epoch (fraction), if measured.
+    pub test_accuracy: Option<f64>,
+    /// Shape of one example at the network's input (after the preprocessing).
+    pub input_shape: Vec<usize>,
+    /// Class names, in label order (empty when the dataset has none).
+    pub class_names: Vec<String>,
+    /// Classes at the output.
+    pub classes: usize,
+    /// The layers from input to output.
+    pub layers: Vec<LayerMeta>,
+    /// The stages in front of the network, from the dataset on.
+    pub preprocessing: Vec<StepMeta>,
+    /// The pipeline as run (overrides applied, defaults filled in).
+    pub pipeline: String,
+}
+
+/// One layer of a saved network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    /// Node name (`net.0`, `block1.dw`...): the prefix of its tensors.
+    pub name: String,
+    /// `dense`, `pointwise`, `depthwise` or `global_avg_pool`.
+    pub kind: String,
+    /// Input width (channels for maps).
+    pub inputs: usize,
+    /// Output width (channels for maps).
+    pub outputs: usize,
+    /// Positions per example at the input (1 for flat inputs).
+    pub positions: usize,
+    /// `elu` or `linear`.
+    pub activation: String,
+    /// ELU clip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f32>,
+    /// Depthwise geometry: kernel size, stride, input height and width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv: Option<[usize; 4]>,
+    /// Whether a persistent connection mask is stored.
+    pub mask: bool,
+}
+
+/// One stage in front of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepMeta {
+    /// The dataset: its stage kind and example shape.
+    Data { stage: String, source: String, shape: Vec<usize> },
+    /// A frozen backbone: its file name and SHA-256, the output kept, and how images are
+    /// prepared.
+    Extract {
+        stage: String,
+        model: String,
+        sha256: String,
+        output: String,
+        dim: usize,
+        size: usize,
+        mean: [f32; 3],
+        std: [f32; 3],
+        bgr: bool,
+    },
+    /// Standardisation with the tensors `preprocess.<stage>.mean` and `.std`.
+    Standardize { stage: String, features: usize },
+    /// Examples viewed as flat vectors.
+    Flatten { stage: String },
+}
+
+/// A tensor handed to the safetensors writer as a view of a live buffer.
+enum Tensor<'a> {
+    F32 { shape: Vec<usize>, values: &'a [f32] },
+    U32 { shape: Vec<usize>, values: &'a [u32] },
+}
+
+impl View for Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Tensor::F32 { .. } => Dtype::F32,
+            Tensor::U32 { .. } => Dtype::U32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Tensor::F32 { shape, .. } | Tensor::U32 { shape, .. } => shape,
+        }
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        // safetensors is little-endian, like every machine plflow runs on; elsewhere the
+        // bytes are converted (a copy of one tensor at a time).
+        match self {
+            Tensor::F32 { values, .. } if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(values))
+            }
+            Tensor::U32 { values, .. } if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(values))
+            }
+            Tensor::F32 { values, .. } => Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Tensor::U32 { values, .. } => Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            Tensor::F32 { values, .. } => values.len() * 4,
+            Tensor::U32 { values, .. } => values.len() * 4,
+        }
+    }
+}
+
+/// Writes a training stage's model after every epoch: `model.safetensors`, and
+/// `best.safetensors` whenever the test accuracy is the best so far.
+#[derive(Debug)]
+pub struct ModelFiles {
+    model: PathBuf,
+    best: PathBuf,
+    meta: ModelMeta,
+    layer_names: Vec<String>,
+    stats: Vec<(String, Stats)>,
+    best_accuracy: Option<f64>,
+}
+
+impl ModelFiles {
+    /// Files for training stage `trainer` of `plan` in `dir` (`model.safetensors` and
+    /// `best.safetensors` when the plan has one training stage, else prefixed with the
+    /// stage's name). `stats` holds the standardisation statistics measured by the run, and
+    /// `hashes` the SHA-256 of every extraction stage's backbone, by stage name.
+    pub fn new(
+        plan: &Plan,
+        trainer: NodeIndex,
+        dir: &Path,
+        pipeline: &str,
+        stats: &HashMap<String, Stats>,
+        hashes: &HashMap<String, String>,
+        class_names: &[String],
+    ) -> Self {
+        let node = plan.graph.node(trainer);
+        let prefix = if plan.trainers().len() > 1 { format!("{}-", node.name) } else { String::new() };
+        let Op::Train { layers, source, .. } = &node.op else {
+            unreachable!("model files are made for training nodes")
+        };
+        let (shape, classes) =
+            plan.graph.node(*source).output.tensor().map_or((vec![], 0), |(s, c)| (s.to_vec(), c));
+        let preprocessing = preprocessing(plan, *source, hashes);
+        let kept = preprocessing
+            .iter()
+            .filter_map(|s| match s {
+                StepMeta::Standardize { stage, .. } => stats.get(stage).map(|st| (stage.clone(), st.clone())),
+                _ => None,
+            })
+            .collect();
+        let meta = ModelMeta {
+            format: FORMAT,
+            plflow_version: env!("CARGO_PKG_VERSION").to_owned(),
+            stage: node.name.clone(),
+            epoch: 0,
+            test_accuracy: None,
+            input_shape: shape,
+            class_names: class_names.to_vec(),
+            classes,
+            layers: layers.iter().map(|&l| layer_meta(plan.graph.node(l))).collect(),
+            preprocessing,
+            pipeline: pipeline.to_owned(),
+        };
+        let layer_names = layers.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
+        Self {
+            model: dir.join(format!("{prefix}model.safetensors")),
+            best: dir.join(format!("{prefix}best.safetensors")),
+            meta,
+            layer_names,
+            stats: kept,
+            best_accuracy: None,
+        }
+    }
+
+    /// The path of the latest model.
+    pub fn model_path(&self) -> &Path {
+        &self.model
+    }
+
+    /// Write `network` as trained after `epoch` epochs, and copy it to the best model when
+    /// `test_accuracy` beats every earlier epoch's.
+    pub fn save(
+        &mut self,
+        network: &Network,
+        epoch: usize,
+        test_accuracy: Option<f64>,
+    ) -> Result<(), EngineError> {
+        self.meta.epoch = epoch;
+        self.meta.test_accuracy = test_accuracy;
+        write_model(&self.model, network, &self.layer_names, &self.stats, &self.meta)?;
+        let better = match (test_accuracy, self.best_accuracy) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            (None, _) => self.best_accuracy.is_none(),
+        };
+        if better {
+            self.best_accuracy = test_accuracy;
+            copy_atomic(&self.model, &self.best)?;
+        }
+        Ok(())
+    }
+}
+
+/// The temporary sibling of `path` that a write goes to first.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Sync `tmp`, rename it to `path`; remove it on failure.
+fn commit(tmp: &Path, path: &Path, result: std::io::Result<()>) -> Result<(), EngineError> {
+    let result = result
+        .and_then(|()| readable(tmp))
+        .and_then(|()| std::fs::File::open(tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result.map_err(EngineError::io(path, "cannot write the model"))
+}
+
+/// Give a model file the usual permissions (the writer's temporary file is private).
+#[cfg(unix)]
+fn readable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn readable(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> Result<(), EngineError> {
+    let tmp = partial(to);
+    let result = std::fs::copy(from, &tmp).map(|_| ());
+    commit(&tmp, to, result)
+}
+
+/// Write one model file: the network's tensors, masks and statistics with `meta`.
+pub fn write_model(
+    path: &Path,
+    network: &Network,
+    layer_names: &[String],
+    stats: &[(String, Stats)],
+    meta: &ModelMeta,
+) -> Result<(), EngineError> {
+    let mut tensors: Vec<(String, Tensor<'_>)> = Vec::new();
+    for (layer, name) in network.layers.iter().zip(layer_names) {
+        if let Some(p) = layer.params() {
+            let shape = vec![p.inputs(), p.outputs()];
+            tensors
+                .push((format!("layers.{name}.weight"), Tensor::F32 { shape, values: p.weights.as_slice() }));
+            let shape = vec![p.outputs()];
+            tensors.push((format!("layers.{name}.bias"), Tensor::F32 { shape, values: p.bias.as_slice() }));
+        }
+        if let Some(mask) = &layer.mask {
+            let values = mask.indices();
+            tensors.push((format!("layers.{name}.mask"), Tensor::U32 { shape: vec![values.len()], values }));
+        }
+    }
+    for (stage, s) in stats {
+        tensors.push((
+            format!("preprocess.{stage}.mean"),
+            Tensor::F32 { shape: vec![s.mean.len()], values: &s.mean },
+        ));
+        tensors.push((
+            format!("preprocess.{stage}.std"),
+            Tensor::F32 { shape: vec![s.std.len()], values: &s.std },
+        ));
+    }
+    let json = serde_json::to_string(meta)
+        .map_err(|e| EngineError::io(path, "cannot encode the model's metadata")(e.into()))?;
+    let info = HashMap::from([(META_KEY.to_owned(), json)]);
+    let tmp = partial(path);
+    let result = safetensors::serialize_to_file(tensors, Some(info), &tmp)
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    commit(&tmp, path, result)
+}
+
+/// The description of a layer node.
+fn layer_meta(node: &Node) -> LayerMeta {
+    let (activation, clip) = match node.op {
+        Op::Dense { activation, .. } | Op::Depthwise { activation, .. } => match activation {
+            Activation::Elu { clip } => ("elu", Some(clip)),
+            Activation::Linear => ("linear", None),
+        },
+        _ => ("linear", None),
+    };
+    let base = |kind: &str, inputs, outputs, positions| LayerMeta {
+        name: node.name.clone(),
+        kind: kind.to_owned(),
+        inputs,
+        outputs,
+        positions,
+        activation: activation.to_owned(),
+        clip,
+        conv: None,
+        mask: false,
+    };
+    match node.op {
+        Op::Dense { inputs, units, positions, init, .. } => LayerMeta {
+            mask: matches!(init, Init::Sparse { persistent: true, .. }),
+            ..base(if positions == 1 { "dense" } else { "pointwise" }, inputs, units, positions)
+        },
+        Op::Depthwise { channels, geometry, .. } => LayerMeta {
+            conv: Some([geometry.k, geometry.stride, geometry.h, geometry.w]),
+            ..base("depthwise", channels, channels, geometry.h * geometry.w)
+        },
+        Op::Pool { channels, positions } => base("global_avg_pool", channels, channels, positions),
+        _ => base(node.op.kind(), 0, 0, 0),
+    }
+}
+
+/// The stages from the dataset to `source` (the trainer's input), in order.
+fn preprocessing(plan: &Plan, source: NodeIndex, hashes: &HashMap<String, String>) -> Vec<StepMeta> {
+    let mut steps = Vec::new();
+    let mut at = Some(source);
+    while let Some(i) = at {
+        let node = plan.graph.node(i);
+        let stage = node.name.clone();
+        let shape = node.output.tensor().map_or(vec![], |(s, _)| s.to_vec());
+        let step = match &node.op {
+            Op::Data { .. } => Some(StepMeta::Data { stage, source: node.op.kind().to_owned(), shape }),
+            Op::Extract(x) => Some(StepMeta::Extract {
+                model: x.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                sha256: hashes.get(&stage).cloned().unwrap_or_default(),
+                output: x.output.clone(),
+                dim: x.dim,
+                size: x.preprocess.size,
+                mean: x.preprocess.mean,
+                std: x.preprocess.std,
+                bgr: x.preprocess.bgr,
+                stage,
+            }),
+            Op::Standardize => Some(StepMeta::Standardize { stage, features: shape.iter().product() }),
+            Op::Flatten => Some(StepMeta::Flatten { stage }),
+            _ => None,
+        };
+        steps.extend(step);
+        at = plan.graph.input_of(i);
+    }
+    steps.reverse();
+    steps
+}
+
+/// A model file read back: its metadata and tensors.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The file.
+    pub path: PathBuf,
+    /// What it says about itself.
+    pub meta: ModelMeta,
+    f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    u32s: HashMap<String, (Vec<usize>, Vec<u32>)>,
+}
+
+/// A model file that cannot be used, naming the file and, where it applies, the tensor.
+fn bad_model(path: &Path, tensor: Option<&str>, message: impl Into<String>) -> EngineError {
+    EngineError::Model {
+        path: path.to_path_buf(),
+        tensor: tensor.map(str::to_owned),
+        message: message.into(),
+    }
+}
+
+impl LoadedModel {
+    /// Read and check a model file: a safetensors header, every tensor f32 or u32 with
+    /// exactly the bytes its shape says, and plflow metadata of a known format.
+    pub fn read(path: &Path) -> Result<Self, EngineError> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(EngineError::io(path, "cannot read the model"))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| {
+            bad_model(
+                path,
+                None,
+                format!("not a complete safetensors file ({e}); it may be truncated or corrupted"),
+            )
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad_model(path, None, format!("unreadable header ({e})")))?;
+        let json =
+            header.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| {
+                bad_model(path, None, format!("no `{META_KEY}` metadata: not a plflow model"))
+            })?;
+        let meta: ModelMeta = serde_json::from_str(json)
+            .map_err(|e| bad_model(path, None, format!("its `{META_KEY}` metadata does not parse ({e})")))?;
+        if meta.format != FORMAT {
+            return Err(bad_model(
+                path,
+                None,
+                format!(
+                    "format {} (written by plflow {}); this plflow reads format {FORMAT}",
+                    meta.format, meta.plflow_version
+                ),
+            ));
+        }
+        let (mut f32s, mut u32s) = (HashMap::new(), HashMap::new());
+        for (name, view) in file.tensors() {
+            let shape = view.shape().to_vec();
+            let words = view.data().chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+            match view.dtype() {
+                Dtype::F32 => {
+                    f32s.insert(name, (shape, words.map(f32::from_le_bytes).collect()));
+                }
+                Dtype::U32 => {
+                    u32s.insert(name, (shape, words.map(u32::from_le_bytes).collect()));
+                }
+                other => {
+                    return Err(bad_model(
+                        path,
+                        Some(&name),
+                        format!("dtype {other:?}; plflow writes F32 and U32"),
+                    ));
+                }
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), meta, f32s, u32s })
+    }
+
+    /// The f32 tensor `name`, which must have `shape`.
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<&[f32], EngineError> {
+        let Some((got, values)) = self.f32s.get(name) else {
+            return Err(bad_model(&self.path, Some(name), "missing"));
+        };
+        if got != shape {
+            return Err(bad_model(
+                &self.path,
+                Some(name),
+                format!("shape {got:?}, the layer needs {shape:?}"),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// The standardisation statistics saved for `stage`.
+    pub fn stats(&self, stage: &str, features: usize) -> Result<Stats, EngineError> {
+        let mean = self.f32_tensor(&format!("preprocess.{stage}.mean"), &[features])?.to_vec();
+        let std = self.f32_tensor(&format!("preprocess.{stage}.std"), &[features])?.to_vec();
+        Ok(Stats { mean, std })
+    }
+
+    /// The network of `plan`'s layer nodes `chain` with this file's weights, checked against
+    /// the layer shapes (an error names the layer and both shapes).
+    pub fn network(&self, plan: &Plan, chain: &[NodeIndex]) -> Result<Network, EngineError> {
+        let mut layers = Vec::with_capacity(chain.len());
+        for &l in chain {
+            let node = plan.graph.node(l);
+            let name = &node.name;
+            let params = |rows: usize, cols: usize| -> Result<Dense, EngineError> {
+                let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
+                let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
+                let mut dense = Dense::new(Matrix::from_vec(rows, cols, w.to_vec()));
+                dense.bias = Matrix::from_vec(1, cols, b.to_vec());
+                Ok(dense)
+            };
+            let layer = match node.op {
+                Op::Dense { inputs, units, positions, activation, .. } => {
+                    let mask_name = format!("layers.{name}.mask");
+                    let mask = match self.u32s.get(&mask_name) {
+                        Some((_, idx)) => Some(
+                            Mask::from_indices(inputs, units, idx.clone())
+                                .map_err(|e| bad_model(&self.path, Some(&mask_name), e.to_string()))?,
+                        ),
+                        None => None,
+                    };
+                    let kind = LayerKind::Dense(params(inputs, units)?);
+                    Layer { kind, activation, mask, input_positions: positions }
+                }
+                Op::Depthwise { channels, geometry, activation } => {
+                    let dense = params(geometry.k * geometry.k, channels)?;
+                    let mut dw = Depthwise::new(dense.weights, geometry);
+                    dw.params.bias = dense.bias;
+                    let kind = LayerKind::Depthwise(dw);
+                    Layer { kind, activation, mask: None, input_positions: geometry.h * geometry.w }
+                }
+                Op::Pool { channels, positions } => Layer {
+                    kind: LayerKind::Pool { positions, channels },
+                    activation: Activation::Linear,
+                    mask: None,
+                    input_positions: positions,
+                },
+                _ => return Err(bad_model(&self.path, None, format!("node `{name}` is not a layer"))),
+            };
+            layers.push(layer);
+        }
+        Ok(Network { layers })
+    }
+}
+
+/// SHA-256 of a file, in hex, read in blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plflow_ops::depthwise::Geometry;
+
+    fn network() -> (Network, Vec<String>) {
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * 0.37 + k).sin()).collect::<Vec<f32>>();
+        let mut dense = Dense::new(Matrix::from_vec(6, 4, values(24, 0.1)));
+        dense.bias = Matrix::from_vec(1, 4, values(4, 0.2));
+        let mask = Mask::from_indices(6, 4, vec![0, 5, 6, 11, 23]).expect("valid mask");
+        let dw =
+            Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), Geometry { h: 3, w: 3, k: 3, stride: 1 });
+        let layers = vec![
+            Layer { mask: Some(mask), ..Layer::dense(dense, Activation::Elu { clip: 10.0 }) },
+            Layer {
+                kind: LayerKind::Depthwise(dw),
+                activation: Activation::Linear,
+                mask: None,
+                input_positions: 9,
+            },
+            Layer {
+                kind: LayerKind::Pool { positions: 9, channels: 4 },
+                activation: Activation::Linear,
+                mask: None,
+                input_positions: 9,
+            },
+        ];
+        (Network { layers }, vec!["a".into(), "b".into(), "pool".into()])
+    }
+
+    fn meta() -> ModelMeta {
+        ModelMeta {
+            format: FORMAT,
+            plflow_version: "0.1.0".into(),
+            stage: "train".into(),
+            epoch: 3,
+            test_accuracy: Some(0.875),
+            input_shape: vec![6],
+            class_names: vec!["x".into(), "y \"quoted\"".into()],
+            classes: 2,
+            layers: vec![],
+            preprocessing: vec![StepMeta::Standardize { stage: "scaled".into(), features: 3 }],
+            pipeline: "name: t\nstages: {}\n".into(),
+        }
+    }
+
+    #[test]
+    fn every_tensor_and_metadata_field_round_trips_bit_for_bit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        let (net, names) = network();
+        let stats = vec![(
+            "scaled".to_owned(),
+            Stats { mean: vec![0.5, -1.25, f32::MIN_POSITIVE], std: vec![1.0, 2.0, 3.5] },
+        )];
+        write_model(&path, &net, &names, &stats, &meta()).expect("write");
+        let loaded = LoadedModel::read(&path).expect("read");
+        assert_eq!(loaded.meta, meta());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (layer, name) in net.layers.iter().zip(&names) {
+            let Some(p) = layer.params() else { continue };
+            let (shape, w) = &loaded.f32s[&format!("layers.{name}.weight")];
+            assert_eq!(
+                (shape.as_slice(), bits(w)),
+                (&[p.inputs(), p.outputs()][..], bits(p.weights.as_slice()))
+            );
+            assert_eq!(bits(&loaded.f32s[&format!("layers.{name}.bias")].1), bits(p.bias.as_slice()));
+        }
+        assert_eq!(loaded.u32s["layers.a.mask"].1, vec![0, 5, 6, 11, 23]);
+        assert_eq!(loaded.stats("scaled", 3).expect("stats"), stats[0].1);
+        assert_eq!(
+            loaded.f32s.len() + loaded.u32s.len(),
+            4 + 1 + 2,
+            "weights and biases of 2 layers, a mask, 2 stats"
+        );
+        assert!(
+            !dir.path().read_dir().expect("ls").any(|e| e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .contains("partial"))
+        );
+    }
+
+    #[test]
+    fn truncated_or_foreign_files_are_refused_naming_the_file_and_tensor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.safetensors");
+        let (net, names) = network();
+        write_model(&path, &net, &names, &[], &meta()).expect("write");
+        let bytes = std::fs::read(&path).expect("read");
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 10]).expect("write");
+        let err = LoadedModel::read(&cut).expect_err("truncated").to_string();
+        assert!(err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
+        let foreign = dir.path().join("foreign.safetensors");
+        let plain = vec![("w", Tensor::F32 { shape: vec![2], values: &[1.0, 2.0] })];
+        safetensors::serialize_to_file(plain, None, &foreign).expect("write");
+        let err = LoadedModel::read(&foreign).expect_err("no metadata").to_string();
+        assert!(err.contains("foreign.safetensors") && err.contains("not a plflow model"), "{err}");
+        let loaded = LoadedModel::read(&path).expect("read");
+        let err = loaded.f32_tensor("layers.a.weight", &[7, 4]).expect_err("shape").to_string();
+        assert!(
+            err.contains("tensor `layers.a.weight`") && err.contains("[6, 4]") && err.contains("[7, 4]"),
+            "{err}"
+        );
+        let err = loaded.stats("missing", 3).expect_err("missing").to_string();
+        assert!(err.contains("preprocess.missing.mean") && err.contains("missing"), "{err}");
+    }
+}
