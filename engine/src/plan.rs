@@ -98,9 +98,10 @@ impl Plan {
         }
     }
 
-    /// A simpler, conservative estimate for chains with convolutions: parameters, optimiser
-    /// state, the batch, every activation of a step, the largest error (two for backprop), and the largest
-    /// solve workspace (pointwise solves over all positions; depthwise solves are tiny).
+    /// A simpler estimate for chains with convolutions: parameters, optimiser state, the
+    /// batch, every activation of a step (errors take their places), one sample's scratch
+    /// per thread, and the largest solve workspace or gradient (pointwise solves over all
+    /// positions; depthwise solves are tiny).
     fn estimate_maps(&self, trainer: NodeIndex) -> MemoryEstimate {
         const F32: usize = 4;
         let Op::Train { solver, batch_size: n, layers, source, .. } = &self.graph.node(trainer).op else {
@@ -116,8 +117,6 @@ impl Plan {
             Solver::Backprop(o) => o.buffers_per_parameter(),
         };
         let acts: Vec<usize> = layers.iter().map(|&l| n * size(l) * F32).collect();
-        let mut largest = acts.clone();
-        largest.sort_unstable_by(|a, b| b.cmp(a));
         let workspace = layers
             .iter()
             .filter_map(|&l| match (&self.graph.node(l).op, solver) {
@@ -133,16 +132,11 @@ impl Plan {
             })
             .max()
             .unwrap_or(0);
-        // PL writes each propagated error over the activation below it, so one error buffer
-        // is alive beside the activations; backprop holds two deltas.
-        let errors = match solver {
-            Solver::Pl(_) => 1,
-            Solver::Backprop(_) => 2,
-        };
-        let step = n * size(*source) * F32
-            + acts.iter().sum::<usize>()
-            + largest.iter().take(errors).sum::<usize>()
-            + workspace;
+        // Both steps write each propagated error over the activation it was the last use
+        // of, one sample's map per thread at a time through a scratch buffer.
+        let largest = acts.iter().copied().max().unwrap_or(0);
+        let scratch = largest / (*n).max(1) * plflow_ops::threads();
+        let step = n * size(*source) * F32 + acts.iter().sum::<usize>() + scratch + workspace;
         MemoryEstimate { parameters, state: parameters * per_param, step }
     }
 
