@@ -19,6 +19,15 @@ fn check_prints_every_layer_with_shapes_and_memory() {
     {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
+    // Each solve's system and precision: lambda 6 (relative) bounds the condition numbers
+    // well below the f32 limit; lambda 0.01 on the 513-wide layer does not.
+    assert!(
+        stdout.contains("solves: net.0 dual 512 f32, net.1 dual 512 f32, net.2 primal 129 f32"),
+        "{stdout}"
+    );
+    let small = plflow(&root(), &["check", "pipelines/mnist.yaml", "--set", "train.lambda=0.01"], &[]);
+    let (stdout, _) = text(&small);
+    assert!(stdout.contains("net.0 dual 512 f64, net.1 dual 512 f64, net.2 primal 129 f64"), "{stdout}");
 }
 
 #[test]

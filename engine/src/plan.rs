@@ -187,7 +187,7 @@ impl Plan {
         }
         let _ = writeln!(s, "trainable parameters: {}", thousands(total));
         for t in self.trainers() {
-            let Op::Train { solver, epochs, batch_size, .. } = &self.graph.node(t).op else {
+            let Op::Train { solver, epochs, batch_size, layers, .. } = &self.graph.node(t).op else {
                 continue;
             };
             let _ = writeln!(
@@ -196,6 +196,9 @@ impl Plan {
                 self.graph.node(t).name,
                 describe_solver(solver)
             );
+            if let Solver::Pl(c) = solver {
+                let _ = writeln!(s, "  solves: {}", self.describe_solves(layers, *batch_size, c));
+            }
             let e = self.estimate(t);
             let _ = writeln!(
                 s,
@@ -207,6 +210,33 @@ impl Plan {
             );
         }
         s
+    }
+}
+
+impl Plan {
+    /// Which system each dense layer's solve factors, and in which precision: `net.0 dual 512
+    /// f32`; `f64?` where an absolute ridge leaves it to the data.
+    fn describe_solves(&self, layers: &[NodeIndex], batch: usize, c: &PlConfig) -> String {
+        let solves: Vec<String> = layers
+            .iter()
+            .filter_map(|&l| match self.graph.node(l).op {
+                Op::Dense { inputs, positions, .. } => {
+                    let rows = batch * positions;
+                    let dual = c.ridge.dual(rows, inputs);
+                    let size = if dual { rows } else { inputs + 1 };
+                    let precision = match c.ridge.single_precision(inputs) {
+                        Some(true) => "f32",
+                        Some(false) => "f64",
+                        None => "f64?",
+                    };
+                    let route = if dual { "dual" } else { "primal" };
+                    Some(format!("{} {route} {size} {precision}", self.graph.node(l).name))
+                }
+                Op::Depthwise { .. } => Some(format!("{} per-channel f64", self.graph.node(l).name)),
+                _ => None,
+            })
+            .collect();
+        solves.join(", ")
     }
 }
 
