@@ -269,11 +269,7 @@ impl BackpropTrainer {
         let (sw, sb) = &mut self.states[l];
         let layer = &mut net.layers[l];
         let mask = layer.mask.as_ref();
-        let params = match &mut layer.kind {
-            LayerKind::Dense(d) => d,
-            LayerKind::Depthwise(dw) => &mut dw.params,
-            LayerKind::Pool { .. } => return Ok(()),
-        };
+        let Some(params) = layer.kind.params_mut() else { return Ok(()) };
         let m = params.outputs().max(1);
         let range = row0 * m..row0 * m + gw.len();
         let weights = &mut params.weights.as_mut_slice()[range.clone()];

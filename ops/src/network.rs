@@ -61,6 +61,26 @@ pub enum LayerKind {
     Pool { positions: usize, channels: usize },
 }
 
+impl LayerKind {
+    /// The weights and bias, if this kind has any.
+    pub fn params(&self) -> Option<&Dense> {
+        match self {
+            LayerKind::Dense(d) => Some(d),
+            LayerKind::Depthwise(dw) => Some(&dw.params),
+            LayerKind::Pool { .. } => None,
+        }
+    }
+
+    /// The weights and bias, mutable.
+    pub fn params_mut(&mut self) -> Option<&mut Dense> {
+        match self {
+            LayerKind::Dense(d) => Some(d),
+            LayerKind::Depthwise(dw) => Some(&mut dw.params),
+            LayerKind::Pool { .. } => None,
+        }
+    }
+}
+
 /// How an error crosses a global average pooling layer on its way down.
 ///
 /// Backpropagation needs the gradient: each of the `P` pooled positions receives `e / P`.
@@ -109,20 +129,12 @@ impl Layer {
 
     /// The weights and bias, if the layer has any.
     pub fn params(&self) -> Option<&Dense> {
-        match &self.kind {
-            LayerKind::Dense(d) => Some(d),
-            LayerKind::Depthwise(dw) => Some(&dw.params),
-            LayerKind::Pool { .. } => None,
-        }
+        self.kind.params()
     }
 
     /// The weights and bias, mutable.
     pub fn params_mut(&mut self) -> Option<&mut Dense> {
-        match &mut self.kind {
-            LayerKind::Dense(d) => Some(d),
-            LayerKind::Depthwise(dw) => Some(&mut dw.params),
-            LayerKind::Pool { .. } => None,
-        }
+        self.kind.params_mut()
     }
 
     /// Shape of the input for a batch of `batch` samples.

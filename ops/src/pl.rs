@@ -198,12 +198,9 @@ impl PlTrainer {
             drop(err);
             let layer = &mut net.layers[l];
             let mask = layer.mask.as_ref();
-            if let (Some(update), Some(state)) = (update, &mut self.states[l]) {
-                let params = match &mut layer.kind {
-                    LayerKind::Dense(d) => d,
-                    LayerKind::Depthwise(dw) => &mut dw.params,
-                    LayerKind::Pool { .. } => unreachable!("pooling has no update"),
-                };
+            if let (Some(update), Some(state), Some(params)) =
+                (update, &mut self.states[l], layer.kind.params_mut())
+            {
                 state.apply(params, mask, update, &rule).map_err(at(l))?;
             }
             stats.solve_seconds +=
