@@ -25,13 +25,22 @@ enum Command {
     Check(PipelineArgs),
     /// Print a pipeline's graph as Graphviz DOT.
     Graph(PipelineArgs),
-    /// Check and run a pipeline, writing reports to a run folder.
+    /// Check and run a pipeline, writing reports to a run folder; or continue an interrupted
+    /// run from its last finished epoch (`--resume RUN_DIR`).
     Run {
-        #[command(flatten)]
-        pipeline: PipelineArgs,
+        /// The pipeline file (YAML); not with --resume, which runs the run folder's copy.
+        #[arg(required_unless_present = "resume")]
+        pipeline: Option<PathBuf>,
+        /// Override a field: `stage.field=value` (or `field=value` at the top level); repeatable.
+        #[arg(long = "set", value_name = "STAGE.FIELD=VALUE", conflicts_with = "resume")]
+        sets: Vec<String>,
         /// Run folder (default: runs/<name>-<timestamp>). Must be new or empty.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "resume")]
         out: Option<PathBuf>,
+        /// Continue the run in RUN_DIR from its checkpoints (state.safetensors): finished
+        /// epochs are kept, and the result is the same as an uninterrupted run's.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "pipeline")]
+        resume: Option<PathBuf>,
         /// Never draw the progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -145,16 +154,28 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let plan = args.plan()?;
             print!("{}", plan.graph.dot(&plan.spec.name));
         }
-        Command::Run { pipeline, out, no_progress } => {
-            let plan = pipeline.plan()?;
+        Command::Run { pipeline, sets, out, resume, no_progress } => {
+            let (plan, out) = match (&pipeline, resume) {
+                (Some(file), _) => {
+                    let args = PipelineArgs { pipeline: file.clone(), sets };
+                    (args.plan()?, out)
+                }
+                (None, Some(dir)) => {
+                    let plan = plflow_engine::run::resume_plan(&dir)
+                        .with_context(|| format!("cannot resume {}", dir.display()))?;
+                    (plan, Some(dir))
+                }
+                (None, None) => anyhow::bail!("give a pipeline file, or --resume RUN_DIR"),
+            };
             print!("{}", plan.describe());
             let opts = RunOptions {
+                resume: pipeline.is_none(),
                 out,
                 progress: !no_progress && std::io::stdout().is_terminal(),
                 cache: plflow_engine::run::default_cache(),
             };
-            let outcome = run(&plan, &opts)
-                .with_context(|| format!("run of {} failed", pipeline.pipeline.display()))?;
+            let outcome =
+                run(&plan, &opts).with_context(|| format!("run of {} failed", plan.file.display()))?;
             let s = &outcome.summary;
             println!(
                 "done: test accuracy {}, {} epochs, median {:.2} s/epoch, peak RSS {}, ledger peak {:.1} MB; reports in {}",
@@ -209,7 +230,8 @@ fn eval(run: &std::path::Path, split: &str, best: bool, sets: &[String]) -> anyh
         model.display()
     );
     let split = if split == "train" { Split::Train } else { Split::Test };
-    let opts = RunOptions { out: None, progress: false, cache: plflow_engine::run::default_cache() };
+    let opts =
+        RunOptions { out: None, progress: false, cache: plflow_engine::run::default_cache(), resume: false };
     let report = plflow_engine::eval::evaluate(&model, split, sets, &opts)
         .with_context(|| format!("cannot evaluate {}", model.display()))?;
     print!("{}", report.table());

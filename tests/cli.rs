@@ -422,3 +422,46 @@ fn eval_reproduces_the_run_and_measures_other_data() {
         "{stderr}"
     );
 }
+
+#[test]
+fn init_from_continues_a_trained_model_and_refuses_other_shapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 600, 200);
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let pipeline = mnist_pipeline();
+    let first_epoch = |run: &str| -> f64 {
+        let metrics = std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl")).expect("metrics");
+        let v: serde_json::Value = serde_json::from_str(metrics.lines().next().expect("line")).expect("JSON");
+        v["test_accuracy"].as_f64().expect("number")
+    };
+    let base = ["--set", "train.epochs=1", "--set", "net.hidden=[24]", "--set", "train.alpha=0.5"];
+    let mut args = vec!["run", pipeline.as_str(), "--out", "first"];
+    args.extend(base);
+    let first = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&first);
+    assert!(first.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let mut args = vec!["run", pipeline.as_str(), "--out", "second", "--set", "train.init_from=first"];
+    args.extend(base);
+    let second = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&second);
+    assert!(second.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("starting from first/model.safetensors"), "{stdout}");
+    let (a, b) = (first_epoch("first"), first_epoch("second"));
+    println!("first epoch: {a} fresh, {b} from the first run");
+    assert!(b > a, "the continued run's first epoch ({b}) beats the first run's ({a})");
+
+    let wrong = plflow(
+        dir.path(),
+        &["check", &pipeline, "--set", "net.hidden=[32]", "--set", "train.init_from=first"],
+        &env,
+    );
+    let (stdout, stderr) = text(&wrong);
+    assert!(!wrong.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("field `init_from`")
+            && stderr.contains("layer 1 `net.0` is dense 784 -> 32 (elu, clip 10)")
+            && stderr.contains("`net.0` is dense 784 -> 24"),
+        "{stderr}"
+    );
+}

@@ -108,3 +108,86 @@ fn pl_trains_the_reference_cnn_past_50_percent_in_one_epoch() {
     let acc = summary["test_accuracy"].as_f64().expect("number");
     assert!(acc > 0.5, "test accuracy of the CNN after one epoch {acc} <= 0.5");
 }
+
+/// Issue 11's crash test: a 4-epoch run killed with SIGKILL in the middle of epoch 3 and
+/// resumed with `--resume` ends with the same model files, the same metrics (timings and
+/// memory aside) and the same summary figures as an uninterrupted run.
+#[cfg(unix)]
+#[test]
+fn a_run_killed_in_epoch_3_resumes_to_the_same_files() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owned = real_env(&data);
+    let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let args = |out: &Path| -> Vec<String> {
+        let sets = ["train.epochs=4", "net.hidden=[128]", "net.sparse={mask: persistent}"];
+        let mut a = vec!["run".to_owned(), "pipelines/mnist.yaml".to_owned(), "--no-progress".to_owned()];
+        for s in sets {
+            a.extend(["--set".to_owned(), s.to_owned()]);
+        }
+        a.extend(["--out".to_owned(), out.to_str().expect("utf-8").to_owned()]);
+        a
+    };
+    let whole = dir.path().join("whole");
+    let argv = args(&whole);
+    let out = plflow(&root(), &argv.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let cut = dir.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plflow"));
+    child.current_dir(root()).args(args(&cut)).stdout(std::process::Stdio::null());
+    for (k, v) in &env {
+        child.env(k, v);
+    }
+    let mut child = child.spawn().expect("start the run");
+    let metrics = cut.join("metrics.jsonl");
+    let lines = || std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count());
+    while lines() < 2 {
+        assert!(child.try_wait().expect("wait").is_none(), "the run ended before epoch 3");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&metrics).expect("metrics").lines().next().expect("line"),
+    )
+    .expect("JSON");
+    let epoch = first["epoch_seconds"].as_f64().expect("seconds");
+    std::thread::sleep(std::time::Duration::from_secs_f64(epoch / 2.0));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    println!("killed after {} epoch lines", lines());
+
+    let out = plflow(&root(), &["run", "--resume", cut.to_str().expect("utf-8"), "--no-progress"], &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("resuming after epoch"), "{stdout}");
+
+    for file in ["model.safetensors", "best.safetensors", "pipeline.yaml"] {
+        let (a, b) = (std::fs::read(whole.join(file)), std::fs::read(cut.join(file)));
+        assert!(a.expect(file) == b.expect(file), "{file} differs");
+    }
+    let timings = ["seconds", "per_second", "peak", "wall", "time_shares", "run_dir"];
+    let strip = |v: serde_json::Value| -> serde_json::Value {
+        let serde_json::Value::Object(map) = v else { panic!("an object") };
+        map.into_iter().filter(|(k, _)| !timings.iter().any(|t| k.contains(t))).collect()
+    };
+    let metrics_of = |run: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+        text.lines().map(|l| strip(serde_json::from_str(l).expect("JSON line"))).collect()
+    };
+    assert_eq!(metrics_of(&whole).len(), 4);
+    assert_eq!(metrics_of(&whole), metrics_of(&cut));
+    let summary_of = |run: &Path| {
+        strip(
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("s"))
+                .expect("JSON"),
+        )
+    };
+    assert_eq!(summary_of(&whole), summary_of(&cut));
+    let leftovers: Vec<_> = std::fs::read_dir(&cut)
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -140,7 +140,15 @@ pub enum Op {
     /// Global average pooling.
     Pool { channels: usize, positions: usize },
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
-    Train { solver: Solver, epochs: usize, batch_size: usize, source: NodeIndex, layers: Vec<NodeIndex> },
+    Train {
+        solver: Solver,
+        epochs: usize,
+        batch_size: usize,
+        source: NodeIndex,
+        layers: Vec<NodeIndex>,
+        /// The model file the layers start from, checked against their shapes.
+        init_from: Option<std::path::PathBuf>,
+    },
     /// Accuracy of a trained model on a split.
     Evaluate { split: Split },
 }

@@ -7,6 +7,7 @@
 //!   (references, cycles, shapes, memory estimate), before any data is read;
 //! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s
 //!   and, after every epoch, the trained [`model`] files;
+//! - [`checkpoint`]: a training stage's whole state after every epoch, for `--resume`;
 //! - [`eval`]: a saved model measured on a dataset (accuracy, per class, confusion matrix);
 //! - [`bench`]: the comparison table of several runs.
 //!
@@ -15,6 +16,7 @@
 //! ledger is `plflow_ops::ledger`, re-exported here as [`ledger`].
 
 pub mod bench;
+pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod graph;

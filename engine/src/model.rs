@@ -111,9 +111,16 @@ pub enum StepMeta {
 }
 
 /// A tensor handed to the safetensors writer as a view of a live buffer.
-enum Tensor<'a> {
+pub(crate) enum Tensor<'a> {
     F32 { shape: Vec<usize>, values: &'a [f32] },
     U32 { shape: Vec<usize>, values: &'a [u32] },
+}
+
+impl<'a> Tensor<'a> {
+    /// A view of `m` with its shape.
+    pub(crate) fn matrix(m: &'a Matrix) -> Self {
+        Tensor::F32 { shape: vec![m.rows(), m.cols()], values: m.as_slice() }
+    }
 }
 
 impl View for Tensor<'_> {
@@ -159,9 +166,11 @@ impl View for Tensor<'_> {
 pub struct ModelFiles {
     model: PathBuf,
     best: PathBuf,
-    meta: ModelMeta,
-    layer_names: Vec<String>,
-    stats: Vec<(String, Stats)>,
+    /// The trainer's checkpoint (see [`crate::checkpoint`]).
+    pub(crate) state: PathBuf,
+    pub(crate) meta: ModelMeta,
+    pub(crate) layer_names: Vec<String>,
+    pub(crate) stats: Vec<(String, Stats)>,
     best_accuracy: Option<f64>,
 }
 
@@ -211,9 +220,24 @@ impl ModelFiles {
         Self {
             model: dir.join(format!("{prefix}model.safetensors")),
             best: dir.join(format!("{prefix}best.safetensors")),
+            state: dir.join(format!("{prefix}state.safetensors")),
             meta,
             layer_names,
             stats: kept,
+            best_accuracy: None,
+        }
+    }
+
+    /// Files in `dir` for a network with `layer_names` described by `meta` (tests only).
+    #[cfg(test)]
+    pub(crate) fn in_dir(dir: &Path, meta: ModelMeta, layer_names: Vec<String>) -> Self {
+        Self {
+            model: dir.join("model.safetensors"),
+            best: dir.join("best.safetensors"),
+            state: dir.join("state.safetensors"),
+            meta,
+            layer_names,
+            stats: Vec::new(),
             best_accuracy: None,
         }
     }
@@ -234,16 +258,30 @@ impl ModelFiles {
         self.meta.epoch = epoch;
         self.meta.test_accuracy = test_accuracy;
         write_model(&self.model, network, &self.layer_names, &self.stats, &self.meta)?;
-        let better = match (test_accuracy, self.best_accuracy) {
-            (Some(a), Some(b)) => a > b,
-            (Some(_), None) => true,
-            (None, _) => self.best_accuracy.is_none(),
-        };
-        if better {
+        if self.is_best(test_accuracy) {
             self.best_accuracy = test_accuracy;
             copy_atomic(&self.model, &self.best)?;
         }
         Ok(())
+    }
+
+    /// Account for epochs saved by an earlier process (a resumed run), in order, without
+    /// writing: the next [`ModelFiles::save`] compares with the best of them.
+    pub fn replay(&mut self, test_accuracies: impl IntoIterator<Item = Option<f64>>) {
+        for accuracy in test_accuracies {
+            if self.is_best(accuracy) {
+                self.best_accuracy = accuracy;
+            }
+        }
+    }
+
+    /// Whether an epoch with `test_accuracy` replaces the best model so far.
+    fn is_best(&self, test_accuracy: Option<f64>) -> bool {
+        match (test_accuracy, self.best_accuracy) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            (None, _) => self.best_accuracy.is_none(),
+        }
     }
 }
 
@@ -252,6 +290,22 @@ fn partial(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".partial-{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Remove the temporary files that a killed process left in run folder `dir` (their names
+/// end in `.partial-<pid>`); the files they were replacing are intact.
+pub fn remove_partials(dir: &Path) -> Result<(), EngineError> {
+    let entries = std::fs::read_dir(dir).map_err(EngineError::io(dir, "cannot list the run folder"))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().contains(".partial-") {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(EngineError::io(&path, "cannot remove a stale partial file"))?;
+            println!("removed {}, left by an interrupted run", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// Sync `tmp`, rename it to `path`; remove it on failure.
@@ -292,12 +346,25 @@ pub fn write_model(
     stats: &[(String, Stats)],
     meta: &ModelMeta,
 ) -> Result<(), EngineError> {
+    let metadata = HashMap::from([(META_KEY.to_owned(), to_json(path, meta)?)]);
+    write_tensors(path, model_tensors(network, layer_names, stats), metadata)
+}
+
+/// `value` as JSON for a file's metadata.
+pub(crate) fn to_json(path: &Path, value: &impl Serialize) -> Result<String, EngineError> {
+    serde_json::to_string(value).map_err(|e| EngineError::io(path, "cannot encode the metadata")(e.into()))
+}
+
+/// The tensors of a model file, as views of `network`'s buffers and of `stats`.
+pub(crate) fn model_tensors<'a>(
+    network: &'a Network,
+    layer_names: &[String],
+    stats: &'a [(String, Stats)],
+) -> Vec<(String, Tensor<'a>)> {
     let mut tensors: Vec<(String, Tensor<'_>)> = Vec::new();
     for (layer, name) in network.layers.iter().zip(layer_names) {
         if let Some(p) = layer.params() {
-            let shape = vec![p.inputs(), p.outputs()];
-            tensors
-                .push((format!("layers.{name}.weight"), Tensor::F32 { shape, values: p.weights.as_slice() }));
+            tensors.push((format!("layers.{name}.weight"), Tensor::matrix(&p.weights)));
             let shape = vec![p.outputs()];
             tensors.push((format!("layers.{name}.bias"), Tensor::F32 { shape, values: p.bias.as_slice() }));
         }
@@ -316,17 +383,23 @@ pub fn write_model(
             Tensor::F32 { shape: vec![s.std.len()], values: &s.std },
         ));
     }
-    let json = serde_json::to_string(meta)
-        .map_err(|e| EngineError::io(path, "cannot encode the model's metadata")(e.into()))?;
-    let info = HashMap::from([(META_KEY.to_owned(), json)]);
+    tensors
+}
+
+/// Stream `tensors` and `metadata` to a temporary sibling of `path`, sync it and rename it.
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: Vec<(String, Tensor<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<(), EngineError> {
     let tmp = partial(path);
-    let result = safetensors::serialize_to_file(tensors, Some(info), &tmp)
+    let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
         .map_err(|e| std::io::Error::other(e.to_string()));
     commit(&tmp, path, result)
 }
 
 /// The description of a layer node.
-fn layer_meta(node: &Node) -> LayerMeta {
+pub(crate) fn layer_meta(node: &Node) -> LayerMeta {
     let (activation, clip) = match node.op {
         Op::Dense { activation, .. } | Op::Depthwise { activation, .. } => match activation {
             Activation::Elu { clip } => ("elu", Some(clip)),
@@ -357,6 +430,56 @@ fn layer_meta(node: &Node) -> LayerMeta {
         Op::Pool { channels, positions } => base("global_avg_pool", channels, channels, positions),
         _ => base(node.op.kind(), 0, 0, 0),
     }
+}
+
+impl LayerMeta {
+    /// The layer as a phrase: `dense 784 -> 512 (elu, clip 10)`.
+    fn describe(&self) -> String {
+        let clip = self.clip.map_or(String::new(), |c| format!(", clip {c}"));
+        let conv = self.conv.map_or(String::new(), |[k, s, h, w]| format!(" k{k} s{s} on {h}x{w}"));
+        let mask = if self.mask { ", persistent mask" } else { "" };
+        let positions =
+            if self.positions > 1 { format!(" over {} positions", self.positions) } else { String::new() };
+        format!(
+            "{} {} -> {}{conv}{positions} ({}{clip}{mask})",
+            self.kind, self.inputs, self.outputs, self.activation
+        )
+    }
+
+    /// Whether a layer described by `self` computes with the same shapes and function.
+    fn same_layer(&self, other: &Self) -> bool {
+        Self { name: other.name.clone(), ..self.clone() } == *other
+    }
+}
+
+/// Check that `saved` layers (a model file's) can stand in for `wanted` (a plan's), in order;
+/// the error names the first layer that differs and both descriptions.
+pub(crate) fn check_layers(saved: &[LayerMeta], wanted: &[LayerMeta]) -> Result<(), String> {
+    for (k, w) in wanted.iter().enumerate() {
+        let Some(s) = saved.get(k) else {
+            return Err(format!("the saved model has {} layers, this model {}", saved.len(), wanted.len()));
+        };
+        if !s.same_layer(w) {
+            let classes = if k + 1 == wanted.len() && s.outputs != w.outputs {
+                format!(" (the saved model has {} classes, this dataset {})", s.outputs, w.outputs)
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "layer {} `{}` is {}, but the saved model's layer {} `{}` is {}{classes}",
+                k + 1,
+                w.name,
+                w.describe(),
+                k + 1,
+                s.name,
+                s.describe()
+            ));
+        }
+    }
+    if saved.len() != wanted.len() {
+        return Err(format!("the saved model has {} layers, this model {}", saved.len(), wanted.len()));
+    }
+    Ok(())
 }
 
 /// The stages from the dataset to `source` (the trainer's input), in order.
@@ -398,12 +521,14 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// What it says about itself.
     pub meta: ModelMeta,
+    /// Every metadata entry of the header, [`META_KEY`]'s included.
+    pub metadata: HashMap<String, String>,
     f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
     u32s: HashMap<String, (Vec<usize>, Vec<u32>)>,
 }
 
 /// A model file that cannot be used, naming the file and, where it applies, the tensor.
-fn bad_model(path: &Path, tensor: Option<&str>, message: impl Into<String>) -> EngineError {
+pub(crate) fn bad_model(path: &Path, tensor: Option<&str>, message: impl Into<String>) -> EngineError {
     EngineError::Model {
         path: path.to_path_buf(),
         tensor: tensor.map(str::to_owned),
@@ -428,10 +553,10 @@ impl LoadedModel {
         })?;
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| bad_model(path, None, format!("unreadable header ({e})")))?;
-        let json =
-            header.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| {
-                bad_model(path, None, format!("no `{META_KEY}` metadata: not a plflow model"))
-            })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let json = metadata
+            .get(META_KEY)
+            .ok_or_else(|| bad_model(path, None, format!("no `{META_KEY}` metadata: not a plflow model")))?;
         let meta: ModelMeta = serde_json::from_str(json)
             .map_err(|e| bad_model(path, None, format!("its `{META_KEY}` metadata does not parse ({e})")))?;
         if meta.format != FORMAT {
@@ -464,11 +589,11 @@ impl LoadedModel {
                 }
             }
         }
-        Ok(Self { path: path.to_path_buf(), meta, f32s, u32s })
+        Ok(Self { path: path.to_path_buf(), meta, metadata, f32s, u32s })
     }
 
     /// The f32 tensor `name`, which must have `shape`.
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<&[f32], EngineError> {
+    pub(crate) fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<&[f32], EngineError> {
         let Some((got, values)) = self.f32s.get(name) else {
             return Err(bad_model(&self.path, Some(name), "missing"));
         };
@@ -493,9 +618,11 @@ impl LoadedModel {
     /// the layer shapes (an error names the layer and both shapes).
     pub fn network(&self, plan: &Plan, chain: &[NodeIndex]) -> Result<Network, EngineError> {
         let mut layers = Vec::with_capacity(chain.len());
-        for &l in chain {
+        for (k, &l) in chain.iter().enumerate() {
             let node = plan.graph.node(l);
-            let name = &node.name;
+            // The file's own layer names: a model started from another run's (`init_from`)
+            // may name its layers differently.
+            let name = self.meta.layers.get(k).map_or(&node.name, |m| &m.name);
             let params = |rows: usize, cols: usize| -> Result<Dense, EngineError> {
                 let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
                 let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
@@ -554,7 +681,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use plflow_ops::depthwise::Geometry;
 
@@ -583,7 +710,7 @@ mod tests {
         (Network { layers }, vec!["a".into(), "b".into(), "pool".into()])
     }
 
-    fn meta() -> ModelMeta {
+    pub(crate) fn meta() -> ModelMeta {
         ModelMeta {
             format: FORMAT,
             plflow_version: "0.1.0".into(),

@@ -187,14 +187,16 @@ impl Plan {
         }
         let _ = writeln!(s, "trainable parameters: {}", thousands(total));
         for t in self.trainers() {
-            let Op::Train { solver, epochs, batch_size, layers, .. } = &self.graph.node(t).op else {
+            let Op::Train { solver, epochs, batch_size, layers, init_from, .. } = &self.graph.node(t).op
+            else {
                 continue;
             };
             let _ = writeln!(
                 s,
-                "`{}`: {}, {epochs} epochs, batch {batch_size}",
+                "`{}`: {}, {epochs} epochs, batch {batch_size}{}",
                 self.graph.node(t).name,
-                describe_solver(solver)
+                describe_solver(solver),
+                init_from.as_ref().map_or(String::new(), |f| format!(", starting from {}", f.display()))
             );
             if let Solver::Pl(c) = solver {
                 let _ = writeln!(s, "  solves: {}", self.describe_solves(layers, *batch_size, c));
@@ -808,15 +810,15 @@ impl Builder<'_> {
             }
             StageSpec::Pl(s) => {
                 let solver = self.pl_solver(name, s)?;
-                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size, s.init_from.as_deref())?
             }
             StageSpec::Sgd(s) => {
                 let solver = self.sgd_solver(name, s)?;
-                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size, s.init_from.as_deref())?
             }
             StageSpec::Adam(s) | StageSpec::Adamw(s) => {
                 let solver = self.adam_solver(name, s, matches!(stage, StageSpec::Adamw(_)))?;
-                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size)?
+                self.add_trainer(name, &s.input, solver, s.epochs, s.batch_size, s.init_from.as_deref())?
             }
             StageSpec::Evaluate(s) => {
                 let from = self.outputs[s.input.as_str()];
@@ -969,6 +971,27 @@ impl Builder<'_> {
         }))
     }
 
+    /// The model file `from` names (a run folder's `model.safetensors`, or a file), read and
+    /// checked layer by layer against the nodes `layers`.
+    fn init_from(&self, name: &str, from: &Path, layers: &[NodeIndex]) -> Result<PathBuf, SpecError> {
+        let file = if from.is_dir() { from.join("model.safetensors") } else { from.to_path_buf() };
+        let fail =
+            |message: String| self.err(name, Some("init_from"), format!("field `init_from`: {message}"));
+        let model = crate::model::LoadedModel::read(&file).map_err(|e| {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            fail(format!("{message} (give a run folder holding model.safetensors, or a model file)"))
+        })?;
+        let wanted: Vec<_> = layers.iter().map(|&l| crate::model::layer_meta(&self.nodes[l])).collect();
+        crate::model::check_layers(&model.meta.layers, &wanted)
+            .map_err(|m| fail(format!("{}: {m}", file.display())))?;
+        Ok(file)
+    }
+
     /// A training node for the layers feeding `input`, checked against the dataset's labels.
     fn add_trainer(
         &mut self,
@@ -977,6 +1000,7 @@ impl Builder<'_> {
         solver: Solver,
         epochs: usize,
         batch_size: usize,
+        init_from: Option<&Path>,
     ) -> Result<NodeIndex, SpecError> {
         let kind = solver.kind();
         let model = self.outputs[input];
@@ -1033,7 +1057,11 @@ impl Builder<'_> {
         }
         self.range(name, "epochs", epochs > 0, "at least 1", epochs)?;
         self.range(name, "batch_size", batch_size > 0, "at least 1", batch_size)?;
-        let op = Op::Train { solver, epochs, batch_size, source, layers };
+        let init_from = match init_from {
+            Some(from) => Some(self.init_from(name, from, &layers)?),
+            None => None,
+        };
+        let op = Op::Train { solver, epochs, batch_size, source, layers, init_from };
         let node = Node { name: name.into(), stage: name.into(), op, output: Port::Model };
         let i = self.add_node(node, Some(model));
         self.nodes.add_edge(source, i, Edge::Batches);

@@ -5,7 +5,7 @@
 //! renamed; metrics lines are written with one call each and flushed.
 
 use crate::error::EngineError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -92,7 +92,7 @@ fn timestamp() -> String {
 }
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// Training stage.
     pub stage: String,
@@ -114,7 +114,8 @@ pub struct EpochRecord {
     pub samples_per_second: f64,
     /// Wall seconds spent evaluating after the epoch.
     pub eval_seconds: f64,
-    /// Wall seconds spent writing the model files after the epoch.
+    /// Wall seconds spent writing the model files and the checkpoint after the epoch (for
+    /// the last epoch before a `--resume`, the model files only).
     pub save_seconds: f64,
     /// Seconds of the epoch's steps spent in forward passes.
     pub forward_seconds: f64,

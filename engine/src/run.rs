@@ -3,10 +3,11 @@
 //! same weights), training stages stream shuffled batches through the PL step and run their
 //! evaluate stages after every epoch, and the run folder receives the reports.
 
+use crate::checkpoint::{Checkpoint, STATE_FORMAT, StateMeta};
 use crate::error::EngineError;
 use crate::graph::DataSource;
 use crate::graph::{Init, Op, Solver, Split};
-use crate::model::ModelFiles;
+use crate::model::{LoadedModel, ModelFiles};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,6 +29,7 @@ use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, LayerKind, Network, StepStats, argmax};
 use plflow_ops::pl::PlTrainer;
 use plflow_ops::sparse::{CorrelationPass, correlation_mask, masked_weights, small_world_mask};
+use plflow_ops::state::TrainerState;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -43,6 +45,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Where decompressed data is cached.
     pub cache: Cache,
+    /// Continue the run in `out` from its checkpoints instead of starting a new one.
+    pub resume: bool,
 }
 
 /// What a finished run produced.
@@ -74,13 +78,23 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         )
         .into());
     };
-    let dir = report::create_run_dir(opts.out.as_deref(), &plan.spec.name)?;
-    let resolved = serde_norway::to_string(&plan.spec)
-        .map_err(|e| EngineError::io(&dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
-    let header =
-        format!("# {} as run by plflow: overrides applied, every default filled in\n", plan.file.display());
-    let pipeline_text = format!("{header}{resolved}");
-    report::write_atomic(&dir.join("pipeline.yaml"), pipeline_text.as_bytes())?;
+    let (dir, pipeline_text) = match (&opts.out, opts.resume) {
+        (Some(dir), true) => {
+            // The text as first written: it is inside every model file, which must not change.
+            let file = dir.join(RESOLVED_PIPELINE);
+            let text = std::fs::read_to_string(&file)
+                .map_err(EngineError::io(&file, "cannot read the run's pipeline to resume it"))?;
+            crate::model::remove_partials(dir)?;
+            (dir.clone(), text)
+        }
+        _ => {
+            let dir = report::create_run_dir(opts.out.as_deref(), &plan.spec.name)?;
+            let text = resolved_pipeline(plan, &dir)?;
+            report::write_atomic(&dir.join(RESOLVED_PIPELINE), text.as_bytes())?;
+            (dir, text)
+        }
+    };
+    // Resumed stages write their finished epochs' records again, from their checkpoints.
     let mut metrics = MetricsFile::create(&dir)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(plan.spec.seed);
@@ -155,7 +169,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                     Layer { kind, activation: Activation::Linear, mask: None, input_positions: *positions },
                 );
             }
-            Op::Train { solver, epochs, batch_size, source, layers: chain } => {
+            Op::Train { solver, epochs, batch_size, source, layers: chain, init_from } => {
                 let network = Network {
                     layers: chain
                         .iter()
@@ -190,7 +204,26 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 ledger::reset_peak();
                 let mut files =
                     ModelFiles::new(plan, i, &dir, &pipeline_text, &measured, &hashes, &data.class_names);
-                let t = job.train(network, &mut metrics, &mut files)?;
+                let checkpoint = if opts.resume { files.read_state()? } else { None };
+                let network = match (&checkpoint, init_from) {
+                    (Some(c), _) => {
+                        drop(network); // replaced, not kept beside its successor
+                        c.model.network(plan, chain)?
+                    }
+                    (None, Some(file)) => {
+                        drop(network);
+                        let model = LoadedModel::read(file)?;
+                        println!(
+                            "{}: starting from {} (epoch {})",
+                            node.name,
+                            file.display(),
+                            model.meta.epoch
+                        );
+                        model.network(plan, chain)?
+                    }
+                    (None, None) => network,
+                };
+                let t = job.train(network, checkpoint, &mut metrics, &mut files)?;
                 run_peak = run_peak.max(ledger::peak_bytes());
                 trained.insert(i, t);
             }
@@ -238,6 +271,38 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         .map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
     report::write_atomic(&dir.join("summary.json"), &json)?;
     Ok(RunOutcome { dir, summary })
+}
+
+/// The run folder's copy of the pipeline as run.
+pub const RESOLVED_PIPELINE: &str = "pipeline.yaml";
+const RESOLVED_HEADER: (&str, &str) =
+    ("# ", " as run by plflow: overrides applied, every default filled in\n");
+
+/// The pipeline as run: a header naming the file, then the spec with overrides applied and
+/// every default filled in.
+fn resolved_pipeline(plan: &Plan, dir: &std::path::Path) -> Result<String, EngineError> {
+    let resolved = serde_norway::to_string(&plan.spec)
+        .map_err(|e| EngineError::io(dir, "cannot encode the pipeline")(std::io::Error::other(e)))?;
+    let (before, after) = RESOLVED_HEADER;
+    Ok(format!("{before}{}{after}{resolved}", plan.file.display()))
+}
+
+/// The plan of the run in `dir`, from its resolved pipeline, for `--resume`: named after the
+/// pipeline file the run was started with.
+pub fn resume_plan(dir: &std::path::Path) -> Result<Plan, EngineError> {
+    let file = dir.join(RESOLVED_PIPELINE);
+    let text = std::fs::read_to_string(&file).map_err(EngineError::io(
+        &file,
+        "cannot read the run's pipeline; is this a run folder written by `plflow run`?",
+    ))?;
+    let spec = crate::parse::parse_pipeline(&text, &file)?;
+    let mut plan = Plan::check(spec, &text, &file)?;
+    let (before, after) = RESOLVED_HEADER;
+    let header = text.split_inclusive('\n').next().unwrap_or_default();
+    if let Some(original) = header.strip_prefix(before).and_then(|h| h.strip_suffix(after)) {
+        plan.file = PathBuf::from(original);
+    }
+    Ok(plan)
 }
 
 /// Execute data node `i` (a source, an extraction, `standardize` or `flatten`), adding its
@@ -388,6 +453,20 @@ impl Trainer {
             Trainer::Backprop(t) => t.state_bytes(),
         }
     }
+
+    fn state(&self) -> &dyn TrainerState {
+        match self {
+            Trainer::Pl(t) => t,
+            Trainer::Backprop(t) => t,
+        }
+    }
+
+    fn state_mut(&mut self) -> &mut dyn TrainerState {
+        match self {
+            Trainer::Pl(t) => t,
+            Trainer::Backprop(t) => t,
+        }
+    }
 }
 
 struct TrainJob<'a> {
@@ -403,14 +482,33 @@ struct TrainJob<'a> {
 }
 
 impl TrainJob<'_> {
+    /// Train `network` for the stage's epochs, or, from a `checkpoint` (whose network it
+    /// is), for the epochs it had not finished.
     fn train(
         &self,
         mut network: Network,
+        checkpoint: Option<Checkpoint>,
         metrics: &mut MetricsFile,
         files: &mut ModelFiles,
     ) -> Result<Trained, EngineError> {
         let train = &self.data.train;
         let mut trainer = Trainer::new(&network, self.solver);
+        let mut records = Vec::with_capacity(self.epochs);
+        let mut ledger_peak = 0;
+        if let Some(c) = checkpoint {
+            c.restore(trainer.state_mut(), self.solver.kind(), self.layer_names)?;
+            if c.state.epoch > self.epochs {
+                let message = format!("holds {} epochs; the stage trains {}", c.state.epoch, self.epochs);
+                return Err(crate::model::bad_model(&c.model.path, None, message));
+            }
+            for r in &c.state.records {
+                metrics.append(r)?;
+            }
+            files.replay(c.state.records.iter().map(|r| r.test_accuracy));
+            println!("{}: resuming after epoch {} of {}", self.stage, c.state.epoch, self.epochs);
+            records = c.state.records;
+            ledger_peak = c.state.ledger_peak;
+        }
         let steps_per_epoch = train.len().div_ceil(self.batch_size);
         let bar = if self.progress {
             let bar = ProgressBar::new((steps_per_epoch * self.epochs) as u64);
@@ -429,9 +527,9 @@ impl TrainJob<'_> {
             if self.progress { bar.println(line) } else { println!("{line}") }
         };
 
-        let mut records = Vec::with_capacity(self.epochs);
+        bar.set_position((records.len() * steps_per_epoch) as u64);
         let mut scratch = Matrix::zeros(0, 0);
-        for epoch in 0..self.epochs {
+        for epoch in records.len()..self.epochs {
             bar.set_message(format!("{}/{}", epoch + 1, self.epochs));
             if let Trainer::Pl(t) = &mut trainer {
                 t.set_epoch(epoch);
@@ -515,12 +613,25 @@ impl TrainJob<'_> {
             let t2 = Instant::now();
             files.save(&network, epoch + 1, test_accuracy)?;
             record.save_seconds = t2.elapsed().as_secs_f64();
-            metrics.append(&record)?;
             records.push(record);
+            ledger_peak = ledger_peak.max(ledger::peak_bytes());
+            let state = StateMeta {
+                format: STATE_FORMAT,
+                solver: self.solver.kind().to_owned(),
+                epoch: epoch + 1,
+                scalars: Default::default(),
+                records: records.clone(),
+                ledger_peak,
+            };
+            files.save_state(&network, trainer.state(), &state)?;
+            // The checkpoint's copy of this record counts the model files only.
+            let record = records.last_mut().expect("pushed above");
+            record.save_seconds = t2.elapsed().as_secs_f64();
+            metrics.append(record)?;
         }
         bar.finish_and_clear();
         let state_bytes = trainer.state_bytes();
-        Ok(Trained { records, network, state_bytes, ledger_peak: ledger::peak_bytes() })
+        Ok(Trained { records, network, state_bytes, ledger_peak: ledger_peak.max(ledger::peak_bytes()) })
     }
 
     fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {

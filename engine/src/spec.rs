@@ -478,6 +478,10 @@ pub struct PlSpec {
     /// Examples per step.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
     /// Step size of the solved update.
     #[serde(default = "defaults::alpha")]
     pub alpha: f64,
@@ -575,6 +579,10 @@ pub struct SgdSpec {
     /// Examples per step.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
     /// Learning rate.
     #[serde(default = "defaults::sgd_lr")]
     pub lr: f32,
@@ -599,6 +607,10 @@ pub struct AdamSpec {
     /// Examples per step.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
     /// Learning rate.
     #[serde(default = "defaults::adam_lr")]
     pub lr: f32,

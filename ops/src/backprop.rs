@@ -13,6 +13,7 @@
 //! rows at a time, never whole.
 
 use crate::network::{LayerError, LayerKind, Network, PoolError, StepStats, argmax, at};
+use crate::state::{Part, TrainerState, count};
 use crate::{Matrix, OpsError, par};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut};
@@ -140,6 +141,54 @@ pub struct BackpropTrainer {
     pub optimizer: Optimizer,
     states: Vec<(Moments, Moments)>,
     steps: u64,
+}
+
+impl Moments {
+    fn buffers(&self, prefix: usize) -> [(&'static str, Option<&Matrix>); 2] {
+        let names = [["weight.first", "weight.second"], ["bias.first", "bias.second"]][prefix];
+        [(names[0], self.first.as_ref()), (names[1], self.second.as_ref())]
+    }
+
+    fn buffers_mut(&mut self, prefix: usize) -> [(&'static str, Option<&mut Matrix>); 2] {
+        let names = [["weight.first", "weight.second"], ["bias.first", "bias.second"]][prefix];
+        [(names[0], self.first.as_mut()), (names[1], self.second.as_mut())]
+    }
+}
+
+impl TrainerState for BackpropTrainer {
+    fn tensors(&self) -> Vec<Part<&Matrix>> {
+        let mut parts = Vec::new();
+        for (l, (w, b)) in self.states.iter().enumerate() {
+            for (name, m) in w.buffers(0).into_iter().chain(b.buffers(1)) {
+                parts.extend(m.map(|m| Part::of(l, name, m)));
+            }
+        }
+        parts
+    }
+
+    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
+        let mut parts = Vec::new();
+        for (l, (w, b)) in self.states.iter_mut().enumerate() {
+            for (name, m) in w.buffers_mut(0).into_iter().chain(b.buffers_mut(1)) {
+                parts.extend(m.map(|m| Part::of(l, name, m)));
+            }
+        }
+        parts
+    }
+
+    fn scalars(&self) -> Vec<Part<f64>> {
+        vec![Part::global("steps", self.steps as f64)]
+    }
+
+    fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool {
+        match (layer, name, count(value)) {
+            (None, "steps", Some(v)) => {
+                self.steps = v;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl BackpropTrainer {

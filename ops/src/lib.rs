@@ -20,6 +20,7 @@
 //! - [`network`]: a chain of layers (weights and activations) and inference.
 //! - [`pl`]: the Prospective Learning trainer: per-layer state and the training step.
 //! - [`backprop`]: the baselines: SGD with momentum, Adam and AdamW on the same networks.
+//! - [`state`]: a trainer's whole state as named parts, for checkpoints and resumed runs.
 
 pub mod activation;
 pub mod backprop;
@@ -32,6 +33,7 @@ pub mod network;
 pub mod pl;
 pub mod solve;
 pub mod sparse;
+pub mod state;
 pub mod tensor;
 pub mod update;
 

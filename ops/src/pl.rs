@@ -17,6 +17,7 @@ use crate::network::{Layer, LayerError, LayerKind, Network, PoolError, StepStats
 use crate::solve::{
     Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath, ridge_update, ridge_update_tiles_consuming,
 };
+use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 use std::time::Instant;
@@ -95,6 +96,48 @@ pub struct PlTrainer {
     pub states: Vec<Option<LayerState>>,
     /// The epoch being trained (from 0), for the step's decay.
     epoch: usize,
+}
+
+impl TrainerState for PlTrainer {
+    fn tensors(&self) -> Vec<Part<&Matrix>> {
+        let layers = self.states.iter().enumerate();
+        let per_layer = layers.filter_map(|(l, s)| s.as_ref().map(|s| (l, s)));
+        per_layer.flat_map(|(l, s)| s.buffers().into_iter().map(move |(n, b)| Part::of(l, n, b))).collect()
+    }
+
+    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
+        let layers = self.states.iter_mut().enumerate();
+        let per_layer = layers.filter_map(|(l, s)| s.as_mut().map(|s| (l, s)));
+        per_layer
+            .flat_map(|(l, s)| s.buffers_mut().into_iter().map(move |(n, b)| Part::of(l, n, b)))
+            .collect()
+    }
+
+    fn scalars(&self) -> Vec<Part<f64>> {
+        let layers = self.states.iter().enumerate();
+        let per_layer = layers.filter_map(|(l, s)| s.as_ref().map(|s| (l, s)));
+        per_layer
+            .flat_map(|(l, s)| {
+                [
+                    Part::of(l, "steps", s.steps as f64),
+                    Part::of(l, "spectral_norm", f64::from(s.spectral_norm)),
+                ]
+            })
+            .collect()
+    }
+
+    fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool {
+        let Some(Some(state)) = layer.and_then(|l| self.states.get_mut(l)) else { return false };
+        match name {
+            "steps" => count(value).map(|v| state.steps = v).is_some(),
+            // Written from an f32, so the narrowing is exact.
+            "spectral_norm" => {
+                state.spectral_norm = value as f32;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The update rule for a layer: the spectral clamp and orthogonalisation act on weight

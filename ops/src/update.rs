@@ -92,6 +92,19 @@ impl LayerState {
         self.power.as_mut().map(|p| p.as_mut_slice()).unwrap_or_default()
     }
 
+    /// The state buffers this layer holds, by name (for checkpoints).
+    pub fn buffers(&self) -> Vec<(&'static str, &Matrix)> {
+        let named = [("theta", &self.theta), ("velocity", &self.velocity), ("power", &self.power)];
+        named.into_iter().filter_map(|(n, b)| b.as_ref().map(|b| (n, b))).collect()
+    }
+
+    /// The state buffers, in the order of [`LayerState::buffers`], to be overwritten.
+    pub fn buffers_mut(&mut self) -> Vec<(&'static str, &mut Matrix)> {
+        let named =
+            [("theta", &mut self.theta), ("velocity", &mut self.velocity), ("power", &mut self.power)];
+        named.into_iter().filter_map(|(n, b)| b.as_mut().map(|b| (n, b))).collect()
+    }
+
     /// Bytes of per-weight state this layer holds.
     pub fn bytes(&self) -> usize {
         [&self.theta, &self.velocity, &self.power].iter().map(|b| b.as_ref().map_or(0, Matrix::bytes)).sum()
