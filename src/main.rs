@@ -8,7 +8,7 @@ use plflow_engine::bench::{self, BenchRow, RunFigures};
 use plflow_engine::report;
 use plflow_engine::run::{RunOptions, run};
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Train neural networks with Prospective Learning from YAML pipelines.
@@ -60,6 +60,28 @@ enum Command {
         /// dataset of the same shape; repeatable.
         #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
         sets: Vec<String>,
+    },
+    /// Classify new inputs with a trained model: image files, folders or tar(.gz) archives of
+    /// them, IDX image files, or Arrow/Parquet feature tables. One CSV row per input: its id,
+    /// the predicted class and its probability, then the next classes of the top K.
+    Predict {
+        /// A run folder (its model.safetensors) or a model file.
+        run: PathBuf,
+        /// The inputs, read in order.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the CSV to FILE (temporary file, then renamed) instead of standard output.
+        #[arg(long, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+        /// Classes listed per input, most probable first.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        top: u16,
+        /// Use the run's best.safetensors instead of its last model.
+        #[arg(long)]
+        best: bool,
+        /// Inputs per batch.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        batch: u32,
     },
     /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
     /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
@@ -188,6 +210,9 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Eval { run, split, best, sets } => eval(&run, &split, best, &sets)?,
+        Command::Predict { run, inputs, out, top, best, batch } => {
+            predict(&run, &inputs, out.as_deref(), usize::from(top), best, batch as usize)?
+        }
         Command::Fetch { dataset, dir, mirror } => {
             use plflow_engine::datasets::{fetch, location::DATA_DIR_ENV};
             let dir = dir
@@ -217,8 +242,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval(run: &std::path::Path, split: &str, best: bool, sets: &[String]) -> anyhow::Result<()> {
-    use plflow_engine::graph::Split;
+/// The model file a run folder or file argument names, and the folder it is in.
+fn model_file(run: &Path, best: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (model, dir) = if run.is_dir() {
         (run.join(if best { "best.safetensors" } else { "model.safetensors" }), run.to_path_buf())
     } else {
@@ -229,6 +254,90 @@ fn eval(run: &std::path::Path, split: &str, best: bool, sets: &[String]) -> anyh
         "{} does not exist: give a run folder written by `plflow run` (it holds model.safetensors) or a model file",
         model.display()
     );
+    Ok((model, dir))
+}
+
+fn predict(
+    run: &Path,
+    inputs: &[PathBuf],
+    out: Option<&Path>,
+    top: usize,
+    best: bool,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (model, _) = model_file(run, best)?;
+    let predictor = plflow_engine::predict::Predictor::load(&model)
+        .with_context(|| format!("cannot use {}", model.display()))?;
+    let names = &predictor.class_names;
+    let top = top.min(names.len().max(1));
+    let (mut sink, partial): (Box<dyn Write>, Option<PathBuf>) = match out {
+        Some(file) => {
+            let mut name = file.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".partial-{}", std::process::id()));
+            let tmp = file.with_file_name(name);
+            let f =
+                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            (Box::new(std::io::BufWriter::new(f)), Some(tmp))
+        }
+        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
+    };
+    let mut header = String::from("id,class,probability");
+    for k in 2..=top {
+        header.push_str(&format!(",class_{k},probability_{k}"));
+    }
+    let started = std::time::Instant::now();
+    let result = (|| -> anyhow::Result<usize> {
+        writeln!(sink, "{header}")?;
+        let cache = plflow_engine::run::default_cache();
+        let n = predictor.predict(inputs, top, batch, &cache, &mut |p| {
+            let mut line = csv_field(&p.id);
+            for (c, prob) in &p.top {
+                line.push_str(&format!(",{},{prob:.6}", csv_field(&names[*c])));
+            }
+            writeln!(sink, "{line}").map_err(|e| {
+                plflow_engine::EngineError::io(
+                    out.unwrap_or(Path::new("stdout")),
+                    "cannot write the predictions",
+                )(e)
+            })
+        })?;
+        sink.flush()?;
+        Ok(n)
+    })();
+    drop(sink);
+    let n = match (result, &partial) {
+        (Ok(n), Some(tmp)) => {
+            let file = out.expect("a partial file is made for --out");
+            std::fs::File::open(tmp).and_then(|f| f.sync_all())?;
+            std::fs::rename(tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+            n
+        }
+        (Ok(n), None) => n,
+        (Err(e), tmp) => {
+            if let Some(tmp) = tmp {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(e.context(format!("cannot predict with {}", model.display())));
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "predicted {n} inputs in {secs:.2} s ({:.0}/s){}",
+        n as f64 / secs.max(1e-9),
+        out.map_or(String::new(), |f| format!("; written to {}", f.display()))
+    );
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+fn eval(run: &Path, split: &str, best: bool, sets: &[String]) -> anyhow::Result<()> {
+    use plflow_engine::graph::Split;
+    let (model, dir) = model_file(run, best)?;
     let split = if split == "train" { Split::Train } else { Split::Test };
     let opts =
         RunOptions { out: None, progress: false, cache: plflow_engine::run::default_cache(), resume: false };

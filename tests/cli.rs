@@ -465,3 +465,70 @@ fn init_from_continues_a_trained_model_and_refuses_other_shapes() {
         "{stderr}"
     );
 }
+
+/// `predict` on the test IDX file counts exactly the run's test accuracy; the same digits
+/// written as PNG files into class folders get the same classes, row for row.
+#[test]
+fn predict_classifies_idx_files_and_png_folders_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("mnist");
+    synthetic_mnist(&data, 600, 60);
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let sets = ["--set", "train.epochs=1", "--set", "net.hidden=[24]", "--set", "train.alpha=0.5"];
+    let mut args = vec!["run", "PIPELINE", "--out", "run"];
+    let pipeline = mnist_pipeline();
+    args[1] = &pipeline;
+    args.extend(sets);
+    let run = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&run);
+    assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let acc = read_json(&dir.path().join("run/summary.json"))["test_accuracy"].as_f64().expect("number");
+    assert!(acc > 0.15 && acc < 1.0, "a model that is right on some digits and wrong on others: {acc}");
+
+    let idx = data.join("t10k-images-idx3-ubyte");
+    let bytes = std::fs::read(&idx).expect("idx");
+    let labels = std::fs::read(data.join("t10k-labels-idx1-ubyte")).expect("labels")[8..].to_vec();
+    let pngs = dir.path().join("pngs");
+    for (i, pixels) in bytes[16..].chunks_exact(784).enumerate() {
+        let class_dir = pngs.join(labels[i].to_string());
+        std::fs::create_dir_all(&class_dir).expect("mkdir");
+        image::GrayImage::from_raw(28, 28, pixels.to_vec())
+            .expect("28x28")
+            .save(class_dir.join(format!("{i:03}.png")))
+            .expect("png");
+    }
+    let predict = |input: &Path, out: &str| -> Vec<Vec<String>> {
+        let args = ["predict", "run", input.to_str().expect("utf-8"), "--top", "3", "--out", out];
+        let p = plflow(dir.path(), &args, &env);
+        let (stdout, stderr) = text(&p);
+        assert!(p.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stderr.contains("predicted 60 inputs"), "{stderr}");
+        let csv = std::fs::read_to_string(dir.path().join(out)).expect("csv");
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some("id,class,probability,class_2,probability_2,class_3,probability_3"));
+        lines.map(|l| l.split(',').map(str::to_owned).collect()).collect()
+    };
+    let from_idx = predict(&idx, "idx.csv");
+    let correct = from_idx.iter().enumerate().filter(|(i, r)| r[1] == labels[*i].to_string()).count();
+    assert_eq!(correct as f64 / 60.0, acc, "predict agrees with the run's evaluation");
+    for r in &from_idx {
+        let p: Vec<f64> = [2, 4, 6].iter().map(|&k| r[k].parse().expect("probability")).collect();
+        assert!(p[0] >= p[1] && p[1] >= p[2] && p[0] <= 1.0, "ranked probabilities: {r:?}");
+    }
+
+    let from_png = predict(&pngs, "png.csv");
+    let by_row = |rows: &[Vec<String>], id: &dyn Fn(&str) -> usize| -> Vec<(usize, String)> {
+        let mut v: Vec<_> = rows.iter().map(|r| (id(&r[0]), r[1].clone())).collect();
+        v.sort();
+        v
+    };
+    let idx_row = |id: &str| id.rsplit(':').next().and_then(|n| n.parse().ok()).expect("row");
+    let png_row = |id: &str| {
+        Path::new(id).file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("file number")
+    };
+    assert_eq!(by_row(&from_idx, &idx_row), by_row(&from_png, &png_row));
+
+    let wrong = plflow(dir.path(), &["predict", "run", "run/summary.json"], &env);
+    let (_, stderr) = text(&wrong);
+    assert!(!wrong.status.success() && stderr.contains("summary.json"), "{stderr}");
+}

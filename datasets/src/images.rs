@@ -57,12 +57,12 @@ enum Container {
     Archive(PathBuf),
 }
 
-fn is_archive(p: &Path) -> bool {
+pub(crate) fn is_archive(p: &Path) -> bool {
     let name = p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
-fn is_image(name: &str) -> bool {
+pub(crate) fn is_image(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     [".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e))
 }
@@ -225,12 +225,16 @@ fn decode_all(
         Container::Folder(root) => list_folder(root)?.into_iter().map(|(_, s, c)| (s, c)).collect(),
         Container::Archive(p) => {
             let mut v = Vec::new();
-            for_each_member(p, false, |name, _| {
-                if let Some(m) = member(name) {
-                    v.push(m);
-                }
-                Ok(())
-            })?;
+            for_each_member(
+                p,
+                |_| false,
+                |name, _| {
+                    if let Some(m) = member(name) {
+                        v.push(m);
+                    }
+                    Ok(())
+                },
+            )?;
             v
         }
     };
@@ -305,17 +309,21 @@ fn decode_all(
             }
         }
         Container::Archive(p) => {
-            for_each_member(p, true, |name, bytes| {
-                if let Some((split, class)) = member(name) {
-                    let label = label_of(&format!("{}:{name}", p.display()), &class)?;
-                    let name = format!("{}:{name}", p.display());
-                    pending.push(Pending { name, split, label, bytes: bytes.unwrap_or_default() });
-                    if pending.len() == CHUNK {
-                        flush(&mut pending, &mut train, &mut test)?;
+            for_each_member(
+                p,
+                |m| member(m).is_some(),
+                |name, bytes| {
+                    if let Some((split, class)) = member(name) {
+                        let label = label_of(&format!("{}:{name}", p.display()), &class)?;
+                        let name = format!("{}:{name}", p.display());
+                        pending.push(Pending { name, split, label, bytes: bytes.unwrap_or_default() });
+                        if pending.len() == CHUNK {
+                            flush(&mut pending, &mut train, &mut test)?;
+                        }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
         }
     }
     flush(&mut pending, &mut train, &mut test)?;
@@ -324,10 +332,11 @@ fn decode_all(
     Ok(total)
 }
 
-/// Visit every regular file of a tar or tar.gz archive in order, with its bytes when `read`.
-fn for_each_member(
+/// Visit every regular file of a tar or tar.gz archive in order, with its bytes when `read`
+/// says its name is wanted.
+pub(crate) fn for_each_member(
     path: &Path,
-    read: bool,
+    read: impl Fn(&str) -> bool,
     mut f: impl FnMut(&str, Option<Vec<u8>>) -> Result<(), DatasetError>,
 ) -> Result<(), DatasetError> {
     let file = std::fs::File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
@@ -347,7 +356,7 @@ fn for_each_member(
             continue;
         }
         let member = entry.path().map_err(corrupt)?.to_string_lossy().into_owned();
-        let bytes = if read && self::member(&member).is_some() {
+        let bytes = if read(&member) {
             let mut b = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut b).map_err(corrupt)?;
             Some(b)
@@ -397,10 +406,14 @@ pub fn survey(dir: &DataPath) -> Result<Vec<(&'static str, String, usize)>, Data
         Container::Folder(root) => list_folder(&root)?.into_iter().map(|(_, s, c)| (s, c)).collect(),
         Container::Archive(p) => {
             let mut v = Vec::new();
-            for_each_member(&p, false, |name, _| {
-                v.extend(member(name));
-                Ok(())
-            })?;
+            for_each_member(
+                &p,
+                |_| false,
+                |name, _| {
+                    v.extend(member(name));
+                    Ok(())
+                },
+            )?;
             v
         }
     };

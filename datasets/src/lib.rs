@@ -11,6 +11,7 @@
 //! - [`idx`], [`mnist`]: the IDX format and MNIST.
 //! - [`cifar`]: CIFAR-10/100 binary batches.
 //! - [`images`]: image folders and tar archives, decoded once into a cached table.
+//! - [`inputs`]: unlabelled files to predict on (images, archives, IDX, tables), in batches.
 //! - [`table`], [`parquet_source`], [`sink`]: Arrow IPC and Parquet feature tables, read
 //!   and written.
 //! - [`subset`], [`transform`]: `limit`, standardisation and flattening.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fetch;
 pub mod idx;
 pub mod images;
+pub mod inputs;
 pub mod inspect;
 pub mod location;
 pub mod mapped;

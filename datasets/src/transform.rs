@@ -61,6 +61,18 @@ impl Standardized {
     }
 }
 
+impl Stats {
+    /// Standardise rows of features in place, exactly as a [`Standardized`] source reads them.
+    pub fn apply(&self, features: &mut [f32]) {
+        let scale: Vec<f32> = self.std.iter().map(|&s| if s > 1e-6 { 1.0 / s } else { 1.0 }).collect();
+        for row in features.chunks_exact_mut(self.mean.len().max(1)) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&scale) {
+                *v = (*v - m) * s;
+            }
+        }
+    }
+}
+
 impl Source for Standardized {
     fn len(&self) -> usize {
         self.inner.len()

@@ -9,6 +9,7 @@
 //!   and, after every epoch, the trained [`model`] files;
 //! - [`checkpoint`]: a training stage's whole state after every epoch, for `--resume`;
 //! - [`eval`]: a saved model measured on a dataset (accuracy, per class, confusion matrix);
+//! - [`predict`]: a saved model applied to new files (images, archives, IDX, tables);
 //! - [`bench`]: the comparison table of several runs.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
@@ -23,6 +24,7 @@ pub mod graph;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod predict;
 pub mod report;
 pub mod run;
 pub mod spec;

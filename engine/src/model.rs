@@ -18,7 +18,7 @@ use plflow_datasets::transform::Stats;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
-use plflow_ops::depthwise::Depthwise;
+use plflow_ops::depthwise::{Depthwise, Geometry};
 use plflow_ops::network::{Layer, LayerKind, Network};
 use plflow_ops::sparse::Mask;
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -615,52 +615,70 @@ impl LoadedModel {
     }
 
     /// The network of `plan`'s layer nodes `chain` with this file's weights, checked against
-    /// the layer shapes (an error names the layer and both shapes).
+    /// the layer shapes (an error names the layer and both descriptions).
     pub fn network(&self, plan: &Plan, chain: &[NodeIndex]) -> Result<Network, EngineError> {
-        let mut layers = Vec::with_capacity(chain.len());
-        for (k, &l) in chain.iter().enumerate() {
-            let node = plan.graph.node(l);
-            // The file's own layer names: a model started from another run's (`init_from`)
-            // may name its layers differently.
-            let name = self.meta.layers.get(k).map_or(&node.name, |m| &m.name);
-            let params = |rows: usize, cols: usize| -> Result<Dense, EngineError> {
-                let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
-                let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
-                let mut dense = Dense::new(Matrix::from_vec(rows, cols, w.to_vec()));
-                dense.bias = Matrix::from_vec(1, cols, b.to_vec());
-                Ok(dense)
-            };
-            let layer = match node.op {
-                Op::Dense { inputs, units, positions, activation, .. } => {
-                    let mask_name = format!("layers.{name}.mask");
-                    let mask = match self.u32s.get(&mask_name) {
-                        Some((_, idx)) => Some(
-                            Mask::from_indices(inputs, units, idx.clone())
-                                .map_err(|e| bad_model(&self.path, Some(&mask_name), e.to_string()))?,
-                        ),
-                        None => None,
-                    };
-                    let kind = LayerKind::Dense(params(inputs, units)?);
-                    Layer { kind, activation, mask, input_positions: positions }
-                }
-                Op::Depthwise { channels, geometry, activation } => {
-                    let dense = params(geometry.k * geometry.k, channels)?;
-                    let mut dw = Depthwise::new(dense.weights, geometry);
-                    dw.params.bias = dense.bias;
-                    let kind = LayerKind::Depthwise(dw);
-                    Layer { kind, activation, mask: None, input_positions: geometry.h * geometry.w }
-                }
-                Op::Pool { channels, positions } => Layer {
-                    kind: LayerKind::Pool { positions, channels },
-                    activation: Activation::Linear,
-                    mask: None,
-                    input_positions: positions,
-                },
-                _ => return Err(bad_model(&self.path, None, format!("node `{name}` is not a layer"))),
-            };
-            layers.push(layer);
-        }
+        let wanted: Vec<LayerMeta> = chain.iter().map(|&l| layer_meta(plan.graph.node(l))).collect();
+        check_layers(&self.meta.layers, &wanted).map_err(|m| bad_model(&self.path, None, m))?;
+        self.saved_network()
+    }
+
+    /// The network the file describes (its `layers` metadata) with its weights: what
+    /// `predict` and `export` use, with no pipeline at hand.
+    pub fn saved_network(&self) -> Result<Network, EngineError> {
+        let layers = self.meta.layers.iter().map(|m| self.layer(m)).collect::<Result<_, _>>()?;
         Ok(Network { layers })
+    }
+
+    fn layer(&self, m: &LayerMeta) -> Result<Layer, EngineError> {
+        let name = &m.name;
+        let params = |rows: usize, cols: usize| -> Result<Dense, EngineError> {
+            let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
+            let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
+            let mut dense = Dense::new(Matrix::from_vec(rows, cols, w.to_vec()));
+            dense.bias = Matrix::from_vec(1, cols, b.to_vec());
+            Ok(dense)
+        };
+        let activation = match (m.activation.as_str(), m.clip) {
+            ("elu", Some(clip)) => Activation::Elu { clip },
+            ("linear", _) => Activation::Linear,
+            (other, clip) => {
+                let message = format!(
+                    "layer `{name}` has activation `{other}` (clip {clip:?}); plflow knows elu with a clip, and linear"
+                );
+                return Err(bad_model(&self.path, None, message));
+            }
+        };
+        let (inputs, outputs, positions) = (m.inputs, m.outputs, m.positions);
+        Ok(match (m.kind.as_str(), m.conv) {
+            ("dense" | "pointwise", _) => {
+                let mask_name = format!("layers.{name}.mask");
+                let mask = match self.u32s.get(&mask_name) {
+                    Some((_, idx)) => Some(
+                        Mask::from_indices(inputs, outputs, idx.clone())
+                            .map_err(|e| bad_model(&self.path, Some(&mask_name), e.to_string()))?,
+                    ),
+                    None if m.mask => return Err(bad_model(&self.path, Some(&mask_name), "missing")),
+                    None => None,
+                };
+                let kind = LayerKind::Dense(params(inputs, outputs)?);
+                Layer { kind, activation, mask, input_positions: positions }
+            }
+            ("depthwise", Some([k, stride, h, w])) => {
+                let dense = params(k * k, inputs)?;
+                let mut dw = Depthwise::new(dense.weights, Geometry { h, w, k, stride });
+                dw.params.bias = dense.bias;
+                Layer { kind: LayerKind::Depthwise(dw), activation, mask: None, input_positions: h * w }
+            }
+            ("global_avg_pool", _) => Layer {
+                kind: LayerKind::Pool { positions, channels: inputs },
+                activation: Activation::Linear,
+                mask: None,
+                input_positions: positions,
+            },
+            (kind, _) => {
+                return Err(bad_model(&self.path, None, format!("layer `{name}` of unknown kind `{kind}`")));
+            }
+        })
     }
 }
 
