@@ -83,6 +83,22 @@ enum Command {
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
         batch: u32,
     },
+    /// Write a trained model as a standard ONNX file (opset 13), from the training stage's
+    /// input (the dataset's examples, or the extracted features) to the network's outputs,
+    /// then check it in tract against plflow's own forward pass.
+    Export {
+        /// A run folder (its model.safetensors) or a model file.
+        run: PathBuf,
+        /// The ONNX file to write.
+        #[arg(long, value_name = "FILE.onnx")]
+        onnx: PathBuf,
+        /// Use the run's best.safetensors instead of its last model.
+        #[arg(long)]
+        best: bool,
+        /// Seeded inputs to compare tract's outputs with plflow's on; 0 skips the check.
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        verify: usize,
+    },
     /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
     /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
     Fetch {
@@ -210,6 +226,25 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Eval { run, split, best, sets } => eval(&run, &split, best, &sets)?,
+        Command::Export { run, onnx, best, verify } => {
+            let (model, _) = model_file(&run, best)?;
+            let shape = plflow_engine::export::export(&model, &onnx)
+                .with_context(|| format!("cannot export {}", model.display()))?;
+            let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+            println!(
+                "wrote {}: input `{}` [N, {}] -> output `{}`",
+                onnx.display(),
+                plflow_engine::export::INPUT,
+                dims.join(", "),
+                plflow_engine::export::OUTPUT
+            );
+            if verify > 0 {
+                let diff = plflow_engine::export::verify(&model, &onnx, verify)
+                    .with_context(|| format!("cannot check {}", onnx.display()))?;
+                println!("checked in tract on {verify} inputs: largest difference from plflow {diff:.2e}");
+                anyhow::ensure!(diff <= 1e-4, "tract and plflow differ by {diff:e} (more than 1e-4)");
+            }
+        }
         Command::Predict { run, inputs, out, top, best, batch } => {
             predict(&run, &inputs, out.as_deref(), usize::from(top), best, batch as usize)?
         }

@@ -532,3 +532,42 @@ fn predict_classifies_idx_files_and_png_folders_alike() {
     let (_, stderr) = text(&wrong);
     assert!(!wrong.status.success() && stderr.contains("summary.json"), "{stderr}");
 }
+
+/// `export` writes an ONNX file that plflow checks in tract (`--verify`) and that tract, used
+/// directly here, loads and runs from pixels to ten outputs.
+#[test]
+fn export_writes_onnx_that_tract_runs() {
+    use tract_onnx::prelude::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 300, 50);
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let pipeline = mnist_pipeline();
+    let sets =
+        ["--set", "train.epochs=1", "--set", "net.hidden=[24]", "--set", "net.sparse={mask: persistent}"];
+    let mut args = vec!["run", pipeline.as_str(), "--out", "run"];
+    args.extend(sets);
+    let run = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&run);
+    assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let export = plflow(dir.path(), &["export", "run", "--onnx", "m.onnx", "--verify", "300"], &env);
+    let (stdout, stderr) = text(&export);
+    assert!(export.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("input `input` [N, 1, 28, 28] -> output `logits`"), "{stdout}");
+    let diff: f64 = stdout
+        .split("largest difference from plflow ")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the check's figure");
+    assert!(diff <= 1e-4, "{stdout}");
+
+    let model = tract_onnx::onnx()
+        .model_for_path(dir.path().join("m.onnx"))
+        .and_then(|m| m.with_input_fact(0, f32::fact([2, 1, 28, 28]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract loads the file");
+    let input = tract_ndarray::Array4::<f32>::from_elem((2, 1, 28, 28), 0.5);
+    let out = model.run(tvec!(Tensor::from(input).into())).expect("runs");
+    assert_eq!(out[0].shape(), &[2, 10]);
+}

@@ -9,6 +9,7 @@
 //!   and, after every epoch, the trained [`model`] files;
 //! - [`checkpoint`]: a training stage's whole state after every epoch, for `--resume`;
 //! - [`eval`]: a saved model measured on a dataset (accuracy, per class, confusion matrix);
+//! - [`export`]: a saved model as a standard ONNX graph;
 //! - [`predict`]: a saved model applied to new files (images, archives, IDX, tables);
 //! - [`bench`]: the comparison table of several runs.
 //!
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod graph;
 pub mod model;
 pub mod parse;

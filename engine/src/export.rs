@@ -1,0 +1,376 @@
+//! A saved model as a standard ONNX file (opset 13): from the training stage's input (the
+//! dataset's examples, or the extracted features when the pipeline had an extraction) to the
+//! network's outputs, in standard operators only: `Sub`/`Mul` for standardisation, `Gemm` for
+//! dense layers, grouped `Conv` for depthwise and 1x1 `Conv` for pointwise layers (maps stay
+//! NCHW, ONNX's layout, where plflow computes NHWC rows), `GlobalAveragePool`, and `Elu`
+//! followed by `Clip` for the clipped ELU. The protobuf is built with tract-onnx's generated
+//! types and encoded by prost.
+
+use crate::error::EngineError;
+use crate::model::{LayerMeta, LoadedModel, StepMeta, bad_model};
+use plflow_datasets::transform::Stats;
+use plflow_ops::network::{Layer, LayerKind, Network};
+use prost::Message;
+use std::path::Path;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+use tract_onnx::pb::type_proto::{self, Tensor};
+use tract_onnx::pb::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
+};
+
+/// The ONNX opset the exported graph uses.
+pub const OPSET: i64 = 13;
+/// The graph's input and output names.
+pub const INPUT: &str = "input";
+/// See [`INPUT`].
+pub const OUTPUT: &str = "logits";
+
+/// The graph under construction: nodes, initialisers and the name of the latest value.
+struct Builder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    last: String,
+}
+
+impl Builder {
+    /// Add a constant.
+    fn constant(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(TensorProto {
+            name: name.to_owned(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            raw_data,
+            ..Default::default()
+        });
+        name.to_owned()
+    }
+
+    /// Add node `op` on the latest value (and `extra` inputs), making its output the latest.
+    fn node(&mut self, name: &str, op: &str, extra: &[String], attributes: Vec<AttributeProto>) {
+        let mut input = vec![self.last.clone()];
+        input.extend_from_slice(extra);
+        let output = name.to_owned();
+        self.nodes.push(NodeProto {
+            input,
+            output: vec![output.clone()],
+            name: name.to_owned(),
+            op_type: op.to_owned(),
+            attribute: attributes,
+            ..Default::default()
+        });
+        self.last = output;
+    }
+
+    /// The clipped ELU, or nothing for a linear layer.
+    fn activation(&mut self, name: &str, layer: &Layer) {
+        if let plflow_ops::activation::Activation::Elu { clip } = layer.activation {
+            self.node(&format!("{name}.elu"), "Elu", &[], vec![float_attr("alpha", 1.0)]);
+            let lo = self.constant(&format!("{name}.clip_min"), &[], &[-clip]);
+            let hi = self.constant(&format!("{name}.clip_max"), &[], &[clip]);
+            self.node(&format!("{name}.clip"), "Clip", &[lo, hi], vec![]);
+        }
+    }
+}
+
+fn float_attr(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: name.to_owned(), r#type: AttributeType::Float as i32, f, ..Default::default() }
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.to_owned(), r#type: AttributeType::Int as i32, i, ..Default::default() }
+}
+
+fn ints_attr(name: &str, ints: &[usize]) -> AttributeProto {
+    let ints = ints.iter().map(|&v| v as i64).collect();
+    AttributeProto { name: name.to_owned(), r#type: AttributeType::Ints as i32, ints, ..Default::default() }
+}
+
+/// A float tensor value of shape `[N, dims...]`.
+fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
+    let batch = Dimension { value: Some(dimension::Value::DimParam("N".into())), ..Default::default() };
+    let rest = dims
+        .iter()
+        .map(|&d| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Default::default() });
+    let shape = TensorShapeProto { dim: std::iter::once(batch).chain(rest).collect() };
+    let tensor = Tensor { elem_type: DataType::Float as i32, shape: Some(shape) };
+    ValueInfoProto {
+        name: name.to_owned(),
+        r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The ONNX graph of `network` (with `names` from the model file) behind the standardisation
+/// `stats`, taking examples of `input_shape` (channels first for maps).
+pub fn graph(
+    network: &Network,
+    names: &[String],
+    input_shape: &[usize],
+    stats: Option<&Stats>,
+) -> GraphProto {
+    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: INPUT.to_owned() };
+    if let Some(s) = stats {
+        let scale: Vec<f32> = s.std.iter().map(|&v| if v > 1e-6 { 1.0 / v } else { 1.0 }).collect();
+        let mean = b.constant("standardize.mean", input_shape, &s.mean);
+        let scale = b.constant("standardize.scale", input_shape, &scale);
+        b.node("standardize.sub", "Sub", &[mean], vec![]);
+        b.node("standardize.mul", "Mul", &[scale], vec![]);
+    }
+    let mut flat = input_shape.len() <= 1;
+    for (layer, name) in network.layers.iter().zip(names) {
+        match &layer.kind {
+            LayerKind::Dense(d) if layer.input_positions == 1 => {
+                if !flat {
+                    b.node(&format!("{name}.flatten"), "Flatten", &[], vec![int_attr("axis", 1)]);
+                    flat = true;
+                }
+                let w =
+                    b.constant(&format!("{name}.weight"), &[d.inputs(), d.outputs()], d.weights.as_slice());
+                let bias = b.constant(&format!("{name}.bias"), &[d.outputs()], d.bias.as_slice());
+                b.node(name, "Gemm", &[w, bias], vec![]);
+            }
+            LayerKind::Dense(d) => {
+                // Pointwise: the kernel is the weight matrix transposed, `out x in x 1 x 1`.
+                let (i, o) = (d.inputs(), d.outputs());
+                let w = d.weights.as_slice();
+                let kernel: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |r| w[r * o + c])).collect();
+                let w = b.constant(&format!("{name}.weight"), &[o, i, 1, 1], &kernel);
+                let bias = b.constant(&format!("{name}.bias"), &[o], d.bias.as_slice());
+                b.node(name, "Conv", &[w, bias], vec![ints_attr("kernel_shape", &[1, 1])]);
+            }
+            LayerKind::Depthwise(dw) => {
+                let (g, c) = (dw.geometry, dw.channels());
+                let taps = g.k * g.k;
+                let w = dw.params.weights.as_slice();
+                // plflow's kernel is `taps x channels` with tap `dy * k + dx`; ONNX's `C x 1 x k x k`.
+                let kernel: Vec<f32> = (0..c).flat_map(|ch| (0..taps).map(move |t| w[t * c + ch])).collect();
+                let w = b.constant(&format!("{name}.weight"), &[c, 1, g.k, g.k], &kernel);
+                let bias = b.constant(&format!("{name}.bias"), &[c], dw.params.bias.as_slice());
+                let p = g.pad();
+                let attributes = vec![
+                    int_attr("group", c as i64),
+                    ints_attr("kernel_shape", &[g.k, g.k]),
+                    ints_attr("pads", &[p, p, p, p]),
+                    ints_attr("strides", &[g.stride, g.stride]),
+                ];
+                b.node(name, "Conv", &[w, bias], attributes);
+            }
+            LayerKind::Pool { .. } => {
+                b.node(&format!("{name}.pool"), "GlobalAveragePool", &[], vec![]);
+                b.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
+                flat = true;
+            }
+        }
+        b.activation(name, layer);
+    }
+    // The last node's output is renamed to the graph's output.
+    let classes = network.layers.last().map_or(0, |l| l.output_shape(1).1);
+    if let Some(last) = b.nodes.last_mut() {
+        last.output = vec![OUTPUT.to_owned()];
+    }
+    GraphProto {
+        node: b.nodes,
+        name: "plflow".into(),
+        initializer: b.initializers,
+        input: vec![value(INPUT, input_shape)],
+        output: vec![value(OUTPUT, &[classes])],
+        ..Default::default()
+    }
+}
+
+/// Export the model file `model` as ONNX to `out` (temporary file, then renamed); returns
+/// the graph's input shape (without the batch).
+pub fn export(model: &Path, out: &Path) -> Result<Vec<usize>, EngineError> {
+    let loaded = LoadedModel::read(model)?;
+    let network = loaded.saved_network()?;
+    let meta = &loaded.meta;
+    let mut input_shape = Vec::new();
+    let mut stats = None;
+    for step in &meta.preprocessing {
+        match step {
+            StepMeta::Data { shape, .. } => input_shape.clone_from(shape),
+            StepMeta::Extract { dim, .. } => input_shape = vec![*dim],
+            StepMeta::Standardize { stage, features } => stats = Some(loaded.stats(stage, *features)?),
+            StepMeta::Flatten { .. } => {}
+        }
+    }
+    if input_shape.iter().product::<usize>() != meta.input_shape.iter().product::<usize>() {
+        let message =
+            format!("its preprocessing gives {input_shape:?}, its network takes {:?}", meta.input_shape);
+        return Err(bad_model(model, None, message));
+    }
+    let names: Vec<String> = meta.layers.iter().map(|l: &LayerMeta| l.name.clone()).collect();
+    let graph = graph(&network, &names, &input_shape, stats.as_ref());
+    let proto = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        producer_name: "plflow".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        doc_string: format!("stage `{}` after epoch {}", meta.stage, meta.epoch),
+        metadata_props: vec![StringStringEntryProto {
+            key: "class_names".into(),
+            value: serde_json::to_string(&meta.class_names).unwrap_or_default(),
+        }],
+        ..Default::default()
+    };
+    crate::report::write_atomic(out, &proto.encode_to_vec())?;
+    Ok(input_shape)
+}
+
+/// Run the ONNX file `file` with tract (an independent runtime) and the model file `model`
+/// with plflow on the same `n` inputs (seeded: uniform in `[0, 1]`, pixels' range, or
+/// `[0, 4]` for features); returns the largest absolute difference of their outputs.
+pub fn verify(model: &Path, file: &Path, n: usize) -> Result<f32, EngineError> {
+    use rand::{RngExt as _, SeedableRng as _};
+    use tract_onnx::prelude::*;
+    let loaded = LoadedModel::read(model)?;
+    let network = loaded.saved_network()?;
+    let shape: Vec<usize> = {
+        let mut s = loaded.meta.input_shape.clone();
+        for step in &loaded.meta.preprocessing {
+            match step {
+                StepMeta::Data { shape, .. } => s.clone_from(shape),
+                StepMeta::Extract { dim, .. } => s = vec![*dim],
+                _ => {}
+            }
+        }
+        s
+    };
+    let pixels =
+        !loaded.meta.preprocessing.iter().any(|s| matches!(s, StepMeta::Extract { .. })) && shape.len() > 1;
+    let len: usize = shape.iter().product();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let high = if pixels { 1.0 } else { 4.0 };
+    let inputs: Vec<f32> = (0..n * len).map(|_| rng.random_range(0.0..high)).collect();
+
+    let fail = |e: TractError| bad_model(file, None, format!("tract cannot run it: {e:#}"));
+    let mut dims = vec![n];
+    dims.extend_from_slice(&shape);
+    let plan = tract_onnx::onnx()
+        .model_for_path(file)
+        .and_then(|m| m.with_input_fact(0, f32::fact(&dims).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(fail)?;
+    let input = tract_ndarray::ArrayD::from_shape_vec(dims, inputs.clone()).map_err(|e| fail(e.into()))?;
+    let out = plan.run(tvec!(Tensor::from(input).into())).map_err(fail)?;
+    let theirs = out[0].to_plain_array_view::<f32>().map_err(fail)?;
+
+    let mut x = plflow_ops::Matrix::from_vec(n, len, inputs);
+    for step in &loaded.meta.preprocessing {
+        if let StepMeta::Standardize { stage, features } = step {
+            loaded.stats(stage, *features)?.apply(x.as_mut_slice());
+        }
+    }
+    let mut scratch = plflow_ops::Matrix::zeros(0, 0);
+    let x_in = crate::run::network_input(&network, &loaded.meta.input_shape, &mut x, &mut scratch, n);
+    let ours = network
+        .forward(x_in)
+        .map_err(|e| bad_model(model, None, format!("layer {} cannot run: {}", e.layer + 1, e.source)))?;
+    if theirs.len() != ours.as_slice().len() {
+        let message = format!("{} outputs from tract, {} from plflow", theirs.len(), ours.as_slice().len());
+        return Err(bad_model(file, None, message));
+    }
+    Ok(theirs.iter().zip(ours.as_slice()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelMeta, write_model};
+    use plflow_ops::Matrix;
+    use plflow_ops::activation::Activation;
+    use plflow_ops::dense::Dense;
+    use plflow_ops::depthwise::{Depthwise, Geometry};
+
+    fn values(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.37 + k).sin() * 0.5).collect()
+    }
+
+    fn layer_meta(name: &str, kind: &str, io: (usize, usize), positions: usize, elu: bool) -> LayerMeta {
+        LayerMeta {
+            name: name.into(),
+            kind: kind.into(),
+            inputs: io.0,
+            outputs: io.1,
+            positions,
+            activation: if elu { "elu" } else { "linear" }.into(),
+            clip: elu.then_some(1.5),
+            conv: None,
+            mask: false,
+        }
+    }
+
+    /// A small CNN on 2x6x6 maps standardised first: pointwise stem, depthwise 3x3 stride 2,
+    /// pooling, dense head; written as a model file in `dir`.
+    fn cnn_model(dir: &Path) -> std::path::PathBuf {
+        let dense = |i: usize, o: usize, k: f32| {
+            let mut d = Dense::new(Matrix::from_vec(i, o, values(i * o, k)));
+            d.bias = Matrix::from_vec(1, o, values(o, k + 1.0));
+            d
+        };
+        let geometry = Geometry { h: 6, w: 6, k: 3, stride: 2 };
+        let mut dw = Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), geometry);
+        dw.params.bias = Matrix::from_vec(1, 4, values(4, 0.9));
+        let elu = Activation::Elu { clip: 1.5 };
+        let network = Network {
+            layers: vec![
+                Layer { input_positions: 36, ..Layer::dense(dense(2, 4, 0.1), elu) },
+                Layer { kind: LayerKind::Depthwise(dw), activation: elu, mask: None, input_positions: 36 },
+                Layer {
+                    kind: LayerKind::Pool { positions: 9, channels: 4 },
+                    activation: Activation::Linear,
+                    mask: None,
+                    input_positions: 9,
+                },
+                Layer::dense(dense(4, 3, 0.5), Activation::Linear),
+            ],
+        };
+        let names: Vec<String> = ["stem", "dw", "pool", "head"].map(String::from).to_vec();
+        let layers = vec![
+            layer_meta("stem", "pointwise", (2, 4), 36, true),
+            LayerMeta { conv: Some([3, 2, 6, 6]), ..layer_meta("dw", "depthwise", (4, 4), 36, true) },
+            layer_meta("pool", "global_avg_pool", (4, 4), 9, false),
+            layer_meta("head", "dense", (4, 3), 1, false),
+        ];
+        let stats =
+            Stats { mean: values(72, 2.0), std: values(72, 3.0).iter().map(|v| v.abs() + 0.5).collect() };
+        let meta = ModelMeta {
+            input_shape: vec![2, 6, 6],
+            classes: 3,
+            layers,
+            preprocessing: vec![
+                StepMeta::Data { stage: "data".into(), source: "table".into(), shape: vec![2, 6, 6] },
+                StepMeta::Standardize { stage: "scaled".into(), features: 72 },
+            ],
+            ..crate::model::tests::meta()
+        };
+        let path = dir.join("model.safetensors");
+        write_model(&path, &network, &names, &[("scaled".into(), stats)], &meta).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_cnn_exports_to_onnx_that_tract_runs_like_plflow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = cnn_model(dir.path());
+        let onnx = dir.path().join("model.onnx");
+        assert_eq!(export(&model, &onnx).expect("export"), vec![2, 6, 6]);
+        let diff = verify(&model, &onnx, 50).expect("verify");
+        assert!(diff <= 1e-5, "largest difference {diff}");
+
+        // The check can fail: one changed depthwise weight shows.
+        let bytes = std::fs::read(&onnx).expect("read");
+        let mut proto = ModelProto::decode(bytes.as_slice()).expect("decode");
+        let graph = proto.graph.as_mut().expect("graph");
+        let w = graph.initializer.iter_mut().find(|t| t.name == "dw.weight").expect("weight");
+        w.raw_data[0..4].copy_from_slice(&0.75f32.to_le_bytes());
+        std::fs::write(&onnx, proto.encode_to_vec()).expect("write");
+        let diff = verify(&model, &onnx, 50).expect("verify");
+        assert!(diff > 1e-3, "a changed weight changes the outputs: {diff}");
+    }
+}
