@@ -95,9 +95,14 @@ enum Command {
         /// Use the run's best.safetensors instead of its last model.
         #[arg(long)]
         best: bool,
-        /// Seeded inputs to compare tract's outputs with plflow's on; 0 skips the check.
-        #[arg(long, default_value_t = 1000, value_name = "N")]
-        verify: usize,
+        /// Put the extraction's backbone and image preparation in front, so that the file
+        /// maps images (`[N, C, H, W]` in [0, 1]) to outputs.
+        #[arg(long)]
+        with_backbone: bool,
+        /// Seeded inputs to compare tract's outputs with plflow's on (default 1000, or 16
+        /// with the backbone); 0 skips the check.
+        #[arg(long, value_name = "N")]
+        verify: Option<usize>,
     },
     /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
     /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
@@ -226,9 +231,10 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Eval { run, split, best, sets } => eval(&run, &split, best, &sets)?,
-        Command::Export { run, onnx, best, verify } => {
+        Command::Export { run, onnx, best, with_backbone, verify } => {
             let (model, _) = model_file(&run, best)?;
-            let shape = plflow_engine::export::export(&model, &onnx)
+            let verify = verify.unwrap_or(if with_backbone { 16 } else { 1000 });
+            let shape = plflow_engine::export::export(&model, &onnx, with_backbone)
                 .with_context(|| format!("cannot export {}", model.display()))?;
             let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
             println!(
@@ -239,7 +245,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 plflow_engine::export::OUTPUT
             );
             if verify > 0 {
-                let diff = plflow_engine::export::verify(&model, &onnx, verify)
+                let diff = plflow_engine::export::verify(&model, &onnx, verify, with_backbone)
                     .with_context(|| format!("cannot check {}", onnx.display()))?;
                 println!("checked in tract on {verify} inputs: largest difference from plflow {diff:.2e}");
                 anyhow::ensure!(diff <= 1e-4, "tract and plflow differ by {diff:e} (more than 1e-4)");

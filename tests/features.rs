@@ -91,6 +91,39 @@ fn extract_stage_runs_a_model_over_an_image_folder_and_caches_its_features() {
     let out = plflow(dir.path(), &["run", "p.yaml", "--out", "r2"], &env);
     let (stdout, _) = text(&out);
     assert!(out.status.success() && stdout.contains("the model was not run"), "{stdout}");
+
+    // The trained model on new images: through its backbone (found by name under
+    // PLFLOW_MODEL_DIR), and as one ONNX file from pixels to outputs.
+    let models = root().join("extract/tests/data");
+    let with_models: Vec<(&str, &Path)> =
+        env.iter().copied().chain([("PLFLOW_MODEL_DIR", models.as_path())]).collect();
+    let out = plflow(dir.path(), &["predict", "r1", "imgs/test", "--out", "p.csv"], &with_models);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let csv = std::fs::read_to_string(dir.path().join("p.csv")).expect("csv");
+    let right = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(1).is_some_and(|c| l.contains(&format!("/{c}/"))))
+        .count();
+    assert!(right >= 19, "{right} of 20 test images classified as their folder:\n{csv}");
+    for with_backbone in [false, true] {
+        let mut args = vec!["export", "r1", "--onnx", "m.onnx"];
+        args.extend(with_backbone.then_some("--with-backbone"));
+        let out = plflow(dir.path(), &args, &with_models);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let shape = if with_backbone { "[N, 3, 6, 6]" } else { "[N, 2]" };
+        assert!(stdout.contains(shape) && stdout.contains("largest difference"), "{stdout}");
+    }
+    let elsewhere = dir.path().join("other-models");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("tiny.onnx"), b"not the backbone").expect("write");
+    let swapped: Vec<(&str, &Path)> =
+        env.iter().copied().chain([("PLFLOW_MODEL_DIR", elsewhere.as_path())]).collect();
+    let out = plflow(dir.path(), &["predict", "r1", "imgs/test"], &swapped);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("SHA-256"), "{stderr}");
     let wrong = std::fs::read_to_string(dir.path().join("p.yaml")).expect("read").replace("dim: 2", "dim: 3");
     std::fs::write(dir.path().join("w.yaml"), wrong).expect("write");
     let out = plflow(dir.path(), &["run", "w.yaml", "--out", "r3"], &env);

@@ -104,14 +104,15 @@ fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
 }
 
 /// The ONNX graph of `network` (with `names` from the model file) behind the standardisation
-/// `stats`, taking examples of `input_shape` (channels first for maps).
+/// `stats`, taking examples of `input_shape` (channels first for maps) as value `input`.
 pub fn graph(
     network: &Network,
     names: &[String],
+    input: &str,
     input_shape: &[usize],
     stats: Option<&Stats>,
 ) -> GraphProto {
-    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: INPUT.to_owned() };
+    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: input.to_owned() };
     if let Some(s) = stats {
         let scale: Vec<f32> = s.std.iter().map(|&v| if v > 1e-6 { 1.0 / v } else { 1.0 }).collect();
         let mean = b.constant("standardize.mean", input_shape, &s.mean);
@@ -175,37 +176,82 @@ pub fn graph(
         node: b.nodes,
         name: "plflow".into(),
         initializer: b.initializers,
-        input: vec![value(INPUT, input_shape)],
+        input: vec![value(input, input_shape)],
         output: vec![value(OUTPUT, &[classes])],
         ..Default::default()
     }
 }
 
-/// Export the model file `model` as ONNX to `out` (temporary file, then renamed); returns
-/// the graph's input shape (without the batch).
-pub fn export(model: &Path, out: &Path) -> Result<Vec<usize>, EngineError> {
+/// What stands in front of a saved network.
+struct Front<'a> {
+    /// The dataset's example shape.
+    data: Vec<usize>,
+    extract: Option<&'a StepMeta>,
+    stats: Option<Stats>,
+}
+
+impl<'a> Front<'a> {
+    fn of(model: &'a LoadedModel) -> Result<Self, EngineError> {
+        let mut front = Front { data: Vec::new(), extract: None, stats: None };
+        for step in &model.meta.preprocessing {
+            match step {
+                StepMeta::Data { shape, .. } => front.data.clone_from(shape),
+                StepMeta::Extract { .. } => front.extract = Some(step),
+                StepMeta::Standardize { stage, features } => {
+                    front.stats = Some(model.stats(stage, *features)?)
+                }
+                StepMeta::Flatten { .. } => {}
+            }
+        }
+        Ok(front)
+    }
+
+    /// The network's input as a graph input: the extracted features, or the examples.
+    fn network_input(&self) -> Vec<usize> {
+        match self.extract {
+            Some(StepMeta::Extract { dim, .. }) => vec![*dim],
+            _ => self.data.clone(),
+        }
+    }
+}
+
+/// Export the model file `model` as ONNX to `out` (temporary file, then renamed), with the
+/// extraction's backbone and image preparation in front when `with_backbone`; returns the
+/// graph's input shape (without the batch).
+pub fn export(model: &Path, out: &Path, with_backbone: bool) -> Result<Vec<usize>, EngineError> {
     let loaded = LoadedModel::read(model)?;
     let network = loaded.saved_network()?;
     let meta = &loaded.meta;
-    let mut input_shape = Vec::new();
-    let mut stats = None;
-    for step in &meta.preprocessing {
-        match step {
-            StepMeta::Data { shape, .. } => input_shape.clone_from(shape),
-            StepMeta::Extract { dim, .. } => input_shape = vec![*dim],
-            StepMeta::Standardize { stage, features } => stats = Some(loaded.stats(stage, *features)?),
-            StepMeta::Flatten { .. } => {}
-        }
-    }
-    if input_shape.iter().product::<usize>() != meta.input_shape.iter().product::<usize>() {
+    let front = Front::of(&loaded)?;
+    let features = front.network_input();
+    if features.iter().product::<usize>() != meta.input_shape.iter().product::<usize>() {
         let message =
-            format!("its preprocessing gives {input_shape:?}, its network takes {:?}", meta.input_shape);
+            format!("its preprocessing gives {features:?}, its network takes {:?}", meta.input_shape);
         return Err(bad_model(model, None, message));
     }
     let names: Vec<String> = meta.layers.iter().map(|l: &LayerMeta| l.name.clone()).collect();
-    let graph = graph(&network, &names, &input_shape, stats.as_ref());
+    let (graph, shape, ir) = if with_backbone {
+        let Some(StepMeta::Extract { model: file, sha256, output, size, mean, std, bgr, .. }) = front.extract
+        else {
+            let message =
+                "it has no extraction stage, so no backbone to put in front; export without --with-backbone";
+            return Err(bad_model(model, None, message));
+        };
+        let path = crate::predict::backbone_path(model, Path::new(file), sha256)?;
+        let bytes = std::fs::read(&path).map_err(EngineError::io(&path, "cannot read the backbone"))?;
+        let backbone = ModelProto::decode(bytes.as_slice())
+            .map_err(|e| bad_model(&path, None, format!("not an ONNX model ({e})")))?;
+        let head = graph(&network, &names, "features", &features, front.stats.as_ref());
+        let prep = Preparation { size: *size, mean: *mean, std: *std, bgr: *bgr };
+        let merged =
+            with_backbone_graph(backbone.graph.unwrap_or_default(), output, &prep, &front.data, head)
+                .map_err(|m| bad_model(&path, None, m))?;
+        (merged, front.data.clone(), backbone.ir_version.max(8))
+    } else {
+        (graph(&network, &names, INPUT, &features, front.stats.as_ref()), features, 8)
+    };
     let proto = ModelProto {
-        ir_version: 8,
+        ir_version: ir,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
         producer_name: "plflow".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
@@ -218,30 +264,120 @@ pub fn export(model: &Path, out: &Path) -> Result<Vec<usize>, EngineError> {
         ..Default::default()
     };
     crate::report::write_atomic(out, &proto.encode_to_vec())?;
-    Ok(input_shape)
+    Ok(shape)
+}
+
+/// How images are prepared for a backbone (as `plflow_extract::preprocess::Preprocess`).
+struct Preparation {
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    bgr: bool,
+}
+
+/// One graph from images (`[N, C, H, W]` of `data`, values in `[0, 1]`) to logits: the image
+/// preparation (grey repeated to RGB, channel order, bilinear resize with half-pixel centres,
+/// per-channel normalisation), the `backbone` graph with its names prefixed by `backbone/`
+/// up to its `output`, flattened, then `head` (whose input is `features`).
+fn with_backbone_graph(
+    mut backbone: GraphProto,
+    output: &str,
+    prep: &Preparation,
+    data: &[usize],
+    head: GraphProto,
+) -> Result<GraphProto, String> {
+    let [c, h, w] = match data[..] {
+        [c, h, w] => [c, h, w],
+        [h, w] => [1, h, w],
+        _ => return Err(format!("the data stage's examples have shape {data:?}, not images")),
+    };
+    let weights: std::collections::HashSet<String> =
+        backbone.initializer.iter().map(|t| t.name.clone()).collect();
+    let inputs: Vec<String> =
+        backbone.input.iter().map(|v| v.name.clone()).filter(|n| !weights.contains(n)).collect();
+    let [image_input] = &inputs[..] else {
+        return Err(format!("the backbone has {} inputs; one image input is needed", inputs.len()));
+    };
+    if !backbone.output.iter().any(|v| v.name == output) {
+        return Err(format!("the backbone has no output `{output}`"));
+    }
+    let rename = |n: &mut String| {
+        if !n.is_empty() {
+            *n = format!("backbone/{n}");
+        }
+    };
+    for node in &mut backbone.node {
+        node.input.iter_mut().for_each(rename);
+        node.output.iter_mut().for_each(rename);
+        rename(&mut node.name);
+    }
+    backbone.initializer.iter_mut().for_each(|t| rename(&mut t.name));
+
+    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: INPUT.to_owned() };
+    if c == 1 {
+        let grey = b.last.clone();
+        b.node("prepare.rgb", "Concat", &[grey.clone(), grey], vec![int_attr("axis", 1)]);
+    } else if prep.bgr {
+        b.initializers.push(TensorProto {
+            name: "prepare.bgr_order".into(),
+            dims: vec![3],
+            data_type: DataType::Int64 as i32,
+            int64_data: vec![2, 1, 0],
+            ..Default::default()
+        });
+        b.node("prepare.bgr", "Gather", &["prepare.bgr_order".into()], vec![int_attr("axis", 1)]);
+    }
+    if (h, w) != (prep.size, prep.size) {
+        let s = prep.size as f32;
+        let scales = b.constant("prepare.scales", &[4], &[1.0, 1.0, s / h as f32, s / w as f32]);
+        let attributes =
+            vec![string_attr("mode", "linear"), string_attr("coordinate_transformation_mode", "half_pixel")];
+        b.node("prepare.resize", "Resize", &[String::new(), scales], attributes);
+    }
+    let inv: Vec<f32> = prep.std.iter().map(|s| 1.0 / s).collect();
+    let mean = b.constant("prepare.mean", &[1, 3, 1, 1], &prep.mean);
+    let inv = b.constant("prepare.inv_std", &[1, 3, 1, 1], &inv);
+    b.node("prepare.sub", "Sub", &[mean], vec![]);
+    b.node("prepare.mul", "Mul", &[inv], vec![]);
+    // The backbone reads the prepared images, and the head its flattened output.
+    let prepared = b.last.clone();
+    let image_input = format!("backbone/{image_input}");
+    for node in &mut backbone.node {
+        node.input.iter_mut().filter(|i| **i == image_input).for_each(|i| i.clone_from(&prepared));
+    }
+    b.nodes.append(&mut backbone.node);
+    b.initializers.append(&mut backbone.initializer);
+    b.last = format!("backbone/{output}");
+    b.node("features", "Flatten", &[], vec![int_attr("axis", 1)]);
+    b.nodes.extend(head.node);
+    b.initializers.extend(head.initializer);
+    Ok(GraphProto {
+        node: b.nodes,
+        name: "plflow".into(),
+        initializer: b.initializers,
+        input: vec![value(INPUT, &[c, h, w])],
+        output: head.output,
+        ..Default::default()
+    })
+}
+
+fn string_attr(name: &str, s: &str) -> AttributeProto {
+    let s = s.as_bytes().to_vec();
+    AttributeProto { name: name.to_owned(), r#type: AttributeType::String as i32, s, ..Default::default() }
 }
 
 /// Run the ONNX file `file` with tract (an independent runtime) and the model file `model`
-/// with plflow on the same `n` inputs (seeded: uniform in `[0, 1]`, pixels' range, or
-/// `[0, 4]` for features); returns the largest absolute difference of their outputs.
-pub fn verify(model: &Path, file: &Path, n: usize) -> Result<f32, EngineError> {
+/// with plflow (through `predict`'s path: backbone, standardisation, network) on the same `n`
+/// seeded inputs (uniform in `[0, 1]`, pixels' range, or in `[0, 4]` for features); returns
+/// the largest absolute difference of their outputs. `with_backbone` says whether the file
+/// takes images in front of an extraction.
+pub fn verify(model: &Path, file: &Path, n: usize, with_backbone: bool) -> Result<f32, EngineError> {
     use rand::{RngExt as _, SeedableRng as _};
     use tract_onnx::prelude::*;
     let loaded = LoadedModel::read(model)?;
-    let network = loaded.saved_network()?;
-    let shape: Vec<usize> = {
-        let mut s = loaded.meta.input_shape.clone();
-        for step in &loaded.meta.preprocessing {
-            match step {
-                StepMeta::Data { shape, .. } => s.clone_from(shape),
-                StepMeta::Extract { dim, .. } => s = vec![*dim],
-                _ => {}
-            }
-        }
-        s
-    };
-    let pixels =
-        !loaded.meta.preprocessing.iter().any(|s| matches!(s, StepMeta::Extract { .. })) && shape.len() > 1;
+    let front = Front::of(&loaded)?;
+    let pixels = with_backbone || (front.extract.is_none() && front.data.len() > 1);
+    let shape = if with_backbone { front.data.clone() } else { front.network_input() };
     let len: usize = shape.iter().product();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let high = if pixels { 1.0 } else { 4.0 };
@@ -260,17 +396,10 @@ pub fn verify(model: &Path, file: &Path, n: usize) -> Result<f32, EngineError> {
     let out = plan.run(tvec!(Tensor::from(input).into())).map_err(fail)?;
     let theirs = out[0].to_plain_array_view::<f32>().map_err(fail)?;
 
-    let mut x = plflow_ops::Matrix::from_vec(n, len, inputs);
-    for step in &loaded.meta.preprocessing {
-        if let StepMeta::Standardize { stage, features } = step {
-            loaded.stats(stage, *features)?.apply(x.as_mut_slice());
-        }
-    }
-    let mut scratch = plflow_ops::Matrix::zeros(0, 0);
-    let x_in = crate::run::network_input(&network, &loaded.meta.input_shape, &mut x, &mut scratch, n);
-    let ours = network
-        .forward(x_in)
-        .map_err(|e| bad_model(model, None, format!("layer {} cannot run: {}", e.layer + 1, e.source)))?;
+    let predictor = crate::predict::Predictor::load(model)?;
+    let ids = vec![String::new(); n];
+    let batch = plflow_datasets::inputs::Batch { file, ids: &ids, values: &inputs, len, pixels };
+    let ours = predictor.logits(&batch, &mut plflow_ops::Matrix::zeros(0, 0))?;
     if theirs.len() != ours.as_slice().len() {
         let message = format!("{} outputs from tract, {} from plflow", theirs.len(), ours.as_slice().len());
         return Err(bad_model(file, None, message));
@@ -359,8 +488,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let model = cnn_model(dir.path());
         let onnx = dir.path().join("model.onnx");
-        assert_eq!(export(&model, &onnx).expect("export"), vec![2, 6, 6]);
-        let diff = verify(&model, &onnx, 50).expect("verify");
+        assert_eq!(export(&model, &onnx, false).expect("export"), vec![2, 6, 6]);
+        let diff = verify(&model, &onnx, 50, false).expect("verify");
         assert!(diff <= 1e-5, "largest difference {diff}");
 
         // The check can fail: one changed depthwise weight shows.
@@ -370,7 +499,7 @@ mod tests {
         let w = graph.initializer.iter_mut().find(|t| t.name == "dw.weight").expect("weight");
         w.raw_data[0..4].copy_from_slice(&0.75f32.to_le_bytes());
         std::fs::write(&onnx, proto.encode_to_vec()).expect("write");
-        let diff = verify(&model, &onnx, 50).expect("verify");
+        let diff = verify(&model, &onnx, 50, false).expect("verify");
         assert!(diff > 1e-3, "a changed weight changes the outputs: {diff}");
     }
 }

@@ -48,28 +48,34 @@ impl Extraction {
         if let Some(b) = self.backbone.get() {
             return Ok(b);
         }
-        let written = self.file.display();
-        let path = location::resolve_model(&self.file);
-        let found = sha256_file(&path).map_err(|e| {
-            let message = format!(
-                "the model was trained on features of the backbone `{written}`, not found as {} ({e}); put it under ${}",
-                path.display(),
-                location::MODEL_DIR_ENV
-            );
-            bad_model(model, None, message)
-        })?;
-        if found != self.sha256 {
-            let message = format!(
-                "{} has SHA-256 {found}, the model was trained with {}: another backbone",
-                path.display(),
-                self.sha256
-            );
-            return Err(bad_model(model, None, message));
-        }
+        let path = backbone_path(model, &self.file, &self.sha256)?;
         let backbone = Backbone::load(&path, &self.output, BACKBONE_BATCH, self.preprocess.size)
             .map_err(|e| bad_model(&path, None, e))?;
         Ok(self.backbone.get_or_init(|| backbone))
     }
+}
+
+/// Where the backbone `file` recorded in `model` is (under `PLFLOW_MODEL_DIR`), refused
+/// when missing or when its SHA-256 is not the recorded `sha256`.
+pub(crate) fn backbone_path(model: &Path, file: &Path, sha256: &str) -> Result<PathBuf, EngineError> {
+    let path = location::resolve_model(file);
+    let found = sha256_file(&path).map_err(|e| {
+        let message = format!(
+            "the model was trained on features of the backbone `{}`, not found as {} ({e}); put it under ${}",
+            file.display(),
+            path.display(),
+            location::MODEL_DIR_ENV
+        );
+        bad_model(model, None, message)
+    })?;
+    if found != sha256 {
+        let message = format!(
+            "{} has SHA-256 {found}, the model was trained with {sha256}: another backbone",
+            path.display()
+        );
+        return Err(bad_model(model, None, message));
+    }
+    Ok(path)
 }
 
 /// A saved model with its preprocessing, ready to classify inputs.
@@ -155,8 +161,7 @@ impl Predictor {
         let mut failure = None;
         let mut scratch = Matrix::zeros(0, 0);
         let mut on_batch = |b: Batch<'_>| -> Result<(), DatasetError> {
-            let result = self.features(&b).and_then(|mut x| {
-                let logits = self.forward(&mut x, b.ids.len(), &mut scratch, b.file)?;
+            let result = self.logits(&b, &mut scratch).and_then(|logits| {
                 for (r, id) in b.ids.iter().enumerate() {
                     out(Prediction { id: id.clone(), top: top_k(logits.row(r), top) })?;
                 }
@@ -172,6 +177,12 @@ impl Predictor {
             (Some(e), _) => Err(e),
             (None, n) => n.map_err(|source| EngineError::Dataset { stage: "predict".into(), source }),
         }
+    }
+
+    /// The network's outputs for a batch, one row per example.
+    pub(crate) fn logits(&self, b: &Batch<'_>, scratch: &mut Matrix) -> Result<Matrix, EngineError> {
+        let mut x = self.features(b)?;
+        self.forward(&mut x, b.ids.len(), scratch, b.file)
     }
 
     /// A batch as the network's input features: extracted and standardised as in training.
