@@ -70,8 +70,9 @@ enum Command {
         /// The inputs, read in order.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// Write the CSV to FILE (temporary file, then renamed) instead of standard output.
-        #[arg(long, value_name = "FILE.csv")]
+        /// Write the table to FILE, as Parquet for `.parquet`, else CSV (a temporary file,
+        /// renamed when complete) instead of CSV on standard output.
+        #[arg(long, value_name = "FILE.csv|FILE.parquet")]
         out: Option<PathBuf>,
         /// Classes listed per input, most probable first.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
@@ -180,6 +181,14 @@ fn main() -> ExitCode {
     keep_freed_memory();
     match execute(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`plflow predict ... | head`) is not a failure.
+        Err(err)
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
@@ -306,62 +315,40 @@ fn predict(
     best: bool,
     batch: usize,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
+    use plflow_engine::datasets::rows::{Cell, Kind, RowsWriter};
     let (model, _) = model_file(run, best)?;
     let predictor = plflow_engine::predict::Predictor::load(&model)
         .with_context(|| format!("cannot use {}", model.display()))?;
     let names = &predictor.class_names;
     let top = top.min(names.len().max(1));
-    let (mut sink, partial): (Box<dyn Write>, Option<PathBuf>) = match out {
-        Some(file) => {
-            let mut name = file.file_name().unwrap_or_default().to_os_string();
-            name.push(format!(".partial-{}", std::process::id()));
-            let tmp = file.with_file_name(name);
-            let f =
-                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            (Box::new(std::io::BufWriter::new(f)), Some(tmp))
-        }
-        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
-    };
-    let mut header = String::from("id,class,probability");
+    let mut columns = vec![
+        ("id".to_owned(), Kind::Text),
+        ("class".into(), Kind::Text),
+        ("probability".into(), Kind::Number),
+    ];
     for k in 2..=top {
-        header.push_str(&format!(",class_{k},probability_{k}"));
+        columns.push((format!("class_{k}"), Kind::Text));
+        columns.push((format!("probability_{k}"), Kind::Number));
     }
-    let started = std::time::Instant::now();
-    let result = (|| -> anyhow::Result<usize> {
-        writeln!(sink, "{header}")?;
-        let cache = plflow_engine::run::default_cache();
-        let n = predictor.predict(inputs, top, batch, &cache, &mut |p| {
-            let mut line = csv_field(&p.id);
-            for (c, prob) in &p.top {
-                line.push_str(&format!(",{},{prob:.6}", csv_field(&names[*c])));
-            }
-            writeln!(sink, "{line}").map_err(|e| {
-                plflow_engine::EngineError::io(
-                    out.unwrap_or(Path::new("stdout")),
-                    "cannot write the predictions",
-                )(e)
-            })
-        })?;
-        sink.flush()?;
-        Ok(n)
-    })();
-    drop(sink);
-    let n = match (result, &partial) {
-        (Ok(n), Some(tmp)) => {
-            let file = out.expect("a partial file is made for --out");
-            std::fs::File::open(tmp).and_then(|f| f.sync_all())?;
-            std::fs::rename(tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
-            n
-        }
-        (Ok(n), None) => n,
-        (Err(e), tmp) => {
-            if let Some(tmp) = tmp {
-                let _ = std::fs::remove_file(tmp);
-            }
-            return Err(e.context(format!("cannot predict with {}", model.display())));
-        }
+    let mut table = match out {
+        Some(file) => RowsWriter::create(file, &columns)?,
+        None => RowsWriter::stdout(&columns)?,
     };
+    let started = std::time::Instant::now();
+    let cache = plflow_engine::run::default_cache();
+    let n = predictor
+        .predict(inputs, top, batch, &cache, &mut |p| {
+            let mut row = vec![Cell::Text(&p.id)];
+            for (c, prob) in &p.top {
+                row.extend([Cell::Text(&names[*c]), Cell::Number(*prob)]);
+            }
+            table.write(&row).map_err(|e| {
+                let to = out.unwrap_or(Path::new("standard output"));
+                plflow_engine::EngineError::io(to, "cannot write the predictions")(std::io::Error::other(e))
+            })
+        })
+        .with_context(|| format!("cannot predict with {}", model.display()))?;
+    table.finish()?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "predicted {n} inputs in {secs:.2} s ({:.0}/s){}",
@@ -369,11 +356,6 @@ fn predict(
         out.map_or(String::new(), |f| format!("; written to {}", f.display()))
     );
     Ok(())
-}
-
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
 fn eval(run: &Path, split: &str, best: bool, sets: &[String]) -> anyhow::Result<()> {

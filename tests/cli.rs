@@ -528,6 +528,12 @@ fn predict_classifies_idx_files_and_png_folders_alike() {
     };
     assert_eq!(by_row(&from_idx, &idx_row), by_row(&from_png, &png_row));
 
+    let parquet =
+        plflow(dir.path(), &["predict", "run", idx.to_str().expect("utf-8"), "--out", "p.parquet"], &env);
+    assert!(parquet.status.success(), "{}", text(&parquet).1);
+    let bytes = std::fs::read(dir.path().join("p.parquet")).expect("parquet written");
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+
     let wrong = plflow(dir.path(), &["predict", "run", "run/summary.json"], &env);
     let (_, stderr) = text(&wrong);
     assert!(!wrong.status.success() && stderr.contains("summary.json"), "{stderr}");

@@ -14,6 +14,7 @@
 //! - [`inputs`]: unlabelled files to predict on (images, archives, IDX, tables), in batches.
 //! - [`table`], [`parquet_source`], [`sink`]: Arrow IPC and Parquet feature tables, read
 //!   and written.
+//! - [`rows`]: result tables (predictions) written row by row as CSV or Parquet.
 //! - [`subset`], [`transform`]: `limit`, standardisation and flattening.
 //! - [`fetch`]: downloads with SHA-256 checks; [`inspect`]: what a dataset file holds.
 //! - [`cache`], [`location`]: where decoded data lives and where datasets are found.
@@ -32,6 +33,7 @@ pub mod mapped;
 pub mod mnist;
 pub mod order;
 pub mod parquet_source;
+pub mod rows;
 pub mod sink;
 pub mod source;
 pub mod stream;
