@@ -68,7 +68,74 @@ impl Plan {
     pub fn check(spec: PipelineSpec, text: &str, file: &Path) -> Result<Self, SpecError> {
         let graph =
             Builder { text, file, spec: &spec, nodes: DiGraph::new(), outputs: IndexMap::new() }.build()?;
-        Ok(Self { file: file.to_path_buf(), spec, graph })
+        let plan = Self { file: file.to_path_buf(), spec, graph };
+        if let Some(limit) = crate::report::memory_total_bytes() {
+            plan.fits_in(limit, text)?;
+        }
+        Ok(plan)
+    }
+
+    /// Refuse a plan whose training stage would need more than `limit` bytes, before any
+    /// of it is allocated. A crude bound in `f64` (every term of the estimate, added) comes
+    /// first, so that absurd sizes are refused without overflowing the exact estimate.
+    fn fits_in(&self, limit: f64, text: &str) -> Result<(), SpecError> {
+        const CRUDE_LIMIT: f64 = (1u64 << 50) as f64;
+        for t in self.trainers() {
+            let crude = self.crude_bytes(t);
+            let (need, about) = if crude > CRUDE_LIMIT {
+                (crude, "on the order of")
+            } else {
+                (self.estimate(t).total() as f64, "about")
+            };
+            if need > limit {
+                let stage = &self.graph.node(t).stage;
+                let message = format!(
+                    "this training stage needs {about} {} at its peak (parameters, optimiser state, \
+                     batch tensors and solver workspace), more than the {} of memory this machine has; \
+                     use fewer or narrower layers, or a smaller batch_size",
+                    bytes(need),
+                    bytes(limit)
+                );
+                return Err(SpecError::new(&self.file, message).at_stage(text, stage));
+            }
+        }
+        Ok(())
+    }
+
+    /// An upper bound of every product in [`Plan::estimate`], summed, in `f64`.
+    fn crude_bytes(&self, trainer: NodeIndex) -> f64 {
+        let Op::Train { solver, batch_size, layers, source, .. } = &self.graph.node(trainer).op else {
+            return 0.0;
+        };
+        let n = *batch_size as f64;
+        let size = |i: NodeIndex| {
+            self.graph.node(i).output.tensor().map_or(0.0, |(s, _)| s.iter().map(|&d| d as f64).product())
+        };
+        let mut total = 8.0 * n * size(*source);
+        for &l in layers {
+            total += 8.0 * n * size(l);
+            match self.graph.node(l).op {
+                Op::Dense { inputs, units, positions, .. } => {
+                    let (d, m, rows) = (inputs as f64, units as f64, n * positions as f64);
+                    // The system a PL solve factors: the smaller one unless the route is forced.
+                    let system = match solver {
+                        Solver::Pl(c)
+                            if c.ridge.planned_route(n_rows(*batch_size, positions), inputs).dual =>
+                        {
+                            rows * rows
+                        }
+                        Solver::Pl(_) => (d + 1.0).powi(2),
+                        Solver::Backprop(_) => 0.0,
+                    };
+                    total += 16.0 * (d + 1.0) * m + 8.0 * (system + d * m + rows * (d + m));
+                }
+                Op::Depthwise { channels, geometry, .. } => {
+                    total += 16.0 * (geometry.k as f64).powi(2) * channels as f64 + 16.0 * channels as f64;
+                }
+                _ => {}
+            }
+        }
+        total
     }
 
     /// The training nodes, in execution order.
@@ -240,6 +307,18 @@ impl Plan {
             .collect();
         solves.join(", ")
     }
+}
+
+/// Rows of a layer's solve: examples times positions, saturating (sizes are checked later).
+fn n_rows(batch: usize, positions: usize) -> usize {
+    batch.saturating_mul(positions)
+}
+
+/// A size in bytes as MiB, GiB or TiB, whichever reads best.
+fn bytes(b: f64) -> String {
+    let units = [("TiB", 40), ("GiB", 30), ("MiB", 20)];
+    let (unit, shift) = units.into_iter().find(|&(_, s)| b >= (1u64 << s) as f64).unwrap_or(("MiB", 20));
+    format!("{:.1} {unit}", b / (1u64 << shift) as f64)
 }
 
 /// Peak bytes of a PL step over a chain of dense layers `(inputs, units)`, following the
@@ -1004,6 +1083,20 @@ impl Builder<'_> {
     ) -> Result<NodeIndex, SpecError> {
         let kind = solver.kind();
         let model = self.outputs[input];
+        let trained_by = self.nodes.node_indices().find_map(|i| match &self.nodes[i].op {
+            Op::Train { layers, .. } if layers.contains(&model) => Some(self.nodes[i].name.clone()),
+            _ => None,
+        });
+        if let Some(other) = trained_by {
+            return Err(self.err(
+                name,
+                Some("input"),
+                format!(
+                    "field `input`: the layers of `{input}` are already trained by stage `{other}`; a model \
+                     has one training stage (to compare learning rules, give each its own model stage)"
+                ),
+            ));
+        }
         // Walk the chain of layers back to the dataset.
         let mut layers = Vec::new();
         let mut at = model;
@@ -1083,6 +1176,35 @@ mod tests {
 
     fn err(text: &str) -> String {
         check(text).expect_err("must fail").to_string()
+    }
+
+    /// A plan built from `text` without the memory check.
+    fn unchecked(text: &str) -> Plan {
+        let file = Path::new("p.yaml");
+        let spec = parse_pipeline(text, file).expect("parse");
+        let graph = Builder { text, file, spec: &spec, nodes: DiGraph::new(), outputs: IndexMap::new() }
+            .build()
+            .expect("a graph");
+        Plan { file: file.into(), spec, graph }
+    }
+
+    #[test]
+    fn plans_larger_than_memory_are_refused_before_anything_is_allocated() {
+        let huge = GOOD.replace("hidden: [32, 16]", "hidden: [3000000000, 10]");
+        let err =
+            unchecked(&huge).fits_in(24.0 * (1u64 << 30) as f64, &huge).expect_err("refused").to_string();
+        assert!(err.contains("stage `train`") && err.contains("more than the 24.0 GiB"), "{err}");
+        // Widths whose products overflow 64 bits are refused by the crude bound.
+        let absurd = GOOD.replace("hidden: [32, 16]", "hidden: [4000000000000000000, 4000000000000000000]");
+        assert!(unchecked(&absurd).fits_in(1e12, &absurd).is_err());
+        assert!(unchecked(GOOD).fits_in(1e9, GOOD).is_ok(), "a small plan fits");
+    }
+
+    #[test]
+    fn a_model_trained_by_two_stages_is_refused() {
+        let msg = err(&format!("{GOOD}  again:\n    kind: sgd\n    input: net\n"));
+        let names = msg.contains("`again`") && msg.contains("`train`");
+        assert!(names && msg.contains("are already trained by stage"), "{msg}");
     }
 
     #[test]

@@ -18,6 +18,14 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb * 1024.0 / 1e6)
 }
 
+/// This machine's physical memory in bytes (`MemTotal`), where the system says.
+pub fn memory_total_bytes() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
 /// Bytes to MB (10^6, like the RSS figure).
 pub fn mb(bytes: usize) -> f64 {
     bytes as f64 / 1e6
