@@ -242,20 +242,23 @@ mod tests {
         let mut other = PlConfig::foundation(0.5, 1.0);
         other.rule.metaplasticity =
             Some(Metaplasticity { beta: 0.9, gamma: 0.5, tau_inactive: 0.01, xi: 1.5, theta0: 0.1 });
-        let err = c.restore(&mut PlTrainer::new(&network(), other), "pl", &files.layer_names).unwrap_err();
+        let err =
+            c.restore(&mut PlTrainer::new(&network(), other), "pl", &files.layer_names).expect_err("refused");
         assert!(err.to_string().contains("state.safetensors, tensor `state.a.theta`: missing"), "{err}");
-        let err = c.restore(&mut PlTrainer::new(&network(), other), "adam", &files.layer_names).unwrap_err();
+        let err = c
+            .restore(&mut PlTrainer::new(&network(), other), "adam", &files.layer_names)
+            .expect_err("refused");
         assert!(err.to_string().contains("written by a `pl` trainer; this stage is `adam`"), "{err}");
 
         let bytes = std::fs::read(&files.state).expect("bytes");
         std::fs::write(&files.state, &bytes[..bytes.len() - 7]).expect("cut");
-        let err = files.read_state().unwrap_err().to_string();
+        let err = files.read_state().expect_err("refused").to_string();
         assert!(err.contains("state.safetensors") && err.contains("truncated"), "{err}");
 
         crate::model::write_model(&files.state, &net, &files.layer_names, &[], &files.meta).expect("model");
-        let err = files.read_state().unwrap_err().to_string();
+        let err = files.read_state().expect_err("refused").to_string();
         assert!(err.contains("not a checkpoint"), "{err}");
-        let err = Checkpoint::read(&dir.path().join("model-free"), "train").unwrap_err().to_string();
+        let err = Checkpoint::read(&dir.path().join("model-free"), "train").expect_err("refused").to_string();
         assert!(err.contains("model-free"), "{err}");
     }
 }
