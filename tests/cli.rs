@@ -284,7 +284,7 @@ fn feature_tables_train_end_to_end() {
         element: Element::F32,
         class_names: vec!["left".into(), "right".into()],
         metadata: Default::default(),
-        columns: Columns { features: "emb".into(), label: "y".into() },
+        columns: Columns { features: "emb".into(), label: "y".into(), ..Columns::default() },
     };
     for (file, n) in [("train.parquet", 600), ("test.arrow", 200)] {
         let path = dir.path().join(file);

@@ -209,7 +209,7 @@ fn table_batches(
     cache: &Cache,
     f: &mut dyn FnMut(Batch<'_>) -> Result<(), DatasetError>,
 ) -> Result<usize, DatasetError> {
-    let columns = Columns::default();
+    let columns = Columns { optional_label: true, ..Columns::default() };
     let table = match TableFormat::from_path(path) {
         Some(TableFormat::Parquet) => crate::parquet_source::open(path, &columns, cache)?,
         _ => TableFile::open(path, &columns)?,
@@ -226,4 +226,48 @@ fn table_batches(
         f(Batch { file: path, ids: &ids, values: &values[..k * len], len, pixels: false })?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float32Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// A table of two float32 feature columns and no label, as a user would have it.
+    #[test]
+    fn tables_without_labels_are_read_for_prediction_in_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.arrow");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Float32, false),
+            Field::new("b", DataType::Float32, false),
+        ]));
+        let a = Float32Array::from((0..5).map(|i| i as f32).collect::<Vec<_>>());
+        let b = Float32Array::from((0..5).map(|i| -(i as f32)).collect::<Vec<_>>());
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(a), Arc::new(b)]).expect("batch");
+        let file = std::fs::File::create(&path).expect("create");
+        let mut w = arrow_ipc::writer::FileWriter::try_new(file, &schema).expect("writer");
+        w.write(&batch).expect("write");
+        w.finish().expect("finish");
+        let cache = Cache::new(dir.path().join("cache"));
+        let mut seen = Vec::new();
+        let n = for_each_batch(std::slice::from_ref(&path), None, 2, &cache, &mut |b| {
+            assert_eq!((b.len, b.pixels), (2, false));
+            seen.extend(b.ids.iter().cloned().zip(b.values.chunks(2).map(<[f32]>::to_vec)));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(n, 5);
+        assert_eq!(seen[3], (format!("{}:3", path.display()), vec![3.0, -3.0]));
+        // The same table as training data still needs its labels.
+        let err = TableFile::open(&path, &Columns::default()).expect_err("no label column").to_string();
+        assert!(err.contains("no label column `label`"), "{err}");
+        // Images need a model that takes pixels.
+        std::fs::write(dir.path().join("i.png"), b"x").expect("write");
+        let err = for_each_batch(&[dir.path().join("i.png")], None, 2, &cache, &mut |_| Ok(()))
+            .expect_err("refused");
+        assert!(err.to_string().contains("takes feature vectors"), "{err}");
+    }
 }

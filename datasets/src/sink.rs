@@ -370,7 +370,7 @@ mod tests {
             arrow_ipc::writer::FileWriter::try_new(File::create(&path).expect("create"), &schema).expect("w");
         w.write(&batch).expect("write");
         w.finish().expect("finish");
-        let columns = Columns { features: "features".into(), label: "class".into() };
+        let columns = Columns { features: "features".into(), label: "class".into(), ..Columns::default() };
         let t = TableFile::open(&path, &columns).expect("open");
         assert_eq!((t.example_shape(), t.classes()), (&[2usize][..], 5));
         let (mut x, mut y) = (vec![0.0; 2], vec![0]);

@@ -35,11 +35,14 @@ pub struct Columns {
     pub features: String,
     /// An integer column.
     pub label: String,
+    /// Accept a table without the label column (its rows read as label 0): inputs to
+    /// predict on, not training data.
+    pub optional_label: bool,
 }
 
 impl Default for Columns {
     fn default() -> Self {
-        Self { features: "features".into(), label: "label".into() }
+        Self { features: "features".into(), label: "label".into(), optional_label: false }
     }
 }
 
@@ -57,7 +60,7 @@ enum Values {
 #[derive(Debug)]
 struct Part {
     values: Values,
-    labels: ArrayRef,
+    labels: Option<ArrayRef>,
 }
 
 /// A memory-mapped Arrow IPC feature table.
@@ -187,8 +190,9 @@ impl TableFile {
     fn max_label(&self) -> Result<Option<u32>, String> {
         let mut max = None;
         for (p, part) in self.parts.iter().enumerate() {
-            for r in 0..part.labels.len() {
-                let v = label_value(&part.labels, r);
+            let Some(labels) = &part.labels else { continue };
+            for r in 0..labels.len() {
+                let v = label_value(labels, r);
                 if !(0..=i64::from(u32::MAX)).contains(&v) {
                     return Err(format!("record {} has label {v}, expected 0 or more", self.starts[p] + r));
                 }
@@ -228,17 +232,19 @@ fn parse_shape(s: &str, dim: usize) -> Result<Vec<usize>, String> {
 struct Layout {
     features: Vec<usize>,
     list: Option<DataType>,
-    label: usize,
+    label: Option<usize>,
     dim: usize,
 }
 
 impl Layout {
     fn of(schema: &Schema, columns: &Columns) -> Result<Self, String> {
         let names = || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
-        let label = schema
-            .index_of(&columns.label)
-            .map_err(|_| format!("no label column `{}` (columns: {})", columns.label, names()))?;
-        if !schema.field(label).data_type().is_integer() {
+        let label = match schema.index_of(&columns.label) {
+            Ok(i) => Some(i),
+            Err(_) if columns.optional_label => None,
+            Err(_) => return Err(format!("no label column `{}` (columns: {})", columns.label, names())),
+        };
+        if let Some(label) = label.filter(|&l| !schema.field(l).data_type().is_integer()) {
             return Err(format!(
                 "label column `{}` has type {}, expected an integer type",
                 columns.label,
@@ -264,7 +270,7 @@ impl Layout {
             };
         }
         let features: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| i != label && schema.field(i).data_type() == &DataType::Float32)
+            .filter(|&i| Some(i) != label && schema.field(i).data_type() == &DataType::Float32)
             .collect();
         if features.is_empty() {
             return Err(format!(
@@ -277,8 +283,8 @@ impl Layout {
     }
 
     fn part(&self, batch: &RecordBatch, first: usize) -> Result<Part, String> {
-        let labels = batch.column(self.label).clone();
-        if let Some(r) = (0..labels.len()).find(|&r| labels.is_null(r)) {
+        let labels = self.label.map(|l| batch.column(l).clone());
+        if let Some(r) = labels.as_ref().and_then(|l| (0..l.len()).find(|&r| l.is_null(r))) {
             return Err(format!("record {} has no label (null)", first + r));
         }
         let null_row = |a: &dyn Array| (0..a.len()).find(|&r| a.is_null(r));
@@ -348,7 +354,7 @@ impl Source for TableFile {
 
     fn label(&self, index: usize) -> u32 {
         let (p, r) = self.locate(index);
-        label_value(&self.parts[p].labels, r) as u32
+        self.parts[p].labels.as_ref().map_or(0, |l| label_value(l, r) as u32)
     }
 
     fn read_into(&self, indices: &[usize], features: &mut [f32], labels: &mut [u32]) {
@@ -380,7 +386,7 @@ impl Source for TableFile {
                     }
                 }
             }
-            *label = label_value(&part.labels, r) as u32;
+            *label = part.labels.as_ref().map_or(0, |l| label_value(l, r) as u32);
         }
     }
 

@@ -716,7 +716,8 @@ impl Builder<'_> {
                 self.add_data(name, source, s.limit, shape, classes)?
             }
             StageSpec::Table(s) => {
-                let columns = Columns { features: s.features.clone(), label: s.label.clone() };
+                let columns =
+                    Columns { features: s.features.clone(), label: s.label.clone(), ..Columns::default() };
                 let mut shape = None;
                 let mut classes = 0;
                 for (field, path) in [("train", &s.train), ("test", &s.test)] {
