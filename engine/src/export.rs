@@ -9,7 +9,10 @@
 use crate::error::EngineError;
 use crate::model::{LayerMeta, LoadedModel, StepMeta, bad_model};
 use plflow_datasets::transform::Stats;
-use plflow_ops::network::{Layer, LayerKind, Network};
+use plflow_ops::dense::Dense;
+use plflow_ops::depthwise::Depthwise;
+use plflow_ops::network::{Layer, Network};
+use plflow_ops::pool::GlobalAvgPool;
 use prost::Message;
 use std::path::Path;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -103,6 +106,57 @@ fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
     }
 }
 
+/// The ONNX nodes of one layer, appended to `b`; `flat` says whether the value flowing is
+/// already flat (a map is flattened before the first dense layer on flat inputs).
+fn layer_nodes(b: &mut Builder, layer: &Layer, name: &str, flat: &mut bool) -> Result<(), String> {
+    if let Some(d) = layer.op_as::<Dense>() {
+        if layer.input_positions == 1 {
+            if !*flat {
+                b.node(&format!("{name}.flatten"), "Flatten", &[], vec![int_attr("axis", 1)]);
+                *flat = true;
+            }
+            let w = b.constant(&format!("{name}.weight"), &[d.inputs(), d.outputs()], d.weights.as_slice());
+            let bias = b.constant(&format!("{name}.bias"), &[d.outputs()], d.bias.as_slice());
+            b.node(name, "Gemm", &[w, bias], vec![]);
+        } else {
+            // Pointwise: the kernel is the weight matrix transposed, `out x in x 1 x 1`.
+            let (i, o) = (d.inputs(), d.outputs());
+            let w = d.weights.as_slice();
+            let kernel: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |r| w[r * o + c])).collect();
+            let w = b.constant(&format!("{name}.weight"), &[o, i, 1, 1], &kernel);
+            let bias = b.constant(&format!("{name}.bias"), &[o], d.bias.as_slice());
+            b.node(name, "Conv", &[w, bias], vec![ints_attr("kernel_shape", &[1, 1])]);
+        }
+    } else if let Some(dw) = layer.op_as::<Depthwise>() {
+        let (g, c) = (dw.geometry, dw.channels());
+        let taps = g.k * g.k;
+        let w = dw.params.weights.as_slice();
+        // plflow's kernel is `taps x channels` with tap `dy * k + dx`; ONNX's `C x 1 x k x k`.
+        let kernel: Vec<f32> = (0..c).flat_map(|ch| (0..taps).map(move |t| w[t * c + ch])).collect();
+        let w = b.constant(&format!("{name}.weight"), &[c, 1, g.k, g.k], &kernel);
+        let bias = b.constant(&format!("{name}.bias"), &[c], dw.params.bias.as_slice());
+        let p = g.pad();
+        let attributes = vec![
+            int_attr("group", c as i64),
+            ints_attr("kernel_shape", &[g.k, g.k]),
+            ints_attr("pads", &[p, p, p, p]),
+            ints_attr("strides", &[g.stride, g.stride]),
+        ];
+        b.node(name, "Conv", &[w, bias], attributes);
+    } else if layer.op_as::<GlobalAvgPool>().is_some() {
+        b.node(&format!("{name}.pool"), "GlobalAveragePool", &[], vec![]);
+        b.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
+        *flat = true;
+    } else {
+        return Err(format!(
+            "layer `{name}` is a {} layer, which ONNX export does not know yet",
+            layer.op.kind()
+        ));
+    }
+    b.activation(name, layer);
+    Ok(())
+}
+
 /// The ONNX graph of `network` (with `names` from the model file) behind the standardisation
 /// `stats`, taking examples of `input_shape` (channels first for maps) as value `input`.
 pub fn graph(
@@ -111,7 +165,7 @@ pub fn graph(
     input: &str,
     input_shape: &[usize],
     stats: Option<&Stats>,
-) -> GraphProto {
+) -> Result<GraphProto, String> {
     let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: input.to_owned() };
     if let Some(s) = stats {
         let scale: Vec<f32> = s.std.iter().map(|&v| if v > 1e-6 { 1.0 / v } else { 1.0 }).collect();
@@ -122,64 +176,21 @@ pub fn graph(
     }
     let mut flat = input_shape.len() <= 1;
     for (layer, name) in network.layers.iter().zip(names) {
-        match &layer.kind {
-            LayerKind::Dense(d) if layer.input_positions == 1 => {
-                if !flat {
-                    b.node(&format!("{name}.flatten"), "Flatten", &[], vec![int_attr("axis", 1)]);
-                    flat = true;
-                }
-                let w =
-                    b.constant(&format!("{name}.weight"), &[d.inputs(), d.outputs()], d.weights.as_slice());
-                let bias = b.constant(&format!("{name}.bias"), &[d.outputs()], d.bias.as_slice());
-                b.node(name, "Gemm", &[w, bias], vec![]);
-            }
-            LayerKind::Dense(d) => {
-                // Pointwise: the kernel is the weight matrix transposed, `out x in x 1 x 1`.
-                let (i, o) = (d.inputs(), d.outputs());
-                let w = d.weights.as_slice();
-                let kernel: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |r| w[r * o + c])).collect();
-                let w = b.constant(&format!("{name}.weight"), &[o, i, 1, 1], &kernel);
-                let bias = b.constant(&format!("{name}.bias"), &[o], d.bias.as_slice());
-                b.node(name, "Conv", &[w, bias], vec![ints_attr("kernel_shape", &[1, 1])]);
-            }
-            LayerKind::Depthwise(dw) => {
-                let (g, c) = (dw.geometry, dw.channels());
-                let taps = g.k * g.k;
-                let w = dw.params.weights.as_slice();
-                // plflow's kernel is `taps x channels` with tap `dy * k + dx`; ONNX's `C x 1 x k x k`.
-                let kernel: Vec<f32> = (0..c).flat_map(|ch| (0..taps).map(move |t| w[t * c + ch])).collect();
-                let w = b.constant(&format!("{name}.weight"), &[c, 1, g.k, g.k], &kernel);
-                let bias = b.constant(&format!("{name}.bias"), &[c], dw.params.bias.as_slice());
-                let p = g.pad();
-                let attributes = vec![
-                    int_attr("group", c as i64),
-                    ints_attr("kernel_shape", &[g.k, g.k]),
-                    ints_attr("pads", &[p, p, p, p]),
-                    ints_attr("strides", &[g.stride, g.stride]),
-                ];
-                b.node(name, "Conv", &[w, bias], attributes);
-            }
-            LayerKind::Pool { .. } => {
-                b.node(&format!("{name}.pool"), "GlobalAveragePool", &[], vec![]);
-                b.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
-                flat = true;
-            }
-        }
-        b.activation(name, layer);
+        layer_nodes(&mut b, layer, name, &mut flat)?;
     }
     // The last node's output is renamed to the graph's output.
     let classes = network.layers.last().map_or(0, |l| l.output_shape(1).1);
     if let Some(last) = b.nodes.last_mut() {
         last.output = vec![OUTPUT.to_owned()];
     }
-    GraphProto {
+    Ok(GraphProto {
         node: b.nodes,
         name: "plflow".into(),
         initializer: b.initializers,
         input: vec![value(input, input_shape)],
         output: vec![value(OUTPUT, &[classes])],
         ..Default::default()
-    }
+    })
 }
 
 /// What stands in front of a saved network.
@@ -241,14 +252,17 @@ pub fn export(model: &Path, out: &Path, with_backbone: bool) -> Result<Vec<usize
         let bytes = std::fs::read(&path).map_err(EngineError::io(&path, "cannot read the backbone"))?;
         let backbone = ModelProto::decode(bytes.as_slice())
             .map_err(|e| bad_model(&path, None, format!("not an ONNX model ({e})")))?;
-        let head = graph(&network, &names, "features", &features, front.stats.as_ref());
+        let head = graph(&network, &names, "features", &features, front.stats.as_ref())
+            .map_err(|m| bad_model(model, None, m))?;
         let prep = Preparation { size: *size, mean: *mean, std: *std, bgr: *bgr };
         let merged =
             with_backbone_graph(backbone.graph.unwrap_or_default(), output, &prep, &front.data, head)
                 .map_err(|m| bad_model(&path, None, m))?;
         (merged, front.data.clone(), backbone.ir_version.max(8))
     } else {
-        (graph(&network, &names, INPUT, &features, front.stats.as_ref()), features, 8)
+        let graph = graph(&network, &names, INPUT, &features, front.stats.as_ref())
+            .map_err(|m| bad_model(model, None, m))?;
+        (graph, features, 8)
     };
     let proto = ModelProto {
         ir_version: ir,
@@ -449,13 +463,8 @@ mod tests {
         let network = Network {
             layers: vec![
                 Layer { input_positions: 36, ..Layer::dense(dense(2, 4, 0.1), elu) },
-                Layer { kind: LayerKind::Depthwise(dw), activation: elu, mask: None, input_positions: 36 },
-                Layer {
-                    kind: LayerKind::Pool { positions: 9, channels: 4 },
-                    activation: Activation::Linear,
-                    mask: None,
-                    input_positions: 9,
-                },
+                Layer::new(dw, elu, 36),
+                Layer::new(GlobalAvgPool { positions: 9, channels: 4 }, Activation::Linear, 9),
                 Layer::dense(dense(4, 3, 0.5), Activation::Linear),
             ],
         };

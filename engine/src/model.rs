@@ -19,7 +19,8 @@ use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
 use plflow_ops::depthwise::{Depthwise, Geometry};
-use plflow_ops::network::{Layer, LayerKind, Network};
+use plflow_ops::network::{Layer, Network};
+use plflow_ops::pool::GlobalAvgPool;
 use plflow_ops::sparse::Mask;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
@@ -660,21 +661,17 @@ impl LoadedModel {
                     None if m.mask => return Err(bad_model(&self.path, Some(&mask_name), "missing")),
                     None => None,
                 };
-                let kind = LayerKind::Dense(params(inputs, outputs)?);
-                Layer { kind, activation, mask, input_positions: positions }
+                Layer { mask, ..Layer::new(params(inputs, outputs)?, activation, positions) }
             }
             ("depthwise", Some([k, stride, h, w])) => {
                 let dense = params(k * k, inputs)?;
                 let mut dw = Depthwise::new(dense.weights, Geometry { h, w, k, stride });
                 dw.params.bias = dense.bias;
-                Layer { kind: LayerKind::Depthwise(dw), activation, mask: None, input_positions: h * w }
+                Layer::new(dw, activation, h * w)
             }
-            ("global_avg_pool", _) => Layer {
-                kind: LayerKind::Pool { positions, channels: inputs },
-                activation: Activation::Linear,
-                mask: None,
-                input_positions: positions,
-            },
+            ("global_avg_pool", _) => {
+                Layer::new(GlobalAvgPool { positions, channels: inputs }, Activation::Linear, positions)
+            }
             (kind, _) => {
                 return Err(bad_model(&self.path, None, format!("layer `{name}` of unknown kind `{kind}`")));
             }
@@ -712,18 +709,8 @@ pub(crate) mod tests {
             Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), Geometry { h: 3, w: 3, k: 3, stride: 1 });
         let layers = vec![
             Layer { mask: Some(mask), ..Layer::dense(dense, Activation::Elu { clip: 10.0 }) },
-            Layer {
-                kind: LayerKind::Depthwise(dw),
-                activation: Activation::Linear,
-                mask: None,
-                input_positions: 9,
-            },
-            Layer {
-                kind: LayerKind::Pool { positions: 9, channels: 4 },
-                activation: Activation::Linear,
-                mask: None,
-                input_positions: 9,
-            },
+            Layer::new(dw, Activation::Linear, 9),
+            Layer::new(GlobalAvgPool { positions: 9, channels: 4 }, Activation::Linear, 9),
         ];
         (Network { layers }, vec!["a".into(), "b".into(), "pool".into()])
     }

@@ -26,8 +26,9 @@ use plflow_ops::depthwise::Depthwise;
 use plflow_ops::init::{he_normal, xavier_normal};
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
-use plflow_ops::network::{Layer, LayerKind, Network, StepStats, argmax};
+use plflow_ops::network::{Layer, Network, StepStats, argmax};
 use plflow_ops::pl::PlTrainer;
+use plflow_ops::pool::GlobalAvgPool;
 use plflow_ops::sparse::{CorrelationPass, correlation_mask, masked_weights, small_world_mask};
 use plflow_ops::state::TrainerState;
 use rand::SeedableRng;
@@ -150,24 +151,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         (weights, persistent.then_some(mask))
                     }
                 };
-                let kind = LayerKind::Dense(Dense::new(weights));
-                layers.insert(i, Layer { kind, activation: *activation, mask, input_positions: *positions });
+                layers.insert(i, Layer { mask, ..Layer::new(Dense::new(weights), *activation, *positions) });
             }
             Op::Depthwise { channels, geometry, activation } => {
                 let taps = geometry.k * geometry.k;
                 // He scale over the k*k taps each output reads: the kernel matrix is taps x
                 // channels, but a channel's fan-in is only its own taps.
                 let w = he_normal(taps, taps, *channels, &mut rng);
-                let kind = LayerKind::Depthwise(Depthwise::new(w, *geometry));
-                let input_positions = geometry.h * geometry.w;
-                layers.insert(i, Layer { kind, activation: *activation, mask: None, input_positions });
+                let positions = geometry.h * geometry.w;
+                layers.insert(i, Layer::new(Depthwise::new(w, *geometry), *activation, positions));
             }
             Op::Pool { channels, positions } => {
-                let kind = LayerKind::Pool { positions: *positions, channels: *channels };
-                layers.insert(
-                    i,
-                    Layer { kind, activation: Activation::Linear, mask: None, input_positions: *positions },
-                );
+                let pool = GlobalAvgPool { positions: *positions, channels: *channels };
+                layers.insert(i, Layer::new(pool, Activation::Linear, *positions));
             }
             Op::Train { solver, epochs, batch_size, source, layers: chain, init_from } => {
                 let network = Network {

@@ -12,11 +12,12 @@
 //! first layer's weight gradient, which no error below needs, is formed and applied a tile of
 //! rows at a time, never whole.
 
-use crate::network::{LayerError, LayerKind, Network, PoolError, StepStats, argmax, at};
+use crate::dense::Dense;
+use crate::error::Dim;
+use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
+use crate::sparse::Mask;
 use crate::state::{Part, TrainerState, count};
-use crate::{Matrix, OpsError, par};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut};
+use crate::{Matrix, OpsError};
 use std::time::Instant;
 
 /// A first-order optimiser and its settings.
@@ -245,16 +246,16 @@ impl BackpropTrainer {
                 stats.solve_seconds += clock.elapsed().as_secs_f64();
                 break;
             }
-            let grads = gradients(&net.layers[l].kind, &acts[l - 1], &delta).map_err(at(l))?;
+            let grads = net.layers[l].op.gradients(&acts[l - 1], &delta).map_err(at(l))?;
             let solved = Instant::now();
             // The input activation's last use was the gradient: the error below takes its place.
             let below = acts.pop().expect("one activation per layer below this one");
-            let below = net.error_below_in_place(l, &delta, below, batch, PoolError::Gradient)?;
+            let below = net.error_below_in_place(l, &delta, below, batch, ErrorMode::Gradient)?;
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(delta);
             if let Some((gw, gb)) = grads {
-                self.apply(net, l, 0, gw.as_slice(), Some(&gb), x.rows()).map_err(at(l))?;
+                self.apply_whole(net, l, &gw, &gb, x.rows()).map_err(at(l))?;
             }
             stats.solve_seconds +=
                 solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
@@ -263,9 +264,9 @@ impl BackpropTrainer {
         Ok(stats)
     }
 
-    /// The first layer needs no error below it, so a dense first layer's weight gradient is
-    /// formed and applied `tile_rows` input rows at a time, never as a whole `d x m` matrix
-    /// (the same streaming PL's first-layer solve gets).
+    /// The first layer needs no error below it, so its weight gradient may be formed and
+    /// applied a block of rows at a time, never whole (a dense layer does: the same
+    /// streaming PL's first-layer solve gets).
     fn first_layer(
         &mut self,
         net: &mut Network,
@@ -273,130 +274,88 @@ impl BackpropTrainer {
         delta: &Matrix,
         tile_rows: usize,
     ) -> Result<(), OpsError> {
-        let LayerKind::Dense(dense) = &net.layers[0].kind else {
-            if let Some((gw, gb)) = gradients(&net.layers[0].kind, x, delta)? {
-                self.apply(net, 0, 0, gw.as_slice(), Some(&gb), x.rows())?;
-            }
-            return Ok(());
+        let layer = &mut net.layers[0];
+        let mask = layer.mask.as_ref();
+        let (state, optimizer, steps) = (&mut self.states[0], &self.optimizer, self.steps);
+        let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
+            apply(state, optimizer, steps, params, mask, row0, gw, gb, x.rows())
         };
-        let (d, m) = (dense.inputs(), dense.outputs());
-        check_input(x, delta, d, m)?;
-        let gb = bias_gradient(delta, m);
-        let rows = tile_rows.clamp(1, d.max(1));
-        let mut tile = Matrix::zeros(rows, m);
-        for r0 in (0..d).step_by(rows) {
-            let h = rows.min(d - r0);
-            let part = &mut tile.as_mut_slice()[..h * m];
-            let xv = x.view().subcols(r0, h);
-            let tv = MatMut::from_row_major_slice_mut(part, h, m);
-            matmul(tv, Accum::Replace, xv.transpose(), delta.view(), 1.0, par());
-            self.apply(net, 0, r0, part, (r0 + h == d).then_some(&gb), x.rows())?;
-        }
-        Ok(())
+        layer.op.stream_gradients(x, delta, tile_rows, &mut sink)
     }
 
-    /// Apply weight-gradient rows `row0..` (`gw`) and, when given, the bias gradient to layer
-    /// `l`; the layer's mask, if any, is re-applied to the rows that changed.
-    fn apply(
+    /// Apply the gradients `(gw, gb)` of layer `l`.
+    fn apply_whole(
         &mut self,
         net: &mut Network,
         l: usize,
-        row0: usize,
-        gw: &[f32],
-        gb: Option<&Matrix>,
-        batch_rows: usize,
+        gw: &Matrix,
+        gb: &Matrix,
+        rows: usize,
     ) -> Result<(), OpsError> {
-        if !gw.iter().chain(gb.map_or(&[][..], |g| g.as_slice())).all(|v| v.is_finite()) {
-            let inputs = net.layers[l].params().map_or(0, |p| p.inputs());
-            return Err(OpsError::NonFinite {
-                op: "backprop",
-                what: "the gradient",
-                rows: batch_rows,
-                cols: inputs,
-            });
-        }
-        let (sw, sb) = &mut self.states[l];
         let layer = &mut net.layers[l];
         let mask = layer.mask.as_ref();
-        let Some(params) = layer.kind.params_mut() else { return Ok(()) };
-        let m = params.outputs().max(1);
-        let range = row0 * m..row0 * m + gw.len();
-        let weights = &mut params.weights.as_mut_slice()[range.clone()];
-        sw.apply(range.start, weights, gw, &self.optimizer, self.steps, true);
-        if let Some(mask) = mask {
-            mask.apply_rows(&mut params.weights, row0, gw.len() / m);
-        }
-        if let Some(gb) = gb {
-            sb.apply(0, params.bias.as_mut_slice(), gb.as_slice(), &self.optimizer, self.steps, false);
-        }
-        Ok(())
+        let Some(params) = layer.op.params_mut() else { return Ok(()) };
+        apply(
+            &mut self.states[l],
+            &self.optimizer,
+            self.steps,
+            params,
+            mask,
+            0,
+            gw.as_slice(),
+            Some(gb),
+            rows,
+        )
     }
+}
+
+/// Apply weight-gradient rows `row0..` (`gw`) and, when given, the bias gradient `gb` to
+/// `params` with optimiser `state` at step `steps`; the mask, if any, is re-applied to the
+/// rows that changed. `batch_rows` is for the error message.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    state: &mut (Moments, Moments),
+    optimizer: &Optimizer,
+    steps: u64,
+    params: &mut Dense,
+    mask: Option<&Mask>,
+    row0: usize,
+    gw: &[f32],
+    gb: Option<&Matrix>,
+    batch_rows: usize,
+) -> Result<(), OpsError> {
+    if !gw.iter().chain(gb.map_or(&[][..], |g| g.as_slice())).all(|v| v.is_finite()) {
+        let cols = params.inputs();
+        return Err(OpsError::NonFinite { op: "backprop", what: "the gradient", rows: batch_rows, cols });
+    }
+    let (sw, sb) = state;
+    let m = params.outputs().max(1);
+    let range = row0 * m..row0 * m + gw.len();
+    let weights = &mut params.weights.as_mut_slice()[range.clone()];
+    sw.apply(range.start, weights, gw, optimizer, steps, true);
+    if let Some(mask) = mask {
+        mask.apply_rows(&mut params.weights, row0, gw.len() / m);
+    }
+    if let Some(gb) = gb {
+        sb.apply(0, params.bias.as_mut_slice(), gb.as_slice(), optimizer, steps, false);
+    }
+    Ok(())
 }
 
 /// Rows of the first layer's weight gradient formed at a time: 128 x 512 outputs is 256 KiB.
 pub const GRADIENT_TILE_ROWS: usize = 128;
 
-/// The weight and bias gradients of a layer with input `input` and output delta `delta`.
-fn gradients(kind: &LayerKind, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {
-    Ok(match kind {
-        LayerKind::Dense(dense) => {
-            let (d, m) = (dense.inputs(), dense.outputs());
-            check_input(input, delta, d, m)?;
-            let mut gw = Matrix::zeros(d, m);
-            matmul(gw.view_mut(), Accum::Replace, input.view().transpose(), delta.view(), 1.0, par());
-            Some((gw, bias_gradient(delta, m)))
-        }
-        LayerKind::Depthwise(dw) => Some(dw.gradients(input, delta)?),
-        LayerKind::Pool { .. } => None,
-    })
-}
-
-fn check_input(input: &Matrix, delta: &Matrix, d: usize, m: usize) -> Result<(), OpsError> {
-    if input.cols() != d || delta.cols() != m || input.rows() != delta.rows() {
-        return Err(OpsError::Shape {
-            op: "dense gradient",
-            detail: format!(
-                "input {}x{} and delta {}x{} for {d}x{m} weights",
-                input.rows(),
-                input.cols(),
-                delta.rows(),
-                delta.cols()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Column sums of `delta` (`n x m`): the bias gradient.
-fn bias_gradient(delta: &Matrix, m: usize) -> Matrix {
-    let mut gb = Matrix::zeros(1, m);
-    for row in delta.as_slice().chunks_exact(m.max(1)) {
-        for (g, &v) in gb.as_mut_slice().iter_mut().zip(row) {
-            *g += v;
-        }
-    }
-    gb
-}
-
 /// Replace scores `z` by the gradient of the mean cross-entropy, `(softmax(z) - onehot) / n`,
 /// and return the summed loss and the correct count.
 pub fn softmax_cross_entropy(z: &mut Matrix, labels: &[u32]) -> Result<StepStats, OpsError> {
     let (n, classes) = (z.rows(), z.cols());
-    if labels.len() != n {
-        return Err(OpsError::Shape {
-            op: "cross-entropy",
-            detail: format!("{} labels for {n} rows", labels.len()),
-        });
-    }
+    OpsError::check("cross-entropy", "labels", &[Dim::Exact(n)], &[labels.len()])?;
     let mut stats = StepStats { rows: n, ..StepStats::default() };
     let scale = 1.0 / n.max(1) as f32;
     for (row, &label) in z.as_mut_slice().chunks_exact_mut(classes.max(1)).zip(labels) {
         let label = label as usize;
         if label >= classes {
-            return Err(OpsError::Shape {
-                op: "cross-entropy",
-                detail: format!("label {label} but the output layer has {classes} units"),
-            });
+            return Err(OpsError::Label { op: "cross-entropy", label, classes });
         }
         if argmax(row) == label {
             stats.correct += 1;
@@ -573,7 +532,7 @@ mod tests {
                 Layer::dense(Dense::new(xavier_normal(11, 7, &mut rng)), Activation::Elu { clip: 10.0 });
             if masked {
                 let mask = small_world_mask(11, 7, 0.2, &mut rng);
-                if let LayerKind::Dense(d) = &mut first.kind {
+                if let Some(d) = first.params_mut() {
                     mask.apply(&mut d.weights);
                 }
                 first.mask = Some(mask);

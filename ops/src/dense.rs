@@ -1,8 +1,17 @@
-//! A fully connected layer: `z = x W + b`, with `W` stored `inputs x outputs`.
+//! A fully connected layer: `z = x W + b`, with `W` stored `inputs x outputs`. Over the rows
+//! of NHWC feature maps it is also the pointwise (1x1) convolution.
 
+use crate::error::Dim;
+use crate::layer::{Combine, ErrorMode, GradientSink, Op, PerSample};
+use crate::ledger::Buffer;
+use crate::solve::{RidgeConfig, RidgeUpdate, ridge_update, ridge_update_tiles_consuming};
+use crate::sparse::Mask;
+use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError, par};
-use faer::Accum;
 use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::any::Any;
 
 /// Weights and bias of a dense layer. Rows of `weights` index inputs, columns outputs, so
 /// the PL solve's `dTheta` (one row per input plus the bias row) adds on directly.
@@ -38,18 +47,12 @@ impl Dense {
 
     /// `x W + b` for a batch `x` of shape `n x inputs`.
     pub fn forward(&self, x: &Matrix) -> Result<Matrix, OpsError> {
-        if x.cols() != self.inputs() {
-            return Err(OpsError::Shape {
-                op: "dense forward",
-                detail: format!(
-                    "input has {} features, layer expects {} ({}x{} weights)",
-                    x.cols(),
-                    self.inputs(),
-                    self.inputs(),
-                    self.outputs()
-                ),
-            });
-        }
+        OpsError::check(
+            "dense forward",
+            "input",
+            &[Dim::Any, Dim::Exact(self.inputs())],
+            &[x.rows(), x.cols()],
+        )?;
         let mut out = Matrix::zeros(x.rows(), self.outputs());
         let b = self.bias.as_slice();
         for row in out.as_mut_slice().chunks_exact_mut(b.len().max(1)) {
@@ -62,15 +65,202 @@ impl Dense {
     /// The error reaching this layer's input: `err W^T` (`n x outputs` -> `n x inputs`),
     /// before the input activation's derivative is applied.
     pub fn input_error(&self, err: &Matrix) -> Result<Matrix, OpsError> {
-        if err.cols() != self.outputs() {
-            return Err(OpsError::Shape {
-                op: "dense error propagation",
-                detail: format!("error has {} columns, layer has {} outputs", err.cols(), self.outputs()),
-            });
-        }
+        let op = "dense error propagation";
+        OpsError::check(op, "error", &[Dim::Any, Dim::Exact(self.outputs())], &[err.rows(), err.cols()])?;
         let mut out = Matrix::zeros(err.rows(), self.inputs());
         matmul(out.view_mut(), Accum::Replace, err.view(), self.weights.view().transpose(), 1.0, par());
         Ok(out)
+    }
+
+    /// Check that `input` (`n x inputs`) and `delta` (`n x outputs`) fit the weights.
+    fn check_pair(&self, op: &'static str, input: &Matrix, delta: &Matrix) -> Result<(), OpsError> {
+        let (d, m) = (self.inputs(), self.outputs());
+        OpsError::check(op, "input", &[Dim::Any, Dim::Exact(d)], &[input.rows(), input.cols()])?;
+        OpsError::check(
+            op,
+            "error",
+            &[Dim::Exact(input.rows()), Dim::Exact(m)],
+            &[delta.rows(), delta.cols()],
+        )
+    }
+}
+
+/// Values per scratch block of the in-place error (128 KiB): the rows of a block are as many
+/// as fit, at least one.
+const SCRATCH_VALUES: usize = 1 << 15;
+
+/// How the in-place error splits a dense layer's rows: `span` rows per worker, processed
+/// `block` rows at a time in the worker's own scratch.
+#[derive(Debug, Clone, Copy)]
+struct ScratchLayout {
+    block: usize,
+    span: usize,
+    workers: usize,
+    cols: usize,
+}
+
+impl ScratchLayout {
+    fn new(rows: usize, cols: usize, threads: usize) -> Self {
+        let block = (SCRATCH_VALUES / cols.max(1)).max(1).min(rows.max(1));
+        let workers = rows.div_ceil(block).clamp(1, threads.max(1));
+        let span = rows.div_ceil(workers).max(1);
+        Self { block: block.min(span), span, workers, cols }
+    }
+
+    fn bytes(&self) -> usize {
+        self.workers * self.block * self.cols * size_of::<f32>()
+    }
+}
+
+/// Bytes of scratch the in-place error of a dense layer with `cols` inputs holds over `rows`
+/// rows on `threads` threads (for memory estimates without a layer at hand).
+pub fn error_scratch_bytes(rows: usize, cols: usize, threads: usize) -> usize {
+    ScratchLayout::new(rows, cols, threads).bytes()
+}
+
+/// Column sums of `delta` (`n x m`): the bias gradient.
+fn bias_gradient(delta: &Matrix, m: usize) -> Matrix {
+    let mut gb = Matrix::zeros(1, m);
+    for row in delta.as_slice().chunks_exact(m.max(1)) {
+        for (g, &v) in gb.as_mut_slice().iter_mut().zip(row) {
+            *g += v;
+        }
+    }
+    gb
+}
+
+impl Op for Dense {
+    fn kind(&self) -> &'static str {
+        "dense"
+    }
+
+    fn clone_op(&self) -> Box<dyn Op> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn input(&self, positions: usize) -> PerSample {
+        PerSample { rows: positions, cols: self.inputs() }
+    }
+
+    fn output(&self, positions: usize) -> PerSample {
+        PerSample { rows: positions, cols: self.outputs() }
+    }
+
+    fn params(&self) -> Option<&Dense> {
+        Some(self)
+    }
+
+    fn params_mut(&mut self) -> Option<&mut Dense> {
+        Some(self)
+    }
+
+    fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
+        Dense::forward(self, input)
+    }
+
+    fn input_error(&self, err: &Matrix, _: ErrorMode) -> Result<Matrix, OpsError> {
+        Dense::input_error(self, err)
+    }
+
+    /// One contiguous range of rows per worker, each with its own block of scratch, all
+    /// allocated up front: the peak does not depend on scheduling.
+    fn error_in_place(
+        &self,
+        err: &Matrix,
+        below: &mut Matrix,
+        _: usize,
+        _: ErrorMode,
+        combine: &Combine<'_>,
+    ) -> Result<(), OpsError> {
+        let (rows, cols, m) = (below.rows(), below.cols(), self.outputs());
+        OpsError::check(
+            "dense error propagation",
+            "error",
+            &[Dim::Exact(rows), Dim::Exact(m)],
+            &[err.rows(), err.cols()],
+        )?;
+        let layout = ScratchLayout::new(rows, cols, crate::threads());
+        let mut scratch = Buffer::<f32>::zeros(layout.bytes() / size_of::<f32>());
+        below
+            .as_mut_slice()
+            .par_chunks_mut(layout.span * cols)
+            .zip(err.as_slice().par_chunks(layout.span * m))
+            .zip(scratch.par_chunks_mut(layout.block * cols))
+            .for_each(|((a, e), s)| {
+                for (a, e) in a.chunks_mut(layout.block * cols).zip(e.chunks(layout.block * m)) {
+                    let h = e.len() / m.max(1);
+                    let s = &mut s[..h * cols];
+                    let out = MatMut::from_row_major_slice_mut(s, h, cols);
+                    let e = MatRef::from_row_major_slice(e, h, m);
+                    matmul(out, Accum::Replace, e, self.weights.view().transpose(), 1.0, Par::Seq);
+                    combine(s, a);
+                }
+            });
+        Ok(())
+    }
+
+    fn error_scratch_bytes(&self, rows: usize, threads: usize) -> usize {
+        error_scratch_bytes(rows, self.inputs(), threads)
+    }
+
+    fn pl_update(
+        &self,
+        input: &Matrix,
+        err: &Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<RidgeUpdate>, OpsError> {
+        ridge_update(input, err, ridge).map(Some)
+    }
+
+    /// The update is folded into the state as the solve streams it: no `d x m` buffer.
+    fn pl_update_last(
+        &mut self,
+        state: &mut LayerState,
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        input: &Matrix,
+        err: Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<(), OpsError> {
+        state.stream_update(self, mask, rule, |sink| {
+            ridge_update_tiles_consuming(input, err, ridge, sink).map(|_| ())
+        })
+    }
+
+    fn gradients(&self, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+        self.check_pair("dense gradient", input, delta)?;
+        let (d, m) = (self.inputs(), self.outputs());
+        let mut gw = Matrix::zeros(d, m);
+        matmul(gw.view_mut(), Accum::Replace, input.view().transpose(), delta.view(), 1.0, par());
+        Ok(Some((gw, bias_gradient(delta, m))))
+    }
+
+    /// The weight gradient is formed `tile_rows` input rows at a time, never whole.
+    fn stream_gradients(
+        &mut self,
+        input: &Matrix,
+        delta: &Matrix,
+        tile_rows: usize,
+        sink: &mut GradientSink<'_>,
+    ) -> Result<(), OpsError> {
+        self.check_pair("dense gradient", input, delta)?;
+        let (d, m) = (self.inputs(), self.outputs());
+        let gb = bias_gradient(delta, m);
+        let rows = tile_rows.clamp(1, d.max(1));
+        let mut tile = Matrix::zeros(rows, m);
+        for r0 in (0..d).step_by(rows) {
+            let h = rows.min(d - r0);
+            let part = &mut tile.as_mut_slice()[..h * m];
+            let xv = input.view().subcols(r0, h);
+            let tv = MatMut::from_row_major_slice_mut(part, h, m);
+            matmul(tv, Accum::Replace, xv.transpose(), delta.view(), 1.0, par());
+            sink(self, r0, part, (r0 + h == d).then_some(&gb))?;
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +316,6 @@ mod tests {
     fn wrong_input_width_is_a_shape_error() {
         let layer = Dense::new(Matrix::zeros(4, 2));
         let err = layer.forward(&Matrix::zeros(3, 5)).expect_err("5 != 4");
-        assert!(err.to_string().contains("input has 5 features, layer expects 4"), "{err}");
+        assert_eq!(err.to_string(), "dense forward: shape mismatch: input is 3x5, expected nx4");
     }
 }

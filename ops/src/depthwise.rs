@@ -12,9 +12,14 @@
 //! from the input, without materialising the patch matrix.
 
 use crate::dense::Dense;
-use crate::solve::{RidgeConfig, RidgeScale, solve_spd_in_place};
+use crate::error::Dim;
+use crate::layer::{Combine, ErrorMode, Op, PerSample};
+use crate::ledger::Buffer;
+use crate::solve::{RidgeConfig, RidgeScale, RidgeUpdate, solve_spd_in_place};
+use crate::update::UpdateRule;
 use crate::{Matrix, OpsError};
 use rayon::prelude::*;
+use std::any::Any;
 
 /// Spatial geometry of a depthwise layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +61,7 @@ impl Geometry {
 
     fn check(&self, op: &'static str, x: &Matrix, channels: usize) -> Result<usize, OpsError> {
         let per = self.h * self.w;
-        if x.cols() != channels || per == 0 || !x.rows().is_multiple_of(per) {
-            return Err(OpsError::Shape {
-                op,
-                detail: format!(
-                    "input is {}x{}, expected (batch*{}*{})x{channels} positions x channels",
-                    x.rows(),
-                    x.cols(),
-                    self.h,
-                    self.w
-                ),
-            });
-        }
+        OpsError::check(op, "input", &[Dim::MultipleOf(per), Dim::Exact(channels)], &[x.rows(), x.cols()])?;
         Ok(x.rows() / per)
     }
 }
@@ -179,12 +173,12 @@ impl Depthwise {
         let c = self.channels();
         let batch = g.check("depthwise gradients", x, c)?;
         let (per_in, per_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.k * g.k);
-        if e.rows() != batch * per_out || e.cols() != c {
-            return Err(OpsError::Shape {
-                op: "depthwise gradients",
-                detail: format!("error is {}x{}", e.rows(), e.cols()),
-            });
-        }
+        OpsError::check(
+            "depthwise gradients",
+            "error",
+            &[Dim::Exact(batch * per_out), Dim::Exact(c)],
+            &[e.rows(), e.cols()],
+        )?;
         let zero = || vec![0.0f64; (taps + 1) * c];
         let sums = x
             .as_slice()
@@ -214,6 +208,90 @@ impl Depthwise {
         let gk = Matrix::from_vec(taps, c, sums[..taps * c].iter().map(|&v| v as f32).collect());
         let gb = Matrix::from_vec(1, c, sums[taps * c..].iter().map(|&v| v as f32).collect());
         Ok((gk, gb))
+    }
+}
+
+impl Op for Depthwise {
+    fn kind(&self) -> &'static str {
+        "depthwise"
+    }
+
+    fn clone_op(&self) -> Box<dyn Op> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn input(&self, _: usize) -> PerSample {
+        PerSample { rows: self.geometry.h * self.geometry.w, cols: self.channels() }
+    }
+
+    fn output(&self, _: usize) -> PerSample {
+        PerSample { rows: self.geometry.out_h() * self.geometry.out_w(), cols: self.channels() }
+    }
+
+    fn params(&self) -> Option<&Dense> {
+        Some(&self.params)
+    }
+
+    fn params_mut(&mut self) -> Option<&mut Dense> {
+        Some(&mut self.params)
+    }
+
+    fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
+        Depthwise::forward(self, input)
+    }
+
+    fn input_error(&self, err: &Matrix, _: ErrorMode) -> Result<Matrix, OpsError> {
+        Depthwise::input_error(self, err)
+    }
+
+    /// One sample at a time, each into its own map-sized scratch.
+    fn error_in_place(
+        &self,
+        err: &Matrix,
+        below: &mut Matrix,
+        _: usize,
+        _: ErrorMode,
+        combine: &Combine<'_>,
+    ) -> Result<(), OpsError> {
+        let samples = self.check_error(err)?.max(1);
+        let (per_in, per_out) = (below.rows() / samples, err.rows() / samples);
+        let c = below.cols();
+        below.as_mut_slice().par_chunks_mut(per_in * c).zip(err.as_slice().par_chunks(per_out * c)).for_each(
+            |(a, e)| {
+                let mut scratch = Buffer::<f32>::zeros(a.len());
+                self.input_error_sample(e, &mut scratch);
+                combine(&mut scratch, a);
+            },
+        );
+        Ok(())
+    }
+
+    fn error_scratch_bytes(&self, _: usize, threads: usize) -> usize {
+        threads * self.geometry.h * self.geometry.w * self.channels() * size_of::<f32>()
+    }
+
+    /// The spectral clamp and orthogonalisation act on weight matrices, so they are left
+    /// out for a `k*k x C` stack of independent kernels; momentum and metaplasticity apply.
+    fn rule(&self, rule: &UpdateRule) -> UpdateRule {
+        UpdateRule { spectral_max: None, orthogonalize: None, ..*rule }
+    }
+
+    fn pl_update(
+        &self,
+        input: &Matrix,
+        err: &Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<RidgeUpdate>, OpsError> {
+        let (dw, db) = depthwise_ridge_update(self, input, err, ridge)?;
+        Ok(Some(RidgeUpdate { dw, db, lambda_used: 0.0, dual: false }))
+    }
+
+    fn gradients(&self, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+        Depthwise::gradients(self, input, delta).map(Some)
     }
 }
 
@@ -306,9 +384,7 @@ pub fn depthwise_ridge_update(
     let c = layer.channels();
     let batch = g.check(OP, x, c)?;
     let (per_in, per_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.k * g.k);
-    if e.rows() != batch * per_out || e.cols() != c {
-        return Err(OpsError::Shape { op: OP, detail: format!("error is {}x{}", e.rows(), e.cols()) });
-    }
+    OpsError::check(OP, "error", &[Dim::Exact(batch * per_out), Dim::Exact(c)], &[e.rows(), e.cols()])?;
     if !x.as_slice().iter().chain(e.as_slice()).all(|v| v.is_finite()) {
         return Err(OpsError::NonFinite {
             op: OP,
@@ -368,44 +444,6 @@ pub fn depthwise_ridge_update(
         return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: x.rows(), cols: c });
     }
     Ok((dk, db))
-}
-
-/// Global average pooling of `B*H*W x C` maps into `B x C`.
-pub fn global_avg_pool(x: &Matrix, positions: usize) -> Result<Matrix, OpsError> {
-    if positions == 0 || !x.rows().is_multiple_of(positions) {
-        return Err(OpsError::Shape {
-            op: "global average pooling",
-            detail: format!("{} rows are not a whole number of {positions}-position maps", x.rows()),
-        });
-    }
-    let (batch, c) = (x.rows() / positions, x.cols());
-    let mut out = Matrix::zeros(batch, c);
-    let scale = 1.0 / positions as f32;
-    for (dst, src) in out.as_mut_slice().chunks_exact_mut(c).zip(x.as_slice().chunks_exact(positions * c)) {
-        for row in src.chunks_exact(c) {
-            for (d, &v) in dst.iter_mut().zip(row) {
-                *d += v;
-            }
-        }
-        dst.iter_mut().for_each(|d| *d *= scale);
-    }
-    Ok(out)
-}
-
-/// The error reaching the pooled maps: each sample's error times `share` at every one of its
-/// positions (`1 / positions` for the gradient; see [`crate::network::PoolError`]).
-pub fn global_avg_pool_error(e: &Matrix, positions: usize, share: f32) -> Matrix {
-    let c = e.cols();
-    let mut out = Matrix::zeros(e.rows() * positions, c);
-    let scale = share;
-    for (dst, src) in out.as_mut_slice().chunks_exact_mut(positions * c).zip(e.as_slice().chunks_exact(c)) {
-        for row in dst.chunks_exact_mut(c) {
-            for (d, &v) in row.iter_mut().zip(src) {
-                *d = v * scale;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -564,24 +602,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn pooling_averages_and_spreads_evenly() {
-        let x = Matrix::from_vec(4, 2, vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0, 7.0, 40.0]);
-        let pooled = global_avg_pool(&x, 2).expect("2 samples of 2 positions");
-        assert_eq!(pooled.as_slice(), &[2.0, 15.0, 6.0, 35.0]);
-        let spread = global_avg_pool_error(&Matrix::from_vec(2, 2, vec![2.0, 4.0, 6.0, 8.0]), 2, 0.5);
-        assert_eq!(spread.as_slice(), &[1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
-        // adjoint: <pool(x), y> = <x, spread(y)>
-        let y = Matrix::from_vec(2, 2, vec![0.5, -1.0, 2.0, 0.25]);
-        let dot =
-            |a: &Matrix, b: &Matrix| a.as_slice().iter().zip(b.as_slice()).map(|(p, q)| p * q).sum::<f32>();
-        assert!((dot(&pooled, &y) - dot(&x, &global_avg_pool_error(&y, 2, 0.5))).abs() < 1e-5);
-        assert!(global_avg_pool(&x, 3).is_err());
-        // PL's target spread is the pseudo-inverse: pooling it gives the error back
-        let e = Matrix::from_vec(2, 2, vec![0.5, -1.0, 2.0, 0.25]);
-        let back = global_avg_pool(&global_avg_pool_error(&e, 3, 1.0), 3).expect("whole maps");
-        assert_eq!(back.as_slice(), e.as_slice());
     }
 }

@@ -11,13 +11,16 @@
 //! - [`activation`]: ELU with clipping, and its derivative recovered from the output.
 //! - [`dense`]: a fully connected layer (weights, bias, forward pass); over the rows of NHWC
 //!   feature maps it is also the pointwise (1x1) convolution.
-//! - [`depthwise`]: depthwise `k x k` convolution, its transposed convolution, its per-channel
-//!   PL solve, and global average pooling.
+//! - [`layer`]: the [`layer::Op`] trait every kind of layer implements (forward, error below,
+//!   PL solve, gradients, shapes, scratch), and [`layer::Layer`]: an op with its activation.
+//! - [`depthwise`]: depthwise `k x k` convolution, its transposed convolution and its
+//!   per-channel PL solve.
+//! - [`pool`]: global average pooling.
 //! - [`init`]: seeded weight initialisation.
 //! - [`solve`]: `dTheta = -alpha (X^T X + lambda I)^-1 X^T e` by Cholesky, primal or dual.
 //! - [`sparse`]: sparse connectivity masks and their initial weights (SPEC section 3).
 //! - [`update`]: momentum and spectral-norm clamp applied to a layer after its solve.
-//! - [`network`]: a chain of layers (weights and activations) and inference.
+//! - [`network`]: a chain of layers and inference.
 //! - [`pl`]: the Prospective Learning trainer: per-layer state and the training step.
 //! - [`backprop`]: the baselines: SGD with momentum, Adam and AdamW on the same networks.
 //! - [`state`]: a trainer's whole state as named parts, for checkpoints and resumed runs.
@@ -28,9 +31,11 @@ pub mod dense;
 pub mod depthwise;
 pub mod error;
 pub mod init;
+pub mod layer;
 pub mod ledger;
 pub mod network;
 pub mod pl;
+pub mod pool;
 pub mod solve;
 pub mod sparse;
 pub mod state;

@@ -6,183 +6,9 @@
 //! reshaped (without copying) to what the next layer reads, so a dense layer after a map sees
 //! the map flattened, and an error is reshaped back to what its layer produced.
 
-use crate::activation::Activation;
-use crate::dense::Dense;
-use crate::depthwise::{Depthwise, global_avg_pool, global_avg_pool_error};
-use crate::ledger::Buffer;
-use crate::sparse::Mask;
+use crate::error::Dim;
+pub use crate::layer::{ErrorMode, Layer};
 use crate::{Matrix, OpsError};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
-use rayon::prelude::*;
-
-/// Values per scratch block of [`Network::error_below_in_place`] for dense layers (128 KiB):
-/// the rows of a block are as many as fit, at least one.
-const SCRATCH_VALUES: usize = 1 << 15;
-
-/// How [`Network::error_below_in_place`] splits a dense layer's rows: `span` rows per worker,
-/// processed `block` rows at a time in the worker's own scratch.
-#[derive(Debug, Clone, Copy)]
-struct ScratchLayout {
-    block: usize,
-    span: usize,
-    workers: usize,
-    cols: usize,
-}
-
-impl ScratchLayout {
-    fn new(rows: usize, cols: usize, threads: usize) -> Self {
-        let block = (SCRATCH_VALUES / cols.max(1)).max(1).min(rows.max(1));
-        let workers = rows.div_ceil(block).clamp(1, threads.max(1));
-        let span = rows.div_ceil(workers).max(1);
-        Self { block: block.min(span), span, workers, cols }
-    }
-
-    fn bytes(&self) -> usize {
-        self.workers * self.block * self.cols * size_of::<f32>()
-    }
-}
-
-/// Bytes of scratch that [`Network::error_below_in_place`] holds for a dense layer with
-/// `cols` inputs over `rows` rows on `threads` threads.
-pub fn dense_error_scratch_bytes(rows: usize, cols: usize, threads: usize) -> usize {
-    ScratchLayout::new(rows, cols, threads).bytes()
-}
-
-/// What a layer computes.
-#[derive(Debug, Clone)]
-pub enum LayerKind {
-    /// `x W + b` on every row: a fully connected layer on flat inputs, the pointwise (1x1)
-    /// convolution on the positions of NHWC maps.
-    Dense(Dense),
-    /// A depthwise `k x k` convolution.
-    Depthwise(Depthwise),
-    /// Global average pooling of maps with `positions` positions and `channels` channels.
-    Pool { positions: usize, channels: usize },
-}
-
-impl LayerKind {
-    /// The weights and bias, if this kind has any.
-    pub fn params(&self) -> Option<&Dense> {
-        match self {
-            LayerKind::Dense(d) => Some(d),
-            LayerKind::Depthwise(dw) => Some(&dw.params),
-            LayerKind::Pool { .. } => None,
-        }
-    }
-
-    /// The weights and bias, mutable.
-    pub fn params_mut(&mut self) -> Option<&mut Dense> {
-        match self {
-            LayerKind::Dense(d) => Some(d),
-            LayerKind::Depthwise(dw) => Some(&mut dw.params),
-            LayerKind::Pool { .. } => None,
-        }
-    }
-}
-
-/// How an error crosses a global average pooling layer on its way down.
-///
-/// Backpropagation needs the gradient: each of the `P` pooled positions receives `e / P`.
-/// A PL layer instead solves for the change of its output that the error asks for, and the
-/// smallest change of `P` positions that moves their mean by `e` moves each of them by `e`
-/// (the pseudo-inverse of averaging). With the gradient, every layer below a pool of `P`
-/// positions solves for a change `P` times too small (49 to 784 times on the MNIST CNN), and
-/// the convolutions hardly learn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolError {
-    /// `e / P` at each position (backpropagation).
-    Gradient,
-    /// `e` at each position (Prospective Learning).
-    Target,
-}
-
-impl PoolError {
-    /// The factor each of `positions` pooled positions receives of the pooled error.
-    pub fn share(self, positions: usize) -> f32 {
-        match self {
-            PoolError::Gradient => 1.0 / positions.max(1) as f32,
-            PoolError::Target => 1.0,
-        }
-    }
-}
-
-/// One layer of a network.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    /// What it computes, with its parameters.
-    pub kind: LayerKind,
-    /// The activation after it.
-    pub activation: Activation,
-    /// Persistent sparse connectivity: weights outside the mask stay zero through training.
-    pub mask: Option<Mask>,
-    /// Rows of input per sample: 1 for a dense layer on flat inputs, `H * W` for a pointwise
-    /// layer on maps.
-    pub input_positions: usize,
-}
-
-impl Layer {
-    /// A dense layer on flat inputs.
-    pub fn dense(dense: Dense, activation: Activation) -> Self {
-        Self { kind: LayerKind::Dense(dense), activation, mask: None, input_positions: 1 }
-    }
-
-    /// The weights and bias, if the layer has any.
-    pub fn params(&self) -> Option<&Dense> {
-        self.kind.params()
-    }
-
-    /// The weights and bias, mutable.
-    pub fn params_mut(&mut self) -> Option<&mut Dense> {
-        self.kind.params_mut()
-    }
-
-    /// Shape of the input for a batch of `batch` samples.
-    pub fn input_shape(&self, batch: usize) -> (usize, usize) {
-        match &self.kind {
-            LayerKind::Dense(d) => (batch * self.input_positions, d.inputs()),
-            LayerKind::Depthwise(dw) => (batch * dw.geometry.h * dw.geometry.w, dw.channels()),
-            LayerKind::Pool { positions, channels } => (batch * positions, *channels),
-        }
-    }
-
-    /// Shape of the output for a batch of `batch` samples.
-    pub fn output_shape(&self, batch: usize) -> (usize, usize) {
-        match &self.kind {
-            LayerKind::Dense(d) => (batch * self.input_positions, d.outputs()),
-            LayerKind::Depthwise(dw) => (batch * dw.geometry.out_h() * dw.geometry.out_w(), dw.channels()),
-            LayerKind::Pool { channels, .. } => (batch, *channels),
-        }
-    }
-
-    /// The layer's output (after its activation) for `input` in [`Layer::input_shape`].
-    pub fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
-        let mut z = match &self.kind {
-            LayerKind::Dense(d) => d.forward(input)?,
-            LayerKind::Depthwise(dw) => dw.forward(input)?,
-            LayerKind::Pool { positions, .. } => global_avg_pool(input, *positions)?,
-        };
-        self.activation.apply(z.as_mut_slice());
-        Ok(z)
-    }
-
-    /// The error reaching the input from the error `err` at the output (before the input
-    /// activation's derivative), crossing pooling as `pool` says.
-    pub fn input_error(&self, err: &Matrix, pool: PoolError) -> Result<Matrix, OpsError> {
-        match &self.kind {
-            LayerKind::Dense(d) => d.input_error(err),
-            LayerKind::Depthwise(dw) => dw.input_error(err),
-            LayerKind::Pool { positions, .. } => {
-                Ok(global_avg_pool_error(err, *positions, pool.share(*positions)))
-            }
-        }
-    }
-
-    /// Trainable values.
-    pub fn parameter_count(&self) -> usize {
-        self.params().map_or(0, Dense::parameter_count)
-    }
-}
 
 /// What one training step saw, for the run's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -229,7 +55,7 @@ pub(crate) fn at(layer: usize) -> impl Fn(OpsError) -> LayerError {
     move |source| LayerError { layer, source }
 }
 
-/// A chain of dense layers.
+/// A chain of layers.
 #[derive(Debug, Default)]
 pub struct Network {
     /// Layers from input to output.
@@ -265,17 +91,13 @@ impl Network {
         if let Some(next) = self.layers.get(l + 1) {
             let (rows, cols) = next.input_shape(batch);
             if rows * cols != out.rows() * out.cols() {
-                return Err(LayerError {
-                    layer: l + 1,
-                    source: OpsError::Shape {
-                        op: "layer input",
-                        detail: format!(
-                            "{}x{} values reach a layer that reads {rows}x{cols}",
-                            out.rows(),
-                            out.cols()
-                        ),
-                    },
-                });
+                let (expected, actual) = ([Dim::Exact(rows), Dim::Exact(cols)], [out.rows(), out.cols()]);
+                return Err(at(l + 1)(OpsError::mismatch(
+                    "layer input",
+                    "the layer below's output",
+                    &expected,
+                    &actual,
+                )));
             }
             out.reshape(rows, cols);
         }
@@ -292,9 +114,9 @@ impl Network {
         err: &Matrix,
         below: &Matrix,
         batch: usize,
-        pool: PoolError,
+        mode: ErrorMode,
     ) -> Result<Matrix, LayerError> {
-        let mut e = self.layers[l].input_error(err, pool).map_err(at(l))?;
+        let mut e = self.layers[l].op.input_error(err, mode).map_err(at(l))?;
         self.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), below.as_slice());
         let (rows, cols) = self.layers[l - 1].output_shape(batch);
         e.reshape(rows, cols);
@@ -312,23 +134,19 @@ impl Network {
         err: &Matrix,
         mut below: Matrix,
         batch: usize,
-        pool: PoolError,
+        mode: ErrorMode,
     ) -> Result<Matrix, LayerError> {
         let layer = &self.layers[l];
         let derivative = self.layers[l - 1].activation;
         let (rows, cols) = layer.input_shape(batch);
         if below.rows() * below.cols() != rows * cols {
-            return Err(LayerError {
-                layer: l,
-                source: OpsError::Shape {
-                    op: "error propagation",
-                    detail: format!(
-                        "{}x{} activation below a layer that reads {rows}x{cols}",
-                        below.rows(),
-                        below.cols()
-                    ),
-                },
-            });
+            let (expected, actual) = ([Dim::Exact(rows), Dim::Exact(cols)], [below.rows(), below.cols()]);
+            return Err(at(l)(OpsError::mismatch(
+                "error propagation",
+                "activation below",
+                &expected,
+                &actual,
+            )));
         }
         below.reshape(rows, cols);
         // Propagate into `scratch`, then `a <- scratch * f'(a)` where `a` is the activation.
@@ -336,75 +154,7 @@ impl Network {
             derivative.scale_by_derivative(scratch, a);
             a.copy_from_slice(scratch);
         };
-        match &layer.kind {
-            LayerKind::Dense(d) => {
-                if err.rows() != rows || err.cols() != d.outputs() {
-                    return Err(at(l)(OpsError::Shape {
-                        op: "dense error propagation",
-                        detail: format!(
-                            "error is {}x{}, layer has {} outputs",
-                            err.rows(),
-                            err.cols(),
-                            d.outputs()
-                        ),
-                    }));
-                }
-                // One contiguous range of rows per worker, each with its own block of scratch,
-                // all allocated up front: the peak does not depend on scheduling.
-                let (m, layout) = (d.outputs(), ScratchLayout::new(rows, cols, crate::threads()));
-                let mut scratch = Buffer::<f32>::zeros(layout.bytes() / size_of::<f32>());
-                below
-                    .as_mut_slice()
-                    .par_chunks_mut(layout.span * cols)
-                    .zip(err.as_slice().par_chunks(layout.span * m))
-                    .zip(scratch.par_chunks_mut(layout.block * cols))
-                    .for_each(|((a, e), s)| {
-                        for (a, e) in a.chunks_mut(layout.block * cols).zip(e.chunks(layout.block * m)) {
-                            let h = e.len() / m.max(1);
-                            let s = &mut s[..h * cols];
-                            let out = MatMut::from_row_major_slice_mut(s, h, cols);
-                            let e = MatRef::from_row_major_slice(e, h, m);
-                            matmul(out, Accum::Replace, e, d.weights.view().transpose(), 1.0, Par::Seq);
-                            combine(s, a);
-                        }
-                    });
-            }
-            LayerKind::Depthwise(dw) => {
-                let samples = dw.check_error(err).map_err(at(l))?;
-                let (per_in, per_out) = (rows / samples.max(1), err.rows() / samples.max(1));
-                below
-                    .as_mut_slice()
-                    .par_chunks_mut(per_in * cols)
-                    .zip(err.as_slice().par_chunks(per_out * cols))
-                    .for_each(|(a, e)| {
-                        let mut scratch = Buffer::<f32>::zeros(a.len());
-                        dw.input_error_sample(e, &mut scratch);
-                        combine(&mut scratch, a);
-                    });
-            }
-            LayerKind::Pool { positions, channels } => {
-                if err.rows() != batch || err.cols() != *channels {
-                    return Err(at(l)(OpsError::Shape {
-                        op: "pooling error propagation",
-                        detail: format!(
-                            "error is {}x{}, expected {batch}x{channels}",
-                            err.rows(),
-                            err.cols()
-                        ),
-                    }));
-                }
-                let share = pool.share(*positions);
-                below
-                    .as_mut_slice()
-                    .par_chunks_mut(positions * channels)
-                    .zip(err.as_slice().par_chunks(*channels))
-                    .for_each(|(a, e)| {
-                        let mut scratch =
-                            Buffer::from_vec(e.iter().map(|v| v * share).cycle().take(a.len()).collect());
-                        combine(&mut scratch, a);
-                    });
-            }
-        }
+        layer.op.error_in_place(err, &mut below, batch, mode, &combine).map_err(at(l))?;
         let (rows, cols) = self.layers[l - 1].output_shape(batch);
         below.reshape(rows, cols);
         Ok(below)
@@ -437,6 +187,10 @@ pub fn argmax(row: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activation::Activation;
+    use crate::dense::Dense;
+    use crate::depthwise::Depthwise;
+    use crate::pool::GlobalAvgPool;
 
     #[test]
     fn forward_chains_layers_and_applies_activations() {
@@ -470,25 +224,15 @@ mod tests {
         let net = Network {
             layers: vec![
                 Layer { input_positions: 30, ..Layer::dense(Dense::new(xavier_normal(2, 4, &mut rng)), elu) },
-                Layer {
-                    kind: LayerKind::Depthwise(Depthwise::new(xavier_normal(9, 4, &mut rng), geometry)),
-                    activation: elu,
-                    mask: None,
-                    input_positions: 30,
-                },
-                Layer {
-                    kind: LayerKind::Pool { positions: oh * ow, channels: 4 },
-                    activation: Activation::Linear,
-                    mask: None,
-                    input_positions: oh * ow,
-                },
+                Layer::new(Depthwise::new(xavier_normal(9, 4, &mut rng), geometry), elu, 30),
+                Layer::new(GlobalAvgPool { positions: oh * ow, channels: 4 }, Activation::Linear, oh * ow),
                 Layer::dense(Dense::new(xavier_normal(4, 3, &mut rng)), Activation::Linear),
             ],
         };
         let batch = 3;
         let x = xavier_normal(batch * 30, 2, &mut rng);
         let acts = net.forward_all(&x, batch).expect("shapes");
-        for pool in [PoolError::Gradient, PoolError::Target] {
+        for pool in [ErrorMode::Gradient, ErrorMode::Target] {
             for l in 1..net.layers.len() {
                 let (rows, cols) = net.layers[l].output_shape(batch);
                 let err = xavier_normal(rows, cols, &mut rng);

@@ -12,11 +12,9 @@
 //! (solving over it in place where the route allows) and its update is streamed from the
 //! solve straight into its state and weights without a `d x m` buffer.
 
-use crate::depthwise::depthwise_ridge_update;
-use crate::network::{Layer, LayerError, LayerKind, Network, PoolError, StepStats, argmax, at};
-use crate::solve::{
-    Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath, ridge_update, ridge_update_tiles_consuming,
-};
+use crate::error::Dim;
+use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
+use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath};
 use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
@@ -140,23 +138,13 @@ impl TrainerState for PlTrainer {
     }
 }
 
-/// The update rule for a layer: the spectral clamp and orthogonalisation act on weight
-/// matrices, so they are left out for depthwise kernels (a `k*k x C` stack of independent
-/// kernels); momentum and metaplasticity apply to every parameter.
-fn rule_for(layer: &Layer, rule: &UpdateRule) -> UpdateRule {
-    match layer.kind {
-        LayerKind::Depthwise(_) => UpdateRule { spectral_max: None, orthogonalize: None, ..*rule },
-        _ => *rule,
-    }
-}
-
 impl PlTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: PlConfig) -> Self {
         let states = network
             .layers
             .iter()
-            .map(|l| l.params().map(|p| LayerState::new(p, l.mask.as_ref(), &rule_for(l, &config.rule))))
+            .map(|l| l.params().map(|p| LayerState::new(p, l.mask.as_ref(), &l.op.rule(&config.rule))))
             .collect();
         Self { config, states, epoch: 0 }
     }
@@ -197,41 +185,22 @@ impl PlTrainer {
 
         for l in (0..count).rev() {
             let clock = Instant::now();
-            let rule = rule_for(&net.layers[l], &cfg.rule);
+            let rule = net.layers[l].op.rule(&cfg.rule);
             if l == 0 {
                 // No error is propagated below the first layer, so nothing needs its old
-                // weights: a dense first layer folds its update into its state as the solve
-                // streams it.
+                // weights: the layer may consume its error and stream its update.
                 let layer = &mut net.layers[0];
-                let mask = layer.mask.as_ref();
-                match (&mut layer.kind, &mut self.states[0]) {
-                    (LayerKind::Dense(dense), Some(state)) => state
-                        .stream_update(dense, mask, &rule, |sink| {
-                            ridge_update_tiles_consuming(x, err, &cfg.ridge, sink).map(|_| ())
-                        })
-                        .map_err(at(0))?,
-                    (LayerKind::Depthwise(dw), Some(state)) => {
-                        let (dk, db) = depthwise_ridge_update(dw, x, &err, &cfg.ridge).map_err(at(0))?;
-                        let update = RidgeUpdate { dw: dk, db, lambda_used: 0.0, dual: false };
-                        state.apply(&mut dw.params, mask, update, &rule).map_err(at(0))?;
-                    }
-                    _ => {}
+                if let Some(state) = &mut self.states[0] {
+                    let mask = layer.mask.as_ref();
+                    layer.op.pl_update_last(state, mask, &rule, x, err, &cfg.ridge).map_err(at(0))?;
                 }
                 stats.solve_seconds += clock.elapsed().as_secs_f64();
                 break;
             }
-            let input = &acts[l - 1];
-            let update = match &net.layers[l].kind {
-                LayerKind::Dense(_) => Some(ridge_update(input, &err, &cfg.ridge).map_err(at(l))?),
-                LayerKind::Depthwise(dw) => {
-                    let (dk, db) = depthwise_ridge_update(dw, input, &err, &cfg.ridge).map_err(at(l))?;
-                    Some(RidgeUpdate { dw: dk, db, lambda_used: 0.0, dual: false })
-                }
-                LayerKind::Pool { .. } => None,
-            };
+            let update = net.layers[l].op.pl_update(&acts[l - 1], &err, &cfg.ridge).map_err(at(l))?;
             let solved = Instant::now();
             let below = acts.pop().expect("one activation per layer below this one");
-            let mut previous = net.error_below_in_place(l, &err, below, batch, PoolError::Target)?;
+            let mut previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target)?;
             if cfg.error_scale == ErrorScale::Output {
                 let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
                 previous.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
@@ -242,7 +211,7 @@ impl PlTrainer {
             let layer = &mut net.layers[l];
             let mask = layer.mask.as_ref();
             if let (Some(update), Some(state), Some(params)) =
-                (update, &mut self.states[l], layer.kind.params_mut())
+                (update, &mut self.states[l], layer.op.params_mut())
             {
                 state.apply(params, mask, update, &rule).map_err(at(l))?;
             }
@@ -258,21 +227,13 @@ impl PlTrainer {
 /// got right.
 fn output_error(z: &mut Matrix, labels: &[u32], eps: f32) -> Result<StepStats, OpsError> {
     let (n, classes) = (z.rows(), z.cols());
-    if labels.len() != n {
-        return Err(OpsError::Shape {
-            op: "PL targets",
-            detail: format!("{} labels for {n} rows", labels.len()),
-        });
-    }
+    OpsError::check("PL targets", "labels", &[Dim::Exact(n)], &[labels.len()])?;
     let off = if classes > 1 { eps / (classes - 1) as f32 } else { 0.0 };
     let mut stats = StepStats { rows: n, ..StepStats::default() };
     for (row, &label) in z.as_mut_slice().chunks_exact_mut(classes.max(1)).zip(labels) {
         let label = label as usize;
         if label >= classes {
-            return Err(OpsError::Shape {
-                op: "PL targets",
-                detail: format!("label {label} but the output layer has {classes} units"),
-            });
+            return Err(OpsError::Label { op: "PL targets", label, classes });
         }
         if argmax(row) == label {
             stats.correct += 1;

@@ -14,6 +14,7 @@
 //!
 //! All randomness comes from the caller's RNG, so one seed gives bit-identical masks and weights.
 
+use crate::error::Dim;
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError};
 use faer::linalg::matmul::matmul;
@@ -59,7 +60,7 @@ impl Mask {
     /// [`Mask::indices`] gives them), e.g. read back from a model file.
     pub fn from_indices(rows: usize, cols: usize, indices: Vec<u32>) -> Result<Self, OpsError> {
         let size = rows.checked_mul(cols).filter(|&s| s <= u32::MAX as usize + 1);
-        let bad = |detail: String| OpsError::Shape { op: "sparse mask", detail };
+        let bad = |detail: String| OpsError::Invalid { op: "sparse mask", detail };
         let Some(size) = size else {
             return Err(bad(format!("a {rows}x{cols} mask is too large for u32 indices")));
         };
@@ -163,12 +164,7 @@ impl CorrelationPass {
 
     /// Add a batch of examples (`rows x d`).
     pub fn add(&mut self, x: &Matrix) -> Result<(), OpsError> {
-        if x.cols() != self.d {
-            return Err(OpsError::Shape {
-                op: "correlation pass",
-                detail: format!("batch has {} features, expected {}", x.cols(), self.d),
-            });
-        }
+        OpsError::check("correlation pass", "batch", &[Dim::Any, Dim::Exact(self.d)], &[x.rows(), x.cols()])?;
         let d = self.d;
         for r0 in (0..x.rows()).step_by(Self::ROWS) {
             let h = (x.rows() - r0).min(Self::ROWS);

@@ -6,6 +6,7 @@
 //! without momentum holds no velocity buffer.
 
 use crate::dense::Dense;
+use crate::error::Dim;
 use crate::ledger::Buffer;
 use crate::solve::{RidgeUpdate, SolveInfo, TileCollector, TileSink};
 use crate::sparse::Mask;
@@ -121,14 +122,10 @@ impl LayerState {
         rule: &UpdateRule,
     ) -> Result<(), OpsError> {
         let (d, m) = (layer.inputs(), layer.outputs());
-        if update.dw.rows() != d
-            || update.dw.cols() != m
-            || mask.is_some_and(|k| k.rows() != d || k.cols() != m)
-        {
-            return Err(OpsError::Shape {
-                op: "PL update",
-                detail: format!("update is {}x{}, weights are {d}x{m}", update.dw.rows(), update.dw.cols()),
-            });
+        let expected = [Dim::Exact(d), Dim::Exact(m)];
+        OpsError::check("PL update", "update", &expected, &[update.dw.rows(), update.dw.cols()])?;
+        if let Some(k) = mask {
+            OpsError::check("PL update", "mask", &expected, &[k.rows(), k.cols()])?;
         }
         // The update in the state's layout: dense, or gathered at the mask's connections.
         let mut du = match mask {

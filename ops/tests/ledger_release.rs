@@ -7,9 +7,10 @@ use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{BackpropTrainer, GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::dense::Dense;
+use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
 use plflow_ops::init::xavier_normal;
 use plflow_ops::ledger;
-use plflow_ops::network::{Layer, Network, dense_error_scratch_bytes};
+use plflow_ops::network::{Layer, Network};
 use plflow_ops::pl::{PlConfig, PlTrainer};
 use plflow_ops::solve::{
     Delivery, Precision, RidgeConfig, RidgeScale, Route, SolvePath, ridge_update, ridge_update_tiles,

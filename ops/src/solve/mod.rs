@@ -23,6 +23,7 @@
 mod double;
 mod single;
 
+use crate::error::Dim;
 use crate::{Matrix, OpsError};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
@@ -333,12 +334,7 @@ fn solve_tiles(
 ) -> Result<SolveInfo, OpsError> {
     let e = rhs.matrix();
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
-    if e.rows() != n {
-        return Err(OpsError::Shape {
-            op: OP,
-            detail: format!("input has {n} rows but the error has {} ({}x{m})", e.rows(), e.rows()),
-        });
-    }
+    OpsError::check(OP, "error", &[Dim::Exact(n), Dim::Any], &[e.rows(), m])?;
     let da = d + 1;
     // trace(X_aug^T X_aug) = ||X||_F^2 + n (the ones column), summed in f64.
     let trace = n as f64 + sum_of_squares(x.as_slice());

@@ -1,0 +1,251 @@
+//! The layer abstraction: what every kind of layer gives the network and the trainers.
+//!
+//! A kind of layer is one type implementing [`Op`] in its own file ([`crate::dense`],
+//! [`crate::depthwise`], [`crate::pool`]). The network, the PL trainer and the backprop
+//! trainers only call these methods, so adding a kind touches its file and the code that
+//! builds it from a pipeline, not the training loops.
+//!
+//! Shapes: a batch is a [`Matrix`] of `batch * rows-per-sample` rows. Flat inputs have one
+//! row per sample; feature maps are NHWC with one row per position.
+
+use crate::dense::Dense;
+use crate::solve::{RidgeConfig, RidgeUpdate};
+use crate::sparse::Mask;
+use crate::update::{LayerState, UpdateRule};
+use crate::{Matrix, OpsError};
+use std::any::Any;
+use std::fmt::Debug;
+
+/// How an error crosses a layer that averages positions (global average pooling) on its
+/// way down.
+///
+/// Backpropagation needs the gradient: each of the `P` pooled positions receives `e / P`.
+/// A PL layer instead solves for the change of its output that the error asks for, and the
+/// smallest change of `P` positions that moves their mean by `e` moves each of them by `e`
+/// (the pseudo-inverse of averaging). With the gradient, every layer below a pool of `P`
+/// positions solves for a change `P` times too small (49 to 784 times on the MNIST CNN), and
+/// the convolutions hardly learn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorMode {
+    /// The gradient (backpropagation).
+    Gradient,
+    /// The target change (Prospective Learning).
+    Target,
+}
+
+impl ErrorMode {
+    /// The factor each of `positions` averaged positions receives of the averaged error.
+    pub fn share(self, positions: usize) -> f32 {
+        match self {
+            ErrorMode::Gradient => 1.0 / positions.max(1) as f32,
+            ErrorMode::Target => 1.0,
+        }
+    }
+}
+
+/// `combine(scratch, a)`: finish one block of an in-place error, where `scratch` holds the
+/// propagated error and `a` the activation it replaces (see [`Op::error_in_place`]).
+pub type Combine<'a> = dyn Fn(&mut [f32], &mut [f32]) + Sync + 'a;
+
+/// Receives a layer's weight gradient a block of rows at a time, with the parameters to
+/// apply it to: `(params, first row, rows, bias)`, the bias gradient with the last block.
+pub type GradientSink<'a> =
+    dyn FnMut(&mut Dense, usize, &[f32], Option<&Matrix>) -> Result<(), OpsError> + 'a;
+
+/// Rows per sample and columns of a layer's input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerSample {
+    /// Rows each sample occupies (1 for flat vectors, `H * W` for maps).
+    pub rows: usize,
+    /// Columns (features or channels).
+    pub cols: usize,
+}
+
+impl PerSample {
+    /// The `(rows, cols)` of a batch of `batch` samples.
+    pub fn of(self, batch: usize) -> (usize, usize) {
+        (batch * self.rows, self.cols)
+    }
+}
+
+/// One kind of layer: its computation, its error propagation and its two training rules.
+pub trait Op: Debug + Send + Sync + Any {
+    /// The kind's name in model files and messages (`dense`, `depthwise`, `global_avg_pool`).
+    fn kind(&self) -> &'static str;
+
+    /// A boxed copy (layers are cloned to compare trainers on the same start).
+    fn clone_op(&self) -> Box<dyn Op>;
+
+    /// For code outside the training loops that needs the concrete kind (model export).
+    fn as_any(&self) -> &dyn Any;
+
+    /// Shape of one sample's input; `positions` is the layer's rows per input sample, which
+    /// only kinds applied row by row (dense over map positions) need.
+    fn input(&self, positions: usize) -> PerSample;
+
+    /// Shape of one sample's output.
+    fn output(&self, positions: usize) -> PerSample;
+
+    /// The weights and bias, if the kind has any.
+    fn params(&self) -> Option<&Dense> {
+        None
+    }
+
+    /// The weights and bias, mutable.
+    fn params_mut(&mut self) -> Option<&mut Dense> {
+        None
+    }
+
+    /// The output before the activation, for `input` in the input shape.
+    fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError>;
+
+    /// The error reaching the input from the output error `err`, in a new matrix (before the
+    /// input activation's derivative).
+    fn input_error(&self, err: &Matrix, mode: ErrorMode) -> Result<Matrix, OpsError>;
+
+    /// [`Op::input_error`] written over `below` (the input activation, `batch` samples in
+    /// the input shape, consumed): the error is propagated a block at a time into scratch,
+    /// and `combine(scratch, block of below)` finishes each block. Blocks may run in
+    /// parallel; the scratch is small and counted in [`Op::error_scratch_bytes`].
+    fn error_in_place(
+        &self,
+        err: &Matrix,
+        below: &mut Matrix,
+        batch: usize,
+        mode: ErrorMode,
+        combine: &Combine<'_>,
+    ) -> Result<(), OpsError>;
+
+    /// Bytes of scratch [`Op::error_in_place`] holds for `rows` input rows on `threads`.
+    fn error_scratch_bytes(&self, rows: usize, threads: usize) -> usize;
+
+    /// The update rule for this kind: stabilisers that act on weight matrices (the
+    /// spectral clamp, orthogonalisation) do not apply to every kind.
+    fn rule(&self, rule: &UpdateRule) -> UpdateRule {
+        *rule
+    }
+
+    /// The PL solve: the change of the parameters that moves the output by `-alpha err`
+    /// with `input` as the layer's input; `None` for kinds without parameters.
+    fn pl_update(
+        &self,
+        input: &Matrix,
+        err: &Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<RidgeUpdate>, OpsError> {
+        let _ = (input, err, ridge);
+        Ok(None)
+    }
+
+    /// The PL solve and update of a layer whose error is not needed afterwards (the first):
+    /// it may consume `err` and stream the update into `state` without holding it whole.
+    fn pl_update_last(
+        &mut self,
+        state: &mut LayerState,
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        input: &Matrix,
+        err: Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<(), OpsError> {
+        let update = self.pl_update(input, &err, ridge)?;
+        drop(err);
+        match (update, self.params_mut()) {
+            (Some(update), Some(params)) => state.apply(params, mask, update, rule),
+            _ => Ok(()),
+        }
+    }
+
+    /// The gradients of the weights and the bias for `input` and the output's `delta`;
+    /// `None` for kinds without parameters.
+    fn gradients(&self, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+        let _ = (input, delta);
+        Ok(None)
+    }
+
+    /// The gradients handed to `sink` with the parameters a block of weight rows at a time
+    /// (about `tile_rows` rows), for a layer whose gradient is used once and applied at
+    /// once: a kind may stream it without holding the whole weight gradient. By default,
+    /// one block.
+    fn stream_gradients(
+        &mut self,
+        input: &Matrix,
+        delta: &Matrix,
+        tile_rows: usize,
+        sink: &mut GradientSink<'_>,
+    ) -> Result<(), OpsError> {
+        let _ = tile_rows;
+        match (self.gradients(input, delta)?, self.params_mut()) {
+            (Some((gw, gb)), Some(params)) => sink(params, 0, gw.as_slice(), Some(&gb)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Clone for Box<dyn Op> {
+    fn clone(&self) -> Self {
+        self.clone_op()
+    }
+}
+
+/// One layer of a network: an [`Op`], the activation after it, and its training options.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// What it computes, with its parameters.
+    pub op: Box<dyn Op>,
+    /// The activation after it.
+    pub activation: crate::activation::Activation,
+    /// Persistent sparse connectivity: weights outside the mask stay zero through training.
+    pub mask: Option<Mask>,
+    /// Rows of input per sample: 1 for a dense layer on flat inputs, `H * W` on maps.
+    pub input_positions: usize,
+}
+
+impl Layer {
+    /// A layer of `op` on `positions` rows per sample.
+    pub fn new(op: impl Op, activation: crate::activation::Activation, positions: usize) -> Self {
+        Self { op: Box::new(op), activation, mask: None, input_positions: positions }
+    }
+
+    /// A dense layer on flat inputs.
+    pub fn dense(dense: Dense, activation: crate::activation::Activation) -> Self {
+        Self::new(dense, activation, 1)
+    }
+
+    /// The op as its concrete kind, if it is one.
+    pub fn op_as<T: Op>(&self) -> Option<&T> {
+        self.op.as_any().downcast_ref::<T>()
+    }
+
+    /// The weights and bias, if the layer has any.
+    pub fn params(&self) -> Option<&Dense> {
+        self.op.params()
+    }
+
+    /// The weights and bias, mutable.
+    pub fn params_mut(&mut self) -> Option<&mut Dense> {
+        self.op.params_mut()
+    }
+
+    /// Shape of the input for a batch of `batch` samples.
+    pub fn input_shape(&self, batch: usize) -> (usize, usize) {
+        self.op.input(self.input_positions).of(batch)
+    }
+
+    /// Shape of the output for a batch of `batch` samples.
+    pub fn output_shape(&self, batch: usize) -> (usize, usize) {
+        self.op.output(self.input_positions).of(batch)
+    }
+
+    /// The layer's output (after its activation) for `input` in [`Layer::input_shape`].
+    pub fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
+        let mut z = self.op.forward(input)?;
+        self.activation.apply(z.as_mut_slice());
+        Ok(z)
+    }
+
+    /// Trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.params().map_or(0, Dense::parameter_count)
+    }
+}
