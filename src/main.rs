@@ -130,7 +130,7 @@ enum Command {
         /// Pipeline files; each is one row.
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
-        /// Train every pipeline for this many epochs (sets `train.epochs`).
+        /// Train every pipeline for this many epochs (sets `<stage>.epochs` of every training stage).
         #[arg(long)]
         epochs: Option<usize>,
         /// Runs per pipeline; run k uses the pipeline's seed + k.
@@ -229,13 +229,20 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let outcome =
                 run(&plan, &opts).with_context(|| format!("run of {} failed", plan.file.display()))?;
             let s = &outcome.summary;
+            for t in &s.trainers {
+                let label = if s.trainers.len() > 1 { format!("done `{}`", t.stage) } else { "done".into() };
+                println!(
+                    "{label}: test accuracy {}, {} epochs, median {:.2} s/epoch, ledger peak {:.1} MB",
+                    t.test_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
+                    t.epochs,
+                    t.epoch_seconds_median,
+                    t.ledger_peak_mb,
+                );
+            }
             println!(
-                "done: test accuracy {}, {} epochs, median {:.2} s/epoch, peak RSS {}, ledger peak {:.1} MB; reports in {}",
-                s.test_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
-                s.epochs,
-                s.epoch_seconds_median,
+                "peak RSS {}, {:.1} s; reports in {}",
                 s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.1} MB")),
-                s.ledger_peak_mb,
+                s.wall_seconds,
                 outcome.dir.display()
             );
         }
@@ -381,34 +388,44 @@ fn bench(
     out: Option<PathBuf>,
     sets: &[String],
 ) -> anyhow::Result<()> {
-    let mut sets = sets.to_vec();
-    if let Some(e) = epochs {
-        sets.push(format!("train.epochs={e}"));
-    }
-    // Check everything before spending minutes on the first run.
-    let plans = pipelines
-        .iter()
-        .map(|p| Plan::load(p, &sets).with_context(|| format!("{} is invalid; nothing was run", p.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Check everything before spending minutes on the first run. `--epochs` sets the
+    // epochs of every training stage of each pipeline.
+    let load = |p: &PathBuf| -> anyhow::Result<(Plan, Vec<String>)> {
+        let invalid = || format!("{} is invalid; nothing was run", p.display());
+        let plan = Plan::load(p, sets).with_context(invalid)?;
+        let Some(e) = epochs else { return Ok((plan, sets.to_vec())) };
+        let mut with_epochs = sets.to_vec();
+        with_epochs
+            .extend(plan.trainers().iter().map(|&t| format!("{}.epochs={e}", plan.graph.node(t).stage)));
+        Ok((Plan::load(p, &with_epochs).with_context(invalid)?, with_epochs))
+    };
+    let plans = pipelines.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
     let dir = report::create_run_dir(out.as_deref(), "bench")?;
     let exe = std::env::current_exe().context("cannot find the plflow executable")?;
-    let mut rows = Vec::new();
-    for (path, plan) in pipelines.iter().zip(&plans) {
-        let mut row = BenchRow { method: plan.spec.name.clone(), runs: Vec::new() };
+    // One row per training stage: `name`, or `name/stage` for pipelines with several.
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for (path, (plan, sets)) in pipelines.iter().zip(&plans) {
+        let several = plan.trainers().len() > 1;
         for k in 0..repeat.max(1) {
             let run_dir = dir.join(format!("{}-r{}", plan.spec.name, k + 1));
             println!("== {} run {}/{} -> {}", plan.spec.name, k + 1, repeat.max(1), run_dir.display());
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("run").arg(path).arg("--no-progress").arg("--out").arg(&run_dir);
-            for set in &sets {
+            for set in sets {
                 cmd.arg("--set").arg(set);
             }
             cmd.arg("--set").arg(format!("seed={}", plan.spec.seed + k as u64));
             let status = cmd.status().with_context(|| format!("cannot start {}", exe.display()))?;
             anyhow::ensure!(status.success(), "the run of {} failed ({status}); see above", path.display());
-            row.runs.push(RunFigures::read(&run_dir)?);
+            for (stage, figures) in RunFigures::read(&run_dir)? {
+                let method =
+                    if several { format!("{}/{stage}", plan.spec.name) } else { plan.spec.name.clone() };
+                match rows.iter_mut().find(|r| r.method == method) {
+                    Some(row) => row.runs.push(figures),
+                    None => rows.push(BenchRow { method, runs: vec![figures] }),
+                }
+            }
         }
-        rows.push(row);
     }
     let md = bench::markdown(&rows);
     report::write_atomic(&dir.join("bench.md"), md.as_bytes())?;

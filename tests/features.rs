@@ -56,6 +56,30 @@ fn cifar10_from_images_to_a_summary_then_reused_features() {
     assert!(stdout.contains("the model was not run"), "the second run extracted again:\n{stdout}");
     let again = summary(&dir.path().join("second"))["test_accuracy"].as_f64().expect("accuracy");
     assert_eq!(acc, again, "same features, same seed, same result");
+
+    // One extraction (cached here), three heads in one run, one summary section each; the
+    // first head starts from the same weights as cifar10.yaml's network.
+    let sets = ["data.limit=2000", "pl.epochs=2", "sgd.epochs=2", "adam.epochs=2"];
+    let mut args = vec!["run", "pipelines/cifar10-compare.yaml"];
+    args.extend(sets.iter().flat_map(|s| ["--set", s]));
+    let out_dir = dir.path().join("compare");
+    args.extend(["--out", out_dir.to_str().expect("utf8")]);
+    let out = plflow(&root(), &args, &env);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("the model was not run"), "the compare run extracted again:\n{stdout}");
+    let s = summary(&out_dir);
+    let trainers = s["trainers"].as_array().expect("trainers");
+    let stages: Vec<&str> = trainers.iter().map(|t| t["stage"].as_str().expect("stage")).collect();
+    assert_eq!(stages, ["pl", "sgd", "adam"], "{s}");
+    assert_eq!(trainers[0]["test_accuracy"].as_f64(), Some(acc), "the PL head is cifar10.yaml's network");
+    for t in trainers {
+        let solver = t["solver"]["kind"].as_str().expect("kind");
+        let eval = format!("eval_{solver}");
+        assert!(t["evaluations"][eval.as_str()].as_f64().is_some_and(|a| a > 0.5), "{t}");
+        assert_eq!(t["epochs"], 2, "{t}");
+    }
+    assert_eq!(s["stage"], "adam", "the top level repeats the last trainer");
 }
 
 /// Two colours of 6x6 PNG images in an image folder, the tiny test model as backbone.

@@ -23,20 +23,30 @@ pub struct RunFigures {
 }
 
 impl RunFigures {
-    /// Read the figures from a run folder's `summary.json`.
-    pub fn read(run_dir: &Path) -> Result<Self, EngineError> {
+    /// Read the figures of every training stage from a run folder's `summary.json`, with
+    /// the stage names: one entry per trainer (summaries written before `trainers` existed
+    /// give one, from the top level). The process's peak RSS is the run's, shared.
+    pub fn read(run_dir: &Path) -> Result<Vec<(String, Self)>, EngineError> {
         let path = run_dir.join("summary.json");
         let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path, "cannot read"))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::io(&path, "not a valid summary")(std::io::Error::other(e)))?;
-        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
-        Ok(Self {
-            test_accuracy: num("test_accuracy"),
-            epoch_seconds: num("epoch_seconds_median"),
-            peak_rss_mb: num("peak_rss_mb"),
-            ledger_peak_mb: num("ledger_peak_mb"),
-            solver: v["solver"]["kind"].as_str().unwrap_or("?").to_owned(),
-            epochs: v["epochs"].as_u64().unwrap_or(0) as usize,
+        let rss = v.get("peak_rss_mb").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        let one = |t: &serde_json::Value| {
+            let num = |k: &str| t.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+            let figures = Self {
+                test_accuracy: num("test_accuracy"),
+                epoch_seconds: num("epoch_seconds_median"),
+                peak_rss_mb: rss,
+                ledger_peak_mb: num("ledger_peak_mb"),
+                solver: t["solver"]["kind"].as_str().unwrap_or("?").to_owned(),
+                epochs: t["epochs"].as_u64().unwrap_or(0) as usize,
+            };
+            (t["stage"].as_str().unwrap_or_default().to_owned(), figures)
+        };
+        Ok(match v.get("trainers").and_then(serde_json::Value::as_array) {
+            Some(trainers) if !trainers.is_empty() => trainers.iter().map(one).collect(),
+            _ => vec![one(&v)],
         })
     }
 }
@@ -137,5 +147,30 @@ mod tests {
             csv.lines().nth(1).is_some_and(|l| l.starts_with("mnist,pl,3,2,0.970000,0.014142,6.0000")),
             "{csv}"
         );
+    }
+
+    #[test]
+    fn summaries_give_one_entry_per_trainer_and_old_ones_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = |stage: &str, kind: &str, acc: f64| {
+            serde_json::json!({"stage": stage, "test_accuracy": acc, "epoch_seconds_median": 1.5,
+                "ledger_peak_mb": 4.0, "epochs": 2, "solver": {"kind": kind}})
+        };
+        let mut summary = head("adam", "adam", 0.7);
+        summary["peak_rss_mb"] = 40.0.into();
+        summary["trainers"] = serde_json::json!([head("pl", "pl", 0.6), head("adam", "adam", 0.7)]);
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).expect("write");
+        let got = RunFigures::read(dir.path()).expect("read");
+        let stages: Vec<&str> = got.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(stages, ["pl", "adam"]);
+        assert_eq!(
+            (got[0].1.test_accuracy, got[0].1.peak_rss_mb, got[0].1.solver.as_str()),
+            (0.6, 40.0, "pl")
+        );
+        summary.as_object_mut().expect("object").remove("trainers");
+        std::fs::write(dir.path().join("summary.json"), summary.to_string()).expect("write");
+        let got = RunFigures::read(dir.path()).expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0.as_str(), got[0].1.epochs), ("adam", 2));
     }
 }

@@ -215,7 +215,7 @@ impl Plan {
             writeln!(s, "pipeline `{}` ({}), seed {}", self.spec.name, self.file.display(), self.spec.seed);
         let _ = writeln!(
             s,
-            "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
+            "{:>3}  {:<12} {:<11} {:<12} {:<22} {:>10}",
             "#", "node", "kind", "input", "output", "params"
         );
         let mut total = 0;
@@ -243,7 +243,7 @@ impl Plan {
             let params = if params > 0 { thousands(params) } else { "-".into() };
             let _ = writeln!(
                 s,
-                "{:>3}  {:<12} {:<9} {:<12} {:<22} {:>10}",
+                "{:>3}  {:<12} {:<11} {:<12} {:<22} {:>10}",
                 k + 1,
                 n.name,
                 n.op.kind(),

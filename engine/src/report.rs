@@ -5,6 +5,7 @@
 //! renamed; metrics lines are written with one call each and flushed.
 
 use crate::error::EngineError;
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,9 @@ pub struct EpochRecord {
     pub train_accuracy: f64,
     /// Accuracy on the test split after the epoch (from the first test-split evaluate stage).
     pub test_accuracy: Option<f64>,
+    /// Accuracy after the epoch of every evaluate stage of the trainer, by stage name.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub evaluations: IndexMap<String, f64>,
     /// Wall seconds of the epoch's training steps (evaluation excluded).
     pub epoch_seconds: f64,
     /// Training examples per second.
@@ -164,8 +168,10 @@ impl MetricsFile {
     }
 }
 
-/// `summary.json`: the figures of a whole run. The keys `test_accuracy`, `epochs`,
-/// `epoch_seconds_median`, `peak_rss_mb` and `ledger_peak_mb` are read by automated checks.
+/// `summary.json`: the figures of a whole run, and of each training stage under
+/// `trainers`. The top-level trainer figures (`test_accuracy`, `epochs`,
+/// `epoch_seconds_median`, `ledger_peak_mb`, ...) are those of the pipeline's last training
+/// stage, so single-trainer pipelines and the scripts reading them need not look further.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// Pipeline name.
@@ -176,10 +182,32 @@ pub struct Summary {
     pub run_dir: PathBuf,
     /// Seed of the run.
     pub seed: u64,
-    /// Final test accuracy (fraction 0..1).
+    /// The last training stage's figures, at the top level.
+    #[serde(flatten)]
+    pub last: TrainerSummary,
+    /// Every training stage's figures, in the order they ran.
+    pub trainers: Vec<TrainerSummary>,
+    /// Whole-process peak RSS (VmHWM), MB.
+    pub peak_rss_mb: Option<f64>,
+    /// Peak of the whole run, MB: also one-off passes before training, such as the
+    /// correlation pass of a sparse initialisation or the standardisation statistics.
+    pub run_ledger_peak_mb: f64,
+    /// Wall seconds of the whole run.
+    pub wall_seconds: f64,
+}
+
+/// The figures of one training stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainerSummary {
+    /// The training stage.
+    pub stage: String,
+    /// Final test accuracy (fraction 0..1), from the stage's first test-split evaluation.
     pub test_accuracy: Option<f64>,
     /// Test accuracy after each epoch.
     pub test_accuracy_by_epoch: Vec<f64>,
+    /// Final accuracy of every evaluate stage of this trainer, by stage name.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub evaluations: IndexMap<String, f64>,
     /// Epochs trained.
     pub epochs: usize,
     /// Median wall seconds per training epoch.
@@ -194,17 +222,12 @@ pub struct Summary {
     pub train_loss: Option<f64>,
     /// Train accuracy of the last epoch (measured during training).
     pub train_accuracy: f64,
-    /// Whole-process peak RSS (VmHWM), MB.
-    pub peak_rss_mb: Option<f64>,
-    /// Peak bytes held by the engine's tensors while the last training stage trained
-    /// (weights, optimiser state, batches, steps and evaluation), MB: what the solvers are
-    /// compared on, and what `plflow check` estimates.
+    /// Peak bytes held by the engine's tensors while the stage trained (weights, optimiser
+    /// state, batches, steps and evaluation), MB: what the solvers are compared on, and what
+    /// `plflow check` estimates.
     pub ledger_peak_mb: f64,
     /// What `plflow check` predicted for the training ledger peak, MB.
     pub ledger_estimate_mb: f64,
-    /// Peak of the whole run, MB: also one-off passes before training, such as the
-    /// correlation pass of a sparse initialisation or the standardisation statistics.
-    pub run_ledger_peak_mb: f64,
     /// Trainable parameters.
     pub parameters: usize,
     /// Bytes of optimiser state (PL: momentum and power vectors; backprop: moments), MB.
@@ -214,8 +237,6 @@ pub struct Summary {
     pub time_shares: serde_json::Value,
     /// The solver settings actually used.
     pub solver: serde_json::Value,
-    /// Wall seconds of the whole run.
-    pub wall_seconds: f64,
 }
 
 /// Median of `v` (0 for an empty slice).

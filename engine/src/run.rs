@@ -9,7 +9,8 @@ use crate::graph::DataSource;
 use crate::graph::{Init, Op, Solver, Split};
 use crate::model::{LoadedModel, ModelFiles};
 use crate::plan::Plan;
-use crate::report::{self, EpochRecord, MetricsFile, Summary};
+use crate::report::{self, EpochRecord, MetricsFile, Summary, TrainerSummary};
+use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
 use plflow_datasets::cache::Cache;
@@ -62,7 +63,9 @@ pub struct RunOutcome {
 /// Per-trainer results gathered while running.
 struct Trained {
     records: Vec<EpochRecord>,
-    network: Network,
+    /// Trainable values of the network (which is dropped when its stage ends: its model
+    /// files are written, and later stages' ledger peaks must not include it).
+    parameters: usize,
     state_bytes: usize,
     /// Ledger peak while the stage trained.
     ledger_peak: usize,
@@ -72,13 +75,13 @@ struct Trained {
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     let started = Instant::now();
     let trainers = plan.trainers();
-    let Some(&last_trainer) = trainers.last() else {
+    if trainers.is_empty() {
         return Err(crate::SpecError::new(
             &plan.file,
             "nothing to run: the pipeline has no training stage (kind: pl)",
         )
         .into());
-    };
+    }
     let (dir, pipeline_text) = match (&opts.out, opts.resume) {
         (Some(dir), true) => {
             // The text as first written: it is inside every model file, which must not change.
@@ -227,46 +230,56 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         }
     }
 
-    let t = &trained[&last_trainer];
-    let Op::Train { solver, epochs, batch_size, .. } = &plan.graph.node(last_trainer).op else {
-        unreachable!("trainers are training nodes")
-    };
-    let last = t.records.last();
-    let epoch_seconds: Vec<f64> = t.records.iter().map(|r| r.epoch_seconds).collect();
-    let rates: Vec<f64> = t.records.iter().map(|r| r.samples_per_second).collect();
+    let summaries: Vec<TrainerSummary> =
+        trainers.iter().map(|&i| trainer_summary(plan, i, &trained[&i])).collect();
+    let last = summaries.last().cloned().expect("the pipeline has a training stage");
     let summary = Summary {
         name: plan.spec.name.clone(),
         pipeline: plan.file.clone(),
         run_dir: dir.clone(),
         seed: plan.spec.seed,
-        test_accuracy: last.and_then(|r| r.test_accuracy),
-        test_accuracy_by_epoch: t.records.iter().filter_map(|r| r.test_accuracy).collect(),
-        epochs: t.records.len(),
-        epoch_seconds_median: report::median(&epoch_seconds),
-        samples_per_second_median: report::median(&rates),
-        train_residual: last.and_then(|r| r.train_residual),
-        train_loss: last.and_then(|r| r.train_loss),
-        train_accuracy: last.map_or(f64::NAN, |r| r.train_accuracy),
+        last,
+        trainers: summaries,
         peak_rss_mb: report::peak_rss_mb(),
-        ledger_peak_mb: report::mb(t.ledger_peak),
-        ledger_estimate_mb: report::mb(plan.estimate(last_trainer).total()),
         run_ledger_peak_mb: report::mb(run_peak.max(ledger::peak_bytes())),
-        parameters: t.network.parameter_count(),
-        optimizer_state_mb: report::mb(t.state_bytes),
-        time_shares: {
-            let sum = |f: fn(&EpochRecord) -> f64| t.records.iter().map(f).sum::<f64>();
-            let (fw, pr, so) =
-                (sum(|r| r.forward_seconds), sum(|r| r.propagate_seconds), sum(|r| r.solve_seconds));
-            let total = (fw + pr + so).max(1e-12);
-            serde_json::json!({ "forward": fw / total, "propagate": pr / total, "solve": so / total })
-        },
-        solver: solver_settings(solver, *epochs, *batch_size),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
     report::write_atomic(&dir.join("summary.json"), &json)?;
     Ok(RunOutcome { dir, summary })
+}
+
+/// The figures of training stage `i` for `summary.json`.
+fn trainer_summary(plan: &Plan, i: NodeIndex, t: &Trained) -> TrainerSummary {
+    let node = plan.graph.node(i);
+    let Op::Train { solver, epochs, batch_size, .. } = &node.op else {
+        unreachable!("trainers are training nodes")
+    };
+    let last = t.records.last();
+    let epoch_seconds: Vec<f64> = t.records.iter().map(|r| r.epoch_seconds).collect();
+    let rates: Vec<f64> = t.records.iter().map(|r| r.samples_per_second).collect();
+    let sum = |f: fn(&EpochRecord) -> f64| t.records.iter().map(f).sum::<f64>();
+    let (fw, pr, so) = (sum(|r| r.forward_seconds), sum(|r| r.propagate_seconds), sum(|r| r.solve_seconds));
+    let total = (fw + pr + so).max(1e-12);
+    TrainerSummary {
+        stage: node.name.clone(),
+        test_accuracy: last.and_then(|r| r.test_accuracy),
+        test_accuracy_by_epoch: t.records.iter().filter_map(|r| r.test_accuracy).collect(),
+        evaluations: last.map(|r| r.evaluations.clone()).unwrap_or_default(),
+        epochs: t.records.len(),
+        epoch_seconds_median: report::median(&epoch_seconds),
+        samples_per_second_median: report::median(&rates),
+        train_residual: last.and_then(|r| r.train_residual),
+        train_loss: last.and_then(|r| r.train_loss),
+        train_accuracy: last.map_or(f64::NAN, |r| r.train_accuracy),
+        ledger_peak_mb: report::mb(t.ledger_peak),
+        ledger_estimate_mb: report::mb(plan.estimate(i).total()),
+        parameters: t.parameters,
+        optimizer_state_mb: report::mb(t.state_bytes),
+        time_shares: serde_json::json!({ "forward": fw / total, "propagate": pr / total, "solve": so / total }),
+        solver: solver_settings(solver, *epochs, *batch_size),
+    }
 }
 
 /// The run folder's copy of the pipeline as run.
@@ -562,6 +575,7 @@ impl TrainJob<'_> {
             let epoch_seconds = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             let mut test_accuracy = None;
+            let mut evaluations = IndexMap::new();
             let mut parts = Vec::new();
             for (name, split) in self.evaluators {
                 let acc = self.evaluate(&network, *split, epoch)?;
@@ -569,6 +583,7 @@ impl TrainJob<'_> {
                     test_accuracy = Some(acc);
                 }
                 parts.push(format!("{name} {:.2}%", acc * 100.0));
+                evaluations.insert(name.clone(), acc);
             }
             let classes = network.layers.last().map_or(1, |l| l.output_shape(1).1) as f64;
             let rows = totals.rows.max(1) as f64;
@@ -580,6 +595,7 @@ impl TrainJob<'_> {
                 train_loss: (!is_pl).then(|| totals.loss_sum / rows),
                 train_accuracy: totals.correct as f64 / totals.rows.max(1) as f64,
                 test_accuracy,
+                evaluations,
                 epoch_seconds,
                 samples_per_second: totals.rows as f64 / epoch_seconds.max(1e-9),
                 eval_seconds: t1.elapsed().as_secs_f64(),
@@ -627,7 +643,8 @@ impl TrainJob<'_> {
         }
         bar.finish_and_clear();
         let state_bytes = trainer.state_bytes();
-        Ok(Trained { records, network, state_bytes, ledger_peak: ledger_peak.max(ledger::peak_bytes()) })
+        let parameters = network.parameter_count();
+        Ok(Trained { records, parameters, state_bytes, ledger_peak: ledger_peak.max(ledger::peak_bytes()) })
     }
 
     fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {
