@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use plflow_engine::Plan;
 use plflow_engine::bench::{self, BenchRow, RunFigures};
+use plflow_engine::plan::Limits;
 use plflow_engine::report;
 use plflow_engine::run::{RunOptions, run};
 use std::io::IsTerminal as _;
@@ -44,6 +45,10 @@ enum Command {
         /// Never draw the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Refuse a training stage estimated to need more memory than this (`8G`, `512M`,
+        /// `1.5GiB`, bytes); default: the memory available on this machine.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "resume")]
+        max_memory: Option<f64>,
     },
     /// Measure a trained model: accuracy, accuracy per class and the confusion matrix,
     /// printed and written as CSV (RUN_DIR/eval-<split>.csv).
@@ -142,6 +147,10 @@ enum Command {
         /// Override a field in every pipeline: `stage.field=value`; repeatable.
         #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
         sets: Vec<String>,
+        /// Refuse pipelines whose training stages are estimated to need more memory than
+        /// this (default: the memory available on this machine).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_memory: Option<f64>,
     },
 }
 
@@ -152,11 +161,56 @@ struct PipelineArgs {
     /// Override a field: `stage.field=value` (or `field=value` at the top level); repeatable.
     #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
     sets: Vec<String>,
+    /// Refuse a training stage estimated to need more memory than this (`8G`, `512M`,
+    /// `1.5GiB`, bytes); default: the memory available on this machine.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<f64>,
 }
 
 impl PipelineArgs {
     fn plan(&self) -> anyhow::Result<Plan> {
-        Plan::load(&self.pipeline, &self.sets).context("the pipeline is invalid; nothing was run")
+        Plan::load_within(&self.pipeline, &self.sets, &limits(self.max_memory))
+            .context("the pipeline is invalid; nothing was run")
+    }
+}
+
+/// The limits of `--max-memory`, or the machine's.
+fn limits(max_memory: Option<f64>) -> Limits {
+    max_memory.map_or_else(Limits::machine, Limits::max_memory)
+}
+
+/// A size in bytes: a number with an optional unit, `K`/`M`/`G`/`T` (powers of 1000, or of
+/// 1024 with `i`: `GiB`) and an optional `B`.
+fn parse_size(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a size such as 8G, 512M or 1.5GiB"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.strip_suffix('B').unwrap_or(&unit);
+    let (prefix, binary) = match unit.strip_suffix('I') {
+        Some(p) => (p, true),
+        None => (unit, false),
+    };
+    let power = match prefix {
+        "" => 0,
+        "K" => 1,
+        "M" => 2,
+        "G" => 3,
+        "T" => 4,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit; use K, M, G or T (KiB, MiB, GiB, TiB for powers of 1024)"
+            ));
+        }
+    };
+    let base: f64 = if binary { 1024.0 } else { 1000.0 };
+    let bytes = value * base.powi(power);
+    if bytes > 0.0 && bytes.is_finite() {
+        Ok(bytes)
+    } else {
+        Err(format!("`{text}`: the size must be positive"))
     }
 }
 
@@ -206,10 +260,10 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let plan = args.plan()?;
             print!("{}", plan.graph.dot(&plan.spec.name));
         }
-        Command::Run { pipeline, sets, out, resume, no_progress } => {
+        Command::Run { pipeline, sets, out, resume, no_progress, max_memory } => {
             let (plan, out) = match (&pipeline, resume) {
                 (Some(file), _) => {
-                    let args = PipelineArgs { pipeline: file.clone(), sets };
+                    let args = PipelineArgs { pipeline: file.clone(), sets, max_memory };
                     (args.plan()?, out)
                 }
                 (None, Some(dir)) => {
@@ -292,8 +346,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot inspect {}", path.display()))?;
             print!("{text}");
         }
-        Command::Bench { pipelines, epochs, repeat, out, sets } => {
-            bench(&pipelines, epochs, repeat, out, &sets)?
+        Command::Bench { pipelines, epochs, repeat, out, sets, max_memory } => {
+            bench(&pipelines, epochs, repeat, out, &sets, max_memory)?
         }
     }
     Ok(())
@@ -387,6 +441,7 @@ fn bench(
     repeat: usize,
     out: Option<PathBuf>,
     sets: &[String],
+    max_memory: Option<f64>,
 ) -> anyhow::Result<()> {
     // Check everything before spending minutes on the first run. `--epochs` sets the
     // epochs of every training stage of each pipeline.
@@ -411,6 +466,9 @@ fn bench(
             println!("== {} run {}/{} -> {}", plan.spec.name, k + 1, repeat.max(1), run_dir.display());
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("run").arg(path).arg("--no-progress").arg("--out").arg(&run_dir);
+            if let Some(bytes) = max_memory {
+                cmd.arg("--max-memory").arg(format!("{bytes}"));
+            }
             for set in sets {
                 cmd.arg("--set").arg(set);
             }
@@ -432,4 +490,20 @@ fn bench(
     report::write_atomic(&dir.join("bench.csv"), bench::csv(&rows).as_bytes())?;
     println!("\n{md}\ntables written to {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(parse_size("512"), Ok(512.0));
+        assert_eq!(parse_size("8G"), Ok(8e9));
+        assert_eq!(parse_size("1.5GiB"), Ok(1.5 * 1024f64.powi(3)));
+        assert_eq!(parse_size("512mb"), Ok(512e6));
+        assert_eq!(parse_size(" 2 KiB "), Ok(2048.0));
+        assert!(parse_size("8X").is_err_and(|e| e.contains("unknown unit")));
+        assert!(parse_size("G").is_err() && parse_size("0").is_err() && parse_size("-1G").is_err());
+    }
 }

@@ -63,6 +63,47 @@ fn invalid_pipelines_fail_before_any_data_is_read_with_file_and_line() {
     assert!(!dir.path().join("runs").exists(), "no run folder for an invalid pipeline");
 }
 
+/// The plans that used to fail at run time (a panic, an aborted allocation) are refused by
+/// `check` and `run` with exit code 1, naming the stages or the estimate and the limit.
+#[test]
+fn plans_that_cannot_run_are_refused_at_check_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = std::fs::read_to_string(root().join("pipelines/mnist.yaml")).expect("read");
+    let refused = |body: &str, args: &[&str]| {
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, body).expect("write");
+        for cmd in ["check", "run"] {
+            let mut all = vec![cmd, "p.yaml"];
+            all.extend(args);
+            let out = plflow(dir.path(), &all, &[]);
+            let stderr = text(&out).1;
+            assert_eq!(out.status.code(), Some(1), "{cmd} {args:?}: {stderr}");
+            assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{stderr}");
+            if cmd == "run" {
+                return stderr;
+            }
+        }
+        unreachable!("run is the last command")
+    };
+    let two = format!("{good}  again:\n    kind: sgd\n    input: net\n    epochs: 1\n");
+    let err = refused(&two, &[]);
+    assert!(err.contains("`again`") && err.contains("`train`"), "{err}");
+    let err = refused(&good.replace("hidden: [512, 128]", "hidden: [3000000000, 10]"), &[]);
+    assert!(err.contains("stage `train`") && err.contains("available on this machine"), "{err}");
+    let err = refused(&good, &["--max-memory", "1M"]);
+    assert!(err.contains("more than the 1.0 MiB of memory allowed by --max-memory"), "{err}");
+    let untrained = good.split("  train:").next().expect("head").to_owned();
+    let err = refused(&untrained, &[]);
+    assert!(err.contains("no training stage"), "{err}");
+    // A value given with --set is blamed on the --set, not on a line of the file.
+    let err = refused(&good, &["--set", "train.alpha=-1"]);
+    assert!(err.contains("p.yaml (with --set train.alpha=-1): stage `train`: field `alpha`"), "{err}");
+    let out = plflow(dir.path(), &["check", "p.yaml", "--max-memory", "lots"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a usage error, as clap reports them");
+    assert!(text(&out).1.contains("`lots` is not a size"), "{}", text(&out).1);
+    assert!(!dir.path().join("runs").exists(), "no run folder for a refused pipeline");
+}
+
 #[test]
 fn missing_data_says_where_to_put_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -210,12 +251,12 @@ fn check_prints_every_shape_of_the_cnn() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for want in [
-        "stem         pointwise data         32x28x28",
-        "block1.dw    depthwise stem         32x28x28",
-        "block2.dw    depthwise block1.pw    32x14x14",
-        "block3.pw    pointwise block3.dw    32x7x7",
-        "pool         pool      block3.pw    32 ",
-        "head.2       dense     head.1       10 linear",
+        "stem         pointwise   data         32x28x28",
+        "block1.dw    depthwise   stem         32x28x28",
+        "block2.dw    depthwise   block1.pw    32x14x14",
+        "block3.pw    pointwise   block3.dw    32x7x7",
+        "pool         pool        block3.pw    32 ",
+        "head.2       dense       head.1       10 linear",
         "trainable parameters: 6,634",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");

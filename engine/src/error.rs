@@ -9,11 +9,13 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecError {
     /// The pipeline file.
-    pub file: PathBuf,
+    pub file: Box<Path>,
     /// 1-based line, when known.
     pub line: Option<usize>,
     /// The stage concerned, when known.
     pub stage: Option<String>,
+    /// The field of the stage concerned, when known (as the checks name it: `hidden[0]`).
+    pub field: Option<Box<str>>,
     /// Where the text came from when it is not the file alone (e.g. `--set` overrides).
     pub origin: Option<String>,
     /// What is wrong (and, where it helps, what to do).
@@ -23,7 +25,14 @@ pub struct SpecError {
 impl SpecError {
     /// An error in `file` with no location yet.
     pub fn new(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), line: None, stage: None, origin: None, message: message.into() }
+        Self {
+            file: file.into(),
+            line: None,
+            stage: None,
+            field: None,
+            origin: None,
+            message: message.into(),
+        }
     }
 
     /// Attribute the error to stage `name`, located in `text`.
@@ -37,10 +46,24 @@ impl SpecError {
 
     /// Narrow the location to `field` of the stage already set.
     pub fn at_field(mut self, text: &str, field: &str) -> Self {
+        self.field = Some(field.into());
         if let Some(stage) = &self.stage
             && let Some(line) = crate::parse::field_line(text, stage, field)
         {
             self.line = Some(line);
+        }
+        self
+    }
+
+    /// Blame the `--set` among `sets` that wrote the stage's field, if one did: its value,
+    /// not a line of the file, is what the error is about.
+    pub fn blame_set(mut self, sets: &[String]) -> Self {
+        let (Some(stage), Some(field)) = (&self.stage, &self.field) else { return self };
+        let base = field.split(['[', '.']).next().unwrap_or(field);
+        let key = format!("{stage}.{base}=");
+        if let Some(set) = sets.iter().rev().find(|s| s.starts_with(&key)) {
+            self.origin = Some(format!("--set {set}"));
+            self.line = None;
         }
         self
     }
@@ -74,9 +97,10 @@ impl std::error::Error for SpecError {}
 /// Everything that can stop `plflow check` or `plflow run`.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    /// The pipeline file is invalid.
+    /// The pipeline file is invalid (boxed: a located error is large, and every `Result`
+    /// of the engine carries this enum).
     #[error(transparent)]
-    Spec(#[from] SpecError),
+    Spec(Box<SpecError>),
     /// A dataset could not be found or read.
     #[error("stage `{stage}`: cannot load the dataset")]
     Dataset {
@@ -115,6 +139,12 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<SpecError> for EngineError {
+    fn from(e: SpecError) -> Self {
+        Self::Spec(Box::new(e))
+    }
 }
 
 impl EngineError {

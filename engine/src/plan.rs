@@ -55,22 +55,65 @@ impl MemoryEstimate {
     }
 }
 
+/// What a plan is checked against besides its own consistency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Bytes a training stage may need at its peak (`None`: not checked).
+    pub max_memory: Option<f64>,
+    /// Where the limit comes from, for the message (`--max-memory`, the machine).
+    pub source: &'static str,
+}
+
+impl Limits {
+    /// The memory this machine has available now (`MemAvailable`).
+    pub fn machine() -> Self {
+        Self { max_memory: crate::report::memory_available_bytes(), source: "available on this machine" }
+    }
+
+    /// At most `bytes`, as the user said with `--max-memory`.
+    pub fn max_memory(bytes: f64) -> Self {
+        Self { max_memory: Some(bytes), source: "allowed by --max-memory" }
+    }
+}
+
 impl Plan {
-    /// Read, parse (with `--set` overrides) and check the pipeline at `file`.
+    /// Read, parse (with `--set` overrides) and check the pipeline at `file` against the
+    /// machine's available memory.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, EngineError> {
+        Self::load_within(file, sets, &Limits::machine())
+    }
+
+    /// [`Plan::load`] against `limits`.
+    pub fn load_within(file: &Path, sets: &[String], limits: &Limits) -> Result<Self, EngineError> {
         let text =
             std::fs::read_to_string(file).map_err(EngineError::io(file, "cannot read the pipeline"))?;
         let spec = parse_with_overrides(&text, file, sets)?;
-        Ok(Self::check(spec, &text, file)?)
+        Ok(Self::check_within(spec, &text, file, limits).map_err(|e| e.blame_set(sets))?)
     }
 
-    /// Check a parsed pipeline; `text` is used to locate errors.
+    /// Check a parsed pipeline against the machine's available memory; `text` is used to
+    /// locate errors.
     pub fn check(spec: PipelineSpec, text: &str, file: &Path) -> Result<Self, SpecError> {
+        Self::check_within(spec, text, file, &Limits::machine())
+    }
+
+    /// [`Plan::check`] against `limits`.
+    pub fn check_within(
+        spec: PipelineSpec,
+        text: &str,
+        file: &Path,
+        limits: &Limits,
+    ) -> Result<Self, SpecError> {
         let graph =
             Builder { text, file, spec: &spec, nodes: DiGraph::new(), outputs: IndexMap::new() }.build()?;
         let plan = Self { file: file.to_path_buf(), spec, graph };
-        if let Some(limit) = crate::report::memory_total_bytes() {
-            plan.fits_in(limit, text)?;
+        if plan.trainers().is_empty() {
+            let message = "nothing to train: the pipeline has no training stage; add one (kind: pl, sgd, \
+                           adam or adamw) whose `input` is the model's last layer";
+            return Err(SpecError::new(file, message));
+        }
+        if let Some(limit) = limits.max_memory {
+            plan.fits_in(limit, limits.source, text)?;
         }
         Ok(plan)
     }
@@ -78,7 +121,7 @@ impl Plan {
     /// Refuse a plan whose training stage would need more than `limit` bytes, before any
     /// of it is allocated. A crude bound in `f64` (every term of the estimate, added) comes
     /// first, so that absurd sizes are refused without overflowing the exact estimate.
-    fn fits_in(&self, limit: f64, text: &str) -> Result<(), SpecError> {
+    fn fits_in(&self, limit: f64, source: &str, text: &str) -> Result<(), SpecError> {
         const CRUDE_LIMIT: f64 = (1u64 << 50) as f64;
         for t in self.trainers() {
             let crude = self.crude_bytes(t);
@@ -91,8 +134,8 @@ impl Plan {
                 let stage = &self.graph.node(t).stage;
                 let message = format!(
                     "this training stage needs {about} {} at its peak (parameters, optimiser state, \
-                     batch tensors and solver workspace), more than the {} of memory this machine has; \
-                     use fewer or narrower layers, or a smaller batch_size",
+                     batch tensors and solver workspace), more than the {} of memory {source}; \
+                     use fewer or narrower layers or a smaller batch_size, or raise --max-memory",
                     bytes(need),
                     bytes(limit)
                 );
@@ -1192,13 +1235,15 @@ mod tests {
     #[test]
     fn plans_larger_than_memory_are_refused_before_anything_is_allocated() {
         let huge = GOOD.replace("hidden: [32, 16]", "hidden: [3000000000, 10]");
-        let err =
-            unchecked(&huge).fits_in(24.0 * (1u64 << 30) as f64, &huge).expect_err("refused").to_string();
+        let err = unchecked(&huge)
+            .fits_in(24.0 * (1u64 << 30) as f64, "here", &huge)
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("stage `train`") && err.contains("more than the 24.0 GiB"), "{err}");
         // Widths whose products overflow 64 bits are refused by the crude bound.
         let absurd = GOOD.replace("hidden: [32, 16]", "hidden: [4000000000000000000, 4000000000000000000]");
-        assert!(unchecked(&absurd).fits_in(1e12, &absurd).is_err());
-        assert!(unchecked(GOOD).fits_in(1e9, GOOD).is_ok(), "a small plan fits");
+        assert!(unchecked(&absurd).fits_in(1e12, "here", &absurd).is_err());
+        assert!(unchecked(GOOD).fits_in(1e9, "here", GOOD).is_ok(), "a small plan fits");
     }
 
     #[test]

@@ -21,8 +21,17 @@ pub fn peak_rss_mb() -> Option<f64> {
 
 /// This machine's physical memory in bytes (`MemTotal`), where the system says.
 pub fn memory_total_bytes() -> Option<f64> {
+    meminfo("MemTotal:")
+}
+
+/// Memory the system can give a new process without swapping (`MemAvailable`), in bytes.
+pub fn memory_available_bytes() -> Option<f64> {
+    meminfo("MemAvailable:")
+}
+
+fn meminfo(key: &str) -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = info.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0)
 }
