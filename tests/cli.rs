@@ -251,12 +251,12 @@ fn check_prints_every_shape_of_the_cnn() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for want in [
-        "stem         pointwise   data         32x28x28",
-        "block1.dw    depthwise   stem         32x28x28",
-        "block2.dw    depthwise   block1.pw    32x14x14",
-        "block3.pw    pointwise   block3.dw    32x7x7",
-        "pool         pool        block3.pw    32 ",
-        "head.2       dense       head.1       10 linear",
+        "stem         pointwise       data         32x28x28",
+        "block1.dw    depthwise       stem         32x28x28",
+        "block2.dw    depthwise       block1.pw    32x14x14",
+        "block3.pw    pointwise       block3.dw    32x7x7",
+        "pool         global_avg_pool block3.pw    32 ",
+        "head.2       dense           head.1       10 linear",
         "trainable parameters: 6,634",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
@@ -317,8 +317,9 @@ fn cnn_pipelines_run_end_to_end() {
 /// separable classes, standardised, limited, trained and evaluated.
 #[test]
 fn feature_tables_train_end_to_end() {
-    use plflow_engine::datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
-    use plflow_engine::datasets::table::Columns;
+    use plflow_engine::datasets::format::Columns;
+    use plflow_engine::datasets::format::TableFormat;
+    use plflow_engine::datasets::sink::{Element, TableSchema, TableWriter};
     let dir = tempfile::tempdir().expect("tempdir");
     let schema = TableSchema {
         shape: vec![6],

@@ -158,8 +158,9 @@ fn extract_stage_runs_a_model_over_an_image_folder_and_caches_its_features() {
 /// `pipelines/features.yaml` trains from feature files under `$PLFLOW_DATA_DIR/features/`.
 #[test]
 fn the_features_pipeline_trains_from_files_on_disk() {
-    use plflow_engine::datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
-    use plflow_engine::datasets::table::Columns;
+    use plflow_engine::datasets::format::Columns;
+    use plflow_engine::datasets::format::TableFormat;
+    use plflow_engine::datasets::sink::{Element, TableSchema, TableWriter};
     let dir = tempfile::tempdir().expect("tempdir");
     let schema = TableSchema {
         shape: vec![16],

@@ -167,10 +167,19 @@ fn a_run_killed_in_epoch_3_resumes_to_the_same_files() {
         assert!(a.expect(file) == b.expect(file), "{file} differs");
     }
     let timings = ["seconds", "per_second", "peak", "wall", "time_shares", "run_dir"];
-    let strip = |v: serde_json::Value| -> serde_json::Value {
-        let serde_json::Value::Object(map) = v else { panic!("an object") };
-        map.into_iter().filter(|(k, _)| !timings.iter().any(|t| k.contains(t))).collect()
-    };
+    // Timings hide at any depth (the summary's `trainers` sections carry their own).
+    fn strip_keys(v: serde_json::Value, timings: &[&str]) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => map
+                .into_iter()
+                .filter(|(k, _)| !timings.iter().any(|t| k.contains(t)))
+                .map(|(k, v)| (k, strip_keys(v, timings)))
+                .collect(),
+            serde_json::Value::Array(items) => items.into_iter().map(|v| strip_keys(v, timings)).collect(),
+            other => other,
+        }
+    }
+    let strip = |v: serde_json::Value| strip_keys(v, &timings);
     let metrics_of = |run: &Path| -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
         text.lines().map(|l| strip(serde_json::from_str(l).expect("JSON line"))).collect()

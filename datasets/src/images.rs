@@ -9,9 +9,11 @@
 //! mtime of a folder) and the options, so changed images or settings are decoded again.
 
 use crate::cache::Cache;
+use crate::format::TableFormat;
+use crate::format::{Columns, META_FINGERPRINT};
 use crate::location::DataPath;
-use crate::sink::{Element, TableFormat, TableSchema, TableWriter};
-use crate::table::{Columns, META_FINGERPRINT, TableFile};
+use crate::sink::{Element, TableSchema, TableWriter};
+use crate::table::TableFile;
 use crate::{Dataset, DatasetError, Source};
 use rayon::prelude::*;
 use std::collections::BTreeSet;

@@ -4,10 +4,10 @@
 //! example with an id, so memory does not grow with the number of inputs.
 
 use crate::cache::Cache;
+use crate::format::{Columns, TableFormat};
 use crate::idx::IdxFile;
 use crate::images::{ImageOptions, decode, for_each_member, is_archive, is_image};
-use crate::sink::TableFormat;
-use crate::table::{Columns, TableFile};
+use crate::table::TableFile;
 use crate::{DatasetError, Source};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};

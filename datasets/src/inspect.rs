@@ -3,13 +3,14 @@
 
 use crate::cache::Cache;
 use crate::cifar::{self, CifarSplit, Variant};
+use crate::format::{Columns, META_CLASS_NAMES, META_SHAPE, TableFormat};
 use crate::idx::IdxFile;
 use crate::location::DataPath;
 use crate::mnist::Mnist;
-use crate::sink::TableFormat;
 use crate::stream::BatchStream;
-use crate::table::{Columns, TableFile};
+use crate::table::{Layout, TableFile, label_value, parse_shape};
 use crate::{Dataset, DatasetError, Source};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -181,4 +182,75 @@ fn images(at: &DataPath, out: &mut String) -> Result<(), DatasetError> {
     }
     let _ = writeln!(out, "  (images are decoded when a pipeline first reads them; sizes are checked then)");
     Ok(())
+}
+
+/// Example shape and class count of the table at `path` (Arrow IPC or Parquet), reading only
+/// its schema and label column, so a pipeline can be checked before any data is decoded.
+pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), DatasetError> {
+    if !path.is_file() {
+        return Err(DatasetError::Missing {
+            what: "feature table".into(),
+            tried: vec![path.to_path_buf()],
+            hint: "Check the path (relative paths are looked up under PLFLOW_DATA_DIR).".into(),
+        });
+    }
+    match TableFormat::from_path(path) {
+        Some(TableFormat::ArrowIpc) => {
+            let t = TableFile::open(path, columns)?;
+            Ok((t.example_shape().to_vec(), t.classes()))
+        }
+        Some(TableFormat::Parquet) => {
+            use parquet::arrow::ProjectionMask;
+            let bad = |p: String| DatasetError::format(path, p);
+            let builder = crate::parquet_source::reader(path)?;
+            let schema = builder.schema().clone();
+            let layout = Layout::of(&schema, columns).map_err(&bad)?;
+            let shape = match schema.metadata().get(META_SHAPE) {
+                Some(s) => parse_shape(s, layout.dim).map_err(&bad)?,
+                None => vec![layout.dim],
+            };
+            let names = schema.metadata().get(META_CLASS_NAMES).map_or(0, |s| s.lines().count());
+            let leaf = builder
+                .parquet_schema()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts().first().is_some_and(|p| p == &columns.label))
+                .ok_or_else(|| bad(format!("no label column `{}`", columns.label)))?;
+            let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+            let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
+            let mut max: i64 = -1;
+            let mut row = 0;
+            for batch in reader {
+                let batch = batch.map_err(|e| bad(format!("corrupt label column: {e}")))?;
+                let labels = batch.column(0);
+                for r in 0..labels.len() {
+                    let v = label_value(labels, r);
+                    if v < 0 {
+                        return Err(bad(format!("record {} has label {v}, expected 0 or more", row + r)));
+                    }
+                    max = max.max(v);
+                }
+                row += labels.len();
+            }
+            Ok((shape, ((max + 1) as usize).max(names)))
+        }
+        None => Err(DatasetError::format(
+            path,
+            "unknown table format: name the file .arrow, .ipc or .feather (Arrow IPC) or .parquet",
+        )),
+    }
+}
+
+/// The schema metadata of a feature table (Arrow IPC or Parquet), read from its footer only.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, DatasetError> {
+    match TableFormat::from_path(path) {
+        Some(TableFormat::Parquet) => {
+            let builder = crate::parquet_source::reader(path)?;
+            Ok(builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        _ => {
+            let columns = Columns::default();
+            Ok(TableFile::open(path, &columns)?.metadata().clone())
+        }
+    }
 }

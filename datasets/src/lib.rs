@@ -12,11 +12,12 @@
 //! - [`cifar`]: CIFAR-10/100 binary batches.
 //! - [`images`]: image folders and tar archives, decoded once into a cached table.
 //! - [`inputs`]: unlabelled files to predict on (images, archives, IDX, tables), in batches.
-//! - [`table`], [`parquet_source`], [`sink`]: Arrow IPC and Parquet feature tables, read
-//!   and written.
+//! - [`format`]: the feature-table vocabulary (formats, columns, metadata keys) that
+//!   [`table`], [`parquet_source`] (read) and [`sink`] (written) share.
 //! - [`rows`]: result tables (predictions) written row by row as CSV or Parquet.
 //! - [`subset`], [`transform`]: `limit`, standardisation and flattening.
-//! - [`fetch`]: downloads with SHA-256 checks; [`inspect`]: what a dataset file holds.
+//! - [`fetch`]: downloads with SHA-256 checks; [`inspect`]: what a dataset file holds
+//!   (also a table's shape and classes from its footer, to check a pipeline).
 //! - [`cache`], [`location`]: where decoded data lives and where datasets are found.
 //! - [`order`]: seeded per-epoch shuffling.
 
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod cifar;
 pub mod error;
 pub mod fetch;
+pub mod format;
 pub mod idx;
 pub mod images;
 pub mod inputs;

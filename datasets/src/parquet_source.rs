@@ -6,8 +6,8 @@
 
 use crate::DatasetError;
 use crate::cache::Cache;
-use crate::sink::partial_path;
-use crate::table::{Columns, TableFile};
+use crate::format::{Columns, partial_path};
+use crate::table::TableFile;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::fs::File;
 use std::io::BufWriter;

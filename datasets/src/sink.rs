@@ -7,7 +7,7 @@
 //! final name, and a file under the final name is always complete.
 
 use crate::DatasetError;
-use crate::table::{META_CLASS_NAMES, META_SHAPE};
+use crate::format::{META_CLASS_NAMES, META_SHAPE, TableFormat, partial_path};
 use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt8Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
@@ -17,26 +17,6 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// File formats of feature tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableFormat {
-    /// Arrow IPC file (`.arrow`, `.ipc`, `.feather`): memory-mappable, read without copying.
-    ArrowIpc,
-    /// Parquet (`.parquet`, `.pq`): compact, readable by most data tools.
-    Parquet,
-}
-
-impl TableFormat {
-    /// The format a file name's extension implies.
-    pub fn from_path(path: &Path) -> Option<Self> {
-        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-            "arrow" | "ipc" | "feather" | "arrows" => Some(Self::ArrowIpc),
-            "parquet" | "pq" => Some(Self::Parquet),
-            _ => None,
-        }
-    }
-}
 
 /// Element type of the feature column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +39,7 @@ pub struct TableSchema {
     /// Further `key -> value` metadata (e.g. a fingerprint).
     pub metadata: HashMap<String, String>,
     /// Feature and label column names.
-    pub columns: crate::table::Columns,
+    pub columns: crate::format::Columns,
 }
 
 impl TableSchema {
@@ -221,19 +201,13 @@ impl Drop for TableWriter {
     }
 }
 
-/// Where a file is written before it is complete.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Source;
     use crate::cache::Cache;
-    use crate::table::{Columns, META_FINGERPRINT, TableFile};
+    use crate::format::{Columns, META_FINGERPRINT};
+    use crate::table::TableFile;
 
     fn schema(shape: Vec<usize>, element: Element) -> TableSchema {
         TableSchema {

@@ -9,6 +9,7 @@
 //! feature values are read straight out of the page cache, and the pages of consumed rows
 //! can be released again ([`Source::release`]).
 
+use crate::format::{Columns, META_CLASS_NAMES, META_SHAPE};
 use crate::mapped::MappedFile;
 use crate::{DatasetError, Source};
 use arrow_array::cast::AsArray;
@@ -20,31 +21,6 @@ use arrow_schema::{DataType, Schema};
 use std::collections::HashMap;
 use std::path::Path;
 use std::ptr::NonNull;
-
-/// Metadata key: the example shape, e.g. `3,32,32`.
-pub const META_SHAPE: &str = "plflow.shape";
-/// Metadata key: class names, one per line, in label order.
-pub const META_CLASS_NAMES: &str = "plflow.class_names";
-/// Metadata key: what produced the file (inputs and settings), to tell a stale cache.
-pub const META_FINGERPRINT: &str = "plflow.fingerprint";
-
-/// Names of the feature and label columns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Columns {
-    /// A fixed-size-list column; when absent, every `float32` column but the label is a feature.
-    pub features: String,
-    /// An integer column.
-    pub label: String,
-    /// Accept a table without the label column (its rows read as label 0): inputs to
-    /// predict on, not training data.
-    pub optional_label: bool,
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Self { features: "features".into(), label: "label".into(), optional_label: false }
-    }
-}
 
 /// Feature values of one record batch.
 #[derive(Debug)]
@@ -216,7 +192,7 @@ fn slice(buffer: &Buffer, offset: i64, len: usize) -> Result<Buffer, String> {
     Ok(buffer.slice_with_length(start, len))
 }
 
-fn parse_shape(s: &str, dim: usize) -> Result<Vec<usize>, String> {
+pub(crate) fn parse_shape(s: &str, dim: usize) -> Result<Vec<usize>, String> {
     let shape: Vec<usize> = s
         .split(',')
         .map(|d| d.trim().parse::<usize>())
@@ -229,15 +205,15 @@ fn parse_shape(s: &str, dim: usize) -> Result<Vec<usize>, String> {
 }
 
 /// Which columns hold what.
-struct Layout {
+pub(crate) struct Layout {
     features: Vec<usize>,
     list: Option<DataType>,
     label: Option<usize>,
-    dim: usize,
+    pub(crate) dim: usize,
 }
 
 impl Layout {
-    fn of(schema: &Schema, columns: &Columns) -> Result<Self, String> {
+    pub(crate) fn of(schema: &Schema, columns: &Columns) -> Result<Self, String> {
         let names = || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
         let label = match schema.index_of(&columns.label) {
             Ok(i) => Some(i),
@@ -324,7 +300,7 @@ impl Layout {
 }
 
 /// Label `r` of an integer column, widened.
-fn label_value(labels: &ArrayRef, r: usize) -> i64 {
+pub(crate) fn label_value(labels: &ArrayRef, r: usize) -> i64 {
     use arrow_array::types::*;
     match labels.data_type() {
         DataType::Int8 => labels.as_primitive::<Int8Type>().value(r).into(),
@@ -406,77 +382,4 @@ impl Source for TableFile {
 fn bytes_of(v: &[f32]) -> &[u8] {
     // SAFETY: any f32 slice is a valid byte slice of four times its length.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-}
-
-/// Example shape and class count of the table at `path` (Arrow IPC or Parquet), reading only
-/// its schema and label column, so a pipeline can be checked before any data is decoded.
-pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), DatasetError> {
-    use crate::sink::TableFormat;
-    if !path.is_file() {
-        return Err(DatasetError::Missing {
-            what: "feature table".into(),
-            tried: vec![path.to_path_buf()],
-            hint: "Check the path (relative paths are looked up under PLFLOW_DATA_DIR).".into(),
-        });
-    }
-    match TableFormat::from_path(path) {
-        Some(TableFormat::ArrowIpc) => {
-            let t = TableFile::open(path, columns)?;
-            Ok((t.shape.clone(), t.classes))
-        }
-        Some(TableFormat::Parquet) => {
-            use parquet::arrow::ProjectionMask;
-            let bad = |p: String| DatasetError::format(path, p);
-            let builder = crate::parquet_source::reader(path)?;
-            let schema = builder.schema().clone();
-            let layout = Layout::of(&schema, columns).map_err(&bad)?;
-            let shape = match schema.metadata().get(META_SHAPE) {
-                Some(s) => parse_shape(s, layout.dim).map_err(&bad)?,
-                None => vec![layout.dim],
-            };
-            let names = schema.metadata().get(META_CLASS_NAMES).map_or(0, |s| s.lines().count());
-            let leaf = builder
-                .parquet_schema()
-                .columns()
-                .iter()
-                .position(|c| c.path().parts().first().is_some_and(|p| p == &columns.label))
-                .ok_or_else(|| bad(format!("no label column `{}`", columns.label)))?;
-            let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
-            let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
-            let mut max: i64 = -1;
-            let mut row = 0;
-            for batch in reader {
-                let batch = batch.map_err(|e| bad(format!("corrupt label column: {e}")))?;
-                let labels = batch.column(0);
-                for r in 0..labels.len() {
-                    let v = label_value(labels, r);
-                    if v < 0 {
-                        return Err(bad(format!("record {} has label {v}, expected 0 or more", row + r)));
-                    }
-                    max = max.max(v);
-                }
-                row += labels.len();
-            }
-            Ok((shape, ((max + 1) as usize).max(names)))
-        }
-        None => Err(DatasetError::format(
-            path,
-            "unknown table format: name the file .arrow, .ipc or .feather (Arrow IPC) or .parquet",
-        )),
-    }
-}
-
-/// The schema metadata of a feature table (Arrow IPC or Parquet), read from its footer only.
-pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, DatasetError> {
-    use crate::sink::TableFormat;
-    match TableFormat::from_path(path) {
-        Some(TableFormat::Parquet) => {
-            let builder = crate::parquet_source::reader(path)?;
-            Ok(builder.schema().metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        }
-        _ => {
-            let columns = Columns::default();
-            Ok(TableFile::open(path, &columns)?.metadata)
-        }
-    }
 }

@@ -3,9 +3,11 @@
 //! (Own test binary, so no other test shares the process while resident memory is measured.)
 
 use plflow_datasets::Source;
-use plflow_datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
+use plflow_datasets::format::Columns;
+use plflow_datasets::format::TableFormat;
+use plflow_datasets::sink::{Element, TableSchema, TableWriter};
 use plflow_datasets::stream::BatchStream;
-use plflow_datasets::table::{Columns, TableFile};
+use plflow_datasets::table::TableFile;
 
 fn rss_kb() -> usize {
     std::fs::read_to_string("/proc/self/status")

@@ -9,10 +9,8 @@
 use crate::error::EngineError;
 use crate::model::{LayerMeta, LoadedModel, StepMeta, bad_model};
 use plflow_datasets::transform::Stats;
-use plflow_ops::dense::Dense;
-use plflow_ops::depthwise::Depthwise;
 use plflow_ops::network::{Layer, Network};
-use plflow_ops::pool::GlobalAvgPool;
+
 use prost::Message;
 use std::path::Path;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -30,16 +28,18 @@ pub const INPUT: &str = "input";
 /// See [`INPUT`].
 pub const OUTPUT: &str = "logits";
 
-/// The graph under construction: nodes, initialisers and the name of the latest value.
-struct Builder {
+/// The graph under construction: nodes, initialisers and the name of the latest value. Layer
+/// formats ([`crate::stages::LayerFormat::onnx`]) append their nodes to it.
+#[derive(Debug)]
+pub struct OnnxBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     last: String,
 }
 
-impl Builder {
+impl OnnxBuilder {
     /// Add a constant.
-    fn constant(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+    pub fn constant(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
         let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.initializers.push(TensorProto {
             name: name.to_owned(),
@@ -52,7 +52,7 @@ impl Builder {
     }
 
     /// Add node `op` on the latest value (and `extra` inputs), making its output the latest.
-    fn node(&mut self, name: &str, op: &str, extra: &[String], attributes: Vec<AttributeProto>) {
+    pub fn node(&mut self, name: &str, op: &str, extra: &[String], attributes: Vec<AttributeProto>) {
         let mut input = vec![self.last.clone()];
         input.extend_from_slice(extra);
         let output = name.to_owned();
@@ -65,6 +65,11 @@ impl Builder {
             ..Default::default()
         });
         self.last = output;
+    }
+
+    /// Flatten the latest value to `[N, features]`.
+    pub fn flatten(&mut self, name: &str) {
+        self.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
     }
 
     /// The clipped ELU, or nothing for a linear layer.
@@ -82,11 +87,11 @@ fn float_attr(name: &str, f: f32) -> AttributeProto {
     AttributeProto { name: name.to_owned(), r#type: AttributeType::Float as i32, f, ..Default::default() }
 }
 
-fn int_attr(name: &str, i: i64) -> AttributeProto {
+pub(crate) fn int_attr(name: &str, i: i64) -> AttributeProto {
     AttributeProto { name: name.to_owned(), r#type: AttributeType::Int as i32, i, ..Default::default() }
 }
 
-fn ints_attr(name: &str, ints: &[usize]) -> AttributeProto {
+pub(crate) fn ints_attr(name: &str, ints: &[usize]) -> AttributeProto {
     let ints = ints.iter().map(|&v| v as i64).collect();
     AttributeProto { name: name.to_owned(), r#type: AttributeType::Ints as i32, ints, ..Default::default() }
 }
@@ -108,46 +113,8 @@ fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
 
 /// The ONNX nodes of one layer, appended to `b`; `flat` says whether the value flowing is
 /// already flat (a map is flattened before the first dense layer on flat inputs).
-fn layer_nodes(b: &mut Builder, layer: &Layer, name: &str, flat: &mut bool) -> Result<(), String> {
-    if let Some(d) = layer.op_as::<Dense>() {
-        if layer.input_positions == 1 {
-            if !*flat {
-                b.node(&format!("{name}.flatten"), "Flatten", &[], vec![int_attr("axis", 1)]);
-                *flat = true;
-            }
-            let w = b.constant(&format!("{name}.weight"), &[d.inputs(), d.outputs()], d.weights.as_slice());
-            let bias = b.constant(&format!("{name}.bias"), &[d.outputs()], d.bias.as_slice());
-            b.node(name, "Gemm", &[w, bias], vec![]);
-        } else {
-            // Pointwise: the kernel is the weight matrix transposed, `out x in x 1 x 1`.
-            let (i, o) = (d.inputs(), d.outputs());
-            let w = d.weights.as_slice();
-            let kernel: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |r| w[r * o + c])).collect();
-            let w = b.constant(&format!("{name}.weight"), &[o, i, 1, 1], &kernel);
-            let bias = b.constant(&format!("{name}.bias"), &[o], d.bias.as_slice());
-            b.node(name, "Conv", &[w, bias], vec![ints_attr("kernel_shape", &[1, 1])]);
-        }
-    } else if let Some(dw) = layer.op_as::<Depthwise>() {
-        let (g, c) = (dw.geometry, dw.channels());
-        let taps = g.k * g.k;
-        let w = dw.params.weights.as_slice();
-        // plflow's kernel is `taps x channels` with tap `dy * k + dx`; ONNX's `C x 1 x k x k`.
-        let kernel: Vec<f32> = (0..c).flat_map(|ch| (0..taps).map(move |t| w[t * c + ch])).collect();
-        let w = b.constant(&format!("{name}.weight"), &[c, 1, g.k, g.k], &kernel);
-        let bias = b.constant(&format!("{name}.bias"), &[c], dw.params.bias.as_slice());
-        let p = g.pad();
-        let attributes = vec![
-            int_attr("group", c as i64),
-            ints_attr("kernel_shape", &[g.k, g.k]),
-            ints_attr("pads", &[p, p, p, p]),
-            ints_attr("strides", &[g.stride, g.stride]),
-        ];
-        b.node(name, "Conv", &[w, bias], attributes);
-    } else if layer.op_as::<GlobalAvgPool>().is_some() {
-        b.node(&format!("{name}.pool"), "GlobalAveragePool", &[], vec![]);
-        b.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
-        *flat = true;
-    } else {
+fn layer_nodes(b: &mut OnnxBuilder, layer: &Layer, name: &str, flat: &mut bool) -> Result<(), String> {
+    if !crate::stages::LAYER_FORMATS.iter().any(|f| f.onnx(layer, b, name, flat)) {
         return Err(format!(
             "layer `{name}` is a {} layer, which ONNX export does not know yet",
             layer.op.kind()
@@ -166,7 +133,7 @@ pub fn graph(
     input_shape: &[usize],
     stats: Option<&Stats>,
 ) -> Result<GraphProto, String> {
-    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: input.to_owned() };
+    let mut b = OnnxBuilder { nodes: Vec::new(), initializers: Vec::new(), last: input.to_owned() };
     if let Some(s) = stats {
         let scale: Vec<f32> = s.std.iter().map(|&v| if v > 1e-6 { 1.0 / v } else { 1.0 }).collect();
         let mean = b.constant("standardize.mean", input_shape, &s.mean);
@@ -327,7 +294,7 @@ fn with_backbone_graph(
     }
     backbone.initializer.iter_mut().for_each(|t| rename(&mut t.name));
 
-    let mut b = Builder { nodes: Vec::new(), initializers: Vec::new(), last: INPUT.to_owned() };
+    let mut b = OnnxBuilder { nodes: Vec::new(), initializers: Vec::new(), last: INPUT.to_owned() };
     if c == 1 {
         let grey = b.last.clone();
         b.node("prepare.rgb", "Concat", &[grey.clone(), grey], vec![int_attr("axis", 1)]);
@@ -429,6 +396,7 @@ mod tests {
     use plflow_ops::activation::Activation;
     use plflow_ops::dense::Dense;
     use plflow_ops::depthwise::{Depthwise, Geometry};
+    use plflow_ops::pool::GlobalAvgPool;
 
     fn values(n: usize, k: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.37 + k).sin() * 0.5).collect()

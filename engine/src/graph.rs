@@ -1,14 +1,13 @@
 //! The dataflow graph of a checked pipeline: plain data (nodes, typed ports, edges) in a
 //! petgraph DAG, kept separate from the scheduler that executes it.
 
+use crate::stages::LayerNode;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use plflow_datasets::cifar::Variant;
+use plflow_datasets::format::Columns;
 use plflow_datasets::images::ImageOptions;
-use plflow_datasets::table::Columns;
-use plflow_ops::activation::Activation;
 use plflow_ops::backprop::Optimizer;
-use plflow_ops::depthwise::Geometry;
 use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -56,18 +55,6 @@ pub enum Split {
     Train,
     /// Held-out examples.
     Test,
-}
-
-/// How a layer's weights start.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Init {
-    /// Dense Xavier-normal weights.
-    Xavier,
-    /// Dense He-normal weights, `N(0, 2 / fan_in)`.
-    He,
-    /// Sparse connectivity (SPEC section 3). `correlated` for a layer fed by a dataset (top-k
-    /// correlation), else a small-world ring.
-    Sparse { tau: f64, rewire: f64, persistent: bool, correlated: bool },
 }
 
 /// The learning rule of a training node.
@@ -132,13 +119,8 @@ pub enum Op {
     Standardize,
     /// View examples as flat vectors.
     Flatten,
-    /// `x W + b` on every row: a fully connected layer on flat inputs (`positions == 1`; maps
-    /// are flattened), or a pointwise convolution on maps with `positions` positions.
-    Dense { inputs: usize, units: usize, positions: usize, activation: Activation, init: Init },
-    /// A depthwise convolution.
-    Depthwise { channels: usize, geometry: Geometry, activation: Activation },
-    /// Global average pooling.
-    Pool { channels: usize, positions: usize },
+    /// A layer: its kind's settings (see [`crate::stages::LayerKind`]).
+    Layer(LayerNode),
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
     Train {
         solver: Solver,
@@ -165,10 +147,7 @@ impl Op {
             Op::Extract(_) => "extract",
             Op::Standardize => "standardize",
             Op::Flatten => "flatten",
-            Op::Dense { positions: 1, .. } => "dense",
-            Op::Dense { .. } => "pointwise",
-            Op::Depthwise { .. } => "depthwise",
-            Op::Pool { .. } => "pool",
+            Op::Layer(l) => l.kind(),
             Op::Train { solver, .. } => solver.kind(),
             Op::Evaluate { .. } => "evaluate",
         }
@@ -199,8 +178,7 @@ impl Node {
     /// Trainable values held by the node.
     pub fn parameter_count(&self) -> usize {
         match &self.op {
-            Op::Dense { inputs, units, .. } => inputs * units + units,
-            Op::Depthwise { channels, geometry, .. } => (geometry.k * geometry.k + 1) * channels,
+            Op::Layer(l) => l.parameter_count(),
             _ => 0,
         }
     }
@@ -278,7 +256,7 @@ impl Graph {
                 Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten => "cylinder",
                 Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
-                Op::Dense { .. } | Op::Depthwise { .. } | Op::Pool { .. } => "box",
+                Op::Layer(_) => "box",
             };
             let _ = writeln!(s, "  n{} [label=\"{label}\", shape={shape}];", i.index());
         }

@@ -30,6 +30,7 @@ pub mod predict;
 pub mod report;
 pub mod run;
 pub mod spec;
+pub mod stages;
 
 pub use error::{EngineError, SpecError};
 pub use plan::Plan;

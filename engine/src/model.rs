@@ -11,17 +11,14 @@
 //! no second copy of the model in memory, to a temporary name, synced, then renamed.
 
 use crate::error::EngineError;
-use crate::graph::{Init, Node, Op};
+use crate::graph::{Node, Op};
 use crate::plan::Plan;
 use petgraph::graph::NodeIndex;
 use plflow_datasets::transform::Stats;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
-use plflow_ops::depthwise::{Depthwise, Geometry};
 use plflow_ops::network::{Layer, Network};
-use plflow_ops::pool::GlobalAvgPool;
-use plflow_ops::sparse::Mask;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -401,35 +398,35 @@ pub(crate) fn write_tensors(
 
 /// The description of a layer node.
 pub(crate) fn layer_meta(node: &Node) -> LayerMeta {
-    let (activation, clip) = match node.op {
-        Op::Dense { activation, .. } | Op::Depthwise { activation, .. } => match activation {
+    match &node.op {
+        Op::Layer(layer) => layer.meta(&node.name),
+        other => LayerMeta::new(&node.name, other.kind(), Activation::Linear, [0, 0, 0]),
+    }
+}
+
+impl LayerMeta {
+    /// A layer without geometry or mask: `[inputs, outputs, positions]` and its activation.
+    pub fn new(
+        name: &str,
+        kind: &str,
+        activation: Activation,
+        [inputs, outputs, positions]: [usize; 3],
+    ) -> Self {
+        let (activation, clip) = match activation {
             Activation::Elu { clip } => ("elu", Some(clip)),
             Activation::Linear => ("linear", None),
-        },
-        _ => ("linear", None),
-    };
-    let base = |kind: &str, inputs, outputs, positions| LayerMeta {
-        name: node.name.clone(),
-        kind: kind.to_owned(),
-        inputs,
-        outputs,
-        positions,
-        activation: activation.to_owned(),
-        clip,
-        conv: None,
-        mask: false,
-    };
-    match node.op {
-        Op::Dense { inputs, units, positions, init, .. } => LayerMeta {
-            mask: matches!(init, Init::Sparse { persistent: true, .. }),
-            ..base(if positions == 1 { "dense" } else { "pointwise" }, inputs, units, positions)
-        },
-        Op::Depthwise { channels, geometry, .. } => LayerMeta {
-            conv: Some([geometry.k, geometry.stride, geometry.h, geometry.w]),
-            ..base("depthwise", channels, channels, geometry.h * geometry.w)
-        },
-        Op::Pool { channels, positions } => base("global_avg_pool", channels, channels, positions),
-        _ => base(node.op.kind(), 0, 0, 0),
+        };
+        LayerMeta {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            inputs,
+            outputs,
+            positions,
+            activation: activation.to_owned(),
+            clip,
+            conv: None,
+            mask: false,
+        }
     }
 }
 
@@ -632,13 +629,6 @@ impl LoadedModel {
 
     fn layer(&self, m: &LayerMeta) -> Result<Layer, EngineError> {
         let name = &m.name;
-        let params = |rows: usize, cols: usize| -> Result<Dense, EngineError> {
-            let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
-            let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
-            let mut dense = Dense::new(Matrix::from_vec(rows, cols, w.to_vec()));
-            dense.bias = Matrix::from_vec(1, cols, b.to_vec());
-            Ok(dense)
-        };
         let activation = match (m.activation.as_str(), m.clip) {
             ("elu", Some(clip)) => Activation::Elu { clip },
             ("linear", _) => Activation::Linear,
@@ -646,36 +636,32 @@ impl LoadedModel {
                 let message = format!(
                     "layer `{name}` has activation `{other}` (clip {clip:?}); plflow knows elu with a clip, and linear"
                 );
-                return Err(bad_model(&self.path, None, message));
+                return Err(self.bad(None, message));
             }
         };
-        let (inputs, outputs, positions) = (m.inputs, m.outputs, m.positions);
-        Ok(match (m.kind.as_str(), m.conv) {
-            ("dense" | "pointwise", _) => {
-                let mask_name = format!("layers.{name}.mask");
-                let mask = match self.u32s.get(&mask_name) {
-                    Some((_, idx)) => Some(
-                        Mask::from_indices(inputs, outputs, idx.clone())
-                            .map_err(|e| bad_model(&self.path, Some(&mask_name), e.to_string()))?,
-                    ),
-                    None if m.mask => return Err(bad_model(&self.path, Some(&mask_name), "missing")),
-                    None => None,
-                };
-                Layer { mask, ..Layer::new(params(inputs, outputs)?, activation, positions) }
-            }
-            ("depthwise", Some([k, stride, h, w])) => {
-                let dense = params(k * k, inputs)?;
-                let mut dw = Depthwise::new(dense.weights, Geometry { h, w, k, stride });
-                dw.params.bias = dense.bias;
-                Layer::new(dw, activation, h * w)
-            }
-            ("global_avg_pool", _) => {
-                Layer::new(GlobalAvgPool { positions, channels: inputs }, Activation::Linear, positions)
-            }
-            (kind, _) => {
-                return Err(bad_model(&self.path, None, format!("layer `{name}` of unknown kind `{kind}`")));
-            }
-        })
+        let Some(format) = crate::stages::layer_format(&m.kind) else {
+            return Err(self.bad(None, format!("layer `{name}` of unknown kind `{}`", m.kind)));
+        };
+        format.load(m, self, activation)
+    }
+
+    /// The `weight` (`rows x cols`) and `bias` tensors of layer `name`, as a dense op.
+    pub(crate) fn dense_params(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, EngineError> {
+        let w = self.f32_tensor(&format!("layers.{name}.weight"), &[rows, cols])?;
+        let b = self.f32_tensor(&format!("layers.{name}.bias"), &[cols])?;
+        let mut dense = Dense::new(Matrix::from_vec(rows, cols, w.to_vec()));
+        dense.bias = Matrix::from_vec(1, cols, b.to_vec());
+        Ok(dense)
+    }
+
+    /// The u32 tensor `name`, if the file has it.
+    pub(crate) fn u32_tensor(&self, name: &str) -> Option<&[u32]> {
+        self.u32s.get(name).map(|(_, v)| v.as_slice())
+    }
+
+    /// This file cannot be used: `message`, naming `tensor` where it applies.
+    pub(crate) fn bad(&self, tensor: Option<&str>, message: impl Into<String>) -> EngineError {
+        bad_model(&self.path, tensor, message)
     }
 }
 
@@ -698,7 +684,9 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use plflow_ops::depthwise::Geometry;
+    use plflow_ops::depthwise::{Depthwise, Geometry};
+    use plflow_ops::pool::GlobalAvgPool;
+    use plflow_ops::sparse::Mask;
 
     fn network() -> (Network, Vec<String>) {
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * 0.37 + k).sin()).collect::<Vec<f32>>();

@@ -6,10 +6,11 @@
 use crate::checkpoint::{Checkpoint, STATE_FORMAT, StateMeta};
 use crate::error::EngineError;
 use crate::graph::DataSource;
-use crate::graph::{Init, Op, Solver, Split};
+use crate::graph::{Op, Solver, Split};
 use crate::model::{LoadedModel, ModelFiles};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary, TrainerSummary};
+use crate::stages::InitContext;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
@@ -20,17 +21,11 @@ use plflow_datasets::stream::BatchStream;
 use plflow_datasets::transform::{Stats, flatten, standardize};
 use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
-use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{BackpropTrainer, Optimizer};
-use plflow_ops::dense::Dense;
-use plflow_ops::depthwise::Depthwise;
-use plflow_ops::init::{he_normal, xavier_normal};
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, Network, StepStats, argmax};
 use plflow_ops::pl::PlTrainer;
-use plflow_ops::pool::GlobalAvgPool;
-use plflow_ops::sparse::{CorrelationPass, correlation_mask, masked_weights, small_world_mask};
 use plflow_ops::state::TrainerState;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -127,46 +122,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                     hashes.insert(node.name.clone(), hash);
                 }
             }
-            Op::Dense { inputs, units, positions, activation, init } => {
-                let (weights, mask) = match *init {
-                    Init::Xavier => (xavier_normal(*inputs, *units, &mut rng), None),
-                    Init::He => (he_normal(*inputs, *inputs, *units, &mut rng), None),
-                    Init::Sparse { tau, rewire, persistent, correlated } => {
-                        let mask = if correlated {
-                            let source = plan.graph.input_of(i).and_then(|s| datasets.get(&s));
-                            let Some(data) = source else {
-                                unreachable!("a correlated layer is fed by a dataset opened before it")
-                            };
-                            let corr = correlation_pass(data.train.as_ref(), *inputs).map_err(|e| {
-                                EngineError::Train {
-                                    stage: node.stage.clone(),
-                                    layer: node.name.clone(),
-                                    epoch: 0,
-                                    step: 0,
-                                    source: e,
-                                }
-                            })?;
-                            correlation_mask(&corr, *units, tau, &mut rng)
-                        } else {
-                            small_world_mask(*inputs, *units, rewire, &mut rng)
-                        };
-                        let weights = masked_weights(&mask, &mut rng);
-                        (weights, persistent.then_some(mask))
-                    }
-                };
-                layers.insert(i, Layer { mask, ..Layer::new(Dense::new(weights), *activation, *positions) });
-            }
-            Op::Depthwise { channels, geometry, activation } => {
-                let taps = geometry.k * geometry.k;
-                // He scale over the k*k taps each output reads: the kernel matrix is taps x
-                // channels, but a channel's fan-in is only its own taps.
-                let w = he_normal(taps, taps, *channels, &mut rng);
-                let positions = geometry.h * geometry.w;
-                layers.insert(i, Layer::new(Depthwise::new(w, *geometry), *activation, positions));
-            }
-            Op::Pool { channels, positions } => {
-                let pool = GlobalAvgPool { positions: *positions, channels: *channels };
-                layers.insert(i, Layer::new(pool, Activation::Linear, *positions));
+            Op::Layer(kind) => {
+                // A layer fed directly by a dataset may draw on its training split.
+                let input = plan.graph.input_of(i).and_then(|s| datasets.get(&s)).map(|d| d.train.as_ref());
+                let mut ctx = InitContext { rng: &mut rng, input };
+                let layer = kind.init(&mut ctx).map_err(|e| EngineError::Train {
+                    stage: node.stage.clone(),
+                    layer: node.name.clone(),
+                    epoch: 0,
+                    step: 0,
+                    source: e,
+                })?;
+                layers.insert(i, layer);
             }
             Op::Train { solver, epochs, batch_size, source, layers: chain, init_from } => {
                 let network = Network {
@@ -710,7 +677,7 @@ pub(crate) fn network_input<'m>(
 
 /// Open the dataset a data node names.
 fn open_dataset(source: &DataSource, cache: &Cache) -> Result<Dataset, DatasetError> {
-    use plflow_datasets::{cifar, images, parquet_source, sink::TableFormat, table::TableFile};
+    use plflow_datasets::{cifar, format::TableFormat, images, parquet_source, table::TableFile};
     match source {
         DataSource::Mnist { path } => Ok(Mnist::open(&DataPath::resolve(path), cache)?.into()),
         DataSource::Cifar { path, variant } => {
@@ -755,7 +722,7 @@ fn extract(
     stage: &str,
     opts: &RunOptions,
 ) -> Result<Dataset, plflow_extract::ExtractError> {
-    use plflow_datasets::{parquet_source, table::Columns};
+    use plflow_datasets::{format::Columns, parquet_source};
     use std::ops::ControlFlow;
     // Pipelines that share a dataset and a backbone share the default feature files (the
     // fingerprint inside guards against anything else changing).
@@ -863,21 +830,6 @@ fn open_images(
         println!("mapped decoded images from {} in {:.2} s", report.cache_file.display(), report.seconds);
     }
     Ok(data)
-}
-
-/// Pearson-correlation statistics of the first `features` values of every training example,
-/// in one sequential pass.
-fn correlation_pass(data: &dyn Source, features: usize) -> Result<CorrelationPass, plflow_ops::OpsError> {
-    const ROWS: usize = 256;
-    let mut pass = CorrelationPass::new(features);
-    let mut labels = vec![0u32; ROWS];
-    let mut stream = BatchStream::in_order(data, ROWS);
-    while let Some(idx) = stream.next_batch() {
-        let mut x = Matrix::zeros(idx.len(), data.example_len());
-        data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
-        pass.add(&x)?;
-    }
-    Ok(pass)
 }
 
 /// The cache named by the environment (`PLFLOW_CACHE_DIR`, else the user's cache folder).

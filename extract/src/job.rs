@@ -13,9 +13,12 @@
 
 use crate::backbone::Backbone;
 use crate::preprocess::Preprocess;
-use plflow_datasets::sink::{Element, TableFormat, TableSchema, TableWriter};
+use plflow_datasets::format::TableFormat;
+use plflow_datasets::format::{Columns, META_FINGERPRINT};
+use plflow_datasets::inspect::read_metadata;
+use plflow_datasets::sink::{Element, TableSchema, TableWriter};
 use plflow_datasets::stream::BatchStream;
-use plflow_datasets::table::{Columns, META_FINGERPRINT, TableFile, read_metadata};
+use plflow_datasets::table::TableFile;
 use plflow_datasets::{Dataset, DatasetError, Source};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};

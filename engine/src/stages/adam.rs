@@ -1,0 +1,100 @@
+//! `kind: adam` and `kind: adamw`: the backprop baselines with Adam and with decoupled weight
+//! decay, cross-entropy on the softmax outputs. The step itself is `plflow_ops::backprop`.
+
+use super::trainer::{TrainerFields, add_trainer};
+use super::{Builder, Stage};
+use crate::error::SpecError;
+use crate::graph::Solver;
+use crate::spec::defaults;
+use petgraph::graph::NodeIndex;
+use plflow_ops::backprop::Optimizer;
+use serde::{Deserialize, Serialize};
+
+/// `kind: adam` and `kind: adamw`: backprop with Adam, cross-entropy on the softmax outputs.
+/// For `adam` the weight decay is an L2 penalty on the gradient; for `adamw` it is decoupled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
+    /// Learning rate.
+    #[serde(default = "defaults::adam_lr")]
+    pub lr: f32,
+    /// First-moment decay.
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f32,
+    /// Second-moment decay.
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f32,
+    /// Denominator guard.
+    #[serde(default = "defaults::adam_eps")]
+    pub eps: f32,
+    /// Weight decay; defaults to 0 for `adam` and 0.01 for `adamw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+}
+
+/// `kind: adamw`: the fields of `adam`, with AdamW's weight decay by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdamwSpec(pub AdamSpec);
+
+impl AdamSpec {
+    /// The optimiser these settings describe (decoupled decay for AdamW), checked.
+    fn solver(&self, name: &str, b: &Builder<'_>, decoupled: bool) -> Result<Solver, SpecError> {
+        b.range(name, "lr", self.lr > 0.0 && self.lr.is_finite(), "> 0", self.lr)?;
+        b.range(name, "beta1", (0.0..1.0).contains(&self.beta1), "in [0, 1)", self.beta1)?;
+        b.range(name, "beta2", (0.0..1.0).contains(&self.beta2), "in [0, 1)", self.beta2)?;
+        b.range(name, "eps", self.eps > 0.0, "> 0", self.eps)?;
+        let default_decay = if decoupled { crate::spec::defaults::adamw_weight_decay() } else { 0.0 };
+        let weight_decay = self.weight_decay.unwrap_or(default_decay);
+        b.range(name, "weight_decay", weight_decay >= 0.0, ">= 0", weight_decay)?;
+        let (lr, beta1, beta2, eps) = (self.lr, self.beta1, self.beta2, self.eps);
+        Ok(Solver::Backprop(if decoupled {
+            Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
+        } else {
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+        }))
+    }
+
+    fn add(&self, name: &str, b: &mut Builder<'_>, decoupled: bool) -> Result<NodeIndex, SpecError> {
+        let solver = self.solver(name, b, decoupled)?;
+        let fields = TrainerFields {
+            input: &self.input,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            init_from: self.init_from.as_deref(),
+        };
+        add_trainer(b, name, solver, fields)
+    }
+}
+
+impl Stage for AdamSpec {
+    fn input(&self) -> Option<&str> {
+        Some(&self.input)
+    }
+
+    fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
+        self.add(name, b, false)
+    }
+}
+
+impl Stage for AdamwSpec {
+    fn input(&self) -> Option<&str> {
+        Some(&self.0.input)
+    }
+
+    fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
+        self.0.add(name, b, true)
+    }
+}

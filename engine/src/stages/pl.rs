@@ -1,0 +1,251 @@
+//! `kind: pl`: Prospective Learning (SPEC sections 1-4), the closed-form ridge update of every
+//! layer towards its prospective target. The step itself is `plflow_ops::pl`.
+
+use super::trainer::{TrainerFields, add_trainer};
+use super::{Builder, Stage};
+use crate::error::SpecError;
+use crate::graph::Solver;
+use crate::spec::defaults;
+use petgraph::graph::NodeIndex;
+use plflow_ops::pl::{ErrorScale, PlConfig};
+use plflow_ops::solve::{Precision, RidgeConfig, RidgeScale, SolvePath};
+use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
+use serde::{Deserialize, Serialize};
+
+/// How `lambda` is read (see `plflow_ops::solve::RidgeScale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LambdaScale {
+    /// `lambda` times the mean diagonal of the Gram matrix: follows the data's scale.
+    Relative,
+    /// `lambda` as it is (the paper's literal setting).
+    Absolute,
+}
+
+/// Which system the solve factors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SolveSpec {
+    /// The smaller of the two.
+    Auto,
+    /// The `(d+1) x (d+1)` Gram.
+    Primal,
+    /// The `n x n` kernel.
+    Dual,
+}
+
+/// The arithmetic of the PL solve (see `plflow_ops::solve::Precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecisionSpec {
+    /// `f32` where the ridge bounds the condition number well enough, else `f64`.
+    #[default]
+    Auto,
+    /// Always `f64`.
+    F64,
+}
+
+/// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
+    /// Step size of the solved update.
+    #[serde(default = "defaults::alpha")]
+    pub alpha: f64,
+    /// Ridge added to the Gram diagonal, read according to `lambda_scale`.
+    #[serde(default = "defaults::lambda")]
+    pub lambda: f64,
+    /// `relative` (default) or `absolute` (the paper's literal setting).
+    #[serde(default = "defaults::lambda_scale")]
+    pub lambda_scale: LambdaScale,
+    /// Which system to factor.
+    #[serde(default = "defaults::solve")]
+    pub solve: SolveSpec,
+    /// `auto` (f32 where the ridge bounds the condition number by 1000, else f64) or `f64`.
+    #[serde(default)]
+    pub precision: PrecisionSpec,
+    /// Metaplasticity (paper eq. 16-19); `null` switches it off, `{}` takes the paper's settings.
+    #[serde(default = "defaults::metaplasticity")]
+    pub metaplasticity: Option<MetaplasticitySpec>,
+    /// Momentum coefficient; `null` switches momentum off.
+    #[serde(default = "defaults::momentum")]
+    pub momentum: Option<f32>,
+    /// Newton-Schulz orthogonalisation of the momentum; `null` switches it off.
+    #[serde(default = "defaults::orthogonalize")]
+    pub orthogonalize: Option<OrthogonalizeSpec>,
+    /// Largest spectral norm of each weight matrix; `null` switches the clamp off.
+    #[serde(default = "defaults::spectral_max")]
+    pub spectral_max: Option<f32>,
+    /// Label smoothing `eps` of the targets.
+    #[serde(default = "defaults::label_smoothing")]
+    pub label_smoothing: f32,
+    /// The size of the error each hidden layer solves for: `raw` (default, the paper's rule)
+    /// or `output` (rescaled to the output error's root mean square; needed by deep stacks
+    /// such as the CNN).
+    #[serde(default)]
+    pub error_scale: ErrorScaleSpec,
+    /// Per-epoch factor of `alpha`: epoch `k` (from 1) uses `alpha * alpha_decay^(k-1)`;
+    /// 1 (the default) keeps the step constant.
+    #[serde(default = "defaults::alpha_decay")]
+    pub alpha_decay: f64,
+}
+
+/// See `plflow_ops::pl::ErrorScale`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorScaleSpec {
+    /// The backpropagated error as it is.
+    #[default]
+    Raw,
+    /// Rescaled to the output error's root mean square.
+    Output,
+}
+
+/// Metaplasticity settings (defaults from SPEC section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaplasticitySpec {
+    /// Decay of each weight's activity trace.
+    #[serde(default = "defaults::mp_beta")]
+    pub beta: f32,
+    /// Sensitivity of the modulation to the trace.
+    #[serde(default = "defaults::mp_gamma")]
+    pub gamma: f32,
+    /// Traces below this count as inactive and are boosted.
+    #[serde(default = "defaults::mp_tau_inactive")]
+    pub tau_inactive: f32,
+    /// Boost factor of inactive weights.
+    #[serde(default = "defaults::mp_xi")]
+    pub xi: f32,
+    /// Initial trace.
+    #[serde(default = "defaults::mp_theta0")]
+    pub theta0: f32,
+}
+
+/// Orthogonalisation settings (defaults from SPEC section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrthogonalizeSpec {
+    /// Period in steps.
+    #[serde(default = "defaults::ortho_every")]
+    pub every: u64,
+    /// Blend `s` in `V <- (1 - s) V + s NS(V)`.
+    #[serde(default = "defaults::ortho_strength")]
+    pub strength: f32,
+}
+
+impl Stage for PlSpec {
+    fn input(&self) -> Option<&str> {
+        Some(&self.input)
+    }
+
+    fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
+        let solver = self.solver(name, b)?;
+        let fields = TrainerFields {
+            input: &self.input,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            init_from: self.init_from.as_deref(),
+        };
+        add_trainer(b, name, solver, fields)
+    }
+}
+
+impl PlSpec {
+    /// The solver these settings describe, every value checked.
+    fn solver(&self, name: &str, b: &Builder<'_>) -> Result<Solver, SpecError> {
+        b.range(name, "alpha", self.alpha > 0.0 && self.alpha.is_finite(), "> 0", self.alpha)?;
+        b.range(
+            name,
+            "lambda",
+            self.lambda > 0.0 && self.lambda.is_finite(),
+            "> 0 (the solve needs a positive ridge)",
+            self.lambda,
+        )?;
+        if let Some(m) = self.momentum {
+            b.range(name, "momentum", (0.0..1.0).contains(&m), "in [0, 1) or null", m)?;
+        }
+        if let Some(m) = &self.metaplasticity {
+            b.range(name, "metaplasticity", (0.0..1.0).contains(&m.beta), "a beta in [0, 1)", m.beta)?;
+            b.range(name, "metaplasticity", m.gamma >= 0.0 && m.xi > 0.0, "gamma >= 0 and xi > 0", m.xi)?;
+        }
+        if let Some(o) = &self.orthogonalize {
+            b.range(name, "orthogonalize", o.every > 0, "a period `every` of at least 1", o.every)?;
+            b.range(
+                name,
+                "orthogonalize",
+                (0.0..=1.0).contains(&o.strength),
+                "a strength in [0, 1]",
+                o.strength,
+            )?;
+        }
+        if let Some(m) = self.spectral_max {
+            b.range(name, "spectral_max", m > 0.0 && m.is_finite(), "> 0 or null", m)?;
+        }
+        b.range(
+            name,
+            "alpha_decay",
+            self.alpha_decay > 0.0 && self.alpha_decay <= 1.0,
+            "in (0, 1]",
+            self.alpha_decay,
+        )?;
+        b.range(
+            name,
+            "label_smoothing",
+            (0.0..1.0).contains(&self.label_smoothing),
+            "in [0, 1)",
+            self.label_smoothing,
+        )?;
+        Ok(Solver::Pl(PlConfig {
+            ridge: RidgeConfig {
+                alpha: self.alpha,
+                lambda: self.lambda,
+                scale: match self.lambda_scale {
+                    LambdaScale::Relative => RidgeScale::Relative,
+                    LambdaScale::Absolute => RidgeScale::Absolute,
+                },
+                path: match self.solve {
+                    SolveSpec::Auto => SolvePath::Auto,
+                    SolveSpec::Primal => SolvePath::Primal,
+                    SolveSpec::Dual => SolvePath::Dual,
+                },
+                precision: match self.precision {
+                    PrecisionSpec::Auto => Precision::Auto,
+                    PrecisionSpec::F64 => Precision::F64,
+                },
+            },
+            rule: UpdateRule {
+                metaplasticity: self.metaplasticity.map(|m| Metaplasticity {
+                    beta: m.beta,
+                    gamma: m.gamma,
+                    tau_inactive: m.tau_inactive,
+                    xi: m.xi,
+                    theta0: m.theta0,
+                }),
+                momentum: self.momentum,
+                orthogonalize: self
+                    .orthogonalize
+                    .map(|o| Orthogonalize { every: o.every, strength: o.strength }),
+                spectral_max: self.spectral_max,
+            },
+            label_smoothing: self.label_smoothing,
+            alpha_decay: self.alpha_decay,
+            error_scale: match self.error_scale {
+                ErrorScaleSpec::Raw => ErrorScale::Raw,
+                ErrorScaleSpec::Output => ErrorScale::Output,
+            },
+        }))
+    }
+}
