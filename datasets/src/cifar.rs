@@ -22,7 +22,10 @@ pub enum Variant {
     /// CIFAR-10, 10 classes.
     Ten,
     /// CIFAR-100 with its 100 fine labels (`fine: true`) or 20 coarse superclasses.
-    Hundred { fine: bool },
+    Hundred {
+        /// The 100 fine labels, not the 20 superclasses.
+        fine: bool,
+    },
 }
 
 impl Variant {

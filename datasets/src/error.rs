@@ -8,21 +8,41 @@ use thiserror::Error;
 pub enum DatasetError {
     /// A file or folder the dataset needs does not exist.
     #[error("{what} not found: looked for {}. {hint}", list(.tried))]
-    Missing { what: String, tried: Vec<PathBuf>, hint: String },
+    Missing {
+        /// What was looked for.
+        what: String,
+        /// Every place looked in.
+        tried: Vec<PathBuf>,
+        /// What to do about it.
+        hint: String,
+    },
     /// The operating system refused an operation on a file.
     #[error("{}: {action}", .path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What was being done with it.
         action: &'static str,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// A download failed (network, HTTP status or an interrupted body).
     #[error("cannot download {url}: {message}")]
-    Download { url: String, message: String },
+    Download {
+        /// The address.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A file exists but its bytes are not what its format requires.
     #[error("{}: {problem}", .path.display())]
-    Format { path: PathBuf, problem: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its bytes, and where.
+        problem: String,
+    },
 }
 
 fn list(paths: &[PathBuf]) -> String {

@@ -104,39 +104,63 @@ pub enum EngineError {
     /// A dataset could not be found or read.
     #[error("stage `{stage}`: cannot load the dataset")]
     Dataset {
+        /// The stage.
         stage: String,
+        /// What the dataset reader reported.
         #[source]
         source: plflow_datasets::DatasetError,
     },
     /// Feature extraction failed or was stopped.
     #[error("stage `{stage}`: feature extraction failed")]
     Extract {
+        /// The stage.
         stage: String,
+        /// What the extraction reported.
         #[source]
         source: plflow_extract::ExtractError,
     },
     /// Data did not match what the checked plan expected.
     #[error("stage `{stage}`: {message}")]
-    DataMismatch { stage: String, message: String },
+    DataMismatch {
+        /// The stage.
+        stage: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A numeric op failed during training or evaluation.
     #[error("stage `{stage}`, layer `{layer}`, epoch {epoch}, step {step}: training stopped")]
     Train {
+        /// The stage.
         stage: String,
+        /// The layer (graph node) that failed.
         layer: String,
+        /// Epoch (1-based; 0 before training).
         epoch: usize,
+        /// Step within the epoch.
         step: usize,
+        /// What the op reported (shapes, values).
         #[source]
         source: plflow_ops::OpsError,
     },
     /// A model file that cannot be used.
     #[error("{}{}: {message}", .path.display(), .tensor.as_ref().map_or(String::new(), |t| format!(", tensor `{t}`")))]
-    Model { path: PathBuf, tensor: Option<String>, message: String },
+    Model {
+        /// The file or folder.
+        path: PathBuf,
+        /// The tensor concerned, where one is.
+        tensor: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
     /// Reading the pipeline or writing run outputs failed.
     #[error("{}: {action}", .path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What was being done with it.
         action: &'static str,
         #[source]
+        /// The source.
         source: std::io::Error,
     },
 }

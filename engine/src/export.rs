@@ -113,12 +113,22 @@ fn value(name: &str, dims: &[usize]) -> ValueInfoProto {
 
 /// The ONNX nodes of one layer, appended to `b`; `flat` says whether the value flowing is
 /// already flat (a map is flattened before the first dense layer on flat inputs).
-fn layer_nodes(b: &mut OnnxBuilder, layer: &Layer, name: &str, flat: &mut bool) -> Result<(), String> {
+/// `skip` names the value a residual connection adds before the activation.
+fn layer_nodes(
+    b: &mut OnnxBuilder,
+    layer: &Layer,
+    name: &str,
+    flat: &mut bool,
+    skip: Option<&str>,
+) -> Result<(), String> {
     if !crate::stages::LAYER_FORMATS.iter().any(|f| f.onnx(layer, b, name, flat)) {
         return Err(format!(
             "layer `{name}` is a {} layer, which ONNX export does not know yet",
             layer.op.kind()
         ));
+    }
+    if let Some(skip) = skip {
+        b.node(&format!("{name}.add"), "Add", &[skip.to_owned()], vec![]);
     }
     b.activation(name, layer);
     Ok(())
@@ -142,8 +152,17 @@ pub fn graph(
         b.node("standardize.mul", "Mul", &[scale], vec![]);
     }
     let mut flat = input_shape.len() <= 1;
+    // Every layer's output value, for the residual adds that read them later.
+    let mut outputs: Vec<String> = Vec::with_capacity(names.len());
     for (layer, name) in network.layers.iter().zip(names) {
-        layer_nodes(&mut b, layer, name, &mut flat)?;
+        let skip = match layer.residual {
+            Some(r) => {
+                Some(outputs.get(r).ok_or(format!("layer `{name}` adds layer {r}, not below it"))?.as_str())
+            }
+            None => None,
+        };
+        layer_nodes(&mut b, layer, name, &mut flat, skip)?;
+        outputs.push(b.last.clone());
     }
     // The last node's output is renamed to the graph's output.
     let classes = network.layers.last().map_or(0, |l| l.output_shape(1).1);
@@ -413,34 +432,43 @@ mod tests {
             clip: elu.then_some(1.5),
             conv: None,
             mask: false,
+            residual: None,
         }
     }
 
     /// A small CNN on 2x6x6 maps standardised first: pointwise stem, depthwise 3x3 stride 2,
-    /// pooling, dense head; written as a model file in `dir`.
-    fn cnn_model(dir: &Path) -> std::path::PathBuf {
+    /// pooling, dense head; written as a model file in `dir`. `residual`: the depthwise layer
+    /// has stride 1 and adds the stem's output.
+    fn cnn_model(dir: &Path, residual: bool) -> std::path::PathBuf {
         let dense = |i: usize, o: usize, k: f32| {
             let mut d = Dense::new(Matrix::from_vec(i, o, values(i * o, k)));
             d.bias = Matrix::from_vec(1, o, values(o, k + 1.0));
             d
         };
-        let geometry = Geometry { h: 6, w: 6, k: 3, stride: 2 };
+        let stride = if residual { 1 } else { 2 };
+        let geometry = Geometry { h: 6, w: 6, k: 3, stride };
+        let pooled = geometry.out_h() * geometry.out_w();
+        let from_stem = residual.then_some(0);
         let mut dw = Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), geometry);
         dw.params.bias = Matrix::from_vec(1, 4, values(4, 0.9));
         let elu = Activation::Elu { clip: 1.5 };
         let network = Network {
             layers: vec![
                 Layer { input_positions: 36, ..Layer::dense(dense(2, 4, 0.1), elu) },
-                Layer::new(dw, elu, 36),
-                Layer::new(GlobalAvgPool { positions: 9, channels: 4 }, Activation::Linear, 9),
+                Layer { residual: from_stem, ..Layer::new(dw, elu, 36) },
+                Layer::new(GlobalAvgPool { positions: pooled, channels: 4 }, Activation::Linear, pooled),
                 Layer::dense(dense(4, 3, 0.5), Activation::Linear),
             ],
         };
         let names: Vec<String> = ["stem", "dw", "pool", "head"].map(String::from).to_vec();
         let layers = vec![
             layer_meta("stem", "pointwise", (2, 4), 36, true),
-            LayerMeta { conv: Some([3, 2, 6, 6]), ..layer_meta("dw", "depthwise", (4, 4), 36, true) },
-            layer_meta("pool", "global_avg_pool", (4, 4), 9, false),
+            LayerMeta {
+                conv: Some([3, stride, 6, 6]),
+                residual: from_stem,
+                ..layer_meta("dw", "depthwise", (4, 4), 36, true)
+            },
+            layer_meta("pool", "global_avg_pool", (4, 4), pooled, false),
             layer_meta("head", "dense", (4, 3), 1, false),
         ];
         let stats =
@@ -463,7 +491,7 @@ mod tests {
     #[test]
     fn a_cnn_exports_to_onnx_that_tract_runs_like_plflow() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let model = cnn_model(dir.path());
+        let model = cnn_model(dir.path(), false);
         let onnx = dir.path().join("model.onnx");
         assert_eq!(export(&model, &onnx, false).expect("export"), vec![2, 6, 6]);
         let diff = verify(&model, &onnx, 50, false).expect("verify");
@@ -478,5 +506,25 @@ mod tests {
         std::fs::write(&onnx, proto.encode_to_vec()).expect("write");
         let diff = verify(&model, &onnx, 50, false).expect("verify");
         assert!(diff > 1e-3, "a changed weight changes the outputs: {diff}");
+    }
+
+    /// A residual add exports as an ONNX `Add` before the activation, and tract's outputs
+    /// match plflow's forward pass.
+    #[test]
+    fn a_residual_cnn_exports_to_onnx_that_tract_runs_like_plflow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = cnn_model(dir.path(), true);
+        let onnx = dir.path().join("model.onnx");
+        export(&model, &onnx, false).expect("export");
+        let proto = ModelProto::decode(std::fs::read(&onnx).expect("read").as_slice()).expect("decode");
+        let add =
+            proto.graph.as_ref().expect("graph").node.iter().find(|n| n.op_type == "Add").expect("an Add");
+        assert_eq!(
+            add.input,
+            vec!["dw".to_owned(), "stem.clip".to_owned()],
+            "the depthwise result plus the stem's output"
+        );
+        let diff = verify(&model, &onnx, 50, false).expect("verify");
+        assert!(diff <= 1e-5, "largest difference {diff}");
     }
 }

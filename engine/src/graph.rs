@@ -16,9 +16,19 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Port {
     /// Labelled examples from a dataset.
-    Examples { shape: Vec<usize>, classes: usize },
+    Examples {
+        /// Shape of one example.
+        shape: Vec<usize>,
+        /// Classes of the labels.
+        classes: usize,
+    },
     /// Per-example activations of a layer (the dataset's labels travel alongside).
-    Activations { shape: Vec<usize>, classes: usize },
+    Activations {
+        /// Shape of one example.
+        shape: Vec<usize>,
+        /// Classes of the labels.
+        classes: usize,
+    },
     /// A trained model.
     Model,
     /// Measurements.
@@ -80,13 +90,33 @@ impl Solver {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSource {
     /// MNIST-layout IDX files in the folder `path` (as written in the pipeline).
-    Mnist { path: PathBuf },
+    Mnist {
+        /// The folder or file, as written in the pipeline.
+        path: PathBuf,
+    },
     /// CIFAR binary files, or an image folder / archive of 32x32 images.
-    Cifar { path: PathBuf, variant: Variant },
+    Cifar {
+        /// The folder or file, as written in the pipeline.
+        path: PathBuf,
+        /// CIFAR-10 or CIFAR-100 (fine or coarse).
+        variant: Variant,
+    },
     /// An image folder or archive.
-    Images { path: PathBuf, options: ImageOptions },
+    Images {
+        /// The folder or file, as written in the pipeline.
+        path: PathBuf,
+        /// Size, channels and resizing.
+        options: ImageOptions,
+    },
     /// Feature tables, one per split.
-    Table { train: PathBuf, test: PathBuf, columns: Columns },
+    Table {
+        /// The training table, as written.
+        train: PathBuf,
+        /// The test table, as written.
+        test: PathBuf,
+        /// Feature and label column names.
+        columns: Columns,
+    },
 }
 
 /// A feature-extraction node's settings (see `spec::ExtractSpec`).
@@ -112,7 +142,12 @@ pub struct ExtractOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Read a dataset; `limit` caps the training examples (class-balanced).
-    Data { source: DataSource, limit: Option<usize> },
+    Data {
+        /// Where the examples are.
+        source: DataSource,
+        /// At most this many training examples (class-balanced); `None` for all.
+        limit: Option<usize>,
+    },
     /// Run a frozen backbone over every image; the features are cached as Parquet files.
     Extract(ExtractOp),
     /// Standardise every feature with the training split's statistics.
@@ -123,16 +158,24 @@ pub enum Op {
     Layer(LayerNode),
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
     Train {
+        /// The learning rule.
         solver: Solver,
+        /// Passes over the training split.
         epochs: usize,
+        /// Examples per step.
         batch_size: usize,
+        /// The dataset that feeds the layers.
         source: NodeIndex,
+        /// The layers, from input to output.
         layers: Vec<NodeIndex>,
         /// The model file the layers start from, checked against their shapes.
         init_from: Option<std::path::PathBuf>,
     },
     /// Accuracy of a trained model on a split.
-    Evaluate { split: Split },
+    Evaluate {
+        /// The split measured.
+        split: Split,
+    },
 }
 
 impl Op {
@@ -191,6 +234,8 @@ pub enum Edge {
     Input,
     /// A trainer reads batches (examples and labels) from a dataset.
     Batches,
+    /// A residual add: the source's output is added to the target layer's result.
+    Residual,
 }
 
 /// A checked, acyclic pipeline graph with its nodes in execution order.
@@ -230,6 +275,14 @@ impl Graph {
             .map(|e| e.source())
     }
 
+    /// The node whose output layer `i` adds (a residual connection), if any.
+    pub fn residual_of(&self, i: NodeIndex) -> Option<NodeIndex> {
+        self.dag
+            .edges_directed(i, petgraph::Direction::Incoming)
+            .find(|e| *e.weight() == Edge::Residual)
+            .map(|e| e.source())
+    }
+
     /// Nodes whose `input` is `i`.
     pub fn consumers(&self, i: NodeIndex) -> Vec<NodeIndex> {
         let mut v: Vec<_> = self
@@ -264,6 +317,7 @@ impl Graph {
             let style = match e.weight() {
                 Edge::Input => "",
                 Edge::Batches => " [style=dashed, label=\"batches\"]",
+                Edge::Residual => " [style=bold, label=\"add\"]",
             };
             let _ = writeln!(s, "  n{} -> n{}{style};", e.source().index(), e.target().index());
         }

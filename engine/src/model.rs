@@ -81,6 +81,10 @@ pub struct LayerMeta {
     pub conv: Option<[usize; 4]>,
     /// Whether a persistent connection mask is stored.
     pub mask: bool,
+    /// A residual connection: the index of the earlier layer whose output this layer adds
+    /// before its activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual: Option<usize>,
 }
 
 /// One stage in front of the network.
@@ -88,24 +92,48 @@ pub struct LayerMeta {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepMeta {
     /// The dataset: its stage kind and example shape.
-    Data { stage: String, source: String, shape: Vec<usize> },
+    Data {
+        /// The pipeline stage.
+        stage: String,
+        /// The dataset stage kind.
+        source: String,
+        /// Shape of one example.
+        shape: Vec<usize>,
+    },
     /// A frozen backbone: its file name and SHA-256, the output kept, and how images are
     /// prepared.
     Extract {
+        /// The pipeline stage.
         stage: String,
+        /// The ONNX file name.
         model: String,
+        /// SHA-256 of the ONNX file.
         sha256: String,
+        /// The model output kept.
         output: String,
+        /// Feature width.
         dim: usize,
+        /// Images are resized to `size x size`.
         size: usize,
+        /// Per-channel mean subtracted.
         mean: [f32; 3],
+        /// Per-channel std divided by.
         std: [f32; 3],
+        /// Channels in blue, green, red order.
         bgr: bool,
     },
     /// Standardisation with the tensors `preprocess.<stage>.mean` and `.std`.
-    Standardize { stage: String, features: usize },
+    Standardize {
+        /// The pipeline stage.
+        stage: String,
+        /// Features standardised.
+        features: usize,
+    },
     /// Examples viewed as flat vectors.
-    Flatten { stage: String },
+    Flatten {
+        /// The pipeline stage.
+        stage: String,
+    },
 }
 
 /// A tensor handed to the safetensors writer as a view of a live buffer.
@@ -210,7 +238,7 @@ impl ModelFiles {
             input_shape: shape,
             class_names: class_names.to_vec(),
             classes,
-            layers: layers.iter().map(|&l| layer_meta(plan.graph.node(l))).collect(),
+            layers: chain_metas(&plan.graph, layers),
             preprocessing,
             pipeline: pipeline.to_owned(),
         };
@@ -396,6 +424,18 @@ pub(crate) fn write_tensors(
     commit(&tmp, path, result)
 }
 
+/// The descriptions of the layer nodes `chain`, in order, with their residual connections
+/// as indices into the chain.
+pub(crate) fn chain_metas(graph: &crate::graph::Graph, chain: &[NodeIndex]) -> Vec<LayerMeta> {
+    chain
+        .iter()
+        .map(|&l| LayerMeta {
+            residual: graph.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r)),
+            ..layer_meta(graph.node(l))
+        })
+        .collect()
+}
+
 /// The description of a layer node.
 pub(crate) fn layer_meta(node: &Node) -> LayerMeta {
     match &node.op {
@@ -426,6 +466,7 @@ impl LayerMeta {
             clip,
             conv: None,
             mask: false,
+            residual: None,
         }
     }
 }
@@ -436,6 +477,10 @@ impl LayerMeta {
         let clip = self.clip.map_or(String::new(), |c| format!(", clip {c}"));
         let conv = self.conv.map_or(String::new(), |[k, s, h, w]| format!(" k{k} s{s} on {h}x{w}"));
         let mask = if self.mask { ", persistent mask" } else { "" };
+        let mask = match self.residual {
+            Some(r) => format!("{mask}, adds layer {}", r + 1),
+            None => mask.to_owned(),
+        };
         let positions =
             if self.positions > 1 { format!(" over {} positions", self.positions) } else { String::new() };
         format!(
@@ -615,7 +660,7 @@ impl LoadedModel {
     /// The network of `plan`'s layer nodes `chain` with this file's weights, checked against
     /// the layer shapes (an error names the layer and both descriptions).
     pub fn network(&self, plan: &Plan, chain: &[NodeIndex]) -> Result<Network, EngineError> {
-        let wanted: Vec<LayerMeta> = chain.iter().map(|&l| layer_meta(plan.graph.node(l))).collect();
+        let wanted = chain_metas(&plan.graph, chain);
         check_layers(&self.meta.layers, &wanted).map_err(|m| bad_model(&self.path, None, m))?;
         self.saved_network()
     }
@@ -623,7 +668,22 @@ impl LoadedModel {
     /// The network the file describes (its `layers` metadata) with its weights: what
     /// `predict` and `export` use, with no pipeline at hand.
     pub fn saved_network(&self) -> Result<Network, EngineError> {
-        let layers = self.meta.layers.iter().map(|m| self.layer(m)).collect::<Result<_, _>>()?;
+        let mut layers = Vec::with_capacity(self.meta.layers.len());
+        for (k, m) in self.meta.layers.iter().enumerate() {
+            let mut layer = self.layer(m)?;
+            if let Some(r) = m.residual {
+                if r >= k {
+                    let message = format!(
+                        "layer `{}` adds the output of layer {}, which is not below it",
+                        m.name,
+                        r + 1
+                    );
+                    return Err(self.bad(None, message));
+                }
+                layer.residual = Some(r);
+            }
+            layers.push(layer);
+        }
         Ok(Network { layers })
     }
 

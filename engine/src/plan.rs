@@ -213,7 +213,10 @@ impl Plan {
         // of, one sample's map per thread at a time through a scratch buffer.
         let largest = acts.iter().copied().max().unwrap_or(0);
         let scratch = largest / (*n).max(1) * plflow_ops::threads();
-        let step = n * size(*source) * F32 + acts.iter().sum::<usize>() + scratch + workspace;
+        // A residual add keeps a copy of its error until the output it added gets its own.
+        let residual: usize =
+            layers.iter().filter(|&&l| self.graph.residual_of(l).is_some()).map(|&l| n * size(l) * F32).sum();
+        let step = n * size(*source) * F32 + acts.iter().sum::<usize>() + scratch + workspace + residual;
         MemoryEstimate { parameters, state: parameters * per_param, step }
     }
 
@@ -235,10 +238,16 @@ impl Plan {
                 (Port::Examples { classes, .. }, _) => {
                     format!("{} ({classes} classes)", n.output.describe())
                 }
-                (_, Op::Layer(layer)) => match layer.activation() {
-                    Activation::Elu { .. } => format!("{} elu", n.output.describe()),
-                    Activation::Linear => format!("{} linear", n.output.describe()),
-                },
+                (_, Op::Layer(layer)) => {
+                    let add = self
+                        .graph
+                        .residual_of(i)
+                        .map_or(String::new(), |r| format!(" + {}", self.graph.node(r).name));
+                    match layer.activation() {
+                        Activation::Elu { .. } => format!("{}{add} elu", n.output.describe()),
+                        Activation::Linear => format!("{}{add} linear", n.output.describe()),
+                    }
+                }
                 (_, Op::Evaluate { split }) => {
                     format!("{} accuracy", if *split == Split::Test { "test" } else { "train" })
                 }
@@ -466,6 +475,29 @@ mod tests {
         let absurd = GOOD.replace("hidden: [32, 16]", "hidden: [4000000000000000000, 4000000000000000000]");
         assert!(unchecked(&absurd).fits_in(1e12, "here", &absurd).is_err());
         assert!(unchecked(GOOD).fits_in(1e9, "here", GOOD).is_ok(), "a small plan fits");
+    }
+
+    /// A residual block becomes an `add` edge from its input to its pointwise node; blocks
+    /// that change the shape, or read the dataset, are refused naming the field.
+    #[test]
+    fn residual_blocks_add_their_input_or_are_refused() {
+        let cnn = |block: &str| {
+            format!(
+                "name: r\nstages:\n  data:\n    kind: mnist\n  stem:\n    kind: pointwise\n    input: data\n    channels: 4\n  block:\n    kind: ds_block\n    residual: true\n{block}  pool:\n    kind: global_avg_pool\n    input: block\n  head:\n    kind: dense\n    input: pool\n    units: 10\n  train:\n    kind: pl\n    input: head\n"
+            )
+        };
+        let plan = unchecked(&cnn("    input: stem\n    channels: 4\n"));
+        let node = |name: &str| plan.graph.topological().find(|(_, n)| n.name == name).expect(name).0;
+        assert_eq!(plan.graph.residual_of(node("block.pw")), Some(node("stem")));
+        assert!(plan.describe().contains("4x28x28 + stem elu"), "{}", plan.describe());
+        for (block, why) in [
+            ("    input: stem\n    channels: 4\n    stride: 2\n", "needs stride 1, but `stride` is 2"),
+            ("    input: stem\n    channels: 8\n", "`channels` is 8 and `stem` has 4"),
+            ("    input: data\n    channels: 1\n", "`data` is not a layer"),
+        ] {
+            let msg = err(&cnn(block));
+            assert!(msg.contains("field `residual`") && msg.contains(why), "{block}: {msg}");
+        }
     }
 
     #[test]

@@ -136,12 +136,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 layers.insert(i, layer);
             }
             Op::Train { solver, epochs, batch_size, source, layers: chain, init_from } => {
-                let network = Network {
+                let mut network = Network {
                     layers: chain
                         .iter()
                         .map(|l| layers.remove(l).expect("layers are initialised before their trainer"))
                         .collect(),
                 };
+                for (layer, &l) in network.layers.iter_mut().zip(chain) {
+                    layer.residual =
+                        plan.graph.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r));
+                }
                 let data = &datasets[source];
                 let evaluators: Vec<(String, Split)> = plan
                     .graph

@@ -35,10 +35,18 @@ pub enum ExtractError {
     Dataset(#[from] DatasetError),
     /// The model could not be loaded or run.
     #[error("{}: {message}", .path.display())]
-    Model { path: PathBuf, message: String },
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// The progress callback asked to stop; finished parts are kept for the next run.
     #[error("extraction stopped after {parts} parts; run again to resume")]
-    Stopped { parts: usize },
+    Stopped {
+        /// Parts written before stopping.
+        parts: usize,
+    },
 }
 
 /// What to extract and where.

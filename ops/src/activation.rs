@@ -37,7 +37,10 @@ pub enum Activation {
     /// `a = z`.
     Linear,
     /// `a = clip(ELU(z), -clip, clip)` with ELU alpha 1.
-    Elu { clip: f32 },
+    Elu {
+        /// Outputs are clipped to `[-clip, clip]`.
+        clip: f32,
+    },
 }
 
 impl Activation {

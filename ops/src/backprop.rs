@@ -24,11 +24,40 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Optimizer {
     /// SGD with (heavy-ball) momentum and optional L2 weight decay added to the gradient.
-    Sgd { lr: f32, momentum: f32, weight_decay: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum coefficient (0 for plain SGD).
+        momentum: f32,
+        /// L2 coefficient added to the gradient.
+        weight_decay: f32,
+    },
     /// Adam with optional L2 weight decay added to the gradient.
-    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first-moment average.
+        beta1: f32,
+        /// Decay of the second-moment average.
+        beta2: f32,
+        /// Added to the denominator.
+        eps: f32,
+        /// L2 coefficient added to the gradient.
+        weight_decay: f32,
+    },
     /// AdamW: Adam with decoupled weight decay.
-    AdamW { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+    AdamW {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first-moment average.
+        beta1: f32,
+        /// Decay of the second-moment average.
+        beta2: f32,
+        /// Added to the denominator.
+        eps: f32,
+        /// Weights shrink by `lr * weight_decay` per step, apart from the gradient.
+        weight_decay: f32,
+    },
 }
 
 impl Optimizer {
@@ -238,6 +267,9 @@ impl BackpropTrainer {
         };
         let mut stats = softmax_cross_entropy(&mut delta, labels).map_err(at(count - 1))?;
         stats.forward_seconds = clock.elapsed().as_secs_f64();
+        // Deltas of residual adds, `(layer whose output was added, delta)`, until that
+        // layer's delta is formed.
+        let mut pending: Vec<(usize, Matrix)> = Vec::new();
 
         for l in (0..count).rev() {
             let clock = Instant::now();
@@ -250,7 +282,13 @@ impl BackpropTrainer {
             let solved = Instant::now();
             // The input activation's last use was the gradient: the error below takes its place.
             let below = acts.pop().expect("one activation per layer below this one");
-            let below = net.error_below_in_place(l, &delta, below, batch, ErrorMode::Gradient)?;
+            let skips = net.skips_for(l, &delta, &pending);
+            let below = net.error_below_in_place(l, &delta, below, batch, ErrorMode::Gradient, &skips)?;
+            // The gradient reaching a residual add flows to the output it added as well.
+            pending.retain(|(r, _)| *r != l - 1);
+            if let Some(r) = net.layers[l].residual.filter(|&r| r + 1 < l) {
+                pending.push((r, delta.clone()));
+            }
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(delta);
@@ -400,6 +438,7 @@ mod tests {
         let mut total = 0.0;
         for (i, &y) in labels.iter().enumerate() {
             let mut a: Vec<f64> = x.row(i).iter().map(|&v| v as f64).collect();
+            let mut outputs: Vec<Vec<f64>> = Vec::new();
             for layer in &net.layers {
                 let params = layer.params().expect("dense");
                 let w = &params.weights;
@@ -409,9 +448,13 @@ mod tests {
                             + (0..w.rows()).map(|k| a[k] * w.row(k)[j] as f64).sum::<f64>()
                     })
                     .collect();
+                if let Some(r) = layer.residual {
+                    z.iter_mut().zip(&outputs[r]).for_each(|(z, s)| *z += s);
+                }
                 if let Activation::Elu { .. } = layer.activation {
                     z.iter_mut().for_each(|v| *v = if *v > 0.0 { *v } else { v.exp_m1() });
                 }
+                outputs.push(z.clone());
                 a = z;
             }
             let lse = a.iter().map(|v| v.exp()).sum::<f64>().ln();
@@ -511,6 +554,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Residual adds pass the gradient to the output they added: an SGD step on a network
+    /// with a skip over one layer and one over two (both from layer 0, so layer 0's output
+    /// gets three gradients) moves every weight by `-lr` times its finite-difference gradient.
+    #[test]
+    fn residual_adds_carry_the_gradient_to_their_source() {
+        use crate::init::xavier_normal;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let elu = Activation::Elu { clip: 10.0 };
+        let mut net = Network {
+            layers: vec![
+                Layer::dense(Dense::new(xavier_normal(2, 3, &mut rng)), elu),
+                Layer { residual: Some(0), ..Layer::dense(Dense::new(xavier_normal(3, 3, &mut rng)), elu) },
+                Layer { residual: Some(0), ..Layer::dense(Dense::new(xavier_normal(3, 3, &mut rng)), elu) },
+                Layer::dense(Dense::new(xavier_normal(3, 2, &mut rng)), Activation::Linear),
+            ],
+        };
+        let x = xavier_normal(4, 2, &mut rng);
+        let y = vec![0, 1, 1, 0];
+        let lr = 0.5;
+        let grads = numeric_gradient(&net, &x, &y);
+        let before = params(&net);
+        let mut trainer = BackpropTrainer::new(&net, Optimizer::Sgd { lr, momentum: 0.0, weight_decay: 0.0 });
+        trainer.step(&mut net, &x, &y).expect("step");
+        for (i, ((got, was), g)) in params(&net).iter().zip(&before).zip(&grads).enumerate() {
+            for k in 0..got.len() {
+                let want = was[k] as f64 - lr as f64 * g[k];
+                assert!((got[k] as f64 - want).abs() < 2e-4, "tensor {i}[{k}]: {} vs {want}", got[k]);
+            }
+        }
+        // The forward pass that frees activations as it goes gives the training pass's scores.
+        let scores = net.forward(&x).expect("forward");
+        let all = net.forward_all(&x, 4).expect("forward all");
+        assert_eq!(scores.as_slice(), all.last().expect("scores").as_slice());
     }
 
     /// Forming and applying the first layer's gradient a few rows at a time gives the weights

@@ -190,14 +190,18 @@ impl Op for Dense {
             .par_chunks_mut(layout.span * cols)
             .zip(err.as_slice().par_chunks(layout.span * m))
             .zip(scratch.par_chunks_mut(layout.block * cols))
-            .for_each(|((a, e), s)| {
-                for (a, e) in a.chunks_mut(layout.block * cols).zip(e.chunks(layout.block * m)) {
+            .enumerate()
+            .for_each(|(i, ((a, e), s))| {
+                let span = i * layout.span * cols;
+                for (j, (a, e)) in
+                    a.chunks_mut(layout.block * cols).zip(e.chunks(layout.block * m)).enumerate()
+                {
                     let h = e.len() / m.max(1);
                     let s = &mut s[..h * cols];
                     let out = MatMut::from_row_major_slice_mut(s, h, cols);
                     let e = MatRef::from_row_major_slice(e, h, m);
                     matmul(out, Accum::Replace, e, self.weights.view().transpose(), 1.0, Par::Seq);
-                    combine(s, a);
+                    combine(span + j * layout.block * cols, s, a);
                 }
             });
         Ok(())

@@ -260,13 +260,13 @@ impl Op for Depthwise {
         let samples = self.check_error(err)?.max(1);
         let (per_in, per_out) = (below.rows() / samples, err.rows() / samples);
         let c = below.cols();
-        below.as_mut_slice().par_chunks_mut(per_in * c).zip(err.as_slice().par_chunks(per_out * c)).for_each(
-            |(a, e)| {
-                let mut scratch = Buffer::<f32>::zeros(a.len());
-                self.input_error_sample(e, &mut scratch);
-                combine(&mut scratch, a);
-            },
-        );
+        let chunks =
+            below.as_mut_slice().par_chunks_mut(per_in * c).zip(err.as_slice().par_chunks(per_out * c));
+        chunks.enumerate().for_each(|(i, (a, e))| {
+            let mut scratch = Buffer::<f32>::zeros(a.len());
+            self.input_error_sample(e, &mut scratch);
+            combine(i * per_in * c, &mut scratch, a);
+        });
         Ok(())
     }
 

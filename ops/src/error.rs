@@ -95,14 +95,30 @@ pub enum OpsError {
         "{op}: {what} contains NaN or infinity (layer input {rows}x{cols}); the run has diverged: \
          lower `alpha`, raise `lambda`, or check the input data for NaN"
     )]
-    NonFinite { op: &'static str, what: &'static str, rows: usize, cols: usize },
+    NonFinite {
+        /// The operation.
+        op: &'static str,
+        /// The value that is not finite.
+        what: &'static str,
+        /// Rows of the layer input.
+        rows: usize,
+        /// Columns of the layer input.
+        cols: usize,
+    },
     /// The regularised system was not positive definite (only possible with lambda <= 0 or
     /// overflow).
     #[error(
         "{op}: the {dim}x{dim} system is not positive definite (pivot {pivot}); raise `lambda` \
          (it must be > 0)"
     )]
-    NotPositiveDefinite { op: &'static str, dim: usize, pivot: usize },
+    NotPositiveDefinite {
+        /// The operation.
+        op: &'static str,
+        /// Size of the system.
+        dim: usize,
+        /// The failing pivot.
+        pivot: usize,
+    },
 }
 
 impl OpsError {

@@ -9,6 +9,7 @@
 //! row per sample; feature maps are NHWC with one row per position.
 
 use crate::dense::Dense;
+use crate::error::Dim;
 use crate::solve::{RidgeConfig, RidgeUpdate};
 use crate::sparse::Mask;
 use crate::update::{LayerState, UpdateRule};
@@ -43,9 +44,10 @@ impl ErrorMode {
     }
 }
 
-/// `combine(scratch, a)`: finish one block of an in-place error, where `scratch` holds the
-/// propagated error and `a` the activation it replaces (see [`Op::error_in_place`]).
-pub type Combine<'a> = dyn Fn(&mut [f32], &mut [f32]) + Sync + 'a;
+/// `combine(offset, scratch, a)`: finish one block of an in-place error, where `scratch` holds
+/// the propagated error and `a` the activation it replaces, which starts at element `offset`
+/// of the whole activation (see [`Op::error_in_place`]).
+pub type Combine<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
 
 /// Receives a layer's weight gradient a block of rows at a time, with the parameters to
 /// apply it to: `(params, first row, rows, bias)`, the bias gradient with the last block.
@@ -105,7 +107,7 @@ pub trait Op: Debug + Send + Sync + Any {
 
     /// [`Op::input_error`] written over `below` (the input activation, `batch` samples in
     /// the input shape, consumed): the error is propagated a block at a time into scratch,
-    /// and `combine(scratch, block of below)` finishes each block. Blocks may run in
+    /// and `combine(offset of the block, scratch, block of below)` finishes each block. Blocks may run in
     /// parallel; the scratch is small and counted in [`Op::error_scratch_bytes`].
     fn error_in_place(
         &self,
@@ -199,12 +201,16 @@ pub struct Layer {
     pub mask: Option<Mask>,
     /// Rows of input per sample: 1 for a dense layer on flat inputs, `H * W` on maps.
     pub input_positions: usize,
+    /// A residual connection: the output of layer `r` (earlier in the network, with this
+    /// layer's output shape) is added to this layer's result before its activation, so the
+    /// error reaching this layer is copied to layer `r`'s output as well.
+    pub residual: Option<usize>,
 }
 
 impl Layer {
     /// A layer of `op` on `positions` rows per sample.
     pub fn new(op: impl Op, activation: crate::activation::Activation, positions: usize) -> Self {
-        Self { op: Box::new(op), activation, mask: None, input_positions: positions }
+        Self { op: Box::new(op), activation, mask: None, input_positions: positions, residual: None }
     }
 
     /// A dense layer on flat inputs.
@@ -239,7 +245,18 @@ impl Layer {
 
     /// The layer's output (after its activation) for `input` in [`Layer::input_shape`].
     pub fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
+        self.forward_with(input, None)
+    }
+
+    /// [`Layer::forward`] with `skip` (the output of the layer [`Layer::residual`] names)
+    /// added before the activation.
+    pub fn forward_with(&self, input: &Matrix, skip: Option<&Matrix>) -> Result<Matrix, OpsError> {
         let mut z = self.op.forward(input)?;
+        if let Some(skip) = skip {
+            let op = "residual add";
+            OpsError::check(op, "skip", &[Dim::Exact(z.as_slice().len())], &[skip.as_slice().len()])?;
+            z.as_mut_slice().iter_mut().zip(skip.as_slice()).for_each(|(z, s)| *z += s);
+        }
         self.activation.apply(z.as_mut_slice());
         Ok(z)
     }

@@ -79,15 +79,39 @@ impl Network {
     pub(crate) fn forward_all(&self, x: &Matrix, batch: usize) -> Result<Vec<Matrix>, LayerError> {
         let mut acts: Vec<Matrix> = Vec::with_capacity(self.layers.len());
         for l in 0..self.layers.len() {
-            let out = self.forward_layer(l, acts.last().unwrap_or(x), batch)?;
+            let skip = self.residual_of(l)?.map(|r| &acts[r]);
+            let out = self.forward_layer(l, acts.last().unwrap_or(x), skip, batch)?;
             acts.push(out);
         }
         Ok(acts)
     }
 
-    /// Run layer `l` on `input` and reshape its output for layer `l + 1`.
-    pub(crate) fn forward_layer(&self, l: usize, input: &Matrix, batch: usize) -> Result<Matrix, LayerError> {
-        let mut out = self.layers[l].forward(input).map_err(at(l))?;
+    /// The layer whose output layer `l` adds (its residual connection), checked to be below it.
+    fn residual_of(&self, l: usize) -> Result<Option<usize>, LayerError> {
+        match self.layers[l].residual {
+            Some(r) if r >= l => Err(at(l)(OpsError::Invalid {
+                op: "residual add",
+                detail: format!("layer {l} adds the output of layer {r}, which is not below it"),
+            })),
+            r => Ok(r),
+        }
+    }
+
+    /// Whether a layer after `l` adds the output of layer `r`.
+    fn needed_after(&self, l: usize, r: usize) -> bool {
+        self.layers[l + 1..].iter().any(|later| later.residual == Some(r))
+    }
+
+    /// Run layer `l` on `input` (adding `skip` before its activation) and reshape its output
+    /// for layer `l + 1`.
+    pub(crate) fn forward_layer(
+        &self,
+        l: usize,
+        input: &Matrix,
+        skip: Option<&Matrix>,
+        batch: usize,
+    ) -> Result<Matrix, LayerError> {
+        let mut out = self.layers[l].forward_with(input, skip).map_err(at(l))?;
         if let Some(next) = self.layers.get(l + 1) {
             let (rows, cols) = next.input_shape(batch);
             if rows * cols != out.rows() * out.cols() {
@@ -105,8 +129,9 @@ impl Network {
     }
 
     /// The error of layer `l - 1`'s output from layer `l`'s output error: propagated through
-    /// layer `l` (across pooling as `pool` says), times the derivative of layer `l - 1`'s activation (recovered from its
-    /// output `below`), in layer `l - 1`'s output shape.
+    /// layer `l` (across pooling as `mode` says), plus the errors `skips` of layers that add
+    /// layer `l - 1`'s output (residual connections), times the derivative of layer `l - 1`'s
+    /// activation (recovered from its output `below`), in layer `l - 1`'s output shape.
     #[cfg(test)]
     pub(crate) fn error_below(
         &self,
@@ -115,8 +140,12 @@ impl Network {
         below: &Matrix,
         batch: usize,
         mode: ErrorMode,
+        skips: &[&Matrix],
     ) -> Result<Matrix, LayerError> {
         let mut e = self.layers[l].op.input_error(err, mode).map_err(at(l))?;
+        for k in skips {
+            e.as_mut_slice().iter_mut().zip(k.as_slice()).for_each(|(e, k)| *e += k);
+        }
         self.layers[l - 1].activation.scale_by_derivative(e.as_mut_slice(), below.as_slice());
         let (rows, cols) = self.layers[l - 1].output_shape(batch);
         e.reshape(rows, cols);
@@ -135,11 +164,13 @@ impl Network {
         mut below: Matrix,
         batch: usize,
         mode: ErrorMode,
+        skips: &[&Matrix],
     ) -> Result<Matrix, LayerError> {
         let layer = &self.layers[l];
         let derivative = self.layers[l - 1].activation;
         let (rows, cols) = layer.input_shape(batch);
-        if below.rows() * below.cols() != rows * cols {
+        let size = below.rows() * below.cols();
+        if size != rows * cols {
             let (expected, actual) = ([Dim::Exact(rows), Dim::Exact(cols)], [below.rows(), below.cols()]);
             return Err(at(l)(OpsError::mismatch(
                 "error propagation",
@@ -148,9 +179,18 @@ impl Network {
                 &actual,
             )));
         }
+        for k in skips {
+            OpsError::check("residual error", "skip", &[Dim::Exact(size)], &[k.as_slice().len()])
+                .map_err(at(l))?;
+        }
         below.reshape(rows, cols);
-        // Propagate into `scratch`, then `a <- scratch * f'(a)` where `a` is the activation.
-        let combine = |scratch: &mut [f32], a: &mut [f32]| {
+        // Propagate into `scratch`, add the residual errors, then `a <- scratch * f'(a)` where
+        // `a` is the activation.
+        let combine = |offset: usize, scratch: &mut [f32], a: &mut [f32]| {
+            for k in skips {
+                let k = &k.as_slice()[offset..offset + scratch.len()];
+                scratch.iter_mut().zip(k).for_each(|(s, k)| *s += k);
+            }
             derivative.scale_by_derivative(scratch, a);
             a.copy_from_slice(scratch);
         };
@@ -161,15 +201,42 @@ impl Network {
     }
 
     /// Outputs (pre-softmax scores) for a batch; each activation is dropped as soon as the
-    /// next layer has consumed it.
+    /// next layer has consumed it (an output a residual connection adds is kept until then).
     pub fn forward(&self, x: &Matrix) -> Result<Matrix, LayerError> {
         let batch = self.batch_of(x);
         let mut current: Option<Matrix> = None;
+        let mut kept: Vec<Option<Matrix>> = (0..self.layers.len()).map(|_| None).collect();
         for l in 0..self.layers.len() {
             let input = current.as_ref().unwrap_or(x);
-            current = Some(self.forward_layer(l, input, batch)?);
+            let residual = self.residual_of(l)?;
+            let out = self.forward_layer(l, input, residual.and_then(|r| kept[r].as_ref()), batch)?;
+            if let Some(r) = residual
+                && !self.needed_after(l, r)
+            {
+                kept[r] = None;
+            }
+            if self.needed_after(l, l) {
+                kept[l] = Some(out.clone());
+            }
+            current = Some(out);
         }
         Ok(current.unwrap_or_else(|| x.clone()))
+    }
+
+    /// The residual errors waiting for layer `r`'s output error: `pending` holds `(r, error)`
+    /// pairs for connections from layer `r`, and `own` is layer `l`'s error when layer `l`
+    /// adds layer `l - 1`'s output.
+    pub(crate) fn skips_for<'m>(
+        &self,
+        l: usize,
+        own: &'m Matrix,
+        pending: &'m [(usize, Matrix)],
+    ) -> Vec<&'m Matrix> {
+        let mut skips: Vec<&Matrix> = pending.iter().filter(|(r, _)| *r == l - 1).map(|(_, e)| e).collect();
+        if self.layers[l].residual == Some(l - 1) {
+            skips.push(own);
+        }
+        skips
     }
 }
 
@@ -236,12 +303,19 @@ mod tests {
             for l in 1..net.layers.len() {
                 let (rows, cols) = net.layers[l].output_shape(batch);
                 let err = xavier_normal(rows, cols, &mut rng);
-                let want = net.error_below(l, &err, &acts[l - 1], batch, pool).expect("allocating");
-                let got =
-                    net.error_below_in_place(l, &err, acts[l - 1].clone(), batch, pool).expect("in place");
-                assert_eq!((got.rows(), got.cols()), (want.rows(), want.cols()), "layer {l}");
-                for (g, w) in got.as_slice().iter().zip(want.as_slice()) {
-                    assert!((g - w).abs() < 1e-6, "layer {l}, {pool:?}: {g} vs {w}");
+                // with and without a residual error added at the activation below (its
+                // blocks must line up with the propagation's)
+                let below = &acts[l - 1];
+                let skip = xavier_normal(below.rows(), below.cols(), &mut rng);
+                for skips in [vec![], vec![&skip]] {
+                    let want = net.error_below(l, &err, below, batch, pool, &skips).expect("allocating");
+                    let got = net
+                        .error_below_in_place(l, &err, below.clone(), batch, pool, &skips)
+                        .expect("in place");
+                    assert_eq!((got.rows(), got.cols()), (want.rows(), want.cols()), "layer {l}");
+                    for (g, w) in got.as_slice().iter().zip(want.as_slice()) {
+                        assert!((g - w).abs() < 1e-6, "layer {l}, {pool:?}: {g} vs {w}");
+                    }
                 }
             }
         }

@@ -182,6 +182,9 @@ impl PlTrainer {
         let mut stats = output_error(&mut err, labels, cfg.label_smoothing).map_err(at(count - 1))?;
         stats.forward_seconds = clock.elapsed().as_secs_f64();
         let output_rms = rms(&err);
+        // Errors of residual adds, `(layer whose output was added, error)`, until that
+        // layer's output error is formed.
+        let mut pending: Vec<(usize, Matrix)> = Vec::new();
 
         for l in (0..count).rev() {
             let clock = Instant::now();
@@ -200,7 +203,13 @@ impl PlTrainer {
             let update = net.layers[l].op.pl_update(&acts[l - 1], &err, &cfg.ridge).map_err(at(l))?;
             let solved = Instant::now();
             let below = acts.pop().expect("one activation per layer below this one");
-            let mut previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target)?;
+            let skips = net.skips_for(l, &err, &pending);
+            let mut previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
+            // The error reaching a residual add is copied to the output it added.
+            pending.retain(|(r, _)| *r != l - 1);
+            if let Some(r) = net.layers[l].residual.filter(|&r| r + 1 < l) {
+                pending.push((r, err.clone()));
+            }
             if cfg.error_scale == ErrorScale::Output {
                 let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
                 previous.as_mut_slice().iter_mut().for_each(|v| *v *= scale);

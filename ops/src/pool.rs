@@ -58,9 +58,10 @@ impl Op for GlobalAvgPool {
         let op = "pooling error propagation";
         OpsError::check(op, "error", &[Dim::Exact(batch), Dim::Exact(c)], &[err.rows(), err.cols()])?;
         let share = mode.share(p);
-        below.as_mut_slice().par_chunks_mut(p * c).zip(err.as_slice().par_chunks(c)).for_each(|(a, e)| {
+        let chunks = below.as_mut_slice().par_chunks_mut(p * c).zip(err.as_slice().par_chunks(c));
+        chunks.enumerate().for_each(|(i, (a, e))| {
             let mut scratch = Buffer::from_vec(e.iter().map(|v| v * share).cycle().take(a.len()).collect());
-            combine(&mut scratch, a);
+            combine(i * p * c, &mut scratch, a);
         });
         Ok(())
     }

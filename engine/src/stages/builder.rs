@@ -109,6 +109,15 @@ impl Builder<'_> {
         self.nodes.node_indices().map(|i| (i, &self.nodes[i]))
     }
 
+    /// The node whose output layer `i` adds (a residual connection), if any.
+    pub fn residual_of(&self, i: NodeIndex) -> Option<NodeIndex> {
+        use petgraph::visit::EdgeRef;
+        self.nodes
+            .edges_directed(i, petgraph::Direction::Incoming)
+            .find(|e| *e.weight() == Edge::Residual)
+            .map(|e| e.source())
+    }
+
     /// Add an edge of kind `edge`.
     pub fn add_edge(&mut self, from: NodeIndex, to: NodeIndex, edge: Edge) {
         self.nodes.add_edge(from, to, edge);
@@ -116,7 +125,11 @@ impl Builder<'_> {
 
     /// The node feeding `i` through its `input`, if any.
     pub fn input_of(&self, i: NodeIndex) -> Option<NodeIndex> {
-        self.nodes.neighbors_directed(i, petgraph::Direction::Incoming).next()
+        use petgraph::visit::EdgeRef;
+        self.nodes
+            .edges_directed(i, petgraph::Direction::Incoming)
+            .find(|e| *e.weight() == Edge::Input)
+            .map(|e| e.source())
     }
 
     /// The input of a layer: examples or activations, as `(node, width, classes)`.
@@ -140,6 +153,7 @@ impl Builder<'_> {
         }
     }
 
+    /// Add `node`, fed by `input` when given; returns its index.
     pub fn add_node(&mut self, node: Node, input: Option<NodeIndex>) -> NodeIndex {
         let i = self.nodes.add_node(node);
         if let Some(from) = input {
@@ -148,6 +162,8 @@ impl Builder<'_> {
         i
     }
 
+    /// The input of a convolution or pooling stage: feature maps `[C, H, W]`, as
+    /// `(node, [C, H, W], classes)`.
     pub fn map_input(
         &self,
         stage: &str,
@@ -208,6 +224,7 @@ impl Builder<'_> {
         })
     }
 
+    /// Fail with "field `field`: must be `want`, got `got`" unless `ok`.
     pub fn range(
         &self,
         stage: &str,

@@ -71,7 +71,16 @@ pub enum Init {
     He,
     /// Sparse connectivity (SPEC section 3). `correlated` for a layer fed by a dataset (top-k
     /// correlation), else a small-world ring.
-    Sparse { tau: f64, rewire: f64, persistent: bool, correlated: bool },
+    Sparse {
+        /// Fraction of inputs each neuron connects to.
+        tau: f64,
+        /// Rewiring probability of the small-world ring.
+        rewire: f64,
+        /// Whether the mask lasts through training.
+        persistent: bool,
+        /// Top-k correlation with the dataset (else a small-world ring).
+        correlated: bool,
+    },
 }
 
 /// The initialisation of a layer of stage `stage` fed by `from`, checked.

@@ -115,6 +115,19 @@ fn chain(
         at = prev;
     };
     layers.reverse();
+    for &l in &layers {
+        if let Some(r) = b.residual_of(l).filter(|r| !layers.contains(r)) {
+            return Err(b.err(
+                name,
+                Some("input"),
+                format!(
+                    "field `input`: layer `{}` adds the output of `{}`, which is not a layer of the model {kind} trains",
+                    b.node(l).name,
+                    b.node(r).name
+                ),
+            ));
+        }
+    }
     Ok((source, layers))
 }
 
@@ -132,7 +145,13 @@ fn init_from(b: &Builder<'_>, name: &str, from: &Path, layers: &[NodeIndex]) -> 
         }
         fail(format!("{message} (give a run folder holding model.safetensors, or a model file)"))
     })?;
-    let wanted: Vec<_> = layers.iter().map(|&l| crate::model::layer_meta(b.node(l))).collect();
+    let wanted: Vec<_> = layers
+        .iter()
+        .map(|&l| crate::model::LayerMeta {
+            residual: b.residual_of(l).and_then(|r| layers.iter().position(|&c| c == r)),
+            ..crate::model::layer_meta(b.node(l))
+        })
+        .collect();
     crate::model::check_layers(&model.meta.layers, &wanted)
         .map_err(|m| fail(format!("{}: {m}", file.display())))?;
     Ok(file)
