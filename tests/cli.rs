@@ -404,7 +404,8 @@ fn fetch_rejects_a_corrupted_download() {
 
 /// A run leaves its model behind: `eval` on the run folder reproduces the run's test accuracy
 /// exactly, counts every test example in a per-class CSV, measures another dataset of the
-/// same shape given by `--set`, and refuses a truncated model naming the file.
+/// same shape given by `--set` (the figure the run's own `evaluate` stage with `data:` on
+/// that dataset recorded), and refuses a truncated model naming the file.
 #[test]
 fn eval_reproduces_the_run_and_measures_other_data() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -412,11 +413,17 @@ fn eval_reproduces_the_run_and_measures_other_data() {
     synthetic_mnist(&dir.path().join("other"), 100, 70);
     let run_dir = dir.path().join("run");
     let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let pipeline = dir.path().join("two-datasets.yaml");
+    let mut text_of = std::fs::read_to_string(mnist_pipeline()).expect("pipeline");
+    text_of.push_str(
+        "  other:\n    kind: mnist\n    path: other\n  eval_other:\n    kind: evaluate\n    input: train\n    data: other\n",
+    );
+    std::fs::write(&pipeline, text_of).expect("write");
     let run = plflow(
         dir.path(),
         &[
             "run",
-            &mnist_pipeline(),
+            pipeline.to_str().expect("utf-8"),
             "--set",
             "train.epochs=2",
             "--set",
@@ -433,7 +440,9 @@ fn eval_reproduces_the_run_and_measures_other_data() {
     for file in ["model.safetensors", "best.safetensors"] {
         assert!(run_dir.join(file).is_file(), "{file} written");
     }
-    let acc = read_json(&run_dir.join("summary.json"))["test_accuracy"].as_f64().expect("number");
+    let summary = read_json(&run_dir.join("summary.json"));
+    let acc = summary["test_accuracy"].as_f64().expect("number");
+    let on_other = summary["evaluations"]["eval_other"].as_f64().expect("the other dataset measured");
 
     let run_arg = run_dir.to_str().expect("utf-8");
     let eval = plflow(dir.path(), &["eval", run_arg], &env);
@@ -452,7 +461,8 @@ fn eval_reproduces_the_run_and_measures_other_data() {
     let other = plflow(dir.path(), &["eval", run_arg, "--set", "data.path=other"], &env);
     let (stdout, stderr) = text(&other);
     assert!(other.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("over 70 examples"), "{stdout}");
+    let want = format!("test accuracy {:.2}% over 70 examples", on_other * 100.0);
+    assert!(stdout.contains(&want), "{want} in:\n{stdout}");
 
     let bytes = std::fs::read(run_dir.join("model.safetensors")).expect("model");
     let cut = dir.path().join("cut.safetensors");

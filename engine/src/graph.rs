@@ -175,6 +175,8 @@ pub enum Op {
     Evaluate {
         /// The split measured.
         split: Split,
+        /// The dataset measured, when not the trainer's.
+        data: Option<NodeIndex>,
     },
 }
 

@@ -248,8 +248,9 @@ impl Plan {
                         Activation::Linear => format!("{}{add} linear", n.output.describe()),
                     }
                 }
-                (_, Op::Evaluate { split }) => {
-                    format!("{} accuracy", if *split == Split::Test { "test" } else { "train" })
+                (_, Op::Evaluate { split, data }) => {
+                    let on = data.map_or(String::new(), |d| format!(" of {}", self.graph.node(d).name));
+                    format!("{}{on} accuracy", if *split == Split::Test { "test" } else { "train" })
                 }
                 _ => n.output.describe(),
             };
@@ -475,6 +476,31 @@ mod tests {
         let absurd = GOOD.replace("hidden: [32, 16]", "hidden: [4000000000000000000, 4000000000000000000]");
         assert!(unchecked(&absurd).fits_in(1e12, "here", &absurd).is_err());
         assert!(unchecked(GOOD).fits_in(1e9, "here", GOOD).is_ok(), "a small plan fits");
+    }
+
+    /// `evaluate` may measure another dataset stage with the model's example shape and
+    /// classes; one of another shape, or a layer, is refused naming `data`.
+    #[test]
+    fn evaluate_measures_other_datasets_of_the_same_shape() {
+        let with = |other: &str| {
+            format!(
+                "{GOOD}  other:\n{other}  again:\n    kind: evaluate\n    input: train\n    data: other\n"
+            )
+        };
+        let plan = unchecked(&with("    kind: mnist\n    path: elsewhere\n"));
+        let (i, node) = plan.graph.topological().find(|(_, n)| n.name == "again").expect("again");
+        let Op::Evaluate { data: Some(d), .. } = node.op else { panic!("evaluates other data: {node:?}") };
+        assert_eq!(plan.graph.node(d).name, "other");
+        let order: Vec<&str> = plan.graph.topological().map(|(_, n)| n.name.as_str()).collect();
+        let at = |name: &str| order.iter().position(|n| *n == name).expect(name);
+        assert!(
+            at("other") < at("train")
+                && at("train") < plan.graph.topological().position(|(j, _)| j == i).expect("again")
+        );
+        let msg = err(&with("    kind: cifar10\n"));
+        assert!(msg.contains("field `data`") && msg.contains("3x32x32"), "{msg}");
+        let msg = err(&with("    kind: dense\n    input: data\n    units: 10\n"));
+        assert!(msg.contains("field `data`") && msg.contains("not examples"), "{msg}");
     }
 
     /// A residual block becomes an `add` edge from its input to its pointwise node; blocks

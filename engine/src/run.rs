@@ -147,12 +147,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         plan.graph.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r));
                 }
                 let data = &datasets[source];
-                let evaluators: Vec<(String, Split)> = plan
+                let evaluators: Vec<Evaluator> = plan
                     .graph
                     .consumers(i)
                     .into_iter()
                     .filter_map(|c| match plan.graph.node(c).op {
-                        Op::Evaluate { split } => Some((plan.graph.node(c).name.clone(), split)),
+                        Op::Evaluate { split, data: other } => Some(Evaluator {
+                            name: plan.graph.node(c).name.clone(),
+                            split,
+                            data: other.map(|d| &datasets[&d]),
+                        }),
                         _ => None,
                     })
                     .collect();
@@ -457,8 +461,16 @@ struct TrainJob<'a> {
     batch_size: usize,
     seed: u64,
     data: &'a Dataset,
-    evaluators: &'a [(String, Split)],
+    evaluators: &'a [Evaluator<'a>],
     progress: bool,
+}
+
+/// An evaluate stage of a trainer: the split it measures, of `data` when it names another
+/// dataset than the trainer's.
+struct Evaluator<'a> {
+    name: String,
+    split: Split,
+    data: Option<&'a Dataset>,
 }
 
 impl TrainJob<'_> {
@@ -548,13 +560,14 @@ impl TrainJob<'_> {
             let mut test_accuracy = None;
             let mut evaluations = IndexMap::new();
             let mut parts = Vec::new();
-            for (name, split) in self.evaluators {
-                let acc = self.evaluate(&network, *split, epoch)?;
-                if *split == Split::Test && test_accuracy.is_none() {
+            for e in self.evaluators {
+                let acc = self.evaluate(&network, e.split, e.data.unwrap_or(self.data), epoch)?;
+                // The summary's test accuracy is the trainer's own test split.
+                if e.split == Split::Test && e.data.is_none() && test_accuracy.is_none() {
                     test_accuracy = Some(acc);
                 }
-                parts.push(format!("{name} {:.2}%", acc * 100.0));
-                evaluations.insert(name.clone(), acc);
+                parts.push(format!("{} {:.2}%", e.name, acc * 100.0));
+                evaluations.insert(e.name.clone(), acc);
             }
             let classes = network.layers.last().map_or(1, |l| l.output_shape(1).1) as f64;
             let rows = totals.rows.max(1) as f64;
@@ -618,10 +631,16 @@ impl TrainJob<'_> {
         Ok(Trained { records, parameters, state_bytes, ledger_peak: ledger_peak.max(ledger::peak_bytes()) })
     }
 
-    fn evaluate(&self, network: &Network, split: Split, epoch: usize) -> Result<f64, EngineError> {
+    fn evaluate(
+        &self,
+        network: &Network,
+        split: Split,
+        dataset: &Dataset,
+        epoch: usize,
+    ) -> Result<f64, EngineError> {
         let data: &dyn Source = match split {
-            Split::Train => self.data.train.as_ref(),
-            Split::Test => self.data.test.as_ref(),
+            Split::Train => dataset.train.as_ref(),
+            Split::Test => dataset.test.as_ref(),
         };
         let len = data.example_len();
         let mut labels = vec![0u32; self.batch_size];

@@ -61,12 +61,15 @@ impl Builder<'_> {
                     format!("`{name}` is not a valid stage name (no dots, spaces or `=`)"),
                 ));
             }
-            if let Some(input) = stage.input() {
+            for (field, input) in stage.stage().references() {
                 let Some(&from) = idx.get(input) else {
                     return Err(self.err(
                         name,
-                        Some("input"),
-                        format!("field `input`: there is no stage `{input}` (stages: {})", names.join(", ")),
+                        Some(field),
+                        format!(
+                            "field `{field}`: there is no stage `{input}` (stages: {})",
+                            names.join(", ")
+                        ),
                     ));
                 };
                 g.add_edge(from, idx[name.as_str()], ());

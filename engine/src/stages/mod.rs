@@ -45,6 +45,11 @@ pub trait Stage {
     /// The stage this one consumes, if any.
     fn input(&self) -> Option<&str>;
 
+    /// Every stage this one names, with the field naming it: its `input` and any other.
+    fn references(&self) -> Vec<(&'static str, &str)> {
+        self.input().map(|i| vec![("input", i)]).unwrap_or_default()
+    }
+
     /// Check the stage against what feeds it and add the node(s) it becomes; returns the node
     /// later stages get when they name this stage as their `input`.
     fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError>;
