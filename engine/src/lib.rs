@@ -3,6 +3,8 @@
 //! A pipeline goes through four stages, each its own module, with data flowing one way:
 //! - [`spec`]: the YAML types as written, with the defaults of SPEC section 5;
 //! - [`parse`]: text and `--set` overrides into a spec, with located errors;
+//! - [`stages`]: one module per stage kind (its fields, checks, the nodes it becomes and, for
+//!   layers, their estimate, initialisation and model-file format), listed in one registry;
 //! - [`plan`]: the spec checked and expanded into a [`graph::Graph`] of typed, shaped nodes
 //!   (references, cycles, shapes, memory estimate), before any data is read;
 //! - [`run`]: the scheduler that executes a plan over dataset batches, writing [`report`]s

@@ -3,7 +3,7 @@
 //! node of that kind estimates, how it starts, how model files store it and how it exports
 //! ([`LayerKind`], [`LayerFormat`]).
 //!
-//! [`registry`] is the one list of kinds. Adding a layer kind touches its ops file
+//! `registry.rs` is the one list of kinds ([`StageSpec`], [`LAYER_FORMATS`]). Adding a layer kind touches its ops file
 //! (`plflow_ops`, the [`plflow_ops::layer::Op`] trait), its file here and the registry.
 //!
 //! The scheduler ([`crate::run`]) stays generic: it initialises layer nodes through
