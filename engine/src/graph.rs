@@ -139,7 +139,7 @@ pub struct ExtractOp {
 }
 
 /// What a node does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Op {
     /// Read a dataset; `limit` caps the training examples (class-balanced).
     Data {
@@ -207,7 +207,7 @@ impl Op {
 }
 
 /// One node of the graph.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Node {
     /// Unique name: the stage name, or `stage.i` for the layers an `mlp` expands into.
     pub name: String,
@@ -283,6 +283,11 @@ impl Graph {
             .edges_directed(i, petgraph::Direction::Incoming)
             .find(|e| *e.weight() == Edge::Residual)
             .map(|e| e.source())
+    }
+
+    /// The position in `chain` of the node layer `l` adds, if it adds one.
+    pub fn residual_index(&self, l: NodeIndex, chain: &[NodeIndex]) -> Option<usize> {
+        self.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r))
     }
 
     /// Nodes whose `input` is `i`.

@@ -429,10 +429,7 @@ pub(crate) fn write_tensors(
 pub(crate) fn chain_metas(graph: &crate::graph::Graph, chain: &[NodeIndex]) -> Vec<LayerMeta> {
     chain
         .iter()
-        .map(|&l| LayerMeta {
-            residual: graph.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r)),
-            ..layer_meta(graph.node(l))
-        })
+        .map(|&l| LayerMeta { residual: graph.residual_index(l, chain), ..layer_meta(graph.node(l)) })
         .collect()
 }
 

@@ -143,8 +143,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                         .collect(),
                 };
                 for (layer, &l) in network.layers.iter_mut().zip(chain) {
-                    layer.residual =
-                        plan.graph.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r));
+                    layer.residual = plan.graph.residual_index(l, chain);
                 }
                 let data = &datasets[source];
                 let evaluators: Vec<Evaluator> = plan

@@ -86,13 +86,6 @@ impl std::ops::Deref for LayerNode {
     }
 }
 
-impl PartialEq for LayerNode {
-    /// Equal when of the same kind with the same settings (their `Debug` text).
-    fn eq(&self, other: &Self) -> bool {
-        format!("{:?}", self.0) == format!("{:?}", other.0)
-    }
-}
-
 /// How model files hold layers of a kind, and how they export.
 pub trait LayerFormat: Sync {
     /// The `kind` strings model files name this format by.
