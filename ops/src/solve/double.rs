@@ -3,11 +3,9 @@
 //! columns (dual) or of a few hundred rows (primal), and the dual route's right-hand side is
 //! solved block by block.
 
-use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows};
+use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows, solve_factored};
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
-use faer::dyn_stack::MemStack;
-use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -74,8 +72,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
     for i in 0..n {
         kv[(i, i)] += r.lambda;
     }
-    let mut mem = factor(kv.as_mut(), par(), chunk.min(m))?;
-    let stack = MemStack::new(&mut mem);
+    factor(kv.as_mut())?;
     let (bw, cw) = (chunk.min(m), chunk.min(da));
     let mut z = Buffer::<f64>::zeros(n * bw);
     let mut xc = Buffer::<f64>::zeros(n * cw);
@@ -90,7 +87,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             }
         }
         let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
-        llt::solve::solve_in_place(kv.as_ref(), zv.as_mut(), par(), stack);
+        solve_factored(kv.as_ref(), zv.as_mut());
         let zr = zv.as_ref();
         for c0 in (0..da).step_by(chunk) {
             let c1 = (c0 + chunk).min(da);
@@ -178,8 +175,8 @@ pub(super) fn solve_primal(
     for i in 0..da {
         gv[(i, i)] += r.lambda;
     }
-    let mut mem = factor(gv.as_mut(), par(), m)?;
-    llt::solve::solve_in_place(gv.as_ref(), rv.as_mut(), par(), MemStack::new(&mut mem));
+    factor(gv.as_mut())?;
+    solve_factored(gv.as_ref(), rv.as_mut());
     let mut narrow = Buffer::<f32>::zeros(da * m);
     for c in 0..m {
         for j in 0..da {

@@ -4,11 +4,9 @@
 //! and column are the column sums of `X` and the row count), so the workspace is the system,
 //! one block of right-hand sides and one output tile.
 
-use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows};
+use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows, solve_factored};
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -53,8 +51,10 @@ fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f64)) {
     }
 }
 
-/// Values of `dW` per tile of the in-place dual route (128 KiB).
-const TILE_VALUES: usize = 1 << 15;
+/// Values of `dW` per tile of the in-place dual route (256 KiB: 128 rows of a 512-wide
+/// layer, like the backprop baseline's gradient tiles; half that took 0.3 ms more per MNIST
+/// step in the product's per-call synchronisation).
+const TILE_VALUES: usize = 1 << 16;
 
 /// Peak workspace bytes of [`solve_dual_in_place`], beside the consumed error.
 pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
@@ -62,9 +62,8 @@ pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
     (n * n + rows * m + m) * size_of::<f32>()
 }
 
-/// The factored kernel `K = X X^T + 1 1^T + lambda I` (lower triangle, column-major), with
-/// the scratch its solves for `rhs` right-hand sides need.
-fn kernel(x: &Matrix, lambda: f64, rhs: usize) -> Result<(Buffer<f32>, MemBuffer), OpsError> {
+/// The factored kernel `K = X X^T + 1 1^T + lambda I` (lower triangle, column-major).
+fn kernel(x: &Matrix, lambda: f64) -> Result<Buffer<f32>, OpsError> {
     let n = x.rows();
     let mut k = Buffer::<f32>::zeros(n * n);
     let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
@@ -75,8 +74,8 @@ fn kernel(x: &Matrix, lambda: f64, rhs: usize) -> Result<(Buffer<f32>, MemBuffer
         }
         kv[(j, j)] += lambda as f32;
     }
-    let mem = factor(kv.as_mut(), par(), rhs)?;
-    Ok((k, mem))
+    factor(kv.as_mut())?;
+    Ok(k)
 }
 
 /// Dual route over the error's own storage (its last use): `Z = K^-1 e` in place for all
@@ -88,9 +87,9 @@ pub(super) fn solve_dual_in_place(
     sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
-    let (k, mut mem) = kernel(x, r.lambda, m)?;
+    let k = kernel(x, r.lambda)?;
     let kv = MatRef::from_column_major_slice(&k, n, n);
-    llt::solve::solve_in_place(kv, e.view_mut(), par(), MemStack::new(&mut mem));
+    solve_factored(kv, e.view_mut());
     let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
     let mut out = Buffer::<f32>::zeros(rows * m);
     for c0 in (0..d).step_by(rows) {
@@ -110,9 +109,8 @@ pub(super) fn solve_dual_in_place(
 pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<'_>) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let chunk = r.chunk;
-    let (k, mut mem) = kernel(x, r.lambda, chunk.min(m))?;
+    let k = kernel(x, r.lambda)?;
     let kv = MatRef::from_column_major_slice(&k, n, n);
-    let stack = MemStack::new(&mut mem);
     let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
     let mut z = Buffer::<f32>::zeros(n * bw);
     let mut out = Buffer::<f32>::zeros(cw * bw);
@@ -125,7 +123,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             dst.copy_from_slice(&src[b0..b1]);
         }
         let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
-        llt::solve::solve_in_place(kv.as_ref(), zv.as_mut(), par(), stack);
+        solve_factored(kv.as_ref(), zv.as_mut());
         let zr = zv.as_ref();
         for c0 in (0..d).step_by(chunk) {
             let cwid = chunk.min(d - c0);
@@ -179,9 +177,9 @@ pub(super) fn solve_primal(
     for i in 0..da {
         gv[(i, i)] += r.lambda as f32;
     }
-    let mut mem = factor(gv.as_mut(), par(), m)?;
+    factor(gv.as_mut())?;
     let rv = MatMut::from_row_major_slice_mut(&mut rhs, da, m);
-    llt::solve::solve_in_place(gv.as_ref(), rv, par(), MemStack::new(&mut mem));
+    solve_factored(gv.as_ref(), rv);
     let alpha = r.alpha as f32;
     rhs.iter_mut().for_each(|v| *v *= -alpha);
     sink(Tile { values: &rhs, cols: m, row0: 0, col0: 0 });
