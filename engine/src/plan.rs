@@ -365,7 +365,7 @@ pub fn estimate_backprop(
 ) -> MemoryEstimate {
     const F32: usize = 4;
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
-    let state = parameters * opt.buffers_per_parameter();
+    let state = dims.iter().map(|&(d, m)| (d * m * opt.buffers(true) + m * opt.buffers(false)) * F32).sum();
     let batch = n * input_len * F32;
     let act = |l: usize| n * dims[l].1 * F32;
     let threads = plflow_ops::threads();
@@ -377,7 +377,7 @@ pub fn estimate_backprop(
         } else {
             (GRADIENT_TILE_ROWS.min(d) * m + m) * F32
         };
-        step = step.max(alive_acts + act(l) + gradient);
+        step = step.max(alive_acts + act(l) + gradient + opt.update_workspace_bytes(d, m));
     }
     MemoryEstimate { parameters, state, step: step + batch }
 }
@@ -407,19 +407,7 @@ fn describe_solver(solver: &Solver) -> String {
                 String::new()
             }
         }
-        Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
-            format!("backprop with SGD, lr {lr}, momentum {momentum}, weight decay {weight_decay}")
-        }
-        Solver::Backprop(Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }) => {
-            format!(
-                "backprop with Adam, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, weight decay {weight_decay}"
-            )
-        }
-        Solver::Backprop(Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }) => {
-            format!(
-                "backprop with AdamW, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, decoupled weight decay {weight_decay}"
-            )
-        }
+        Solver::Backprop(o) => o.describe(),
     }
 }
 
@@ -590,6 +578,11 @@ mod tests {
         assert!(msg.contains("field `momentum`"), "{msg}");
         let msg = err(&GOOD.replace("    input: net\n", "    input: net\n    alpha_decay: 1.5\n"));
         assert!(msg.contains("field `alpha_decay`"), "{msg}");
+        let muon = GOOD.replace("kind: pl\n", "kind: muon\n");
+        let plan = check(&muon).expect("muon with its defaults");
+        assert!(plan.describe().contains("backprop with Muon, lr 0.001, momentum 0.95 (Nesterov)"));
+        let msg = err(&muon.replace("    input: net\n", "    input: net\n    ns_steps: 0\n"));
+        assert!(msg.starts_with("p.yaml:12: stage `train`: field `ns_steps`"), "{msg}");
     }
 
     #[test]

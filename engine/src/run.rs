@@ -21,7 +21,7 @@ use plflow_datasets::stream::BatchStream;
 use plflow_datasets::transform::{Stats, flatten, standardize};
 use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
-use plflow_ops::backprop::{BackpropTrainer, Optimizer};
+use plflow_ops::backprop::BackpropTrainer;
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, Network, StepStats, argmax};
@@ -393,15 +393,12 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
             "error_scale": format!("{:?}", c.error_scale).to_lowercase(),
             "alpha_decay": c.alpha_decay,
         }),
-        Solver::Backprop(Optimizer::Sgd { lr, momentum, weight_decay }) => {
-            serde_json::json!({ "lr": lr, "momentum": momentum, "weight_decay": weight_decay })
-        }
-        Solver::Backprop(
-            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
-            | Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay },
-        ) => serde_json::json!({
-            "lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay
-        }),
+        Solver::Backprop(o) => o
+            .settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v as f32)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
     };
     v["kind"] = solver.kind().into();
     v["epochs"] = epochs.into();

@@ -218,6 +218,15 @@ pub mod defaults {
     pub(crate) fn adam_eps() -> f32 {
         1e-8
     }
+    pub(crate) fn muon_momentum() -> f32 {
+        0.95
+    }
+    pub(crate) fn ns_steps() -> u32 {
+        5
+    }
+    pub(crate) fn yes() -> bool {
+        true
+    }
     /// AdamW's decoupled weight decay.
     pub fn adamw_weight_decay() -> f32 {
         0.01

@@ -3,7 +3,8 @@
 //!
 //! The optimiser rules follow PyTorch's (so published figures are comparable): SGD
 //! `buf = mu buf + g; w -= lr buf`; Adam with bias correction; AdamW with decoupled weight
-//! decay `w *= 1 - lr wd` before the Adam step.
+//! decay `w *= 1 - lr wd` before the Adam step; Muon as in [`crate::muon`] for weight
+//! matrices, AdamW for biases.
 //!
 //! The backward pass gets every memory technique the PL step has, so that the memory
 //! comparison is against the leanest backprop: each layer's update is applied as soon as its
@@ -58,6 +59,29 @@ pub enum Optimizer {
         /// Weights shrink by `lr * weight_decay` per step, apart from the gradient.
         weight_decay: f32,
     },
+    /// Muon for the weight matrices (see [`crate::muon`]); AdamW for biases (without decay)
+    /// and, with `adamw_output`, for the output layer's weights (as Jordan et al. and Liu et
+    /// al. advise: Muon is for hidden layers).
+    Muon {
+        /// Learning rate (of the weights' RMS-matched update and of the biases' AdamW).
+        lr: f32,
+        /// Momentum coefficient.
+        momentum: f32,
+        /// Orthogonalise `g + momentum * buf` (Nesterov) instead of `buf`.
+        nesterov: bool,
+        /// Newton-Schulz iterations per step.
+        ns_steps: u32,
+        /// Decoupled weight decay of the weights.
+        weight_decay: f32,
+        /// First-moment decay of the biases' AdamW.
+        beta1: f32,
+        /// Second-moment decay of the biases' AdamW.
+        beta2: f32,
+        /// Denominator guard of the biases' AdamW.
+        eps: f32,
+        /// Train the output layer's weights with AdamW instead of Muon.
+        adamw_output: bool,
+    },
 }
 
 impl Optimizer {
@@ -67,14 +91,102 @@ impl Optimizer {
             Optimizer::Sgd { .. } => "sgd",
             Optimizer::Adam { .. } => "adam",
             Optimizer::AdamW { .. } => "adamw",
+            Optimizer::Muon { .. } => "muon",
         }
     }
 
-    /// Per-parameter state buffers this optimiser keeps (momentum: 1, Adam: 2).
+    /// State buffers this optimiser keeps per weight (momentum: 1, Adam: 2, Muon: 1).
     pub fn buffers_per_parameter(&self) -> usize {
+        self.buffers(true)
+    }
+
+    /// State buffers per weight (`weights`) or per bias (Muon's biases take AdamW: 2).
+    pub fn buffers(&self, weights: bool) -> usize {
         match self {
             Optimizer::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
             Optimizer::Adam { .. } | Optimizer::AdamW { .. } => 2,
+            Optimizer::Muon { .. } => 2 - usize::from(weights),
+        }
+    }
+
+    /// Bytes a step needs beside a `d x m` weight gradient to turn it into an update: Muon's
+    /// orthogonalised direction and its workspace; nothing for the element-wise rules.
+    pub fn update_workspace_bytes(&self, d: usize, m: usize) -> usize {
+        match self {
+            Optimizer::Muon { .. } => d * m * size_of::<f32>() + crate::muon::workspace_bytes(d, m),
+            _ => 0,
+        }
+    }
+
+    /// The settings by name, for run records (booleans as 0 or 1).
+    pub fn settings(&self) -> Vec<(&'static str, f64)> {
+        match *self {
+            Optimizer::Sgd { lr, momentum, weight_decay } => {
+                vec![("lr", lr as f64), ("momentum", momentum as f64), ("weight_decay", weight_decay as f64)]
+            }
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+            | Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay } => vec![
+                ("lr", lr as f64),
+                ("beta1", beta1 as f64),
+                ("beta2", beta2 as f64),
+                ("eps", eps as f64),
+                ("weight_decay", weight_decay as f64),
+            ],
+            Optimizer::Muon {
+                lr,
+                momentum,
+                nesterov,
+                ns_steps,
+                weight_decay,
+                beta1,
+                beta2,
+                eps,
+                adamw_output,
+            } => {
+                vec![
+                    ("lr", lr as f64),
+                    ("momentum", momentum as f64),
+                    ("nesterov", f64::from(u8::from(nesterov))),
+                    ("ns_steps", ns_steps as f64),
+                    ("weight_decay", weight_decay as f64),
+                    ("beta1", beta1 as f64),
+                    ("beta2", beta2 as f64),
+                    ("eps", eps as f64),
+                    ("adamw_output", f64::from(u8::from(adamw_output))),
+                ]
+            }
+        }
+    }
+
+    /// One line for `plflow check` and reports.
+    pub fn describe(&self) -> String {
+        match *self {
+            Optimizer::Sgd { lr, momentum, weight_decay } => {
+                format!("backprop with SGD, lr {lr}, momentum {momentum}, weight decay {weight_decay}")
+            }
+            Optimizer::Adam { lr, beta1, beta2, eps, weight_decay } => format!(
+                "backprop with Adam, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, weight decay {weight_decay}"
+            ),
+            Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay } => format!(
+                "backprop with AdamW, lr {lr}, betas ({beta1}, {beta2}), eps {eps}, decoupled weight decay {weight_decay}"
+            ),
+            Optimizer::Muon {
+                lr,
+                momentum,
+                nesterov,
+                ns_steps,
+                weight_decay,
+                beta1,
+                beta2,
+                eps,
+                adamw_output,
+            } => {
+                format!(
+                    "backprop with Muon, lr {lr}, momentum {momentum}{}, {ns_steps} Newton-Schulz steps, decoupled weight decay {weight_decay}; biases{} AdamW, betas ({beta1}, {beta2}), eps {eps}",
+                    if nesterov { " (Nesterov)" } else { "" },
+                    if adamw_output { " and output weights" } else { "" }
+                )
+            }
         }
     }
 }
@@ -84,14 +196,23 @@ impl Optimizer {
 struct Moments {
     first: Option<Matrix>,
     second: Option<Matrix>,
+    /// Updated by Muon's orthogonalised rule (weights of hidden layers under Muon).
+    orthogonal: bool,
+    /// Muon's direction while a step's gradient arrives in blocks (none between steps).
+    direction: Option<Matrix>,
 }
 
 impl Moments {
-    fn new(rows: usize, cols: usize, opt: &Optimizer) -> Self {
-        let k = opt.buffers_per_parameter();
+    /// State for a `rows x cols` tensor: `orthogonal` for weights Muon updates (one
+    /// momentum buffer); element-wise rules keep the optimiser's buffers (Adam's two for the
+    /// tensors Muon leaves to AdamW).
+    fn new(rows: usize, cols: usize, opt: &Optimizer, orthogonal: bool) -> Self {
+        let k = opt.buffers(orthogonal || !matches!(opt, Optimizer::Muon { .. }));
         Self {
             first: (k >= 1).then(|| Matrix::zeros(rows, cols)),
             second: (k >= 2).then(|| Matrix::zeros(rows, cols)),
+            orthogonal,
+            direction: None,
         }
     }
 
@@ -127,6 +248,14 @@ impl Moments {
                 self.adam(range, p, g, lr, beta1, beta2, eps, wd, t);
             }
             Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay } => {
+                if decay {
+                    let keep = 1.0 - lr * weight_decay;
+                    p.iter_mut().for_each(|p| *p *= keep);
+                }
+                self.adam(range, p, g, lr, beta1, beta2, eps, 0.0, t);
+            }
+            // The tensors Muon leaves to AdamW (its own weights go through `muon_rows`).
+            Optimizer::Muon { lr, beta1, beta2, eps, weight_decay, .. } => {
                 if decay {
                     let keep = 1.0 - lr * weight_decay;
                     p.iter_mut().for_each(|p| *p *= keep);
@@ -224,12 +353,18 @@ impl TrainerState for BackpropTrainer {
 impl BackpropTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, optimizer: Optimizer) -> Self {
+        let output = network.layers.iter().rposition(|l| l.params().is_some());
         let states = network
             .layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
-                (Moments::new(d, m, &optimizer), Moments::new(1, m, &optimizer))
+                let orthogonal = match optimizer {
+                    Optimizer::Muon { adamw_output, .. } => !(adamw_output && Some(i) == output),
+                    _ => false,
+                };
+                (Moments::new(d, m, &optimizer, orthogonal), Moments::new(1, m, &optimizer, false))
             })
             .collect();
         Self { optimizer, states, steps: 0 }
@@ -369,15 +504,55 @@ fn apply(
     let (sw, sb) = state;
     let m = params.outputs().max(1);
     let range = row0 * m..row0 * m + gw.len();
-    let weights = &mut params.weights.as_mut_slice()[range.clone()];
-    sw.apply(range.start, weights, gw, optimizer, steps, true);
-    if let Some(mask) = mask {
-        mask.apply_rows(&mut params.weights, row0, gw.len() / m);
+    if sw.orthogonal {
+        muon_rows(sw, optimizer, params, mask, range.start, gw);
+    } else {
+        let weights = &mut params.weights.as_mut_slice()[range.clone()];
+        sw.apply(range.start, weights, gw, optimizer, steps, true);
+        if let Some(mask) = mask {
+            mask.apply_rows(&mut params.weights, row0, gw.len() / m);
+        }
     }
     if let Some(gb) = gb {
         sb.apply(0, params.bias.as_mut_slice(), gb.as_slice(), optimizer, steps, false);
     }
     Ok(())
+}
+
+/// Muon's weights: fold gradient values `g` (from flat index `offset`) into the momentum and
+/// the step's direction; once the last row has arrived, orthogonalise the direction and
+/// apply it (`W <- W - lr (0.2 sqrt(max(d, m)) O + wd W)`), then release it.
+fn muon_rows(
+    state: &mut Moments,
+    optimizer: &Optimizer,
+    params: &mut Dense,
+    mask: Option<&Mask>,
+    offset: usize,
+    g: &[f32],
+) {
+    let Optimizer::Muon { lr, momentum, nesterov, ns_steps, weight_decay, .. } = *optimizer else { return };
+    let (d, m) = (params.inputs(), params.outputs());
+    let (Some(buf), direction) = (&mut state.first, &mut state.direction) else { return };
+    let dir = direction.get_or_insert_with(|| Matrix::zeros(d, m));
+    let range = offset..offset + g.len();
+    for ((b, u), &g) in
+        buf.as_mut_slice()[range.clone()].iter_mut().zip(&mut dir.as_mut_slice()[range]).zip(g)
+    {
+        *b = momentum * *b + g;
+        *u = if nesterov { g + momentum * *b } else { *b };
+    }
+    if offset + g.len() < d * m {
+        return;
+    }
+    let Some(mut dir) = direction.take() else { return };
+    crate::muon::orthogonalize(&mut dir, ns_steps as usize);
+    let (step, keep) = (lr * crate::muon::RMS_MATCH * (d.max(m) as f32).sqrt(), 1.0 - lr * weight_decay);
+    for (w, &o) in params.weights.as_mut_slice().iter_mut().zip(dir.as_slice()) {
+        *w = keep * *w - step * o;
+    }
+    if let Some(mask) = mask {
+        mask.apply_rows(&mut params.weights, 0, d);
+    }
 }
 
 /// Rows of the first layer's weight gradient formed at a time: 128 x 512 outputs is 256 KiB.
@@ -542,6 +717,7 @@ mod tests {
                                 let vh = m2[i][k] / (1.0 - (beta2 as f64).powi(t));
                                 w - lr as f64 * mh / (vh.sqrt() + eps as f64)
                             }
+                            Optimizer::Muon { .. } => unreachable!("muon_steps_match_hand_computation"),
                         };
                         p[k] = next as f32;
                     }
@@ -551,6 +727,82 @@ mod tests {
                     for (g, w) in got.iter().zip(want) {
                         assert!((g - w).abs() < 2e-4, "{} step {t}: {g} vs {w}", opt.kind());
                     }
+                }
+            }
+        }
+    }
+
+    /// Two Muon steps against Muon's formulas (momentum, Nesterov direction, the plain-loop
+    /// Newton-Schulz iteration, Liu et al.'s scale, decoupled decay; AdamW for biases)
+    /// applied to numerically differentiated gradients; and the first layer's gradient
+    /// streamed one row at a time gives the same weights as in one block.
+    #[test]
+    fn muon_steps_match_hand_computation() {
+        for adamw_output in [false, true] {
+            muon_steps_match(adamw_output);
+        }
+    }
+
+    fn muon_steps_match(adamw_output: bool) {
+        let (lr, mu, wd, (b1, b2, eps)) = (0.02f32, 0.9f32, 0.1f32, (0.9f32, 0.999f32, 1e-8f32));
+        let opt = Optimizer::Muon {
+            lr,
+            momentum: mu,
+            nesterov: true,
+            ns_steps: 5,
+            weight_decay: wd,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            adamw_output,
+        };
+        let (mut net, x, y) = tiny();
+        let mut streamed = Network { layers: net.layers.clone() };
+        let mut want = params(&net);
+        let mut m1: Vec<Vec<f64>> = want.iter().map(|p| vec![0.0; p.len()]).collect();
+        let mut m2 = m1.clone();
+        let mut trainer = BackpropTrainer::new(&net, opt);
+        let mut row_by_row = BackpropTrainer::new(&streamed, opt);
+        for t in 1..=2 {
+            let mut reference = Network { layers: net.layers.clone() };
+            for (k, layer) in reference.layers.iter_mut().enumerate() {
+                let p = layer.params_mut().expect("dense");
+                p.weights.as_mut_slice().copy_from_slice(&want[2 * k]);
+                p.bias.as_mut_slice().copy_from_slice(&want[2 * k + 1]);
+            }
+            let grads = numeric_gradient(&reference, &x, &y);
+            for (i, (p, g)) in want.iter_mut().zip(&grads).enumerate() {
+                let (weights, output) = (i % 2 == 0, i == 2);
+                if weights && !(adamw_output && output) {
+                    let direction: Vec<f64> = (0..p.len())
+                        .map(|k| {
+                            m1[i][k] = mu as f64 * m1[i][k] + g[k];
+                            g[k] + mu as f64 * m1[i][k]
+                        })
+                        .collect();
+                    let o = crate::muon::tests::naive(&direction, 2, 2, 5);
+                    let scale = lr as f64 * 0.2 * 2f64.sqrt();
+                    for (w, o) in p.iter_mut().zip(o) {
+                        *w = ((1.0 - lr as f64 * wd as f64) * *w as f64 - scale * o) as f32;
+                    }
+                    continue;
+                }
+                // AdamW: decoupled decay for weights, none for biases.
+                let keep = if weights { 1.0 - lr as f64 * wd as f64 } else { 1.0 };
+                for (k, w) in p.iter_mut().enumerate() {
+                    m1[i][k] = b1 as f64 * m1[i][k] + (1.0 - b1 as f64) * g[k];
+                    m2[i][k] = b2 as f64 * m2[i][k] + (1.0 - b2 as f64) * g[k] * g[k];
+                    let mh = m1[i][k] / (1.0 - (b1 as f64).powi(t));
+                    let vh = m2[i][k] / (1.0 - (b2 as f64).powi(t));
+                    *w = (keep * *w as f64 - lr as f64 * mh / (vh.sqrt() + eps as f64)) as f32;
+                }
+            }
+            trainer.step(&mut net, &x, &y).expect("step");
+            row_by_row.step_tiled(&mut streamed, &x, &y, 1).expect("step");
+            for ((got, rows), want) in params(&net).iter().zip(params(&streamed)).zip(&want) {
+                for ((g, r), w) in got.iter().zip(&rows).zip(want) {
+                    assert!((g - w).abs() < 2e-4, "muon (adamw_output {adamw_output}) step {t}: {g} vs {w}");
+                    assert!((g - r).abs() < 1e-6, "muon step {t}: streamed {r} vs whole {g}");
                 }
             }
         }

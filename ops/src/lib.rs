@@ -33,6 +33,7 @@ pub mod error;
 pub mod init;
 pub mod layer;
 pub mod ledger;
+pub mod muon;
 pub mod network;
 pub mod pl;
 pub mod pool;

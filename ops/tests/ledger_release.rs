@@ -92,6 +92,31 @@ fn steps_release_activations_and_errors_layer_by_layer() {
     let want = forward.max(layer2).max(layer1).max(layer0);
     assert_eq!(want, layer1);
     assert_eq!(peak, want, "peak {peak}: forward {forward}, layers {layer2} {layer1} {layer0}");
+
+    // Muon (output layer by AdamW). Each hidden layer's update adds its orthogonalised
+    // direction and the Newton-Schulz workspace to what the element-wise rules hold when
+    // they apply it: layer 1 beside its gradient and the error written over a(0), layer 0
+    // beside the consumed error and its last gradient tile. Layer 0's is the peak.
+    let mut net = network();
+    let opt = Optimizer::Muon {
+        lr: 1e-3,
+        momentum: 0.95,
+        nesterov: true,
+        ns_steps: 5,
+        weight_decay: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        adamw_output: true,
+    };
+    let mut trainer = BackpropTrainer::new(&net, opt);
+    let peak = step_peak(|| {
+        trainer.step(&mut net, &x, &labels).expect("step");
+    });
+    let layer1 = a0 + (512 * 128 + 128) * F32 + opt.update_workspace_bytes(512, 128);
+    let layer0 = a0 + (GRADIENT_TILE_ROWS * 512 + 512) * F32 + opt.update_workspace_bytes(784, 512);
+    assert!(layer1 < layer0 && forward < layer0);
+    assert_eq!(peak, layer0, "muon peak {peak}: layers {layer1} {layer0}");
 }
 
 /// Every solve route's workspace formula is its ledger peak, to the byte (the f64 primal

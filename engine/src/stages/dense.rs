@@ -204,7 +204,9 @@ impl LayerKind for DenseNode {
                 let route = c.ridge.planned_route(rows, self.inputs);
                 workspace_bytes(rows, self.inputs, self.units, route, Delivery::Whole, threads)
             }
-            Solver::Backprop(_) => self.parameter_count() * 4,
+            Solver::Backprop(o) => {
+                self.parameter_count() * 4 + o.update_workspace_bytes(self.inputs, self.units)
+            }
         })
     }
 

@@ -24,6 +24,7 @@ pub mod extract;
 pub mod image_folder;
 pub mod mlp;
 pub mod mnist;
+pub mod muon;
 pub mod pl;
 pub mod pointwise;
 pub mod pool;

@@ -3,8 +3,8 @@
 
 use super::{LayerFormat, Stage};
 use super::{
-    adam, cifar, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, pl, pointwise,
-    pool, sgd, table, transform,
+    adam, cifar, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon, pl,
+    pointwise, pool, sgd, table, transform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +86,8 @@ stage_kinds! {
     Adam(adam::AdamSpec) = "adam";
     /// Backprop baseline: AdamW (decoupled weight decay).
     Adamw(adam::AdamwSpec) = "adamw";
+    /// Backprop with Muon (orthogonalised momentum; AdamW for biases and the output layer).
+    Muon(muon::MuonSpec) = "muon";
     /// Measures a trained model on a split after every epoch and at the end.
     Evaluate(evaluate::EvaluateSpec) = "evaluate";
 }
