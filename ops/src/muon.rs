@@ -58,21 +58,21 @@ pub fn orthogonalize(x: &mut Matrix, steps: usize) {
     let lines = block_len(s, d.max(m));
     let mut block = Buffer::<f32>::zeros(lines * s);
     for _ in 0..steps {
-        // A = X^T X (tall) or X X^T (wide), symmetric s x s; B = b A + c A^2.
+        // A = X^T X (tall) or X X^T (wide) and B = b A + c A^2, both symmetric s x s: each
+        // product forms its lower triangle only (half the flops), mirrored before use.
         let xv = x.view();
-        let mut av = MatMut::from_row_major_slice_mut(&mut gram, s, s);
-        if tall {
-            matmul(av.as_mut(), Accum::Replace, xv.transpose(), xv, 1.0, par());
-        } else {
-            matmul(av.as_mut(), Accum::Replace, xv, xv.transpose(), 1.0, par());
-        }
-        let ar = MatRef::from_row_major_slice(&gram, s, s);
-        let mut bv = MatMut::from_row_major_slice_mut(&mut poly, s, s);
-        matmul(bv.as_mut(), Accum::Replace, ar, ar, c, par());
+        let mut av = MatMut::from_column_major_slice_mut(&mut gram, s, s);
+        let (l, r) = if tall { (xv.transpose(), xv) } else { (xv, xv.transpose()) };
+        lower(av.as_mut(), l, r, 1.0);
+        mirror_lower(av.as_mut());
+        let ar = MatRef::from_column_major_slice(&gram, s, s);
+        let mut bv = MatMut::from_column_major_slice_mut(&mut poly, s, s);
+        lower(bv.as_mut(), ar, ar, c);
+        mirror_lower(bv.as_mut());
         for (p, &g) in poly.iter_mut().zip(gram.iter()) {
             *p += b * g;
         }
-        let br = MatRef::from_row_major_slice(&poly, s, s);
+        let br = MatRef::from_column_major_slice(&poly, s, s);
         // X <- a X + X B (tall: each block of rows on its own) or a X + B X (wide: columns).
         for l0 in (0..d.max(m)).step_by(lines) {
             let h = lines.min(d.max(m) - l0);
@@ -88,6 +88,22 @@ pub fn orthogonalize(x: &mut Matrix, steps: usize) {
                     row[l0..l0 + h].iter_mut().zip(t).for_each(|(v, &t)| *v = a * *v + t);
                 }
             }
+        }
+    }
+}
+
+/// The lower triangle of `alpha * l * r` into `dst`.
+fn lower(dst: MatMut<'_, f32>, l: MatRef<'_, f32>, r: MatRef<'_, f32>, alpha: f32) {
+    use faer::linalg::matmul::triangular::{BlockStructure, matmul as triangular};
+    let rect = BlockStructure::Rectangular;
+    triangular(dst, BlockStructure::TriangularLower, Accum::Replace, l, rect, r, rect, alpha, par());
+}
+
+/// Copy the lower triangle of a square matrix onto its upper one.
+fn mirror_lower(mut a: MatMut<'_, f32>) {
+    for j in 0..a.ncols() {
+        for i in 0..j {
+            a[(i, j)] = a[(j, i)];
         }
     }
 }
