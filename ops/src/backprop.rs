@@ -247,15 +247,10 @@ impl Moments {
                 let wd = if decay { weight_decay } else { 0.0 };
                 self.adam(range, p, g, lr, beta1, beta2, eps, wd, t);
             }
-            Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay } => {
-                if decay {
-                    let keep = 1.0 - lr * weight_decay;
-                    p.iter_mut().for_each(|p| *p *= keep);
-                }
-                self.adam(range, p, g, lr, beta1, beta2, eps, 0.0, t);
-            }
-            // The tensors Muon leaves to AdamW (its own weights go through `muon_rows`).
-            Optimizer::Muon { lr, beta1, beta2, eps, weight_decay, .. } => {
+            // Muon reaches here for the tensors it leaves to AdamW (its own weights go
+            // through `muon_rows`).
+            Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
+            | Optimizer::Muon { lr, beta1, beta2, eps, weight_decay, .. } => {
                 if decay {
                     let keep = 1.0 - lr * weight_decay;
                     p.iter_mut().for_each(|p| *p *= keep);
