@@ -123,6 +123,10 @@ enum Command {
         #[arg(long, value_name = "URL")]
         mirror: Option<String>,
     },
+    /// Print the JSON Schema of pipeline files. Saved beside the pipelines, it lets an editor
+    /// with a YAML language server complete and check them: start a pipeline with
+    /// `# yaml-language-server: $schema=plflow.schema.json`.
+    Schema,
     /// Describe a dataset file, folder or archive: format, rows, shapes, labels, statistics.
     Inspect {
         /// IDX file (gzip'd or not), MNIST or CIFAR folder, image folder or archive, CIFAR .bin,
@@ -339,6 +343,9 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             if std::env::var_os(DATA_DIR_ENV).is_none() {
                 println!("pipelines find it with {DATA_DIR_ENV}={}", dir.display());
             }
+        }
+        Command::Schema => {
+            println!("{:#}", plflow_engine::spec::json_schema());
         }
         Command::Inspect { path } => {
             let cache = plflow_engine::run::default_cache();

@@ -31,6 +31,16 @@ fn check_prints_every_layer_with_shapes_and_memory() {
 }
 
 #[test]
+fn schema_prints_the_pipeline_json_schema() {
+    let out = plflow(&root(), &["schema"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(printed, plflow_engine::spec::json_schema());
+    assert_eq!(printed["title"], "plflow pipeline");
+}
+
+#[test]
 fn graph_prints_dot() {
     let out = plflow(&root(), &["graph", "pipelines/mnist.yaml"], &[]);
     let (stdout, _) = text(&out);

@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 /// A whole pipeline file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Names the run (and its default run folder).
@@ -25,8 +25,16 @@ pub struct PipelineSpec {
     pub stages: IndexMap<String, StageSpec>,
 }
 
+/// The JSON Schema (draft 2020-12) of pipeline files, derived from the stage structs: what
+/// `plflow schema` prints, for editors that complete and check YAML against a schema.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(PipelineSpec).to_value();
+    schema["title"] = "plflow pipeline".into();
+    schema
+}
+
 /// Activation after a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActivationSpec {
     /// ELU (alpha 1), clipped to `[-clip, clip]`.
@@ -38,7 +46,7 @@ pub enum ActivationSpec {
 
 /// Sparse connectivity (SPEC section 3): correlation top-k for a layer fed by a dataset, a
 /// rewired small-world ring for deeper layers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SparseSpec {
     /// Fraction of inputs each first-layer neuron connects to (`k = max(1, floor(tau d_in))`).
@@ -53,7 +61,7 @@ pub struct SparseSpec {
 }
 
 /// The distribution of dense initial weights.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InitSpec {
     /// `N(0, 2 / (fan_in + fan_out))` (Glorot): the paper's choice for its MLPs.
@@ -65,7 +73,7 @@ pub enum InitSpec {
 }
 
 /// How long a sparse mask lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MaskSpec {
     /// Through training: the layer stays sparse and its per-weight state is stored sparse.

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// `kind: adam` and `kind: adamw`: backprop with Adam, cross-entropy on the softmax outputs.
 /// For `adam` the weight decay is an L2 penalty on the gradient; for `adamw` it is decoupled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(inline)]
 pub struct AdamSpec {
     /// The model's output stage; every layer between it and the dataset is trained.
     pub input: String,
@@ -45,8 +46,9 @@ pub struct AdamSpec {
 }
 
 /// `kind: adamw`: the fields of `adam`, with AdamW's weight decay by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
+#[schemars(inline)]
 pub struct AdamwSpec(pub AdamSpec);
 
 impl AdamSpec {

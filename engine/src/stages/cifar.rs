@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// `kind: cifar10`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CifarSpec {
     /// Folder with the binary batches (as `plflow fetch cifar10` leaves them), or with
@@ -24,7 +24,7 @@ pub struct CifarSpec {
 }
 
 /// Which CIFAR-100 labels are learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CifarLabels {
     /// The 100 classes.
@@ -35,7 +35,7 @@ pub enum CifarLabels {
 }
 
 /// `kind: cifar100`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cifar100Spec {
     /// As for `cifar10`.

@@ -21,7 +21,7 @@ use plflow_ops::{Matrix, OpsError};
 use serde::{Deserialize, Serialize};
 
 /// `kind: dense`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DenseSpec {
     /// The stage feeding this layer; its output is flattened.

@@ -17,7 +17,7 @@ use plflow_ops::pl::PlConfig;
 use serde::{Deserialize, Serialize};
 
 /// `kind: depthwise`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepthwiseSpec {
     /// The stage feeding it (feature maps).

@@ -11,7 +11,7 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 /// `kind: ds_block`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DsBlockSpec {
     /// The stage feeding it (feature maps).

@@ -8,7 +8,7 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 /// Which split of a dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SplitSpec {
     /// The training split.
@@ -19,7 +19,7 @@ pub enum SplitSpec {
 }
 
 /// `kind: evaluate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateSpec {
     /// The training stage whose model is measured.

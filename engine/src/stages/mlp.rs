@@ -11,7 +11,7 @@ use plflow_ops::activation::Activation;
 use serde::{Deserialize, Serialize};
 
 /// `kind: mlp`: hidden layers with `activation`, then a linear output layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlpSpec {
     /// The stage feeding the first layer; its output is flattened.

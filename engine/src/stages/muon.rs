@@ -13,7 +13,7 @@ use plflow_ops::backprop::Optimizer;
 use serde::{Deserialize, Serialize};
 
 /// `kind: muon`: backprop with Muon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MuonSpec {
     /// The model's output stage; every layer between it and the dataset is trained.

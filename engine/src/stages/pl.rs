@@ -13,7 +13,7 @@ use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
 use serde::{Deserialize, Serialize};
 
 /// How `lambda` is read (see `plflow_ops::solve::RidgeScale`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LambdaScale {
     /// `lambda` times the mean diagonal of the Gram matrix: follows the data's scale.
@@ -23,7 +23,7 @@ pub enum LambdaScale {
 }
 
 /// Which system the solve factors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SolveSpec {
     /// The smaller of the two.
@@ -35,7 +35,7 @@ pub enum SolveSpec {
 }
 
 /// The arithmetic of the PL solve (see `plflow_ops::solve::Precision`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PrecisionSpec {
     /// `f32` where the ridge bounds the condition number well enough, else `f64`.
@@ -46,7 +46,7 @@ pub enum PrecisionSpec {
 }
 
 /// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlSpec {
     /// The model's output stage; every layer between it and the dataset is trained.
@@ -103,7 +103,7 @@ pub struct PlSpec {
 }
 
 /// See `plflow_ops::pl::ErrorScale`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorScaleSpec {
     /// The backpropagated error as it is.
@@ -114,7 +114,7 @@ pub enum ErrorScaleSpec {
 }
 
 /// Metaplasticity settings (defaults from SPEC section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetaplasticitySpec {
     /// Decay of each weight's activity trace.
@@ -135,7 +135,7 @@ pub struct MetaplasticitySpec {
 }
 
 /// Orthogonalisation settings (defaults from SPEC section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrthogonalizeSpec {
     /// Period in steps.

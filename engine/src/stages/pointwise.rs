@@ -12,7 +12,7 @@ use plflow_ops::activation::Activation;
 use serde::{Deserialize, Serialize};
 
 /// `kind: pointwise`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointwiseSpec {
     /// The stage feeding it (feature maps).

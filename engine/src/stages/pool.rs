@@ -13,7 +13,7 @@ use plflow_ops::pool::GlobalAvgPool;
 use serde::{Deserialize, Serialize};
 
 /// `kind: global_avg_pool`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// The stage feeding it (feature maps).

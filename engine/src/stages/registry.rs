@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! stage_kinds {
     ($( $(#[doc = $doc:literal])* $variant:ident($ty:ty) = $kind:literal $(| $alias:literal)*; )*) => {
         /// One stage of a pipeline, selected by its `kind`.
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(tag = "kind")]
         pub enum StageSpec {
             $( $(#[doc = $doc])* #[serde(rename = $kind $(, alias = $alias)*)] $variant($ty), )*

@@ -11,7 +11,7 @@ use plflow_ops::backprop::Optimizer;
 use serde::{Deserialize, Serialize};
 
 /// `kind: sgd`: backprop with SGD and momentum, cross-entropy on the softmax outputs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SgdSpec {
     /// The model's output stage; every layer between it and the dataset is trained.

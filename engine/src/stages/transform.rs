@@ -7,21 +7,24 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 /// `kind: standardize` and `kind: flatten`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(inline)]
 pub struct TransformSpec {
     /// The dataset (or transform) stage transformed.
     pub input: String,
 }
 
 /// `kind: standardize`: every feature scaled by the training split's mean and std.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
+#[schemars(inline)]
 pub struct StandardizeSpec(pub TransformSpec);
 
 /// `kind: flatten`: examples as flat vectors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
+#[schemars(inline)]
 pub struct FlattenSpec(pub TransformSpec);
 
 /// The node of transform `kind` over `input`, which must produce examples.
