@@ -72,14 +72,21 @@ impl OnnxBuilder {
         self.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
     }
 
-    /// The clipped ELU, or nothing for a linear layer.
+    /// The clipped ELU or ReLU, or nothing for a linear layer.
     fn activation(&mut self, name: &str, layer: &Layer) {
-        if let plflow_ops::activation::Activation::Elu { clip } = layer.activation {
-            self.node(&format!("{name}.elu"), "Elu", &[], vec![float_attr("alpha", 1.0)]);
-            let lo = self.constant(&format!("{name}.clip_min"), &[], &[-clip]);
-            let hi = self.constant(&format!("{name}.clip_max"), &[], &[clip]);
-            self.node(&format!("{name}.clip"), "Clip", &[lo, hi], vec![]);
-        }
+        use plflow_ops::activation::Activation;
+        let (low, clip) = match layer.activation {
+            Activation::Linear => return,
+            Activation::Elu { clip } => {
+                self.node(&format!("{name}.elu"), "Elu", &[], vec![float_attr("alpha", 1.0)]);
+                (-clip, clip)
+            }
+            // ReLU is the clip from zero.
+            Activation::Relu { clip } => (0.0, clip),
+        };
+        let lo = self.constant(&format!("{name}.clip_min"), &[], &[low]);
+        let hi = self.constant(&format!("{name}.clip_max"), &[], &[clip]);
+        self.node(&format!("{name}.clip"), "Clip", &[lo, hi], vec![]);
     }
 }
 
@@ -438,7 +445,7 @@ mod tests {
 
     /// A small CNN on 2x6x6 maps standardised first: pointwise stem, depthwise 3x3 stride 2,
     /// pooling, dense head; written as a model file in `dir`. `residual`: the depthwise layer
-    /// has stride 1 and adds the stem's output.
+    /// has stride 1, adds the stem's output and uses ReLU instead of ELU.
     fn cnn_model(dir: &Path, residual: bool) -> std::path::PathBuf {
         let dense = |i: usize, o: usize, k: f32| {
             let mut d = Dense::new(Matrix::from_vec(i, o, values(i * o, k)));
@@ -452,10 +459,11 @@ mod tests {
         let mut dw = Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), geometry);
         dw.params.bias = Matrix::from_vec(1, 4, values(4, 0.9));
         let elu = Activation::Elu { clip: 1.5 };
+        let dw_act = if residual { Activation::Relu { clip: 1.5 } } else { elu };
         let network = Network {
             layers: vec![
                 Layer { input_positions: 36, ..Layer::dense(dense(2, 4, 0.1), elu) },
-                Layer { residual: from_stem, ..Layer::new(dw, elu, 36) },
+                Layer { residual: from_stem, ..Layer::new(dw, dw_act, 36) },
                 Layer::new(GlobalAvgPool { positions: pooled, channels: 4 }, Activation::Linear, pooled),
                 Layer::dense(dense(4, 3, 0.5), Activation::Linear),
             ],
@@ -466,6 +474,7 @@ mod tests {
             LayerMeta {
                 conv: Some([3, stride, 6, 6]),
                 residual: from_stem,
+                activation: dw_act.name().into(),
                 ..layer_meta("dw", "depthwise", (4, 4), 36, true)
             },
             layer_meta("pool", "global_avg_pool", (4, 4), pooled, false),

@@ -7,6 +7,7 @@ use petgraph::visit::EdgeRef;
 use plflow_datasets::cifar::Variant;
 use plflow_datasets::format::Columns;
 use plflow_datasets::images::ImageOptions;
+use plflow_ops::admm::AdmmConfig;
 use plflow_ops::backprop::Optimizer;
 use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
@@ -74,6 +75,8 @@ pub enum Solver {
     Pl(PlConfig),
     /// A backprop baseline.
     Backprop(Optimizer),
+    /// dlADMM.
+    Admm(AdmmConfig),
 }
 
 impl Solver {
@@ -82,6 +85,7 @@ impl Solver {
         match self {
             Solver::Pl(_) => "pl",
             Solver::Backprop(o) => o.kind(),
+            Solver::Admm(_) => "admm",
         }
     }
 }

@@ -449,10 +449,7 @@ impl LayerMeta {
         activation: Activation,
         [inputs, outputs, positions]: [usize; 3],
     ) -> Self {
-        let (activation, clip) = match activation {
-            Activation::Elu { clip } => ("elu", Some(clip)),
-            Activation::Linear => ("linear", None),
-        };
+        let (activation, clip) = (activation.name(), activation.clip());
         LayerMeta {
             name: name.to_owned(),
             kind: kind.to_owned(),
@@ -688,10 +685,11 @@ impl LoadedModel {
         let name = &m.name;
         let activation = match (m.activation.as_str(), m.clip) {
             ("elu", Some(clip)) => Activation::Elu { clip },
+            ("relu", Some(clip)) => Activation::Relu { clip },
             ("linear", _) => Activation::Linear,
             (other, clip) => {
                 let message = format!(
-                    "layer `{name}` has activation `{other}` (clip {clip:?}); plflow knows elu with a clip, and linear"
+                    "layer `{name}` has activation `{other}` (clip {clip:?}); plflow knows elu and relu with a clip, and linear"
                 );
                 return Err(self.bad(None, message));
             }

@@ -8,7 +8,6 @@ use crate::parse::parse_with_overrides;
 use crate::spec::PipelineSpec;
 use crate::stages::Builder;
 use petgraph::graph::NodeIndex;
-use plflow_ops::activation::Activation;
 use plflow_ops::backprop::{GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
 use plflow_ops::pl::{ErrorScale, PlConfig};
@@ -179,6 +178,7 @@ impl Plan {
         match solver {
             Solver::Pl(config) => estimate_pl(&dims, input_len, *batch_size, config),
             Solver::Backprop(opt) => estimate_backprop(&dims, input_len, *batch_size, opt),
+            Solver::Admm(_) => estimate_admm(&dims, input_len, *batch_size),
         }
     }
 
@@ -199,6 +199,7 @@ impl Plan {
                 usize::from(c.rule.momentum.is_some()) + usize::from(c.rule.metaplasticity.is_some())
             }
             Solver::Backprop(o) => o.buffers_per_parameter(),
+            Solver::Admm(_) => 0,
         };
         let acts: Vec<usize> = layers.iter().map(|&l| n * size(l) * F32).collect();
         let workspace = layers
@@ -243,10 +244,7 @@ impl Plan {
                         .graph
                         .residual_of(i)
                         .map_or(String::new(), |r| format!(" + {}", self.graph.node(r).name));
-                    match layer.activation() {
-                        Activation::Elu { .. } => format!("{}{add} elu", n.output.describe()),
-                        Activation::Linear => format!("{}{add} linear", n.output.describe()),
-                    }
+                    format!("{}{add} {}", n.output.describe(), layer.activation().name())
                 }
                 (_, Op::Evaluate { split, data }) => {
                     let on = data.map_or(String::new(), |d| format!(" of {}", self.graph.node(d).name));
@@ -382,6 +380,15 @@ pub fn estimate_backprop(
     MemoryEstimate { parameters, state, step: step + batch }
 }
 
+/// dlADMM's peak: the weights, the batch, every layer's variables and the largest block
+/// update's temporaries; no state outlives a batch.
+pub fn estimate_admm(dims: &[(usize, usize)], input_len: usize, n: usize) -> MemoryEstimate {
+    const F32: usize = 4;
+    let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
+    let step = n * input_len * F32 + plflow_ops::admm::step_bytes(dims, n);
+    MemoryEstimate { parameters, state: 0, step }
+}
+
 fn describe_solver(solver: &Solver) -> String {
     match solver {
         Solver::Pl(config) => {
@@ -408,6 +415,7 @@ fn describe_solver(solver: &Solver) -> String {
             }
         }
         Solver::Backprop(o) => o.describe(),
+        Solver::Admm(c) => format!("dlADMM, rho {}, {} iteration(s) per batch", c.rho, c.iterations),
     }
 }
 
@@ -583,6 +591,31 @@ mod tests {
         assert!(plan.describe().contains("backprop with Muon, lr 0.001, momentum 0.95 (Nesterov)"));
         let msg = err(&muon.replace("    input: net\n", "    input: net\n    ns_steps: 0\n"));
         assert!(msg.starts_with("p.yaml:12: stage `train`: field `ns_steps`"), "{msg}");
+    }
+
+    #[test]
+    fn admm_takes_relu_mlps_and_refuses_the_rest_at_check_time() {
+        let admm = GOOD
+            .replace("kind: pl\n", "kind: admm\n    batch_size: 32\n")
+            .replace("hidden: [32, 16]", "hidden: [32, 16]\n    activation: relu");
+        let plan = check(&admm).expect("a relu MLP");
+        assert!(
+            plan.describe().contains("dlADMM, rho 0.01, 1 iteration(s) per batch"),
+            "{}",
+            plan.describe()
+        );
+        let estimate = plan.estimate(plan.trainers()[0]);
+        let dims = [(784, 32), (32, 16), (16, 10)];
+        assert_eq!(estimate.state, 0);
+        assert_eq!(estimate.step, 32 * 784 * 4 + plflow_ops::admm::step_bytes(&dims, 32));
+        let msg = err(&GOOD.replace("kind: pl\n", "kind: admm\n"));
+        assert!(
+            msg.starts_with("p.yaml:11: stage `train`: field `input`: layer `net.0` has activation elu"),
+            "{msg}"
+        );
+        assert!(msg.contains("set `activation: relu` in stage `net`"), "{msg}");
+        let msg = err(&admm.replace("    input: net\n", "    input: net\n    rho: 0\n"));
+        assert!(msg.contains("field `rho`"), "{msg}");
     }
 
     #[test]

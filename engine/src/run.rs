@@ -21,6 +21,7 @@ use plflow_datasets::stream::BatchStream;
 use plflow_datasets::transform::{Stats, flatten, standardize};
 use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
+use plflow_ops::admm::AdmmTrainer;
 use plflow_ops::backprop::BackpropTrainer;
 use plflow_ops::ledger;
 use plflow_ops::network::LayerError;
@@ -399,6 +400,7 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
             .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v as f32)))
             .collect::<serde_json::Map<_, _>>()
             .into(),
+        Solver::Admm(c) => serde_json::json!({ "rho": c.rho, "iterations": c.iterations }),
     };
     v["kind"] = solver.kind().into();
     v["epochs"] = epochs.into();
@@ -410,6 +412,7 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
 enum Trainer {
     Pl(PlTrainer),
     Backprop(BackpropTrainer),
+    Admm(AdmmTrainer),
 }
 
 impl Trainer {
@@ -417,6 +420,7 @@ impl Trainer {
         match solver {
             Solver::Pl(config) => Trainer::Pl(PlTrainer::new(network, *config)),
             Solver::Backprop(opt) => Trainer::Backprop(BackpropTrainer::new(network, *opt)),
+            Solver::Admm(config) => Trainer::Admm(AdmmTrainer::new(*config)),
         }
     }
 
@@ -424,6 +428,7 @@ impl Trainer {
         match self {
             Trainer::Pl(t) => t.step(net, x, labels),
             Trainer::Backprop(t) => t.step(net, x, labels),
+            Trainer::Admm(t) => t.step(net, x, labels),
         }
     }
 
@@ -431,6 +436,7 @@ impl Trainer {
         match self {
             Trainer::Pl(t) => t.state_bytes(),
             Trainer::Backprop(t) => t.state_bytes(),
+            Trainer::Admm(_) => 0,
         }
     }
 
@@ -438,6 +444,7 @@ impl Trainer {
         match self {
             Trainer::Pl(t) => t,
             Trainer::Backprop(t) => t,
+            Trainer::Admm(t) => t,
         }
     }
 
@@ -445,6 +452,7 @@ impl Trainer {
         match self {
             Trainer::Pl(t) => t,
             Trainer::Backprop(t) => t,
+            Trainer::Admm(t) => t,
         }
     }
 }

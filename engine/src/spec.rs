@@ -40,6 +40,8 @@ pub enum ActivationSpec {
     /// ELU (alpha 1), clipped to `[-clip, clip]`.
     #[default]
     Elu,
+    /// ReLU, clipped to `[0, clip]` (what dlADMM's closed-form update is written for).
+    Relu,
     /// No activation.
     Linear,
 }
@@ -231,6 +233,12 @@ pub mod defaults {
     }
     pub(crate) fn ns_steps() -> u32 {
         5
+    }
+    pub(crate) fn admm_rho() -> f32 {
+        0.01
+    }
+    pub(crate) fn admm_iterations() -> u32 {
+        1
     }
     pub(crate) fn yes() -> bool {
         true

@@ -1,8 +1,10 @@
-//! Activations. PL hidden layers use ELU (alpha 1) clipped to `[-clip, clip]`; the output
-//! layer is linear.
+//! Activations. PL hidden layers use ELU (alpha 1) clipped to `[-clip, clip]`; ReLU (clipped
+//! to `[0, clip]`) is there for the methods written for it (dlADMM's closed-form `z` update);
+//! the output layer is linear.
 //!
-//! The ELU derivative is recovered from the stored activation (`a + 1` where `a < 0`, else
-//! `1`), so the pre-activation `z` never has to be kept: one buffer per layer instead of two.
+//! Both derivatives are recovered from the stored activation (ELU: `a + 1` where `a < 0`,
+//! else `1`; ReLU: `1` where `0 < a < clip`, else `0`), so the pre-activation `z` never has to
+//! be kept: one buffer per layer instead of two.
 
 use rayon::prelude::*;
 
@@ -78,6 +80,11 @@ pub enum Activation {
         /// Outputs are clipped to `[-clip, clip]`.
         clip: f32,
     },
+    /// `a = clip(z, 0, clip)`.
+    Relu {
+        /// Outputs are clipped to `[0, clip]`.
+        clip: f32,
+    },
 }
 
 impl Activation {
@@ -91,6 +98,14 @@ impl Activation {
                     z.par_chunks_mut(PARALLEL_CHUNK).for_each(elu);
                 } else {
                     elu(z);
+                }
+            }
+            Activation::Relu { clip } => {
+                let relu = |chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v = v.clamp(0.0, clip));
+                if z.len() >= 2 * PARALLEL_CHUNK {
+                    z.par_chunks_mut(PARALLEL_CHUNK).for_each(relu);
+                } else {
+                    relu(z);
                 }
             }
         }
@@ -115,6 +130,36 @@ impl Activation {
                     scale((err, a));
                 }
             }
+            Activation::Relu { clip } => {
+                // A clipped unit passes no error, like one below zero.
+                let scale = |(err, a): (&mut [f32], &[f32])| {
+                    for (e, &a) in err.iter_mut().zip(a) {
+                        *e *= if a > 0.0 && a < clip { 1.0 } else { 0.0 };
+                    }
+                };
+                if err.len() >= 2 * PARALLEL_CHUNK {
+                    err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
+                } else {
+                    scale((err, a));
+                }
+            }
+        }
+    }
+
+    /// The name in model files and pipeline YAML (`linear`, `elu`, `relu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Elu { .. } => "elu",
+            Activation::Relu { .. } => "relu",
+        }
+    }
+
+    /// The clip of a clipped activation.
+    pub fn clip(self) -> Option<f32> {
+        match self {
+            Activation::Linear => None,
+            Activation::Elu { clip } | Activation::Relu { clip } => Some(clip),
         }
     }
 }
@@ -176,6 +221,23 @@ mod tests {
             e.iter().zip(&a).map(|(&e, &a)| if a < 0.0 { e * (a + 1.0) } else { e }).collect();
         act.scale_by_derivative(&mut e, &a);
         assert_eq!(e, want);
+    }
+
+    #[test]
+    fn relu_clips_and_its_derivative_matches_finite_differences() {
+        let act = Activation::Relu { clip: 6.0 };
+        let f = |x: f32| x.clamp(0.0, 6.0);
+        let zs = [-3.0f32, -0.1, 0.2, 4.0, 5.9, 7.0];
+        let mut a = zs;
+        act.apply(&mut a);
+        assert_eq!(a, zs.map(f));
+        let mut e = [1.0f32; 6];
+        act.scale_by_derivative(&mut e, &a);
+        for (&z, &g) in zs.iter().zip(&e) {
+            let h = 1e-3f32;
+            let fd = (f(z + h) - f(z - h)) / (2.0 * h);
+            assert!((g - fd).abs() < 1e-2, "z={z}: {g} vs {fd}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! Crate map (one concept per module):
 //! - [`ledger`]: counts the bytes held by tracked buffers, with a high-water mark.
 //! - [`tensor`]: [`Matrix`], a ledger-tracked row-major `f32` matrix with faer views.
-//! - [`activation`]: ELU with clipping, and its derivative recovered from the output.
+//! - [`activation`]: ELU and ReLU with clipping, and their derivatives recovered from the output.
 //! - [`dense`]: a fully connected layer (weights, bias, forward pass); over the rows of NHWC
 //!   feature maps it is also the pointwise (1x1) convolution.
 //! - [`layer`]: the [`layer::Op`] trait every kind of layer implements (forward, error below,
@@ -23,9 +23,12 @@
 //! - [`network`]: a chain of layers and inference.
 //! - [`pl`]: the Prospective Learning trainer: per-layer state and the training step.
 //! - [`backprop`]: the baselines: SGD with momentum, Adam and AdamW on the same networks.
+//! - [`admm`]: dlADMM (Wang et al. 2019): block updates of weights, activations and the
+//!   output multiplier, for MLPs of ReLU layers.
 //! - [`state`]: a trainer's whole state as named parts, for checkpoints and resumed runs.
 
 pub mod activation;
+pub mod admm;
 pub mod backprop;
 pub mod dense;
 pub mod depthwise;

@@ -1,10 +1,11 @@
-//! The PL and backprop steps release each layer's input activation and error as they go, and
+//! The PL, backprop and dlADMM steps release each layer's input activation and error as they go, and
 //! their peaks are exactly what their release orders say. This runs in its own process (an
 //! integration test binary with one test), so the process-wide ledger sees only these
 //! networks; the scenarios run one after another.
 
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
+use plflow_ops::admm::{AdmmConfig, AdmmTrainer, step_bytes as admm_step_bytes};
 use plflow_ops::backprop::{BackpropTrainer, GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::dense::Dense;
 use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
@@ -24,6 +25,10 @@ const SIZES: [usize; 4] = [784, 512, 128, 10];
 const F32: usize = 4;
 
 fn network() -> Network {
+    network_with(Activation::Elu { clip: 10.0 })
+}
+
+fn network_with(hidden: Activation) -> Network {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     Network {
         layers: SIZES
@@ -31,7 +36,7 @@ fn network() -> Network {
             .enumerate()
             .map(|(i, w)| {
                 let dense = Dense::new(xavier_normal(w[0], w[1], &mut rng));
-                let activation = if i == 2 { Activation::Linear } else { Activation::Elu { clip: 10.0 } };
+                let activation = if i == 2 { Activation::Linear } else { hidden };
                 Layer::dense(dense, activation)
             })
             .collect(),
@@ -117,6 +122,19 @@ fn steps_release_activations_and_errors_layer_by_layer() {
     let layer0 = a0 + (GRADIENT_TILE_ROWS * 512 + 512) * F32 + opt.update_workspace_bytes(784, 512);
     assert!(layer1 < layer0 && forward < layer0);
     assert_eq!(peak, layer0, "muon peak {peak}: layers {layer1} {layer0}");
+
+    // dlADMM. The batch's variables (z of every layer, a of the hidden ones, u) live through
+    // the step; the largest block update is layer 0's weights: its residual, the gradient
+    // and the residual's change.
+    let mut net = network_with(Activation::Relu { clip: 10.0 });
+    let mut trainer = AdmmTrainer::new(AdmmConfig { rho: 0.01, iterations: 1 });
+    let peak = step_peak(|| {
+        trainer.step(&mut net, &x, &labels).expect("step");
+    });
+    let vars = 2 * (a0 + a1) + 2 * a2;
+    let layer0 = 2 * a0 + 784 * 512 * F32;
+    assert_eq!(peak, vars + layer0, "admm peak {peak}: variables {vars}, layer 0's update {layer0}");
+    assert_eq!(peak, admm_step_bytes(&[(784, 512), (512, 128), (128, 10)], N));
 }
 
 /// Every solve route's workspace formula is its ledger peak, to the byte (the f64 primal

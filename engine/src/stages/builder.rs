@@ -223,6 +223,7 @@ impl Builder<'_> {
         }
         Ok(match spec {
             ActivationSpec::Elu => Activation::Elu { clip },
+            ActivationSpec::Relu => Activation::Relu { clip },
             ActivationSpec::Linear => Activation::Linear,
         })
     }

@@ -31,7 +31,7 @@ pub struct DenseSpec {
     /// Activation after the affine map.
     #[serde(default)]
     pub activation: ActivationSpec,
-    /// Activations are clipped to `[-clip, clip]`.
+    /// Activations are clipped to `[-clip, clip]` (ELU) or `[0, clip]` (ReLU).
     #[serde(default = "defaults::clip")]
     pub clip: f32,
     /// Sparse connectivity initialisation; `null` (the default) for dense Xavier weights.
@@ -192,7 +192,7 @@ impl LayerKind for DenseNode {
                 rows * rows
             }
             Solver::Pl(_) => (d + 1.0).powi(2),
-            Solver::Backprop(_) => 0.0,
+            Solver::Backprop(_) | Solver::Admm(_) => 0.0,
         };
         16.0 * (d + 1.0) * m + 8.0 * (system + d * m + rows * (d + m))
     }
@@ -207,6 +207,7 @@ impl LayerKind for DenseNode {
             Solver::Backprop(o) => {
                 self.parameter_count() * 4 + o.update_workspace_bytes(self.inputs, self.units)
             }
+            Solver::Admm(_) => plflow_ops::admm::step_bytes(&[(self.inputs, self.units)], batch),
         })
     }
 

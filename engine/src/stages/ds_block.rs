@@ -27,7 +27,7 @@ pub struct DsBlockSpec {
     /// Activation after each convolution.
     #[serde(default)]
     pub activation: ActivationSpec,
-    /// Activations are clipped to `[-clip, clip]`.
+    /// Activations are clipped to `[-clip, clip]` (ELU) or `[0, clip]` (ReLU).
     #[serde(default = "defaults::clip")]
     pub clip: f32,
     /// Add the block's input to the pointwise result, before its activation (a residual

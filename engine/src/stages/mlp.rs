@@ -25,7 +25,7 @@ pub struct MlpSpec {
     /// Activation of the hidden layers.
     #[serde(default)]
     pub activation: ActivationSpec,
-    /// Hidden activations are clipped to `[-clip, clip]`.
+    /// Hidden activations are clipped to `[-clip, clip]` (ELU) or `[0, clip]` (ReLU).
     #[serde(default = "defaults::clip")]
     pub clip: f32,
     /// Sparse connectivity initialisation of every layer; `null` (the default) for dense

@@ -15,6 +15,7 @@ mod layer;
 mod registry;
 
 pub mod adam;
+pub mod admm;
 pub mod cifar;
 pub mod dense;
 pub mod depthwise;

@@ -22,7 +22,7 @@ pub struct PointwiseSpec {
     /// Activation after the convolution.
     #[serde(default)]
     pub activation: ActivationSpec,
-    /// Activations are clipped to `[-clip, clip]`.
+    /// Activations are clipped to `[-clip, clip]` (ELU) or `[0, clip]` (ReLU).
     #[serde(default = "defaults::clip")]
     pub clip: f32,
 }

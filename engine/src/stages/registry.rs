@@ -3,7 +3,7 @@
 
 use super::{LayerFormat, Stage};
 use super::{
-    adam, cifar, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon, pl,
+    adam, admm, cifar, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon, pl,
     pointwise, pool, sgd, table, transform,
 };
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,8 @@ stage_kinds! {
     Adamw(adam::AdamwSpec) = "adamw";
     /// Backprop with Muon (orthogonalised momentum; AdamW for biases and the output layer).
     Muon(muon::MuonSpec) = "muon";
+    /// dlADMM: block updates of weights, activations and the output multiplier (ReLU MLPs).
+    Admm(admm::AdmmSpec) = "admm";
     /// Measures a trained model on a split after every epoch and at the end.
     Evaluate(evaluate::EvaluateSpec) = "evaluate";
 }

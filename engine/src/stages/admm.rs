@@ -1,0 +1,85 @@
+//! `kind: admm`: dlADMM (Wang et al. 2019) on mini-batches: block updates of the weights, the
+//! pre-activations and activations of each batch, and the output multiplier. The method is
+//! `plflow_ops::admm`; it trains MLPs of dense ReLU layers with a linear output.
+
+use super::trainer::{TrainerFields, add_trainer};
+use super::{Builder, Stage};
+use crate::error::SpecError;
+use crate::graph::{Op, Solver};
+use crate::spec::defaults;
+use petgraph::graph::NodeIndex;
+use plflow_ops::activation::Activation;
+use plflow_ops::admm::AdmmConfig;
+use serde::{Deserialize, Serialize};
+
+/// `kind: admm`: dlADMM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdmmSpec {
+    /// The model's output stage; every layer between it and the dataset is trained.
+    pub input: String,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: usize,
+    /// Examples per step.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+    /// file) instead of fresh weights; its layers must have this model's shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
+    /// Penalty of the relaxed equalities and of the augmented Lagrangian (`rho = nu`).
+    #[serde(default = "defaults::admm_rho")]
+    pub rho: f32,
+    /// dlADMM iterations per batch (each a backward and a forward sweep, then the multiplier).
+    #[serde(default = "defaults::admm_iterations")]
+    pub iterations: u32,
+}
+
+impl Stage for AdmmSpec {
+    fn input(&self) -> Option<&str> {
+        Some(&self.input)
+    }
+
+    fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
+        b.range(name, "rho", self.rho > 0.0 && self.rho.is_finite(), "> 0", self.rho)?;
+        b.range(name, "iterations", (1..=100).contains(&self.iterations), "in 1..=100", self.iterations)?;
+        let solver = Solver::Admm(AdmmConfig { rho: self.rho, iterations: self.iterations });
+        let fields = TrainerFields {
+            input: &self.input,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            init_from: self.init_from.as_deref(),
+        };
+        let i = add_trainer(b, name, solver, fields)?;
+        check_layers(b, name, i)?;
+        Ok(i)
+    }
+}
+
+/// dlADMM's updates are written for dense ReLU layers under a linear output, in a chain.
+fn check_layers(b: &Builder<'_>, name: &str, trainer: NodeIndex) -> Result<(), SpecError> {
+    let Op::Train { layers, .. } = &b.node(trainer).op else { return Ok(()) };
+    for (k, &l) in layers.iter().enumerate() {
+        let node = b.node(l);
+        let Op::Layer(layer) = &node.op else { continue };
+        let last = k + 1 == layers.len();
+        let why = if layer.kind() != "dense" || layer.flat_dense().is_none() {
+            format!("is a {} layer; admm trains dense layers on flat inputs (an MLP)", layer.kind())
+        } else if b.residual_of(l).is_some() {
+            "adds a residual; admm trains plain chains".to_owned()
+        } else if last && layer.activation() != Activation::Linear {
+            format!("is the output layer with activation {}; it must be linear", layer.activation().name())
+        } else if !last && !matches!(layer.activation(), Activation::Relu { .. }) {
+            format!(
+                "has activation {}; dlADMM's closed-form update needs relu (set `activation: relu` in stage `{}`)",
+                layer.activation().name(),
+                node.stage
+            )
+        } else {
+            continue;
+        };
+        return Err(b.err(name, Some("input"), format!("field `input`: layer `{}` {why}", node.name)));
+    }
+    Ok(())
+}
