@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use plflow_engine::Plan;
 use plflow_engine::bench::{self, BenchRow, RunFigures};
 use plflow_engine::plan::Limits;
+use plflow_engine::plot;
 use plflow_engine::report;
 use plflow_engine::run::{RunOptions, run};
 use std::io::IsTerminal as _;
@@ -133,8 +134,19 @@ enum Command {
         /// Arrow IPC or Parquet table.
         path: PathBuf,
     },
+    /// Draw the training curves of runs, overlaid, as one SVG: accuracy, loss or residual,
+    /// seconds per epoch and memory by epoch.
+    Plot {
+        /// Run folders (each holds the metrics.jsonl a run writes).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The SVG file to write.
+        #[arg(short, long, value_name = "FILE.svg", default_value = "curves.svg")]
+        out: PathBuf,
+    },
     /// Run several pipelines, each in its own process, and compare them in one table
-    /// (test accuracy, seconds per epoch, peak RSS, ledger peak), written as CSV and Markdown.
+    /// (test accuracy, seconds per epoch, peak RSS, ledger peak), written as CSV and Markdown,
+    /// with a chart of their mean curves (bench.svg).
     Bench {
         /// Pipeline files; each is one row.
         #[arg(required = true)]
@@ -353,6 +365,18 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot inspect {}", path.display()))?;
             print!("{text}");
         }
+        Command::Plot { runs, out } => {
+            let mut curves = Vec::new();
+            for run in &runs {
+                let label =
+                    run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into());
+                curves.extend(
+                    plot::read_run(run, &label).with_context(|| format!("cannot plot {}", run.display()))?,
+                );
+            }
+            plot::write_svg(&out, &curves, "plflow runs")?;
+            println!("{} curve(s) of {} run(s) drawn in {}", curves.len(), runs.len(), out.display());
+        }
         Command::Bench { pipelines, epochs, repeat, out, sets, max_memory } => {
             bench(&pipelines, epochs, repeat, out, &sets, max_memory)?
         }
@@ -466,6 +490,8 @@ fn bench(
     let exe = std::env::current_exe().context("cannot find the plflow executable")?;
     // One row per training stage: `name`, or `name/stage` for pipelines with several.
     let mut rows: Vec<BenchRow> = Vec::new();
+    // Each method's epochs, run by run, for the chart.
+    let mut epochs_of: Vec<(String, Vec<Vec<report::EpochRecord>>)> = Vec::new();
     for (path, (plan, sets)) in pipelines.iter().zip(&plans) {
         let several = plan.trainers().len() > 1;
         for k in 0..repeat.max(1) {
@@ -490,11 +516,20 @@ fn bench(
                     None => rows.push(BenchRow { method, runs: vec![figures] }),
                 }
             }
+            for curve in plot::read_run(&run_dir, &plan.spec.name)? {
+                match epochs_of.iter_mut().find(|(m, _)| *m == curve.label) {
+                    Some((_, runs)) => runs.push(curve.records),
+                    None => epochs_of.push((curve.label, vec![curve.records])),
+                }
+            }
         }
     }
     let md = bench::markdown(&rows);
     report::write_atomic(&dir.join("bench.md"), md.as_bytes())?;
     report::write_atomic(&dir.join("bench.csv"), bench::csv(&rows).as_bytes())?;
+    let curves: Vec<plot::Curve> = epochs_of.iter().map(|(m, runs)| plot::mean_curve(m, runs)).collect();
+    let title = format!("plflow bench: mean of {} run(s) per method", repeat.max(1));
+    plot::write_svg(&dir.join("bench.svg"), &curves, &title)?;
     println!("\n{md}\ntables written to {}", dir.display());
     Ok(())
 }

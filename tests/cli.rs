@@ -172,6 +172,8 @@ fn run_trains_on_synthetic_data_and_writes_reports() {
     {
         assert!(lines[1].get(key).is_some(), "metrics line lacks {key}");
     }
+    let svg = std::fs::read_to_string(out_dir.join("curves.svg")).expect("the run draws its curves");
+    assert!(svg.starts_with("<svg") && svg.contains("run: training curves") && svg.contains("accuracy"));
     let shares = &summary["time_shares"];
     let total: f64 =
         ["forward", "propagate", "solve"].iter().map(|k| shares[k].as_f64().expect("share")).sum();
@@ -253,6 +255,25 @@ fn bench_compares_pipelines_in_one_table() {
         out_dir.join("mnist-r1/summary.json").is_file()
             && out_dir.join("mnist-sgd-r1/metrics.jsonl").is_file()
     );
+    let svg = std::fs::read_to_string(out_dir.join("bench.svg")).expect("bench chart");
+    assert!(svg.contains("mnist-sgd") && svg.contains("time per epoch"), "the chart names the methods");
+
+    // `plflow plot` overlays runs; a folder without metrics is named.
+    let picture = dir.path().join("both.svg");
+    let (a, b) = (out_dir.join("mnist-r1"), out_dir.join("mnist-sgd-r1"));
+    let args = [
+        "plot",
+        a.to_str().expect("utf-8"),
+        b.to_str().expect("utf-8"),
+        "-o",
+        picture.to_str().expect("utf-8"),
+    ];
+    let out = plflow(dir.path(), &args, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let svg = std::fs::read_to_string(&picture).expect("plot");
+    assert!(svg.contains("mnist-r1") && svg.contains("mnist-sgd-r1"));
+    let out = plflow(dir.path(), &["plot", dir.path().to_str().expect("utf-8")], &[]);
+    assert!(!out.status.success() && text(&out).1.contains("metrics.jsonl"), "{}", text(&out).1);
 }
 
 #[test]

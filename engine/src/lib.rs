@@ -13,7 +13,8 @@
 //! - [`eval`]: a saved model measured on a dataset (accuracy, per class, confusion matrix);
 //! - [`export`]: a saved model as a standard ONNX graph;
 //! - [`predict`]: a saved model applied to new files (images, archives, IDX, tables);
-//! - [`bench`]: the comparison table of several runs.
+//! - [`bench`]: the comparison table of several runs;
+//! - [`plot`]: training curves of runs and benches as SVG.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
 //! with ONNX backbones in `plflow_extract`; none of them depends on this crate. The memory
@@ -28,6 +29,7 @@ pub mod graph;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod plot;
 pub mod predict;
 pub mod report;
 pub mod run;

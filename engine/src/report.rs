@@ -165,6 +165,11 @@ impl MetricsFile {
         Ok(Self { path, file })
     }
 
+    /// The run folder holding the file.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Append one record.
     pub fn append(&mut self, record: &EpochRecord) -> Result<(), EngineError> {
         let mut line =

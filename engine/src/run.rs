@@ -408,6 +408,15 @@ fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_j
     v
 }
 
+/// Redraw the run folder's `curves.svg` from its `metrics.jsonl` so far (every training
+/// stage's epochs), so that a run stopped at any epoch leaves its picture.
+fn draw_curves(metrics: &MetricsFile) -> Result<(), EngineError> {
+    let dir = metrics.dir();
+    let label = dir.file_name().map_or_else(|| "run".to_owned(), |n| n.to_string_lossy().into_owned());
+    let curves = crate::plot::read_run(dir, &label)?;
+    crate::plot::write_svg(&dir.join("curves.svg"), &curves, &format!("{label}: training curves"))
+}
+
 /// The state and step of whichever learning rule a training stage uses.
 enum Trainer {
     Pl(PlTrainer),
@@ -628,6 +637,7 @@ impl TrainJob<'_> {
             let record = records.last_mut().expect("pushed above");
             record.save_seconds = t2.elapsed().as_secs_f64();
             metrics.append(record)?;
+            draw_curves(metrics)?;
         }
         bar.finish_and_clear();
         let state_bytes = trainer.state_bytes();

@@ -1,0 +1,296 @@
+//! Pictures of training as SVG, drawn with plotters (its SVG backend needs no font files:
+//! text is written as SVG text and left to the viewer): the curves of a run (`curves.svg`,
+//! rewritten after every epoch), of several runs overlaid (`plflow plot`), and of a bench's
+//! methods side by side (`bench.svg`, the mean over repeats), like the paper's Figures 3-5.
+//!
+//! Four panels share the epoch axis: accuracy (test solid, train light), the training loss
+//! (cross-entropy) or residual (PL), seconds per epoch, and memory (ledger peak solid, process
+//! peak RSS light).
+
+use crate::error::EngineError;
+use crate::report::EpochRecord;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// One training stage's epochs, under the label its lines get.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// Legend text: the run (and stage, when a run has several).
+    pub label: String,
+    /// Its epochs, in order.
+    pub records: Vec<EpochRecord>,
+}
+
+/// The curves of a run folder's `metrics.jsonl`: one per training stage, labelled `label`,
+/// or `label/stage` when the run trained several.
+pub fn read_run(dir: &Path, label: &str) -> Result<Vec<Curve>, EngineError> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path, "cannot read"))?;
+    let mut curves: Vec<Curve> = Vec::new();
+    for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: EpochRecord = serde_json::from_str(line).map_err(|e| {
+            let message =
+                format!("line {} is not an epoch record ({e}); is this a plflow run folder?", k + 1);
+            EngineError::io(&path, "cannot read")(std::io::Error::other(message))
+        })?;
+        match curves.iter_mut().find(|c| c.label == record.stage) {
+            Some(c) => c.records.push(record),
+            None => curves.push(Curve { label: record.stage.clone(), records: vec![record] }),
+        }
+    }
+    let several = curves.len() > 1;
+    for c in &mut curves {
+        c.label = if several { format!("{label}/{}", c.label) } else { label.to_owned() };
+    }
+    Ok(curves)
+}
+
+/// The epoch-by-epoch mean of repeated runs of one method (epochs all runs reached).
+pub fn mean_curve(label: &str, runs: &[Vec<EpochRecord>]) -> Curve {
+    let epochs = runs.iter().map(Vec::len).min().unwrap_or(0);
+    let records = (0..epochs)
+        .map(|e| {
+            let mean = |f: &dyn Fn(&EpochRecord) -> Option<f64>| {
+                let v: Vec<f64> = runs.iter().filter_map(|r| f(&r[e])).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            EpochRecord {
+                train_residual: mean(&|r| r.train_residual),
+                train_loss: mean(&|r| r.train_loss),
+                train_accuracy: mean(&|r| Some(r.train_accuracy)).unwrap_or(f64::NAN),
+                test_accuracy: mean(&|r| r.test_accuracy),
+                epoch_seconds: mean(&|r| Some(r.epoch_seconds)).unwrap_or(f64::NAN),
+                ledger_peak_mb: mean(&|r| Some(r.ledger_peak_mb)).unwrap_or(f64::NAN),
+                peak_rss_mb: mean(&|r| r.peak_rss_mb),
+                ..runs[0][e].clone()
+            }
+        })
+        .collect();
+    Curve { label: label.to_owned(), records }
+}
+
+/// One line of a panel.
+struct Line {
+    label: Option<String>,
+    color: RGBAColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// A panel: its title, y axis and lines.
+struct Panel {
+    title: &'static str,
+    y_desc: &'static str,
+    lines: Vec<Line>,
+    /// Start the y axis at zero (times and sizes, so that ratios read right).
+    from_zero: bool,
+}
+
+/// The lines of `curves` for values `solid` (and `light`, drawn paler), by epoch.
+fn lines(
+    curves: &[Curve],
+    legend: bool,
+    solid: fn(&EpochRecord) -> Option<f64>,
+    light: Option<fn(&EpochRecord) -> Option<f64>>,
+) -> Vec<Line> {
+    let mut out = Vec::new();
+    for (k, c) in curves.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let points = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+            let at = |r: &EpochRecord| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v));
+            c.records.iter().filter_map(at).collect()
+        };
+        out.push(Line { label: legend.then(|| c.label.clone()), color, points: points(solid) });
+        if let Some(light) = light {
+            out.push(Line { label: None, color: color.mix(0.35), points: points(light) });
+        }
+    }
+    out
+}
+
+/// The four panels of `curves`; the legend is on the first.
+fn panels(curves: &[Curve]) -> [Panel; 4] {
+    fn pct(v: f64) -> f64 {
+        v * 100.0
+    }
+    [
+        Panel {
+            title: "accuracy (test solid, train light)",
+            y_desc: "%",
+            lines: lines(curves, true, |r| r.test_accuracy.map(pct), Some(|r| Some(pct(r.train_accuracy)))),
+            from_zero: false,
+        },
+        Panel {
+            title: "training loss (cross-entropy) or residual (PL)",
+            y_desc: "loss / residual",
+            lines: lines(curves, false, |r| r.train_loss.or(r.train_residual), None),
+            from_zero: false,
+        },
+        Panel {
+            title: "time per epoch",
+            y_desc: "seconds",
+            lines: lines(curves, false, |r| Some(r.epoch_seconds), None),
+            from_zero: true,
+        },
+        Panel {
+            title: "memory (ledger peak solid, process RSS light)",
+            y_desc: "MB",
+            lines: lines(curves, false, |r| Some(r.ledger_peak_mb), Some(|r| r.peak_rss_mb)),
+            from_zero: true,
+        },
+    ]
+}
+
+/// `lo..hi` padded by 5%, widened when flat.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1.0) * 0.05 };
+    (lo - pad, hi + pad)
+}
+
+fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let all = || panel.lines.iter().flat_map(|l| l.points.iter());
+    let (_, last) = range(all().map(|p| p.0));
+    let x = (1.0f64, last.round().max(2.0));
+    let mut y = range(all().map(|p| p.1));
+    if panel.from_zero && y.0 > 0.0 {
+        y.0 = 0.0;
+    }
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(panel.y_desc)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(e)?;
+    for line in &panel.lines {
+        let color = line.color;
+        let series = LineSeries::new(line.points.iter().copied(), color.stroke_width(2));
+        let drawn = chart.draw_series(series).map_err(e)?;
+        if let Some(label) = &line.label {
+            drawn
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+        let marks = line.points.iter().map(|&p| Circle::new(p, 2, color.filled()));
+        chart.draw_series(marks).map_err(e)?;
+    }
+    if panel.lines.iter().any(|l| l.label.is_some()) {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+    }
+    Ok(())
+}
+
+/// The SVG text of `curves` in four panels under `title`.
+pub fn curves_svg(curves: &[Curve], title: &str) -> Result<String, EngineError> {
+    let mut svg = String::new();
+    let drawn = (|| -> Result<(), String> {
+        let root = SVGBackend::with_string(&mut svg, (1200, 860)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root.titled(title, ("sans-serif", 22)).map_err(|e| e.to_string())?;
+        for (area, panel) in root.split_evenly((2, 2)).iter().zip(panels(curves).iter()) {
+            draw_panel(area, panel)?;
+        }
+        root.present().map_err(|e| e.to_string())
+    })();
+    drawn.map_err(|m| {
+        EngineError::io(Path::new("(svg)"), "cannot draw the curves")(std::io::Error::other(m))
+    })?;
+    Ok(svg)
+}
+
+/// Write the curves of `curves` to `path` (temp file, then rename).
+pub fn write_svg(path: &Path, curves: &[Curve], title: &str) -> Result<(), EngineError> {
+    crate::report::write_atomic(path, curves_svg(curves, title)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(stage: &str, epoch: usize, acc: f64) -> EpochRecord {
+        EpochRecord {
+            stage: stage.into(),
+            epoch,
+            train_residual: None,
+            train_loss: Some(1.0 / epoch as f64),
+            train_accuracy: acc - 0.01,
+            test_accuracy: Some(acc),
+            evaluations: Default::default(),
+            epoch_seconds: 1.5,
+            samples_per_second: 1000.0,
+            eval_seconds: 0.1,
+            save_seconds: 0.0,
+            forward_seconds: 0.5,
+            propagate_seconds: 0.5,
+            solve_seconds: 0.5,
+            ledger_peak_mb: 9.0,
+            peak_rss_mb: Some(25.0),
+        }
+    }
+
+    #[test]
+    fn a_run_folder_gives_one_curve_per_stage_and_an_svg_with_its_labels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines: Vec<String> = [record("pl", 1, 0.9), record("adam", 1, 0.8), record("pl", 2, 0.95)]
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("json"))
+            .collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n") + "\n").expect("write");
+        let curves = read_run(dir.path(), "run").expect("read");
+        let labels: Vec<_> = curves.iter().map(|c| (c.label.as_str(), c.records.len())).collect();
+        assert_eq!(labels, [("run/pl", 2), ("run/adam", 1)]);
+        let path = dir.path().join("curves.svg");
+        write_svg(&path, &curves, "two stages").expect("svg");
+        let svg = std::fs::read_to_string(&path).expect("read svg");
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
+        for text in ["two stages", "run/pl", "run/adam", "epoch", "seconds", "MB", "time per epoch"] {
+            assert!(svg.contains(text), "the picture lacks `{text}`");
+        }
+        // pl's two test accuracies make a polyline; adam's single epoch is a marked point.
+        assert!(svg.contains("<polyline"), "no line drawn");
+        assert!(svg.contains("<circle"), "no points drawn");
+    }
+
+    #[test]
+    fn a_bad_metrics_line_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("metrics.jsonl"), "{\"stage\": 3}\n").expect("write");
+        let err = read_run(dir.path(), "run").expect_err("refused").to_string();
+        assert!(err.contains("metrics.jsonl"), "{err}");
+        let source = std::error::Error::source(&read_run(dir.path(), "r").expect_err("refused"))
+            .map(|s| s.to_string());
+        assert!(source.is_some_and(|s| s.contains("line 1")));
+    }
+
+    #[test]
+    fn the_mean_of_repeats_is_taken_epoch_by_epoch() {
+        let runs = vec![
+            vec![record("t", 1, 0.5), record("t", 2, 0.7)],
+            vec![record("t", 1, 0.7), record("t", 2, 0.9), record("t", 3, 0.95)],
+        ];
+        let mean = mean_curve("m", &runs);
+        assert_eq!(mean.records.len(), 2);
+        assert!((mean.records[1].test_accuracy.expect("acc") - 0.8).abs() < 1e-12);
+        assert_eq!(mean.records[1].epoch, 2);
+    }
+}
