@@ -161,7 +161,7 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Resul
         y.0 = 0.0;
     }
     let mut chart = ChartBuilder::on(area)
-        .caption(panel.title, ("sans-serif", 18))
+        .caption(panel.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -172,6 +172,8 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Resul
         .x_desc("epoch")
         .y_desc(panel.y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
@@ -193,7 +195,7 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Resul
             .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 14))
+            .label_font(("sans-serif", 16))
             .draw()
             .map_err(e)?;
     }
@@ -262,13 +264,29 @@ mod tests {
         let path = dir.path().join("curves.svg");
         write_svg(&path, &curves, "two stages").expect("svg");
         let svg = std::fs::read_to_string(&path).expect("read svg");
-        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-        for text in ["two stages", "run/pl", "run/adam", "epoch", "seconds", "MB", "time per epoch"] {
-            assert!(svg.contains(text), "the picture lacks `{text}`");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        let texts: Vec<&str> =
+            doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+        for want in ["two stages", "run/pl", "run/adam", "epoch", "seconds", "MB", "%", "time per epoch"] {
+            assert!(
+                texts.iter().any(|t| t.trim() == want || t.contains(want)),
+                "no text `{want}` in {texts:?}"
+            );
         }
-        // pl's two test accuracies make a polyline; adam's single epoch is a marked point.
-        assert!(svg.contains("<polyline"), "no line drawn");
-        assert!(svg.contains("<circle"), "no points drawn");
+        // The legend names each curve once (on the first panel).
+        assert_eq!(texts.iter().filter(|t| t.trim() == "run/pl").count(), 1);
+        // Data lines are the 2-pixel polylines, one per series (test and train accuracy, loss,
+        // time, ledger and RSS) of each stage, in order: pl's have two points, adam's one.
+        let data: Vec<usize> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"))
+            .map(|n| n.attribute("points").unwrap_or_default().split_whitespace().count())
+            .collect();
+        assert_eq!(data, [2, 2, 1, 1, 2, 1, 2, 1, 2, 2, 1, 1], "per panel: pl's lines, then adam's");
+        // Every epoch of every series is a marked point: pl 2 x 6, adam 1 x 6.
+        let circles = doc.descendants().filter(|n| n.has_tag_name("circle")).count();
+        assert_eq!(circles, 18);
     }
 
     #[test]
