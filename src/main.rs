@@ -134,6 +134,29 @@ enum Command {
         /// Arrow IPC or Parquet table.
         path: PathBuf,
     },
+    /// Run a pipeline over a grid of settings, each point in its own process; a rerun with
+    /// the same --out skips finished points and reruns interrupted ones. Writes sweep.md,
+    /// sweep.csv and, for one or two axes, sweep.svg.
+    Sweep {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// A field and its values, `stage.field=v1,v2,...`; repeat for a grid (every
+        /// combination runs, the last axis varying fastest).
+        #[arg(long = "grid", value_name = "STAGE.FIELD=V1,V2", required = true)]
+        grids: Vec<String>,
+        /// Train every point for this many epochs (sets `<stage>.epochs` of every training stage).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Override a field in every point: `stage.field=value`; repeatable.
+        #[arg(long = "set", value_name = "STAGE.FIELD=VALUE")]
+        sets: Vec<String>,
+        /// The sweep's folder (default: runs/sweep-<pipeline file name>); give the same one to resume.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Refuse points whose training stages are estimated to need more memory than this.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_memory: Option<f64>,
+    },
     /// Draw the training curves of runs, overlaid, as one SVG: accuracy, loss or residual,
     /// seconds per epoch and memory by epoch.
     Plot {
@@ -365,6 +388,9 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot inspect {}", path.display()))?;
             print!("{text}");
         }
+        Command::Sweep { pipeline, grids, epochs, sets, out, max_memory } => {
+            sweep(&pipeline, &grids, epochs, &sets, out, max_memory)?
+        }
         Command::Plot { runs, out } => {
             let mut curves = Vec::new();
             for run in &runs {
@@ -479,10 +505,10 @@ fn bench(
     let load = |p: &PathBuf| -> anyhow::Result<(Plan, Vec<String>)> {
         let invalid = || format!("{} is invalid; nothing was run", p.display());
         let plan = Plan::load(p, sets).with_context(invalid)?;
-        let Some(e) = epochs else { return Ok((plan, sets.to_vec())) };
-        let mut with_epochs = sets.to_vec();
-        with_epochs
-            .extend(plan.trainers().iter().map(|&t| format!("{}.epochs={e}", plan.graph.node(t).stage)));
+        if epochs.is_none() {
+            return Ok((plan, sets.to_vec()));
+        }
+        let with_epochs: Vec<String> = sets.iter().cloned().chain(epoch_sets(&plan, epochs)).collect();
         Ok((Plan::load(p, &with_epochs).with_context(invalid)?, with_epochs))
     };
     let plans = pipelines.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
@@ -531,6 +557,91 @@ fn bench(
     let title = format!("plflow bench: mean of {} run(s) per method", repeat.max(1));
     plot::write_svg(&dir.join("bench.svg"), &curves, &title)?;
     println!("\n{md}\ntables written to {}", dir.display());
+    Ok(())
+}
+
+/// The `--set` values that give every training stage of `plan` `epochs` epochs.
+fn epoch_sets(plan: &Plan, epochs: Option<usize>) -> Vec<String> {
+    let Some(e) = epochs else { return Vec::new() };
+    plan.trainers().iter().map(|&t| format!("{}.epochs={e}", plan.graph.node(t).stage)).collect()
+}
+
+fn sweep(
+    pipeline: &Path,
+    grids: &[String],
+    epochs: Option<usize>,
+    sets: &[String],
+    out: Option<PathBuf>,
+    max_memory: Option<f64>,
+) -> anyhow::Result<()> {
+    use plflow_engine::sweep::{self, Axis, PointFigures, PointSettings, PointState};
+    let axes = grids
+        .iter()
+        .map(|g| Axis::parse(g).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, a) in axes.iter().enumerate() {
+        anyhow::ensure!(!axes[..i].iter().any(|b| b.key == a.key), "--grid {}: given twice", a.key);
+    }
+    let invalid = || format!("{} is invalid; nothing was run", pipeline.display());
+    let plan = Plan::load(pipeline, sets).with_context(invalid)?;
+    let common: Vec<String> = sets.iter().cloned().chain(epoch_sets(&plan, epochs)).collect();
+    let points = sweep::points(&axes);
+    // Every point is checked before the first one runs.
+    for p in &points {
+        let all: Vec<String> = common.iter().chain(p).cloned().collect();
+        Plan::load(pipeline, &all)
+            .with_context(|| format!("the point {} is invalid; nothing was run", p.join(" ")))?;
+    }
+    let stem = pipeline.file_stem().map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+    let out = out.unwrap_or_else(|| Path::new("runs").join(format!("sweep-{stem}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let exe = std::env::current_exe().context("cannot find the plflow executable")?;
+    let mut figures = Vec::new();
+    for (k, p) in points.iter().enumerate() {
+        let dir = sweep::point_dir(&out, k);
+        let settings = PointSettings { grid: p.clone(), sets: common.clone() };
+        let header = format!("== point {}/{}: {}", k + 1, points.len(), p.join(" "));
+        match sweep::point_state(&dir, &settings)? {
+            PointState::Done => println!("{header}: finished before, skipped"),
+            state => {
+                let run_dir = dir.join("run");
+                if state == PointState::Interrupted && run_dir.exists() {
+                    println!("{header}: interrupted before, run again");
+                    std::fs::remove_dir_all(&run_dir)
+                        .with_context(|| format!("cannot remove {}", run_dir.display()))?;
+                } else {
+                    println!("{header} -> {}", run_dir.display());
+                }
+                sweep::write_settings(&dir, &settings)?;
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.arg("run").arg(pipeline).arg("--no-progress").arg("--out").arg(&run_dir);
+                if let Some(bytes) = max_memory {
+                    cmd.arg("--max-memory").arg(format!("{bytes}"));
+                }
+                for set in common.iter().chain(p) {
+                    cmd.arg("--set").arg(set);
+                }
+                let status = cmd.status().with_context(|| format!("cannot start {}", exe.display()))?;
+                anyhow::ensure!(
+                    status.success(),
+                    "point {} ({}) failed ({status}); see above. Rerun the same command to resume",
+                    k + 1,
+                    p.join(" ")
+                );
+            }
+        }
+        let values =
+            p.iter().map(|kv| kv.split_once('=').map_or(kv.as_str(), |(_, v)| v).to_owned()).collect();
+        figures.push(PointFigures::read(&dir, values)?);
+    }
+    let md = sweep::markdown(&axes, &figures);
+    report::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
+    report::write_atomic(&out.join("sweep.csv"), sweep::csv(&axes, &figures).as_bytes())?;
+    let title = format!("plflow sweep of {}", pipeline.display());
+    if let Some(svg) = plot::sweep_svg(&axes, &figures, &title)? {
+        report::write_atomic(&out.join("sweep.svg"), svg.as_bytes())?;
+    }
+    println!("\n{md}\ntables written to {}", out.display());
     Ok(())
 }
 

@@ -276,6 +276,89 @@ fn bench_compares_pipelines_in_one_table() {
     assert!(!out.status.success() && text(&out).1.contains("metrics.jsonl"), "{}", text(&out).1);
 }
 
+/// `plflow sweep`: a one-axis grid gives a row per point and a line chart; a rerun skips
+/// finished points and reruns one left without its summary (what a kill leaves); a two-axis
+/// grid draws a heatmap; a folder of another grid is refused.
+#[test]
+fn sweep_runs_each_point_once_and_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 400, 100);
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let out_dir = dir.path().join("sweep");
+    let out = out_dir.to_str().expect("utf-8");
+    let args = [
+        "sweep",
+        &mnist_pipeline(),
+        "--grid",
+        "train.alpha=0.5,1",
+        "--epochs",
+        "1",
+        "--set",
+        "net.hidden=[16]",
+        "--out",
+        out,
+    ];
+    let first = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&first);
+    assert!(first.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let md = std::fs::read_to_string(out_dir.join("sweep.md")).expect("table");
+    assert!(
+        md.starts_with("| train.alpha | final test % |")
+            && md.contains("\n| 0.5 | ")
+            && md.contains("\n| 1 | "),
+        "{md}"
+    );
+    assert_eq!(std::fs::read_to_string(out_dir.join("sweep.csv")).expect("csv").lines().count(), 3);
+    let svg = std::fs::read_to_string(out_dir.join("sweep.svg")).expect("chart");
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    let texts: Vec<&str> =
+        doc.descendants().filter_map(|n| n.has_tag_name("text").then(|| n.text()).flatten()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("train.alpha")) && texts.iter().any(|t| t.trim() == "0.5"),
+        "{texts:?}"
+    );
+    let summary = |k: usize| out_dir.join(format!("point-00{k}/run/summary.json"));
+    let kept = std::fs::read(summary(1)).expect("point 1 finished");
+
+    std::fs::remove_file(summary(2)).expect("as if killed before it finished");
+    let again = plflow(dir.path(), &args, &env);
+    let (stdout, stderr) = text(&again);
+    assert!(again.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("point 1/2: train.alpha=0.5: finished before, skipped"), "{stdout}");
+    assert!(stdout.contains("point 2/2: train.alpha=1: interrupted before, run again"), "{stdout}");
+    assert_eq!(std::fs::read(summary(1)).expect("point 1"), kept, "a finished point is not rerun");
+    assert!(summary(2).is_file());
+
+    let other = ["sweep", &mnist_pipeline(), "--grid", "train.alpha=2,3", "--epochs", "1", "--out", out];
+    let refused = plflow(dir.path(), &other, &env);
+    assert!(!refused.status.success() && text(&refused).1.contains("another sweep"), "{}", text(&refused).1);
+
+    let grid2 = dir.path().join("grid2");
+    let args = [
+        "sweep",
+        &mnist_pipeline(),
+        "--grid",
+        "train.alpha=0.5,1",
+        "--grid",
+        "train.lambda=3,6",
+        "--epochs",
+        "1",
+        "--set",
+        "net.hidden=[16]",
+        "--out",
+        grid2.to_str().expect("utf-8"),
+    ];
+    let two = plflow(dir.path(), &args, &env);
+    assert!(two.status.success(), "{}", text(&two).1);
+    let svg = std::fs::read_to_string(grid2.join("sweep.svg")).expect("heatmap");
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    let cells = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("fill") != Some("#FFFFFF"))
+        .count();
+    assert!(cells >= 4, "a cell per point: {cells}");
+}
+
 #[test]
 fn check_prints_every_shape_of_the_cnn() {
     let out = plflow(&root(), &["check", "pipelines/mnist-cnn.yaml"], &[]);

@@ -14,7 +14,8 @@
 //! - [`export`]: a saved model as a standard ONNX graph;
 //! - [`predict`]: a saved model applied to new files (images, archives, IDX, tables);
 //! - [`bench`]: the comparison table of several runs;
-//! - [`plot`]: training curves of runs and benches as SVG.
+//! - [`plot`]: training curves of runs and benches, and sweep charts, as SVG;
+//! - [`sweep`]: a pipeline over a grid of settings: points, their folders, tables.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
 //! with ONNX backbones in `plflow_extract`; none of them depends on this crate. The memory
@@ -35,6 +36,7 @@ pub mod report;
 pub mod run;
 pub mod spec;
 pub mod stages;
+pub mod sweep;
 
 pub use error::{EngineError, SpecError};
 pub use plan::Plan;

@@ -9,8 +9,10 @@
 
 use crate::error::EngineError;
 use crate::report::EpochRecord;
+use crate::sweep::{Axis, PointFigures};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 /// One training stage's epochs, under the label its lines get.
@@ -218,6 +220,146 @@ pub fn curves_svg(curves: &[Curve], title: &str) -> Result<String, EngineError> 
         EngineError::io(Path::new("(svg)"), "cannot draw the curves")(std::io::Error::other(m))
     })?;
     Ok(svg)
+}
+
+/// The chart of a sweep, like the paper's Figures 6-9: for one axis, final test accuracy,
+/// seconds per epoch and ledger peak against its values; for two, a heatmap of the final
+/// test accuracy. `None` for more axes (the tables say it all).
+pub fn sweep_svg(axes: &[Axis], points: &[PointFigures], title: &str) -> Result<Option<String>, EngineError> {
+    let mut svg = String::new();
+    let drawn = match axes {
+        [axis] => sweep_lines(&mut svg, axis, points, title),
+        [x, y] => sweep_heatmap(&mut svg, [x, y], points, title),
+        _ => return Ok(None),
+    };
+    drawn.map_err(|m| {
+        EngineError::io(Path::new("(svg)"), "cannot draw the sweep")(std::io::Error::other(m))
+    })?;
+    Ok(Some(svg))
+}
+
+fn sweep_lines(svg: &mut String, axis: &Axis, points: &[PointFigures], title: &str) -> Result<(), String> {
+    let root = SVGBackend::with_string(svg, (1500, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(|e| e.to_string())?;
+    type Panel = (&'static str, &'static str, fn(&PointFigures) -> f64, bool);
+    let panels: [Panel; 3] = [
+        ("final test accuracy", "%", |p| p.final_accuracy * 100.0, false),
+        ("time per epoch (median)", "seconds", |p| p.epoch_seconds, true),
+        ("ledger peak", "MB", |p| p.ledger_peak_mb, true),
+    ];
+    let n = axis.values.len();
+    for (area, (name, unit, value, from_zero)) in root.split_evenly((1, 3)).iter().zip(panels) {
+        let data: Vec<(f64, f64)> = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as f64, value(p)))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let mut y = range(data.iter().map(|p| p.1));
+        if from_zero && y.0 > 0.0 {
+            y.0 = 0.0;
+        }
+        let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5f64..n as f64 - 0.5, y.0..y.1)
+            .map_err(e)?;
+        let label = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                axis.values.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_desc(axis.key.as_str())
+            .y_desc(unit)
+            .x_labels(n.max(2) * 2 + 1)
+            .x_label_formatter(&label)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(e)?;
+        let color = Palette99::pick(0).to_rgba();
+        chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2))).map_err(e)?;
+        chart.draw_series(data.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// A colour from dark blue (0) through teal to yellow (1), readable in grey too.
+fn heat(t: f64) -> RGBColor {
+    let stops = [(68.0, 1.0, 84.0), (33.0, 145.0, 140.0), (253.0, 231.0, 37.0)];
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) * 2.0 } else { 0.0 };
+    let (a, b, f) = if t <= 1.0 { (stops[0], stops[1], t) } else { (stops[1], stops[2], t - 1.0) };
+    let mix = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+fn sweep_heatmap(
+    svg: &mut String,
+    [x, y]: [&Axis; 2],
+    points: &[PointFigures],
+    title: &str,
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let (nx, ny) = (x.values.len(), y.values.len());
+    let root = SVGBackend::with_string(svg, (900, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("final test accuracy (%)", ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(120)
+        .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
+        .map_err(e)?;
+    let label = |values: &[String], v: f64| {
+        let i = (v - 0.5).round();
+        if (v - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+            values.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x.key.as_str())
+        .y_desc(y.key.as_str())
+        .x_labels(nx * 2 + 1)
+        .y_labels(ny * 2 + 1)
+        .x_label_formatter(&|v| label(&x.values, *v))
+        .y_label_formatter(&|v| label(&y.values, *v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(e)?;
+    let accs: Vec<f64> = points.iter().map(|p| p.final_accuracy * 100.0).collect();
+    let (lo, hi) = range(accs.iter().copied().filter(|a| a.is_finite()));
+    let cell = |k: usize| ((k / ny) as f64, (k % ny) as f64);
+    chart
+        .draw_series(accs.iter().enumerate().map(|(k, &a)| {
+            let (i, j) = cell(k);
+            Rectangle::new([(i, j), (i + 1.0, j + 1.0)], heat((a - lo) / (hi - lo)).filled())
+        }))
+        .map_err(e)?;
+    let style = TextStyle::from(("sans-serif", 16)).pos(Pos::new(HPos::Center, VPos::Center));
+    chart
+        .draw_series(accs.iter().enumerate().map(|(k, &a)| {
+            let (i, j) = cell(k);
+            let ink = if (a - lo) / (hi - lo) > 0.6 { &BLACK } else { &WHITE };
+            Text::new(format!("{a:.2}"), (i + 0.5, j + 0.5), style.color(ink))
+        }))
+        .map_err(e)?;
+    root.present().map_err(|e| e.to_string())
 }
 
 /// Write the curves of `curves` to `path` (temp file, then rename).
