@@ -144,9 +144,11 @@ fn value_stats(split: &dyn Source) -> (f32, f32, f64, f64) {
     let dim = split.example_len();
     let (mut min, mut max, mut sum, mut sq, mut n) =
         (f32::INFINITY, f32::NEG_INFINITY, 0.0f64, 0.0f64, 0usize);
-    let mut x = vec![0.0f32; 256 * dim];
-    let mut y = vec![0u32; 256];
-    let mut stream = BatchStream::in_order(split, 256);
+    // At most 256 rows at a time, and never more than the split has.
+    let rows = split.len().clamp(1, 256);
+    let mut x = vec![0.0f32; rows * dim];
+    let mut y = vec![0u32; rows];
+    let mut stream = BatchStream::in_order(split, rows);
     while let Some(idx) = stream.next_batch() {
         let rows: Vec<usize> = idx.iter().copied().filter(|i| i % step == 0).collect();
         split.read_into(&rows, &mut x[..rows.len() * dim], &mut y[..rows.len()]);

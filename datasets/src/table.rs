@@ -95,15 +95,13 @@ impl TableFile {
         let layout = Layout::of(&schema, columns).map_err(&bad)?;
         let mut decoder = FileDecoder::new(schema.clone(), footer.version());
         for block in footer.dictionaries().iter().flatten() {
-            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
-            let data = slice(&buffer, block.offset(), len).map_err(&bad)?;
+            let data = block_data(&buffer, block).map_err(&bad)?;
             decoder.read_dictionary(block, &data).map_err(|e| bad(format!("bad dictionary: {e}")))?;
         }
         let mut parts = Vec::new();
         let mut starts = vec![0];
         for (b, block) in footer.recordBatches().iter().flatten().enumerate() {
-            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
-            let data = slice(&buffer, block.offset(), len).map_err(&bad)?;
+            let data = block_data(&buffer, block).map_err(|e| bad(format!("record batch {b}: {e}")))?;
             let batch = decoder
                 .read_record_batch(block, &data)
                 .map_err(|e| bad(format!("record batch {b} is corrupt: {e}")))?
@@ -118,6 +116,13 @@ impl TableFile {
         };
         let mut table = Self { map, parts, starts, shape, dim: layout.dim, classes: 0, metadata };
         table.classes = table.max_label().map_err(&bad)?.map_or(0, |m| m as usize + 1);
+        if table.classes > MAX_CLASSES {
+            return Err(bad(format!(
+                "its largest label is {}: plflow trains at most {MAX_CLASSES} classes (labels 0 to {})",
+                table.classes - 1,
+                MAX_CLASSES - 1
+            )));
+        }
         if let Some(names) = table.class_names() {
             table.classes = table.classes.max(names.len());
         }
@@ -184,6 +189,44 @@ impl TableFile {
     }
 }
 
+/// Most classes a table may have: its class count sizes the output layer and the per-class
+/// tallies, so a corrupt label must not claim billions.
+pub const MAX_CLASSES: usize = 1 << 16;
+
+/// The bytes of an IPC block (message metadata, then body), checked to lie in the file, with
+/// every buffer its message declares inside its body: arrow-ipc slices those unchecked and
+/// panics on a file that lies about them.
+fn block_data(buffer: &Buffer, block: &arrow_ipc::Block) -> Result<Buffer, String> {
+    let (meta, body) = (usize::try_from(block.metaDataLength()), usize::try_from(block.bodyLength()));
+    let (Ok(meta), Ok(body)) = (meta, body) else {
+        return Err(format!("negative block lengths {} + {}", block.metaDataLength(), block.bodyLength()));
+    };
+    let len = meta.checked_add(body).ok_or_else(|| format!("block lengths {meta} + {body} overflow"))?;
+    let data = slice(buffer, block.offset(), len)?;
+    // The metadata starts with the continuation marker and a length, or a length alone.
+    let message = match data.get(..meta) {
+        Some([0xff, 0xff, 0xff, 0xff, _, _, _, _, rest @ ..]) => rest,
+        Some([a, b, c, d, rest @ ..]) if [*a, *b, *c, *d] != [0xff; 4] => rest,
+        _ => return Err(format!("message metadata of {meta} bytes is too short")),
+    };
+    let message = arrow_ipc::root_as_message(message).map_err(|e| format!("bad message: {e}"))?;
+    let batch = message.header_as_record_batch().or_else(|| message.header_as_dictionary_batch()?.data());
+    for (i, b) in batch.and_then(|b| b.buffers()).iter().flatten().enumerate() {
+        let end = u64::try_from(b.offset())
+            .ok()
+            .zip(u64::try_from(b.length()).ok())
+            .and_then(|(o, l)| o.checked_add(l));
+        if end.is_none_or(|end| end > body as u64) {
+            return Err(format!(
+                "buffer {i} ({} bytes at {}) lies outside the {body}-byte body",
+                b.length(),
+                b.offset()
+            ));
+        }
+    }
+    Ok(data)
+}
+
 fn slice(buffer: &Buffer, offset: i64, len: usize) -> Result<Buffer, String> {
     let start = usize::try_from(offset).map_err(|_| format!("negative block offset {offset}"))?;
     if start.checked_add(len).is_none_or(|end| end > buffer.len()) {
@@ -198,7 +241,7 @@ pub(crate) fn parse_shape(s: &str, dim: usize) -> Result<Vec<usize>, String> {
         .map(|d| d.trim().parse::<usize>())
         .collect::<Result<_, _>>()
         .map_err(|_| format!("metadata {META_SHAPE} = {s:?} is not a list of sizes"))?;
-    if shape.iter().product::<usize>() != dim {
+    if shape.iter().try_fold(1usize, |p, &d| p.checked_mul(d)) != Some(dim) {
         return Err(format!("metadata {META_SHAPE} = {s:?} does not hold the {dim} values per row"));
     }
     Ok(shape)

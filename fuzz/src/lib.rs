@@ -1,0 +1,52 @@
+//! What the fuzz targets share: each input is written to a fresh file with the name the
+//! reader expects, read through `plflow inspect`'s path (which opens the format and reads
+//! rows for its statistics), and removed with whatever the reader cached. A reader may
+//! refuse an input with an error; it must not panic, abort, hang or allocate beyond the
+//! limit the runner sets.
+
+use plflow_datasets::cache::Cache;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A scratch folder of this process, and a fresh cache inside it.
+fn scratch() -> (PathBuf, Cache) {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("plflow-fuzz-{}", std::process::id())).join(n.to_string());
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let cache = Cache::new(dir.join("cache"));
+    (dir, cache)
+}
+
+/// Write `data` as `name` in a fresh folder and inspect it (as `plflow inspect` would).
+pub fn inspect_file(name: &str, data: &[u8]) {
+    let (dir, cache) = scratch();
+    let path = dir.join(name);
+    std::fs::write(&path, data).expect("write input");
+    let _ = plflow_datasets::inspect::inspect(&path, &cache);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Write `data` as `name` in a fresh folder and open it as an image dataset (decoding every
+/// member into the cache, as a pipeline's first run does), then read every row.
+pub fn open_images(name: &str, data: &[u8]) {
+    use plflow_datasets::images::{ImageOptions, open};
+    use plflow_datasets::location::DataPath;
+    let (dir, cache) = scratch();
+    let path = dir.join(name);
+    std::fs::write(&path, data).expect("write input");
+    let at = DataPath { written: path.clone(), resolved: path };
+    let opts = ImageOptions { height: 8, width: 8, channels: 3, resize: true };
+    if let Ok((dataset, _)) = open(&at, &opts, &cache) {
+        for split in [&dataset.train, &dataset.test] {
+            let n = split.len();
+            let mut x = vec![0f32; split.example_len()];
+            let mut y = [0u32; 1];
+            for i in 0..n {
+                split.read_into(&[i], &mut x, &mut y);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
