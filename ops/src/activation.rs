@@ -87,26 +87,38 @@ pub enum Activation {
     },
 }
 
+/// `f` over `values`, in chunks split over the threads when there are many.
+fn for_chunks(values: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
+    if values.len() >= 2 * PARALLEL_CHUNK {
+        values.par_chunks_mut(PARALLEL_CHUNK).for_each(f);
+    } else {
+        f(values);
+    }
+}
+
+/// `err[i] *= slope(a[i])`, in chunks split over the threads when there are many (the slope
+/// is branch-free, so each chunk's loop vectorises).
+fn scale_by(err: &mut [f32], a: &[f32], slope: impl Fn(f32) -> f32 + Sync + Send) {
+    let scale = |(err, a): (&mut [f32], &[f32])| {
+        for (e, &a) in err.iter_mut().zip(a) {
+            *e *= slope(a);
+        }
+    };
+    if err.len() >= 2 * PARALLEL_CHUNK {
+        err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
+    } else {
+        scale((err, a));
+    }
+}
+
 impl Activation {
     /// Apply the activation to pre-activations in place.
     pub fn apply(self, z: &mut [f32]) {
         match self {
             Activation::Linear => {}
-            Activation::Elu { clip } => {
-                let elu = |chunk: &mut [f32]| elu_in_place(chunk, clip);
-                if z.len() >= 2 * PARALLEL_CHUNK {
-                    z.par_chunks_mut(PARALLEL_CHUNK).for_each(elu);
-                } else {
-                    elu(z);
-                }
-            }
+            Activation::Elu { clip } => for_chunks(z, |chunk| elu_in_place(chunk, clip)),
             Activation::Relu { clip } => {
-                let relu = |chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v = v.clamp(0.0, clip));
-                if z.len() >= 2 * PARALLEL_CHUNK {
-                    z.par_chunks_mut(PARALLEL_CHUNK).for_each(relu);
-                } else {
-                    relu(z);
-                }
+                for_chunks(z, |chunk| chunk.iter_mut().for_each(|v| *v = v.clamp(0.0, clip)))
             }
         }
     }
@@ -117,32 +129,9 @@ impl Activation {
         debug_assert_eq!(err.len(), a.len());
         match self {
             Activation::Linear => {}
-            Activation::Elu { .. } => {
-                // Branch-free so the loop vectorises.
-                let scale = |(err, a): (&mut [f32], &[f32])| {
-                    for (e, &a) in err.iter_mut().zip(a) {
-                        *e *= if a < 0.0 { a + 1.0 } else { 1.0 };
-                    }
-                };
-                if err.len() >= 2 * PARALLEL_CHUNK {
-                    err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
-                } else {
-                    scale((err, a));
-                }
-            }
-            Activation::Relu { clip } => {
-                // A clipped unit passes no error, like one below zero.
-                let scale = |(err, a): (&mut [f32], &[f32])| {
-                    for (e, &a) in err.iter_mut().zip(a) {
-                        *e *= if a > 0.0 && a < clip { 1.0 } else { 0.0 };
-                    }
-                };
-                if err.len() >= 2 * PARALLEL_CHUNK {
-                    err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
-                } else {
-                    scale((err, a));
-                }
-            }
+            Activation::Elu { .. } => scale_by(err, a, |a| if a < 0.0 { a + 1.0 } else { 1.0 }),
+            // A clipped unit passes no error, like one below zero.
+            Activation::Relu { clip } => scale_by(err, a, |a| if a > 0.0 && a < clip { 1.0 } else { 0.0 }),
         }
     }
 
