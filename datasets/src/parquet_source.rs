@@ -25,12 +25,41 @@ pub fn open(path: &Path, columns: &Columns, cache: &Cache) -> Result<TableFile, 
     })
 }
 
-/// A reader of the Parquet file at `path` (footer parsed), with errors that name the file.
+/// A reader of the Parquet file at `path` (footer parsed, its column chunks checked to lie
+/// in the file), with errors that name the file.
 pub fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DatasetError> {
     let file = File::open(path).map_err(DatasetError::io(path, "cannot open"))?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+    let len = file.metadata().map_err(DatasetError::io(path, "cannot read"))?.len();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
         DatasetError::format(path, format!("not a readable Parquet file ({e}): truncated or corrupt?"))
-    })
+    })?;
+    check_chunks(builder.metadata(), len)
+        .map_err(|p| DatasetError::format(path, format!("{p}: corrupt footer?")))?;
+    Ok(builder)
+}
+
+/// Every column chunk the footer lists starts and ends inside the file's `len` bytes (the
+/// parquet crate asserts it, panicking on a file that lies), and every count is not negative.
+fn check_chunks(metadata: &parquet::file::metadata::ParquetMetaData, len: u64) -> Result<(), String> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        if group.num_rows() < 0 {
+            return Err(format!("row group {g} claims {} rows", group.num_rows()));
+        }
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let start = chunk.dictionary_page_offset().unwrap_or_else(|| chunk.data_page_offset());
+            let (start, size) = (u64::try_from(start), u64::try_from(chunk.compressed_size()));
+            let end = start.ok().zip(size.ok()).and_then(|(s, n)| s.checked_add(n));
+            if end.is_none_or(|end| end > len) || chunk.num_values() < 0 {
+                return Err(format!(
+                    "row group {g}, column {c}: {} bytes at {} ({} values) lie outside the {len}-byte file",
+                    chunk.compressed_size(),
+                    chunk.dictionary_page_offset().unwrap_or_else(|| chunk.data_page_offset()),
+                    chunk.num_values()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decode `path` into the IPC file `target`, one row group at a time.
