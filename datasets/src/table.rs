@@ -95,13 +95,14 @@ impl TableFile {
         let layout = Layout::of(&schema, columns).map_err(&bad)?;
         let mut decoder = FileDecoder::new(schema.clone(), footer.version());
         for block in footer.dictionaries().iter().flatten() {
-            let data = block_data(&buffer, block).map_err(&bad)?;
+            let data = block_data(&buffer, block, &schema).map_err(&bad)?;
             decoder.read_dictionary(block, &data).map_err(|e| bad(format!("bad dictionary: {e}")))?;
         }
         let mut parts = Vec::new();
         let mut starts = vec![0];
         for (b, block) in footer.recordBatches().iter().flatten().enumerate() {
-            let data = block_data(&buffer, block).map_err(|e| bad(format!("record batch {b}: {e}")))?;
+            let data =
+                block_data(&buffer, block, &schema).map_err(|e| bad(format!("record batch {b}: {e}")))?;
             let batch = decoder
                 .read_record_batch(block, &data)
                 .map_err(|e| bad(format!("record batch {b} is corrupt: {e}")))?
@@ -194,9 +195,11 @@ impl TableFile {
 pub const MAX_CLASSES: usize = 1 << 16;
 
 /// The bytes of an IPC block (message metadata, then body), checked to lie in the file, with
-/// every buffer its message declares inside its body: arrow-ipc slices those unchecked and
-/// panics on a file that lies about them.
-fn block_data(buffer: &Buffer, block: &arrow_ipc::Block) -> Result<Buffer, String> {
+/// every buffer its message declares inside its body (arrow-ipc slices those unchecked) and
+/// every node's length small enough that its values, through the schema's fixed-size lists,
+/// can be counted (arrow-data's validation overflows on it): arrow panics on files that lie
+/// about either.
+fn block_data(buffer: &Buffer, block: &arrow_ipc::Block, schema: &Schema) -> Result<Buffer, String> {
     let (meta, body) = (usize::try_from(block.metaDataLength()), usize::try_from(block.bodyLength()));
     let (Ok(meta), Ok(body)) = (meta, body) else {
         return Err(format!("negative block lengths {} + {}", block.metaDataLength(), block.bodyLength()));
@@ -211,6 +214,17 @@ fn block_data(buffer: &Buffer, block: &arrow_ipc::Block) -> Result<Buffer, Strin
     };
     let message = arrow_ipc::root_as_message(message).map_err(|e| format!("bad message: {e}"))?;
     let batch = message.header_as_record_batch().or_else(|| message.header_as_dictionary_batch()?.data());
+    let per_row = schema.fields().iter().map(|f| values_per_item(f.data_type())).max().unwrap_or(1);
+    for (i, node) in batch.and_then(|b| b.nodes()).iter().flatten().enumerate() {
+        let values = usize::try_from(node.length()).ok().and_then(|n| n.checked_mul(per_row));
+        if values.is_none_or(|v| v > i64::MAX as usize) || node.null_count() < 0 {
+            return Err(format!(
+                "field node {i} claims {} items ({} null)",
+                node.length(),
+                node.null_count()
+            ));
+        }
+    }
     for (i, b) in batch.and_then(|b| b.buffers()).iter().flatten().enumerate() {
         let end = u64::try_from(b.offset())
             .ok()
@@ -225,6 +239,20 @@ fn block_data(buffer: &Buffer, block: &arrow_ipc::Block) -> Result<Buffer, Strin
         }
     }
     Ok(data)
+}
+
+/// Values one item of `t` holds through nested fixed-size lists (1 for other types),
+/// saturating: the bound a node's length is checked against.
+fn values_per_item(t: &DataType) -> usize {
+    match t {
+        DataType::FixedSizeList(child, n) => usize::try_from(*n)
+            .unwrap_or(usize::MAX)
+            .max(1)
+            .saturating_mul(values_per_item(child.data_type())),
+        DataType::List(child) | DataType::LargeList(child) => values_per_item(child.data_type()),
+        DataType::Struct(fields) => fields.iter().map(|f| values_per_item(f.data_type())).max().unwrap_or(1),
+        _ => 1,
+    }
 }
 
 fn slice(buffer: &Buffer, offset: i64, len: usize) -> Result<Buffer, String> {
