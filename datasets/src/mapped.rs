@@ -46,18 +46,19 @@ impl MappedFile {
         &self.path
     }
 
-    /// Copy `bytes` (a sub-slice of this map) into `out` with a positioned read of the file,
-    /// without faulting the map's pages in. Falls back to a plain copy if the read fails.
+    /// Copy `bytes` into `out`: when `bytes` lies in this map, with a positioned read of the
+    /// file, without faulting the map's pages in; otherwise (arrow copies a buffer the file
+    /// stores unaligned), or if the read fails, with a plain copy.
     ///
     /// # Panics
-    /// If `bytes` is not inside the map or `out` has another length (caller bugs).
+    /// If `out` has another length than `bytes` (a caller bug).
     pub fn copy_out(&self, bytes: &[u8], out: &mut [u8]) {
         use std::os::unix::fs::FileExt;
         assert_eq!(bytes.len(), out.len(), "copy_out lengths");
         let base = self.map.as_ptr() as usize;
-        let offset = (bytes.as_ptr() as usize).checked_sub(base).expect("slice inside the map");
-        assert!(offset + bytes.len() <= self.map.len(), "slice inside the map");
-        if self.file.read_exact_at(out, offset as u64).is_err() {
+        let offset =
+            (bytes.as_ptr() as usize).checked_sub(base).filter(|o| o + bytes.len() <= self.map.len());
+        if offset.is_none_or(|o| self.file.read_exact_at(out, o as u64).is_err()) {
             out.copy_from_slice(bytes);
         }
     }
@@ -115,6 +116,9 @@ mod tests {
         let mut out = vec![0u8; 300];
         m.copy_out(&m.bytes()[4000..4300], &mut out);
         assert_eq!(out, &body[4000..4300]);
+        // Bytes outside the map (a copy arrow made of an unaligned buffer) are copied as they are.
+        m.copy_out(&body[10..310], &mut out);
+        assert_eq!(out, &body[10..310]);
         assert_eq!(m.bytes(), &body[..], "released pages read back the same bytes");
     }
 }
