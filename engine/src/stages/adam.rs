@@ -1,7 +1,7 @@
 //! `kind: adam` and `kind: adamw`: the backprop baselines with Adam and with decoupled weight
 //! decay, cross-entropy on the softmax outputs. The step itself is `plflow_ops::backprop`.
 
-use super::trainer::{TrainerFields, add_trainer};
+use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
 use crate::graph::Solver;
@@ -10,39 +10,29 @@ use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
 use serde::{Deserialize, Serialize};
 
-/// `kind: adam` and `kind: adamw`: backprop with Adam, cross-entropy on the softmax outputs.
-/// For `adam` the weight decay is an L2 penalty on the gradient; for `adamw` it is decoupled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(inline)]
-pub struct AdamSpec {
-    /// The model's output stage; every layer between it and the dataset is trained.
-    pub input: String,
-    /// Passes over the training split.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Examples per step.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
-    /// file) instead of fresh weights; its layers must have this model's shapes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<std::path::PathBuf>,
-    /// Learning rate.
-    #[serde(default = "defaults::adam_lr")]
-    pub lr: f32,
-    /// First-moment decay.
-    #[serde(default = "defaults::beta1")]
-    pub beta1: f32,
-    /// Second-moment decay.
-    #[serde(default = "defaults::beta2")]
-    pub beta2: f32,
-    /// Denominator guard.
-    #[serde(default = "defaults::adam_eps")]
-    pub eps: f32,
-    /// Weight decay; defaults to 0 for `adam` and 0.01 for `adamw`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f32>,
+trainer_spec! {
+    /// `kind: adam` and `kind: adamw`: backprop with Adam, cross-entropy on the softmax outputs.
+    /// For `adam` the weight decay is an L2 penalty on the gradient; for `adamw` it is decoupled.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schemars(inline)]
+    pub struct AdamSpec {
+        /// Learning rate.
+        #[serde(default = "defaults::adam_lr")]
+        pub lr: f32,
+        /// First-moment decay.
+        #[serde(default = "defaults::beta1")]
+        pub beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "defaults::beta2")]
+        pub beta2: f32,
+        /// Denominator guard.
+        #[serde(default = "defaults::adam_eps")]
+        pub eps: f32,
+        /// Weight decay; defaults to 0 for `adam` and 0.01 for `adamw`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub weight_decay: Option<f32>,
+    }
 }
 
 /// `kind: adamw`: the fields of `adam`, with AdamW's weight decay by default.
@@ -71,12 +61,7 @@ impl AdamSpec {
 
     fn add(&self, name: &str, b: &mut Builder<'_>, decoupled: bool) -> Result<NodeIndex, SpecError> {
         let solver = self.solver(name, b, decoupled)?;
-        let fields = TrainerFields {
-            input: &self.input,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            init_from: self.init_from.as_deref(),
-        };
+        let fields = self.trainer_fields();
         add_trainer(b, name, solver, fields)
     }
 }

@@ -2,7 +2,7 @@
 //! pre-activations and activations of each batch, and the output multiplier. The method is
 //! `plflow_ops::admm`; it trains MLPs of dense ReLU layers with a linear output.
 
-use super::trainer::{TrainerFields, add_trainer};
+use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
 use crate::graph::{Op, Solver};
@@ -12,28 +12,18 @@ use plflow_ops::activation::Activation;
 use plflow_ops::admm::AdmmConfig;
 use serde::{Deserialize, Serialize};
 
-/// `kind: admm`: dlADMM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AdmmSpec {
-    /// The model's output stage; every layer between it and the dataset is trained.
-    pub input: String,
-    /// Passes over the training split.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Examples per step.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
-    /// file) instead of fresh weights; its layers must have this model's shapes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<std::path::PathBuf>,
-    /// Penalty of the relaxed equalities and of the augmented Lagrangian (`rho = nu`).
-    #[serde(default = "defaults::admm_rho")]
-    pub rho: f32,
-    /// dlADMM iterations per batch (each a backward and a forward sweep, then the multiplier).
-    #[serde(default = "defaults::admm_iterations")]
-    pub iterations: u32,
+trainer_spec! {
+    /// `kind: admm`: dlADMM.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct AdmmSpec {
+        /// Penalty of the relaxed equalities and of the augmented Lagrangian (`rho = nu`).
+        #[serde(default = "defaults::admm_rho")]
+        pub rho: f32,
+        /// dlADMM iterations per batch (each a backward and a forward sweep, then the multiplier).
+        #[serde(default = "defaults::admm_iterations")]
+        pub iterations: u32,
+    }
 }
 
 impl Stage for AdmmSpec {
@@ -45,12 +35,7 @@ impl Stage for AdmmSpec {
         b.range(name, "rho", self.rho > 0.0 && self.rho.is_finite(), "> 0", self.rho)?;
         b.range(name, "iterations", (1..=100).contains(&self.iterations), "in 1..=100", self.iterations)?;
         let solver = Solver::Admm(AdmmConfig { rho: self.rho, iterations: self.iterations });
-        let fields = TrainerFields {
-            input: &self.input,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            init_from: self.init_from.as_deref(),
-        };
+        let fields = self.trainer_fields();
         let i = add_trainer(b, name, solver, fields)?;
         check_layers(b, name, i)?;
         Ok(i)

@@ -3,7 +3,7 @@
 //! default, for the output layer's weights. The rule is `plflow_ops::muon`; the step is
 //! `plflow_ops::backprop`.
 
-use super::trainer::{TrainerFields, add_trainer};
+use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
 use crate::graph::Solver;
@@ -12,49 +12,39 @@ use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
 use serde::{Deserialize, Serialize};
 
-/// `kind: muon`: backprop with Muon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MuonSpec {
-    /// The model's output stage; every layer between it and the dataset is trained.
-    pub input: String,
-    /// Passes over the training split.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Examples per step.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
-    /// file) instead of fresh weights; its layers must have this model's shapes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<std::path::PathBuf>,
-    /// Learning rate of both rules (Liu et al.'s scale gives Muon's update AdamW's size).
-    #[serde(default = "defaults::adam_lr")]
-    pub lr: f32,
-    /// Momentum coefficient.
-    #[serde(default = "defaults::muon_momentum")]
-    pub momentum: f32,
-    /// Orthogonalise the Nesterov direction `g + momentum * buf`.
-    #[serde(default = "defaults::yes")]
-    pub nesterov: bool,
-    /// Newton-Schulz iterations per step.
-    #[serde(default = "defaults::ns_steps")]
-    pub ns_steps: u32,
-    /// Decoupled weight decay of the weights.
-    #[serde(default = "defaults::adamw_weight_decay")]
-    pub weight_decay: f32,
-    /// First-moment decay of the AdamW part.
-    #[serde(default = "defaults::beta1")]
-    pub beta1: f32,
-    /// Second-moment decay of the AdamW part.
-    #[serde(default = "defaults::beta2")]
-    pub beta2: f32,
-    /// Denominator guard of the AdamW part.
-    #[serde(default = "defaults::adam_eps")]
-    pub eps: f32,
-    /// Train the output layer's weights with AdamW (Muon is meant for hidden layers).
-    #[serde(default = "defaults::yes")]
-    pub adamw_output: bool,
+trainer_spec! {
+    /// `kind: muon`: backprop with Muon.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct MuonSpec {
+        /// Learning rate of both rules (Liu et al.'s scale gives Muon's update AdamW's size).
+        #[serde(default = "defaults::adam_lr")]
+        pub lr: f32,
+        /// Momentum coefficient.
+        #[serde(default = "defaults::muon_momentum")]
+        pub momentum: f32,
+        /// Orthogonalise the Nesterov direction `g + momentum * buf`.
+        #[serde(default = "defaults::yes")]
+        pub nesterov: bool,
+        /// Newton-Schulz iterations per step.
+        #[serde(default = "defaults::ns_steps")]
+        pub ns_steps: u32,
+        /// Decoupled weight decay of the weights.
+        #[serde(default = "defaults::adamw_weight_decay")]
+        pub weight_decay: f32,
+        /// First-moment decay of the AdamW part.
+        #[serde(default = "defaults::beta1")]
+        pub beta1: f32,
+        /// Second-moment decay of the AdamW part.
+        #[serde(default = "defaults::beta2")]
+        pub beta2: f32,
+        /// Denominator guard of the AdamW part.
+        #[serde(default = "defaults::adam_eps")]
+        pub eps: f32,
+        /// Train the output layer's weights with AdamW (Muon is meant for hidden layers).
+        #[serde(default = "defaults::yes")]
+        pub adamw_output: bool,
+    }
 }
 
 impl Stage for MuonSpec {
@@ -81,12 +71,7 @@ impl Stage for MuonSpec {
             eps: self.eps,
             adamw_output: self.adamw_output,
         });
-        let fields = TrainerFields {
-            input: &self.input,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            init_from: self.init_from.as_deref(),
-        };
+        let fields = self.trainer_fields();
         add_trainer(b, name, solver, fields)
     }
 }

@@ -1,7 +1,7 @@
 //! `kind: pl`: Prospective Learning (SPEC sections 1-4), the closed-form ridge update of every
 //! layer towards its prospective target. The step itself is `plflow_ops::pl`.
 
-use super::trainer::{TrainerFields, add_trainer};
+use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
 use crate::graph::Solver;
@@ -45,61 +45,51 @@ pub enum PrecisionSpec {
     F64,
 }
 
-/// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlSpec {
-    /// The model's output stage; every layer between it and the dataset is trained.
-    pub input: String,
-    /// Passes over the training split.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Examples per step.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
-    /// file) instead of fresh weights; its layers must have this model's shapes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<std::path::PathBuf>,
-    /// Step size of the solved update.
-    #[serde(default = "defaults::alpha")]
-    pub alpha: f64,
-    /// Ridge added to the Gram diagonal, read according to `lambda_scale`.
-    #[serde(default = "defaults::lambda")]
-    pub lambda: f64,
-    /// `relative` (default) or `absolute` (the paper's literal setting).
-    #[serde(default = "defaults::lambda_scale")]
-    pub lambda_scale: LambdaScale,
-    /// Which system to factor.
-    #[serde(default = "defaults::solve")]
-    pub solve: SolveSpec,
-    /// `auto` (f32 where the ridge bounds the condition number by 1000, else f64) or `f64`.
-    #[serde(default)]
-    pub precision: PrecisionSpec,
-    /// Metaplasticity (paper eq. 16-19); `null` switches it off, `{}` takes the paper's settings.
-    #[serde(default = "defaults::metaplasticity")]
-    pub metaplasticity: Option<MetaplasticitySpec>,
-    /// Momentum coefficient; `null` switches momentum off.
-    #[serde(default = "defaults::momentum")]
-    pub momentum: Option<f32>,
-    /// Newton-Schulz orthogonalisation of the momentum; `null` switches it off.
-    #[serde(default = "defaults::orthogonalize")]
-    pub orthogonalize: Option<OrthogonalizeSpec>,
-    /// Largest spectral norm of each weight matrix; `null` switches the clamp off.
-    #[serde(default = "defaults::spectral_max")]
-    pub spectral_max: Option<f32>,
-    /// Label smoothing `eps` of the targets.
-    #[serde(default = "defaults::label_smoothing")]
-    pub label_smoothing: f32,
-    /// The size of the error each hidden layer solves for: `raw` (default, the paper's rule)
-    /// or `output` (rescaled to the output error's root mean square; needed by deep stacks
-    /// such as the CNN).
-    #[serde(default)]
-    pub error_scale: ErrorScaleSpec,
-    /// Per-epoch factor of `alpha`: epoch `k` (from 1) uses `alpha * alpha_decay^(k-1)`;
-    /// 1 (the default) keeps the step constant.
-    #[serde(default = "defaults::alpha_decay")]
-    pub alpha_decay: f64,
+trainer_spec! {
+    /// `kind: pl`: Prospective Learning. Components set to `null` are switched off.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct PlSpec {
+        /// Step size of the solved update.
+        #[serde(default = "defaults::alpha")]
+        pub alpha: f64,
+        /// Ridge added to the Gram diagonal, read according to `lambda_scale`.
+        #[serde(default = "defaults::lambda")]
+        pub lambda: f64,
+        /// `relative` (default) or `absolute` (the paper's literal setting).
+        #[serde(default = "defaults::lambda_scale")]
+        pub lambda_scale: LambdaScale,
+        /// Which system to factor.
+        #[serde(default = "defaults::solve")]
+        pub solve: SolveSpec,
+        /// `auto` (f32 where the ridge bounds the condition number by 1000, else f64) or `f64`.
+        #[serde(default)]
+        pub precision: PrecisionSpec,
+        /// Metaplasticity (paper eq. 16-19); `null` switches it off, `{}` takes the paper's settings.
+        #[serde(default = "defaults::metaplasticity")]
+        pub metaplasticity: Option<MetaplasticitySpec>,
+        /// Momentum coefficient; `null` switches momentum off.
+        #[serde(default = "defaults::momentum")]
+        pub momentum: Option<f32>,
+        /// Newton-Schulz orthogonalisation of the momentum; `null` switches it off.
+        #[serde(default = "defaults::orthogonalize")]
+        pub orthogonalize: Option<OrthogonalizeSpec>,
+        /// Largest spectral norm of each weight matrix; `null` switches the clamp off.
+        #[serde(default = "defaults::spectral_max")]
+        pub spectral_max: Option<f32>,
+        /// Label smoothing `eps` of the targets.
+        #[serde(default = "defaults::label_smoothing")]
+        pub label_smoothing: f32,
+        /// The size of the error each hidden layer solves for: `raw` (default, the paper's rule)
+        /// or `output` (rescaled to the output error's root mean square; needed by deep stacks
+        /// such as the CNN).
+        #[serde(default)]
+        pub error_scale: ErrorScaleSpec,
+        /// Per-epoch factor of `alpha`: epoch `k` (from 1) uses `alpha * alpha_decay^(k-1)`;
+        /// 1 (the default) keeps the step constant.
+        #[serde(default = "defaults::alpha_decay")]
+        pub alpha_decay: f64,
+    }
 }
 
 /// See `plflow_ops::pl::ErrorScale`.
@@ -153,12 +143,7 @@ impl Stage for PlSpec {
 
     fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
         let solver = self.solver(name, b)?;
-        let fields = TrainerFields {
-            input: &self.input,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            init_from: self.init_from.as_deref(),
-        };
+        let fields = self.trainer_fields();
         add_trainer(b, name, solver, fields)
     }
 }

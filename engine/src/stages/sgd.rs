@@ -1,7 +1,7 @@
 //! `kind: sgd`: the backprop baseline with SGD and momentum, cross-entropy on the softmax
 //! outputs. The step itself is `plflow_ops::backprop`.
 
-use super::trainer::{TrainerFields, add_trainer};
+use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
 use crate::graph::Solver;
@@ -10,31 +10,21 @@ use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
 use serde::{Deserialize, Serialize};
 
-/// `kind: sgd`: backprop with SGD and momentum, cross-entropy on the softmax outputs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SgdSpec {
-    /// The model's output stage; every layer between it and the dataset is trained.
-    pub input: String,
-    /// Passes over the training split.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Examples per step.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
-    /// file) instead of fresh weights; its layers must have this model's shapes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<std::path::PathBuf>,
-    /// Learning rate.
-    #[serde(default = "defaults::sgd_lr")]
-    pub lr: f32,
-    /// Momentum coefficient (0 for plain SGD).
-    #[serde(default = "defaults::sgd_momentum")]
-    pub momentum: f32,
-    /// L2 penalty added to the weight gradients.
-    #[serde(default)]
-    pub weight_decay: f32,
+trainer_spec! {
+    /// `kind: sgd`: backprop with SGD and momentum, cross-entropy on the softmax outputs.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct SgdSpec {
+        /// Learning rate.
+        #[serde(default = "defaults::sgd_lr")]
+        pub lr: f32,
+        /// Momentum coefficient (0 for plain SGD).
+        #[serde(default = "defaults::sgd_momentum")]
+        pub momentum: f32,
+        /// L2 penalty added to the weight gradients.
+        #[serde(default)]
+        pub weight_decay: f32,
+    }
 }
 
 impl Stage for SgdSpec {
@@ -51,12 +41,7 @@ impl Stage for SgdSpec {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
         });
-        let fields = TrainerFields {
-            input: &self.input,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            init_from: self.init_from.as_deref(),
-        };
+        let fields = self.trainer_fields();
         add_trainer(b, name, solver, fields)
     }
 }

@@ -8,6 +8,44 @@ use crate::graph::{Edge, Node, Op, Port, Solver};
 use petgraph::graph::NodeIndex;
 use std::path::{Path, PathBuf};
 
+/// A training stage's spec struct with the fields every training stage has (`input`,
+/// `epochs`, `batch_size`, `init_from`) first, and `trainer_fields()` to hand them to
+/// [`add_trainer`]. (serde's `flatten` would share a struct, but it does not work with
+/// `deny_unknown_fields`, which every stage keeps.)
+macro_rules! trainer_spec {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// The model's output stage; every layer between it and the dataset is trained.
+            pub input: String,
+            /// Passes over the training split.
+            #[serde(default = "crate::spec::defaults::epochs")]
+            pub epochs: usize,
+            /// Examples per step.
+            #[serde(default = "crate::spec::defaults::batch_size")]
+            pub batch_size: usize,
+            /// Start from a trained model (a run folder, for its `model.safetensors`, or a model
+            /// file) instead of fresh weights; its layers must have this model's shapes.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub init_from: Option<std::path::PathBuf>,
+            $($body)*
+        }
+
+        impl $name {
+            /// The settings every training stage has, for [`add_trainer`](super::trainer::add_trainer).
+            pub(crate) fn trainer_fields(&self) -> super::trainer::TrainerFields<'_> {
+                super::trainer::TrainerFields {
+                    input: &self.input,
+                    epochs: self.epochs,
+                    batch_size: self.batch_size,
+                    init_from: self.init_from.as_deref(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use trainer_spec;
+
 /// The settings every training stage has.
 pub(crate) struct TrainerFields<'s> {
     /// The model's last layer.
