@@ -45,9 +45,7 @@ impl AdamSpec {
     /// The optimiser these settings describe (decoupled decay for AdamW), checked.
     fn solver(&self, name: &str, b: &Builder<'_>, decoupled: bool) -> Result<Solver, SpecError> {
         b.range(name, "lr", self.lr > 0.0 && self.lr.is_finite(), "> 0", self.lr)?;
-        b.range(name, "beta1", (0.0..1.0).contains(&self.beta1), "in [0, 1)", self.beta1)?;
-        b.range(name, "beta2", (0.0..1.0).contains(&self.beta2), "in [0, 1)", self.beta2)?;
-        b.range(name, "eps", self.eps > 0.0, "> 0", self.eps)?;
+        check_moments(b, name, self.beta1, self.beta2, self.eps)?;
         let default_decay = if decoupled { crate::spec::defaults::adamw_weight_decay() } else { 0.0 };
         let weight_decay = self.weight_decay.unwrap_or(default_decay);
         b.range(name, "weight_decay", weight_decay >= 0.0, ">= 0", weight_decay)?;
@@ -64,6 +62,19 @@ impl AdamSpec {
         let fields = self.trainer_fields();
         add_trainer(b, name, solver, fields)
     }
+}
+
+/// Adam's moment settings (`beta1`, `beta2`, `eps`), which Muon's AdamW part shares.
+pub(super) fn check_moments(
+    b: &Builder<'_>,
+    name: &str,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+) -> Result<(), SpecError> {
+    b.range(name, "beta1", (0.0..1.0).contains(&beta1), "in [0, 1)", beta1)?;
+    b.range(name, "beta2", (0.0..1.0).contains(&beta2), "in [0, 1)", beta2)?;
+    b.range(name, "eps", eps > 0.0, "> 0", eps)
 }
 
 impl Stage for AdamSpec {

@@ -57,9 +57,7 @@ impl Stage for MuonSpec {
         b.range(name, "momentum", (0.0..1.0).contains(&self.momentum), "in [0, 1)", self.momentum)?;
         b.range(name, "ns_steps", (1..=20).contains(&self.ns_steps), "in 1..=20", self.ns_steps)?;
         b.range(name, "weight_decay", self.weight_decay >= 0.0, ">= 0", self.weight_decay)?;
-        b.range(name, "beta1", (0.0..1.0).contains(&self.beta1), "in [0, 1)", self.beta1)?;
-        b.range(name, "beta2", (0.0..1.0).contains(&self.beta2), "in [0, 1)", self.beta2)?;
-        b.range(name, "eps", self.eps > 0.0, "> 0", self.eps)?;
+        super::adam::check_moments(b, name, self.beta1, self.beta2, self.eps)?;
         let solver = Solver::Backprop(Optimizer::Muon {
             lr: self.lr,
             momentum: self.momentum,
