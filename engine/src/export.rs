@@ -67,6 +67,17 @@ impl OnnxBuilder {
         self.last = output;
     }
 
+    /// The name of the latest value.
+    pub fn last(&self) -> &str {
+        &self.last
+    }
+
+    /// Add node `op` on `inputs` (not only the latest value), making its output the latest.
+    pub fn node_on(&mut self, name: &str, op: &str, inputs: &[String], attributes: Vec<AttributeProto>) {
+        self.last.clone_from(&inputs[0]);
+        self.node(name, op, &inputs[1..], attributes);
+    }
+
     /// Flatten the latest value to `[N, features]`.
     pub fn flatten(&mut self, name: &str) {
         self.node(name, "Flatten", &[], vec![int_attr("axis", 1)]);
@@ -128,7 +139,8 @@ fn layer_nodes(
     flat: &mut bool,
     skip: Option<&str>,
 ) -> Result<(), String> {
-    if !crate::stages::LAYER_FORMATS.iter().any(|f| f.onnx(layer, b, name, flat)) {
+    let mut skip = skip;
+    if !crate::stages::LAYER_FORMATS.iter().any(|f| f.onnx(layer, b, name, flat, &mut skip)) {
         return Err(format!(
             "layer `{name}` is a {} layer, which ONNX export does not know yet",
             layer.op.kind()
@@ -440,6 +452,7 @@ mod tests {
             conv: None,
             mask: false,
             residual: None,
+            skip_first: false,
         }
     }
 
@@ -515,6 +528,65 @@ mod tests {
         std::fs::write(&onnx, proto.encode_to_vec()).expect("write");
         let diff = verify(&model, &onnx, 50, false).expect("verify");
         assert!(diff > 1e-3, "a changed weight changes the outputs: {diff}");
+    }
+
+    /// A concatenation of maps exports as an ONNX `Concat` over channels (NCHW's axis 1,
+    /// where plflow joins NHWC rows' columns), and tract's outputs match plflow's.
+    #[test]
+    fn a_concatenation_of_maps_exports_to_onnx_that_tract_runs_like_plflow() {
+        use plflow_ops::concat::Concat;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dense = |i: usize, o: usize, k: f32| {
+            let mut d = Dense::new(Matrix::from_vec(i, o, values(i * o, k)));
+            d.bias = Matrix::from_vec(1, o, values(o, k + 1.0));
+            d
+        };
+        let geometry = Geometry { h: 6, w: 6, k: 3, stride: 1 };
+        let dw = Depthwise::new(Matrix::from_vec(9, 4, values(36, 0.3)), geometry);
+        let elu = Activation::Elu { clip: 1.5 };
+        let cat = Concat { positions: 36, input: 4, skip: 4, skip_first: true };
+        let network = Network {
+            layers: vec![
+                Layer { input_positions: 36, ..Layer::dense(dense(2, 4, 0.1), elu) },
+                Layer::new(dw, elu, 36),
+                Layer { residual: Some(0), ..Layer::new(cat, Activation::Linear, 36) },
+                Layer::new(GlobalAvgPool { positions: 36, channels: 8 }, Activation::Linear, 36),
+                Layer::dense(dense(8, 3, 0.5), Activation::Linear),
+            ],
+        };
+        let names: Vec<String> = ["stem", "dw", "join", "pool", "head"].map(String::from).to_vec();
+        let layers = vec![
+            layer_meta("stem", "pointwise", (2, 4), 36, true),
+            LayerMeta { conv: Some([3, 1, 6, 6]), ..layer_meta("dw", "depthwise", (4, 4), 36, true) },
+            LayerMeta {
+                residual: Some(0),
+                skip_first: true,
+                ..layer_meta("join", "concat", (4, 8), 36, false)
+            },
+            layer_meta("pool", "global_avg_pool", (8, 8), 36, false),
+            layer_meta("head", "dense", (8, 3), 1, false),
+        ];
+        let meta = ModelMeta {
+            input_shape: vec![2, 6, 6],
+            classes: 3,
+            layers,
+            preprocessing: vec![StepMeta::Data {
+                stage: "data".into(),
+                source: "table".into(),
+                shape: vec![2, 6, 6],
+            }],
+            ..crate::model::tests::meta()
+        };
+        let model = dir.path().join("model.safetensors");
+        write_model(&model, &network, &names, &[], &meta).expect("write");
+        let onnx = dir.path().join("model.onnx");
+        export(&model, &onnx, false).expect("export");
+        let proto = ModelProto::decode(std::fs::read(&onnx).expect("read").as_slice()).expect("decode");
+        let join = proto.graph.as_ref().expect("graph").node.iter().find(|n| n.op_type == "Concat");
+        let join = join.expect("a Concat");
+        assert_eq!(join.input, vec!["stem.clip".to_owned(), "dw.clip".to_owned()], "the stem's maps first");
+        let diff = verify(&model, &onnx, 50, false).expect("verify");
+        assert!(diff <= 1e-5, "largest difference {diff}");
     }
 
     /// A residual add exports as an ONNX `Add` before the activation, and tract's outputs

@@ -85,6 +85,9 @@ pub struct LayerMeta {
     /// before its activation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual: Option<usize>,
+    /// A concatenation: the features of the layer it joins (`residual`) come first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_first: bool,
 }
 
 /// One stage in front of the network.
@@ -461,6 +464,7 @@ impl LayerMeta {
             conv: None,
             mask: false,
             residual: None,
+            skip_first: false,
         }
     }
 }
@@ -472,6 +476,9 @@ impl LayerMeta {
         let conv = self.conv.map_or(String::new(), |[k, s, h, w]| format!(" k{k} s{s} on {h}x{w}"));
         let mask = if self.mask { ", persistent mask" } else { "" };
         let mask = match self.residual {
+            Some(r) if self.kind == "concat" => {
+                format!("{mask}, joins layer {}{}", r + 1, if self.skip_first { " before" } else { " after" })
+            }
             Some(r) => format!("{mask}, adds layer {}", r + 1),
             None => mask.to_owned(),
         };

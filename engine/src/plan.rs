@@ -240,10 +240,10 @@ impl Plan {
                     format!("{} ({classes} classes)", n.output.describe())
                 }
                 (_, Op::Layer(layer)) => {
-                    let add = self
-                        .graph
-                        .residual_of(i)
-                        .map_or(String::new(), |r| format!(" + {}", self.graph.node(r).name));
+                    let add = self.graph.residual_of(i).map_or(String::new(), |r| {
+                        let how = if layer.kind() == "concat" { "|" } else { "+" };
+                        format!(" {how} {}", self.graph.node(r).name)
+                    });
                     format!("{}{add} {}", n.output.describe(), layer.activation().name())
                 }
                 (_, Op::Evaluate { split, data }) => {
@@ -520,6 +520,50 @@ mod tests {
             let msg = err(&cnn(block));
             assert!(msg.contains("field `residual`") && msg.contains(why), "{block}: {msg}");
         }
+    }
+
+    /// A concatenation becomes a layer node fed by the later of its inputs with a skip edge
+    /// from the earlier, in either order; inputs that are not one chain, shapes that do not
+    /// line up, or a dataset are refused naming the field.
+    #[test]
+    fn concatenations_join_a_layer_with_an_earlier_one_or_are_refused() {
+        let mlp = |join: &str, head_input: &str| {
+            format!(
+                "name: c\nstages:\n  data:\n    kind: mnist\n  h1:\n    kind: dense\n    input: data\n    units: 12\n  h2:\n    kind: dense\n    input: h1\n    units: 5\n  other:\n    kind: dense\n    input: data\n    units: 3\n  join:\n    kind: concat\n{join}  head:\n    kind: dense\n    input: {head_input}\n    units: 10\n  train:\n    kind: pl\n    input: head\n"
+            )
+        };
+        for (inputs, skip_first) in [("[h2, h1]", false), ("[h1, h2]", true)] {
+            let plan = unchecked(&mlp(&format!("    inputs: {inputs}\n"), "join"));
+            let node = |name: &str| plan.graph.topological().find(|(_, n)| n.name == name).expect(name).0;
+            let join = node("join");
+            assert_eq!(plan.graph.input_of(join), Some(node("h2")));
+            assert_eq!(plan.graph.residual_of(join), Some(node("h1")));
+            assert_eq!(plan.graph.node(join).output.tensor(), Some((&[17][..], 10)));
+            let meta = crate::model::layer_meta(plan.graph.node(join));
+            assert_eq!(
+                (meta.kind.as_str(), meta.inputs, meta.outputs, meta.skip_first),
+                ("concat", 5, 17, skip_first)
+            );
+            assert!(plan.describe().contains("17 | h1 linear"), "{}", plan.describe());
+            let Op::Train { layers, .. } = &plan.graph.node(node("train")).op else { panic!("a trainer") };
+            assert_eq!(layers.len(), 4);
+        }
+        for (inputs, why) in [
+            ("[h2]", "give two stages to join, got 1"),
+            ("[h2, other]", "one feeding the other"),
+            ("[h1, data]", "`data` is not a layer"),
+            ("[h2, nothing]", "there is no stage `nothing`"),
+        ] {
+            let msg = err(&mlp(&format!("    inputs: {inputs}\n"), "join"));
+            assert!(msg.contains("`inputs`") && msg.contains(why), "{inputs}: {msg}");
+        }
+        let cnn = "name: c\nstages:\n  data:\n    kind: mnist\n  stem:\n    kind: pointwise\n    input: data\n    channels: 4\n  down:\n    kind: depthwise\n    input: stem\n    stride: 2\n  join:\n    kind: concat\n    inputs: [down, stem]\n  head:\n    kind: dense\n    input: join\n    units: 10\n  train:\n    kind: pl\n    input: head\n";
+        let msg = err(cnn);
+        assert!(msg.contains("two maps of the same height and width, got 4x14x14 and 4x28x28"), "{msg}");
+        let same = cnn.replace("    stride: 2\n", "");
+        let plan = unchecked(&same);
+        let join = plan.graph.topological().find(|(_, n)| n.name == "join").expect("join").1;
+        assert_eq!(join.output.tensor(), Some((&[8, 28, 28][..], 10)));
     }
 
     #[test]

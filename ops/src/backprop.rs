@@ -412,12 +412,14 @@ impl BackpropTrainer {
             let solved = Instant::now();
             // The input activation's last use was the gradient: the error below takes its place.
             let below = acts.pop().expect("one activation per layer below this one");
-            let skips = net.skips_for(l, &delta, &pending);
+            // The gradient reaching a residual add flows to the output it added as well; a
+            // concatenation's is split between its two sources.
+            let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&delta)));
+            let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
             let below = net.error_below_in_place(l, &delta, below, batch, ErrorMode::Gradient, &skips)?;
-            // The gradient reaching a residual add flows to the output it added as well.
             pending.retain(|(r, _)| *r != l - 1);
-            if let Some(r) = net.layers[l].residual.filter(|&r| r + 1 < l) {
-                pending.push((r, delta.clone()));
+            if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
+                pending.push((r, e.into_owned()));
             }
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
@@ -610,6 +612,12 @@ mod tests {
             let mut a: Vec<f64> = x.row(i).iter().map(|&v| v as f64).collect();
             let mut outputs: Vec<Vec<f64>> = Vec::new();
             for layer in &net.layers {
+                if let Some(cat) = layer.op_as::<crate::concat::Concat>() {
+                    let skip = outputs[layer.residual.expect("a concat has a skip source")].clone();
+                    a = if cat.skip_first { [skip, a].concat() } else { [a, skip].concat() };
+                    outputs.push(a.clone());
+                    continue;
+                }
                 let params = layer.params().expect("dense");
                 let w = &params.weights;
                 let mut z: Vec<f64> = (0..w.cols())
@@ -638,6 +646,9 @@ mod tests {
         let h = 1e-3f32;
         let mut grads = Vec::new();
         for l in 0..net.layers.len() {
+            if net.layers[l].params().is_none() {
+                continue;
+            }
             for which in 0..2 {
                 let params = net.layers[l].params().expect("dense");
                 let len =
@@ -836,6 +847,49 @@ mod tests {
         // The forward pass that frees activations as it goes gives the training pass's scores.
         let scores = net.forward(&x).expect("forward");
         let all = net.forward_all(&x, 4).expect("forward all");
+        assert_eq!(scores.as_slice(), all.last().expect("scores").as_slice());
+    }
+
+    /// A concatenation splits the gradient between its sources: an SGD step on a network
+    /// joining layer 1's output with layer 0's (skip first) and then a layer's output with
+    /// itself (a skip from the layer just below) moves every weight by `-lr` times its
+    /// finite-difference gradient.
+    #[test]
+    fn concatenations_split_the_gradient_between_their_sources() {
+        use crate::concat::Concat;
+        use crate::init::xavier_normal;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let elu = Activation::Elu { clip: 10.0 };
+        let cat = |input, skip, skip_first, r| Layer {
+            residual: Some(r),
+            ..Layer::new(Concat { positions: 1, input, skip, skip_first }, Activation::Linear, 1)
+        };
+        let mut net = Network {
+            layers: vec![
+                Layer::dense(Dense::new(xavier_normal(2, 3, &mut rng)), elu),
+                Layer::dense(Dense::new(xavier_normal(3, 2, &mut rng)), elu),
+                cat(2, 3, true, 0),
+                Layer::dense(Dense::new(xavier_normal(5, 3, &mut rng)), elu),
+                cat(3, 3, false, 3),
+                Layer::dense(Dense::new(xavier_normal(6, 2, &mut rng)), Activation::Linear),
+            ],
+        };
+        let x = xavier_normal(5, 2, &mut rng);
+        let y = vec![0, 1, 1, 0, 1];
+        let lr = 0.5;
+        let grads = numeric_gradient(&net, &x, &y);
+        let before = params(&net);
+        let mut trainer = BackpropTrainer::new(&net, Optimizer::Sgd { lr, momentum: 0.0, weight_decay: 0.0 });
+        trainer.step(&mut net, &x, &y).expect("step");
+        for (i, ((got, was), g)) in params(&net).iter().zip(&before).zip(&grads).enumerate() {
+            for k in 0..got.len() {
+                let want = was[k] as f64 - lr as f64 * g[k];
+                assert!((got[k] as f64 - want).abs() < 2e-4, "tensor {i}[{k}]: {} vs {want}", got[k]);
+            }
+        }
+        let scores = net.forward(&x).expect("forward");
+        let all = net.forward_all(&x, 5).expect("forward all");
         assert_eq!(scores.as_slice(), all.last().expect("scores").as_slice());
     }
 

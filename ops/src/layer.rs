@@ -15,6 +15,7 @@ use crate::sparse::Mask;
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 /// How an error crosses a layer that averages positions (global average pooling) on its
@@ -120,6 +121,13 @@ pub trait Op: Debug + Send + Sync + Any {
 
     /// Bytes of scratch [`Op::error_in_place`] holds for `rows` input rows on `threads`.
     fn error_scratch_bytes(&self, rows: usize, threads: usize) -> usize;
+
+    /// Where a skip connection's output goes in this layer's result, as `(first column,
+    /// columns)`: `None` (the default) adds it to the whole result (a residual add); a
+    /// concatenation places it in its own columns ([`crate::concat`]).
+    fn skip_columns(&self) -> Option<(usize, usize)> {
+        None
+    }
 
     /// The update rule for this kind: stabilisers that act on weight matrices (the
     /// spectral clamp, orthogonalisation) do not apply to every kind.
@@ -249,16 +257,39 @@ impl Layer {
     }
 
     /// [`Layer::forward`] with `skip` (the output of the layer [`Layer::residual`] names)
-    /// added before the activation.
+    /// added before the activation, to the whole result or to the op's
+    /// [`Op::skip_columns`].
     pub fn forward_with(&self, input: &Matrix, skip: Option<&Matrix>) -> Result<Matrix, OpsError> {
         let mut z = self.op.forward(input)?;
         if let Some(skip) = skip {
-            let op = "residual add";
-            OpsError::check(op, "skip", &[Dim::Exact(z.as_slice().len())], &[skip.as_slice().len()])?;
-            z.as_mut_slice().iter_mut().zip(skip.as_slice()).for_each(|(z, s)| *z += s);
+            let skip = skip.as_slice();
+            match self.op.skip_columns() {
+                None => {
+                    let op = "residual add";
+                    OpsError::check(op, "skip", &[Dim::Exact(z.as_slice().len())], &[skip.len()])?;
+                    z.as_mut_slice().iter_mut().zip(skip).for_each(|(z, s)| *z += s);
+                }
+                Some((first, count)) => {
+                    let (rows, w) = (z.rows(), z.cols().max(1));
+                    OpsError::check("concat", "skip", &[Dim::Exact(rows * count)], &[skip.len()])?;
+                    let pairs = z.as_mut_slice().chunks_exact_mut(w).zip(skip.chunks_exact(count.max(1)));
+                    pairs.for_each(|(z, s)| {
+                        z[first..first + count].iter_mut().zip(s).for_each(|(z, s)| *z += s)
+                    });
+                }
+            }
         }
         self.activation.apply(z.as_mut_slice());
         Ok(z)
+    }
+
+    /// The part of the error `err` reaching this layer's result that flows to its skip
+    /// source: all of it for a residual add, the skip's columns for a concatenation.
+    pub fn skip_error<'e>(&self, err: &'e Matrix) -> Cow<'e, Matrix> {
+        match self.op.skip_columns() {
+            None => Cow::Borrowed(err),
+            Some((first, count)) => Cow::Owned(crate::concat::columns(err, first, count)),
+        }
     }
 
     /// Trainable values.

@@ -30,6 +30,7 @@
 pub mod activation;
 pub mod admm;
 pub mod backprop;
+pub mod concat;
 pub mod dense;
 pub mod depthwise;
 pub mod error;

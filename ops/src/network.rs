@@ -223,17 +223,19 @@ impl Network {
         Ok(current.unwrap_or_else(|| x.clone()))
     }
 
-    /// The residual errors waiting for layer `r`'s output error: `pending` holds `(r, error)`
-    /// pairs for connections from layer `r`, and `own` is layer `l`'s error when layer `l`
-    /// adds layer `l - 1`'s output.
+    /// The skip errors waiting for layer `l - 1`'s output error: `pending` holds `(r, error)`
+    /// pairs for connections from layer `r`, and `own` is the part of layer `l`'s error
+    /// that flows to its skip source ([`Layer::skip_error`]), used when that is layer `l - 1`.
     pub(crate) fn skips_for<'m>(
         &self,
         l: usize,
-        own: &'m Matrix,
+        own: Option<&'m Matrix>,
         pending: &'m [(usize, Matrix)],
     ) -> Vec<&'m Matrix> {
         let mut skips: Vec<&Matrix> = pending.iter().filter(|(r, _)| *r == l - 1).map(|(_, e)| e).collect();
-        if self.layers[l].residual == Some(l - 1) {
+        if let (Some(own), Some(r)) = (own, self.layers[l].residual)
+            && r + 1 == l
+        {
             skips.push(own);
         }
         skips

@@ -203,12 +203,14 @@ impl PlTrainer {
             let update = net.layers[l].op.pl_update(&acts[l - 1], &err, &cfg.ridge).map_err(at(l))?;
             let solved = Instant::now();
             let below = acts.pop().expect("one activation per layer below this one");
-            let skips = net.skips_for(l, &err, &pending);
+            // The error reaching a residual add is copied to the output it added; a
+            // concatenation's is split between its two sources.
+            let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&err)));
+            let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
             let mut previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
-            // The error reaching a residual add is copied to the output it added.
             pending.retain(|(r, _)| *r != l - 1);
-            if let Some(r) = net.layers[l].residual.filter(|&r| r + 1 < l) {
-                pending.push((r, err.clone()));
+            if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
+                pending.push((r, e.into_owned()));
             }
             if cfg.error_scale == ErrorScale::Output {
                 let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
@@ -305,7 +307,11 @@ mod tests {
     /// features), and count the correct answers on a new batch of 64.
     fn synthetic_score(sizes: &[usize], cfg: PlConfig, steps: usize, seed: u64) -> usize {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut net = network(sizes, &mut rng);
+        let net = network(sizes, &mut rng);
+        synthetic_score_of(net, cfg, steps, &mut rng)
+    }
+
+    fn synthetic_score_of(mut net: Network, cfg: PlConfig, steps: usize, rng: &mut ChaCha8Rng) -> usize {
         let batch = |rng: &mut ChaCha8Rng| {
             let x = xavier_normal(64, 8, rng);
             let labels: Vec<u32> = (0..64).map(|i| argmax(&x.row(i)[..3]) as u32).collect();
@@ -313,10 +319,10 @@ mod tests {
         };
         let mut trainer = PlTrainer::new(&net, cfg);
         for _ in 0..steps {
-            let (x, y) = batch(&mut rng);
+            let (x, y) = batch(rng);
             trainer.step(&mut net, &x, &y).expect("step");
         }
-        let (x, y) = batch(&mut rng);
+        let (x, y) = batch(rng);
         let out = net.forward(&x).expect("forward");
         (0..64).filter(|&i| argmax(out.row(i)) == y[i] as usize).count()
     }
@@ -334,6 +340,22 @@ mod tests {
     fn pl_with_output_scaled_errors_learns_through_a_deep_stack() {
         let cfg = PlConfig { error_scale: ErrorScale::Output, ..config() };
         let correct = synthetic_score(&[8, 32, 32, 32, 16, 3], cfg, 80, 8);
+        assert!(correct >= 54, "only {correct}/64 correct after training");
+    }
+
+    /// The same task through a head that reads the last hidden layer beside the first
+    /// (a skip concatenation): the error reaching the join is split between both.
+    #[test]
+    fn pl_learns_through_a_concatenation() {
+        use crate::concat::Concat;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let elu = Activation::Elu { clip: 10.0 };
+        let mut net = network(&[8, 32, 16], &mut rng);
+        net.layers[1].activation = elu;
+        let cat = Concat { positions: 1, input: 16, skip: 32, skip_first: false };
+        net.layers.push(Layer { residual: Some(0), ..Layer::new(cat, Activation::Linear, 1) });
+        net.layers.push(Layer::dense(Dense::new(xavier_normal(48, 3, &mut rng)), Activation::Linear));
+        let correct = synthetic_score_of(net, config(), 60, &mut rng);
         assert!(correct >= 54, "only {correct}/64 correct after training");
     }
 

@@ -263,7 +263,14 @@ impl LayerFormat for Format {
         Ok(Layer { mask, ..Layer::new(params, activation, m.positions) })
     }
 
-    fn onnx(&self, layer: &Layer, b: &mut OnnxBuilder, name: &str, flat: &mut bool) -> bool {
+    fn onnx(
+        &self,
+        layer: &Layer,
+        b: &mut OnnxBuilder,
+        name: &str,
+        flat: &mut bool,
+        _: &mut Option<&str>,
+    ) -> bool {
         let Some(d) = layer.op_as::<Dense>() else { return false };
         if layer.input_positions == 1 {
             if !*flat {

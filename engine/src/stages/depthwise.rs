@@ -152,7 +152,14 @@ impl LayerFormat for Format {
         Ok(Layer::new(dw, activation, h * w))
     }
 
-    fn onnx(&self, layer: &Layer, b: &mut OnnxBuilder, name: &str, _flat: &mut bool) -> bool {
+    fn onnx(
+        &self,
+        layer: &Layer,
+        b: &mut OnnxBuilder,
+        name: &str,
+        _: &mut bool,
+        _: &mut Option<&str>,
+    ) -> bool {
         let Some(dw) = layer.op_as::<Depthwise>() else { return false };
         let (g, c) = (dw.geometry, dw.channels());
         let taps = g.k * g.k;

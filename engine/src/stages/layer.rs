@@ -100,6 +100,15 @@ pub trait LayerFormat: Sync {
     ) -> Result<Layer, EngineError>;
 
     /// Append the ONNX nodes of `layer` (without its activation) to `b`; `flat` says whether
-    /// the value flowing is already flat. `false` if `layer` is not of this format.
-    fn onnx(&self, layer: &Layer, b: &mut OnnxBuilder, name: &str, flat: &mut bool) -> bool;
+    /// the value flowing is already flat, `skip` names the value its skip connection reads
+    /// (a kind that uses it takes it; one left is added, as a residual). `false` if `layer`
+    /// is not of this format.
+    fn onnx(
+        &self,
+        layer: &Layer,
+        b: &mut OnnxBuilder,
+        name: &str,
+        flat: &mut bool,
+        skip: &mut Option<&str>,
+    ) -> bool;
 }

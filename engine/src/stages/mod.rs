@@ -17,6 +17,7 @@ mod registry;
 pub mod adam;
 pub mod admm;
 pub mod cifar;
+pub mod concat;
 pub mod dense;
 pub mod depthwise;
 pub mod ds_block;

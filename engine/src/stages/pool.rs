@@ -93,7 +93,14 @@ impl LayerFormat for Format {
         Ok(Layer::new(pool, Activation::Linear, m.positions))
     }
 
-    fn onnx(&self, layer: &Layer, b: &mut OnnxBuilder, name: &str, flat: &mut bool) -> bool {
+    fn onnx(
+        &self,
+        layer: &Layer,
+        b: &mut OnnxBuilder,
+        name: &str,
+        flat: &mut bool,
+        _: &mut Option<&str>,
+    ) -> bool {
         if layer.op_as::<GlobalAvgPool>().is_none() {
             return false;
         }

@@ -3,8 +3,8 @@
 
 use super::{LayerFormat, Stage};
 use super::{
-    adam, admm, cifar, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon, pl,
-    pointwise, pool, sgd, table, transform,
+    adam, admm, cifar, concat, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon,
+    pl, pointwise, pool, sgd, table, transform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,9 @@ stage_kinds! {
     DsBlock(ds_block::DsBlockSpec) = "ds_block";
     /// Global average pooling: each channel of a map becomes its mean.
     GlobalAvgPool(pool::PoolSpec) = "global_avg_pool";
+    /// Two outputs of one model side by side (a layer's input beside an earlier layer's
+    /// output), feature by feature.
+    Concat(concat::ConcatSpec) = "concat";
     /// Trains the layers that feed `input` with Prospective Learning.
     Pl(pl::PlSpec) = "pl" | "prospective_learning";
     /// Backprop baseline: SGD with momentum.
@@ -95,7 +98,8 @@ stage_kinds! {
 }
 
 /// The layer formats of model files, each knowing its `kind` strings.
-pub static LAYER_FORMATS: &[&dyn LayerFormat] = &[&dense::Format, &depthwise::Format, &pool::Format];
+pub static LAYER_FORMATS: &[&dyn LayerFormat] =
+    &[&dense::Format, &depthwise::Format, &pool::Format, &concat::Format];
 
 /// The format of layers of kind `kind` in model files.
 pub fn layer_format(kind: &str) -> Option<&'static dyn LayerFormat> {
