@@ -743,3 +743,63 @@ fn export_writes_onnx_that_tract_runs() {
     let out = model.run(tvec!(Tensor::from(input).into())).expect("runs");
     assert_eq!(out[0].shape(), &[2, 10]);
 }
+
+/// `concat` at both levels in one pipeline: the pixels joined with their standardised copy
+/// (a dataset join), and a head reading two hidden layers (a skip concatenation). The run
+/// trains, `eval` reproduces it, `export` checks in tract from the joined features, `predict`
+/// refuses what it cannot feed, and datasets that do not hold the same examples are refused
+/// naming the stage.
+#[test]
+fn concat_joins_datasets_and_layers_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 1200, 300);
+    synthetic_mnist(&dir.path().join("other"), 1000, 300);
+    let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
+    let pipeline = dir.path().join("joined.yaml");
+    std::fs::write(
+        &pipeline,
+        "name: joined\nseed: 3\nstages:\n  data:\n    kind: mnist\n    path: mnist\n  scaled:\n    kind: standardize\n    input: data\n  both:\n    kind: concat\n    inputs: [data, scaled]\n  h1:\n    kind: dense\n    input: both\n    units: 32\n  h2:\n    kind: dense\n    input: h1\n    units: 16\n  join:\n    kind: concat\n    inputs: [h2, h1]\n  out:\n    kind: dense\n    input: join\n    units: 10\n    activation: linear\n  train:\n    kind: pl\n    input: out\n    epochs: 2\n    batch_size: 128\n  eval:\n    kind: evaluate\n    input: train\n",
+    )
+    .expect("write");
+    let run = plflow(dir.path(), &["run", pipeline.to_str().expect("utf-8"), "--out", "run"], &env);
+    let (stdout, stderr) = text(&run);
+    assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("both: 1568 features per example from data + scaled"), "{stdout}");
+    let acc = read_json(&dir.path().join("run/summary.json"))["test_accuracy"].as_f64().expect("number");
+    assert!(acc > 0.8, "the synthetic task is learnt through both joins: {acc}");
+
+    let eval = plflow(dir.path(), &["eval", "run"], &env);
+    let (stdout, stderr) = text(&eval);
+    assert!(eval.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!("test accuracy {:.2}%", acc * 100.0)),
+        "eval reproduces {acc}:\n{stdout}"
+    );
+
+    let export = plflow(dir.path(), &["export", "run", "--onnx", "model.onnx", "--verify", "50"], &env);
+    let (stdout, stderr) = text(&export);
+    assert!(export.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("[N, 1568]"), "the network's input is the joined features:\n{stdout}");
+
+    let idx = dir.path().join("mnist/t10k-images-idx3-ubyte");
+    let predict = plflow(dir.path(), &["predict", "run", idx.to_str().expect("utf-8")], &env);
+    let (_, stderr) = text(&predict);
+    assert_eq!(predict.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this model takes feature vectors: give Arrow IPC or Parquet tables"),
+        "{stderr}"
+    );
+
+    let mismatched = std::fs::read_to_string(&pipeline)
+        .expect("read")
+        .replace("inputs: [data, scaled]", "inputs: [data, other]")
+        .replace("  h1:\n", "  other:\n    kind: mnist\n    path: other\n  h1:\n");
+    std::fs::write(&pipeline, mismatched).expect("write");
+    let run = plflow(dir.path(), &["run", pipeline.to_str().expect("utf-8"), "--out", "bad"], &env);
+    let (_, stderr) = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("both") && stderr.contains("input 1 has 1200 examples, input 2 has 1000"),
+        "{stderr}"
+    );
+}

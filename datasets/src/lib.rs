@@ -30,6 +30,7 @@ pub mod idx;
 pub mod images;
 pub mod inputs;
 pub mod inspect;
+pub mod join;
 pub mod location;
 pub mod mapped;
 pub mod mnist;

@@ -9,7 +9,6 @@ use crate::model::LoadedModel;
 use crate::parse::parse_with_overrides;
 use crate::plan::Plan;
 use crate::run::{RunOptions, data_stage, network_input};
-use petgraph::graph::NodeIndex;
 use plflow_datasets::Source;
 use plflow_datasets::stream::BatchStream;
 use plflow_ops::Matrix;
@@ -136,9 +135,7 @@ pub fn evaluate(
         unreachable!("trainers are training nodes")
     };
     // The stages in front of the network, dataset first.
-    let mut chain: Vec<NodeIndex> =
-        std::iter::successors(Some(*source), |&i| plan.graph.input_of(i)).collect();
-    chain.reverse();
+    let chain = plan.graph.data_ancestors(*source);
     let mut datasets = HashMap::new();
     for &i in &chain {
         let node = plan.graph.node(i);

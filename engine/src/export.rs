@@ -217,6 +217,10 @@ impl<'a> Front<'a> {
                     front.stats = Some(model.stats(stage, *features)?)
                 }
                 StepMeta::Flatten { .. } => {}
+                // The network's input starts at a join: what came before is not exported.
+                StepMeta::Join { features, .. } => {
+                    front = Front { data: vec![*features], extract: None, stats: None };
+                }
             }
         }
         Ok(front)

@@ -158,6 +158,11 @@ pub enum Op {
     Standardize,
     /// View examples as flat vectors.
     Flatten,
+    /// The examples of several data nodes side by side, flattened (`concat` of datasets).
+    Join {
+        /// The data nodes joined, in the order of their features.
+        inputs: Vec<NodeIndex>,
+    },
     /// A layer: its kind's settings (see [`crate::stages::LayerKind`]).
     Layer(LayerNode),
     /// Train the chain of layers `layers`, fed by the dataset `source`, with `solver`.
@@ -196,6 +201,7 @@ impl Op {
             Op::Extract(_) => "extract",
             Op::Standardize => "standardize",
             Op::Flatten => "flatten",
+            Op::Join { .. } => "concat",
             Op::Layer(l) => l.kind(),
             Op::Train { solver, .. } => solver.kind(),
             Op::Evaluate { .. } => "evaluate",
@@ -206,7 +212,7 @@ impl Op {
 impl Op {
     /// `true` for nodes that produce examples (datasets and their transforms).
     pub fn is_data(&self) -> bool {
-        matches!(self, Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten)
+        matches!(self, Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten | Op::Join { .. })
     }
 }
 
@@ -294,6 +300,24 @@ impl Graph {
         self.residual_of(l).and_then(|r| chain.iter().position(|&c| c == r))
     }
 
+    /// The data nodes `i` reads from, through every input of a join, with `i` itself, in
+    /// execution order: what has to run to produce its examples.
+    pub fn data_ancestors(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut wanted = std::collections::HashSet::from([i]);
+        let mut stack = vec![i];
+        while let Some(n) = stack.pop() {
+            for e in self.dag.edges_directed(n, petgraph::Direction::Incoming) {
+                if *e.weight() == Edge::Input
+                    && self.dag[e.source()].op.is_data()
+                    && wanted.insert(e.source())
+                {
+                    stack.push(e.source());
+                }
+            }
+        }
+        self.order.iter().copied().filter(|n| wanted.contains(n)).collect()
+    }
+
     /// Nodes whose `input` is `i`.
     pub fn consumers(&self, i: NodeIndex) -> Vec<NodeIndex> {
         let mut v: Vec<_> = self
@@ -317,7 +341,9 @@ impl Graph {
                 let _ = write!(label, "\\n{} params", n.parameter_count());
             }
             let shape = match n.op {
-                Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten => "cylinder",
+                Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten | Op::Join { .. } => {
+                    "cylinder"
+                }
                 Op::Train { .. } => "hexagon",
                 Op::Evaluate { .. } => "note",
                 Op::Layer(_) => "box",

@@ -137,6 +137,16 @@ pub enum StepMeta {
         /// The pipeline stage.
         stage: String,
     },
+    /// Several data stages' examples side by side (`concat` of datasets). The steps in
+    /// front of each input are not recorded: the network's input starts here.
+    Join {
+        /// The pipeline stage.
+        stage: String,
+        /// The stages joined, in the order of their features.
+        inputs: Vec<String>,
+        /// Features per example after the join.
+        features: usize,
+    },
 }
 
 /// A tensor handed to the safetensors writer as a view of a live buffer.
@@ -225,11 +235,16 @@ impl ModelFiles {
         let (shape, classes) =
             plan.graph.node(*source).output.tensor().map_or((vec![], 0), |(s, c)| (s.to_vec(), c));
         let preprocessing = preprocessing(plan, *source, hashes);
-        let kept = preprocessing
-            .iter()
-            .filter_map(|s| match s {
-                StepMeta::Standardize { stage, .. } => stats.get(stage).map(|st| (stage.clone(), st.clone())),
-                _ => None,
+        // Every standardisation in front of the network, in the branches of a join too (which
+        // `eval` rebuilds from the pipeline).
+        let kept = plan
+            .graph
+            .data_ancestors(*source)
+            .into_iter()
+            .filter(|&i| matches!(plan.graph.node(i).op, Op::Standardize))
+            .filter_map(|i| {
+                let stage = &plan.graph.node(i).name;
+                stats.get(stage).map(|st| (stage.clone(), st.clone()))
             })
             .collect();
         let meta = ModelMeta {
@@ -549,6 +564,11 @@ fn preprocessing(plan: &Plan, source: NodeIndex, hashes: &HashMap<String, String
             }),
             Op::Standardize => Some(StepMeta::Standardize { stage, features: shape.iter().product() }),
             Op::Flatten => Some(StepMeta::Flatten { stage }),
+            Op::Join { inputs } => {
+                let inputs = inputs.iter().map(|&j| plan.graph.node(j).name.clone()).collect();
+                steps.push(StepMeta::Join { stage, inputs, features: shape.iter().product() });
+                break;
+            }
             _ => None,
         };
         steps.extend(step);

@@ -234,7 +234,12 @@ impl Plan {
         );
         let mut total = 0;
         for (k, (i, n)) in self.graph.topological().enumerate() {
-            let input = self.graph.input_of(i).map_or("-".to_owned(), |j| self.graph.node(j).name.clone());
+            let input = match &n.op {
+                Op::Join { inputs } => {
+                    inputs.iter().map(|&j| self.graph.node(j).name.as_str()).collect::<Vec<_>>().join("+")
+                }
+                _ => self.graph.input_of(i).map_or("-".to_owned(), |j| self.graph.node(j).name.clone()),
+            };
             let output = match (&n.output, &n.op) {
                 (Port::Examples { classes, .. }, _) => {
                     format!("{} ({classes} classes)", n.output.describe())
@@ -560,6 +565,13 @@ mod tests {
         let cnn = "name: c\nstages:\n  data:\n    kind: mnist\n  stem:\n    kind: pointwise\n    input: data\n    channels: 4\n  down:\n    kind: depthwise\n    input: stem\n    stride: 2\n  join:\n    kind: concat\n    inputs: [down, stem]\n  head:\n    kind: dense\n    input: join\n    units: 10\n  train:\n    kind: pl\n    input: head\n";
         let msg = err(cnn);
         assert!(msg.contains("two maps of the same height and width, got 4x14x14 and 4x28x28"), "{msg}");
+        let data = "name: c\nstages:\n  data:\n    kind: mnist\n  more:\n    kind: cifar100\n  both:\n    kind: concat\n    inputs: [data, more]\n  head:\n    kind: dense\n    input: both\n    units: 10\n  train:\n    kind: pl\n    input: head\n";
+        let msg = err(data);
+        assert!(msg.contains("`data` has 10 classes but `more` has 100"), "{msg}");
+        let plan = unchecked(&data.replace("kind: cifar100", "kind: cifar10"));
+        let both = plan.graph.topological().find(|(_, n)| n.name == "both").expect("both").1;
+        assert_eq!(both.output.tensor(), Some((&[784 + 3072][..], 10)));
+        assert!(plan.describe().contains("data+more"), "{}", plan.describe());
         let same = cnn.replace("    stride: 2\n", "");
         let plan = unchecked(&same);
         let join = plan.graph.topological().find(|(_, n)| n.name == "join").expect("join").1;

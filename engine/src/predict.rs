@@ -92,6 +92,9 @@ pub struct Predictor {
     stats: Option<Stats>,
     /// Shape of one example at the network's input.
     input_shape: Vec<usize>,
+    /// What the network reads when its input is a join of datasets, which predict cannot
+    /// make from raw inputs.
+    joined: Option<String>,
 }
 
 impl Predictor {
@@ -101,7 +104,7 @@ impl Predictor {
         let network = model.saved_network()?;
         let meta = &model.meta;
         let mut data_shape = Vec::new();
-        let (mut extraction, mut stats) = (None, None);
+        let (mut extraction, mut stats, mut joined) = (None, None, None);
         for step in &meta.preprocessing {
             match step {
                 StepMeta::Data { shape, .. } => data_shape.clone_from(shape),
@@ -117,6 +120,12 @@ impl Predictor {
                 }
                 StepMeta::Standardize { stage, features } => stats = Some(model.stats(stage, *features)?),
                 StepMeta::Flatten { .. } => {}
+                // The network's input starts at a join: predict takes the joined features.
+                StepMeta::Join { stage, inputs, features } => {
+                    data_shape = vec![*features];
+                    (extraction, stats) = (None, None);
+                    joined = Some(format!("the joined features of stage `{stage}` ({})", inputs.join(" + ")));
+                }
             }
         }
         let classes = meta.classes;
@@ -134,6 +143,7 @@ impl Predictor {
             extraction,
             stats,
             input_shape,
+            joined,
         })
     }
 
@@ -198,7 +208,7 @@ impl Predictor {
             Some(e) if b.len == e.dim => b.values.to_vec(),
             Some(e) => return Err(mismatch("pixels for its backbone, or the backbone's features", e.dim)),
             None if b.len == data_len => b.values.to_vec(),
-            None => return Err(mismatch("its input shape", data_len)),
+            None => return Err(mismatch(self.joined.as_deref().unwrap_or("its input shape"), data_len)),
         };
         if let Some(stats) = &self.stats {
             stats.apply(&mut x);

@@ -107,7 +107,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
 
     for (i, node) in plan.graph.topological() {
         match &node.op {
-            op @ (Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten) => {
+            op @ (Op::Data { .. } | Op::Extract(_) | Op::Standardize | Op::Flatten | Op::Join { .. }) => {
                 if let Some(stats) = data_stage(plan, i, &mut datasets, opts, None)? {
                     let json =
                         serde_json::to_vec(&serde_json::json!({ "mean": stats.mean, "std": stats.std }))
@@ -375,6 +375,18 @@ pub(crate) fn data_stage(
             standardize(&input, &stats)
         }
         Op::Flatten => flatten(&input(datasets)),
+        Op::Join { inputs } => {
+            let parts: Vec<&Dataset> = inputs.iter().map(|j| &datasets[j]).collect();
+            let data = plflow_datasets::join::join(&parts)
+                .map_err(|message| EngineError::DataMismatch { stage: node.stage.clone(), message })?;
+            println!(
+                "{}: {} features per example from {}",
+                node.name,
+                data.train.example_len(),
+                inputs.iter().map(|&j| plan.graph.node(j).name.as_str()).collect::<Vec<_>>().join(" + ")
+            );
+            data
+        }
         _ => unreachable!("data_stage runs data nodes only"),
     };
     datasets.insert(i, data);

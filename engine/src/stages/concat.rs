@@ -1,10 +1,12 @@
-//! `kind: concat`: two outputs of one model joined feature by feature (flat vectors side by
-//! side, or two maps' channels at each position), so a later layer reads both.
-//!
-//! One input is the chain's previous layer, the other an earlier layer of the same chain
-//! (a skip connection, as in DenseNet): the node is a parameter-free layer with an
-//! `Edge::Residual` from the earlier one, and training splits the error reaching it
-//! between the two ([`plflow_ops::concat`]).
+//! `kind: concat`: features joined side by side, in one of two places:
+//! - **datasets** (two or more data stages with the same examples: pixels and a backbone's
+//!   features, two backbones' features): a data node whose examples are the inputs'
+//!   examples flattened and concatenated ([`plflow_datasets::join`]);
+//! - **layers of one model** (flat vectors side by side, or two maps' channels at each
+//!   position): one input is the chain's previous layer, the other an earlier layer of the
+//!   same chain (a skip connection, as in DenseNet). The node is a parameter-free layer with
+//!   an `Edge::Residual` from the earlier one, and training splits the error reaching it
+//!   between the two ([`plflow_ops::concat`]).
 
 use super::{Builder, InitContext, LayerFormat, LayerKind, LayerNode, Stage};
 use crate::error::{EngineError, SpecError};
@@ -22,8 +24,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcatSpec {
-    /// The two stages joined, in the order their features appear: layers of one model, one
-    /// of them feeding the other through the chain (e.g. `[block2, block1]`).
+    /// The stages joined, in the order their features appear: two or more data stages with
+    /// the same examples (e.g. `[pixels, features]`), or two layers of one model, one of them
+    /// feeding the other through the chain (e.g. `[block2, block1]`).
     pub inputs: Vec<String>,
 }
 
@@ -39,6 +42,10 @@ impl Stage for ConcatSpec {
     fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
         let fail =
             |b: &Builder<'_>, why: String| b.err(name, Some("inputs"), format!("field `inputs`: {why}"));
+        let nodes: Vec<NodeIndex> = self.inputs.iter().map(|i| b.output_of(i)).collect();
+        if nodes.len() >= 2 && nodes.iter().all(|&i| b.node(i).op.is_data()) {
+            return self.join_data(name, b, &nodes);
+        }
         let [first, second] = self.inputs.as_slice() else {
             return Err(fail(b, format!("give two stages to join, got {}", self.inputs.len())));
         };
@@ -61,7 +68,13 @@ impl Stage for ConcatSpec {
         };
         if !matches!(b.node(skip).op, Op::Layer(_)) {
             let skip_name = &b.node(skip).name;
-            return Err(fail(b, format!("`{skip_name}` is not a layer; join the outputs of two layers")));
+            return Err(fail(
+                b,
+                format!(
+                    "`{skip_name}` is not a layer; concat joins two layers of one model, or two or more \
+                     datasets"
+                ),
+            ));
         }
         let shape = |i: NodeIndex| b.node(i).output.tensor().map(|(s, _)| s.to_vec()).unwrap_or_default();
         let (cs, ss) = (shape(chain), shape(skip));
@@ -87,6 +100,41 @@ impl Stage for ConcatSpec {
         let i = b.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(chain));
         b.add_edge(skip, i, Edge::Residual);
         Ok(i)
+    }
+}
+
+impl ConcatSpec {
+    /// Data stages joined into one dataset of flat examples.
+    fn join_data(
+        &self,
+        name: &str,
+        b: &mut Builder<'_>,
+        nodes: &[NodeIndex],
+    ) -> Result<NodeIndex, SpecError> {
+        let mut width = 0;
+        let mut classes = None;
+        for input in &self.inputs {
+            let (_, len, c) = b.tensor_input(name, input, "concat")?;
+            match classes {
+                Some(first) if first != c => {
+                    let why = format!(
+                        "field `inputs`: `{}` has {first} classes but `{input}` has {c}; joined datasets \
+                         hold the same examples",
+                        self.inputs[0]
+                    );
+                    return Err(b.err(name, Some("inputs"), why));
+                }
+                _ => classes = Some(c),
+            }
+            width += len;
+        }
+        let op = Op::Join { inputs: nodes.to_vec() };
+        let output = Port::Examples { shape: vec![width], classes: classes.unwrap_or(0) };
+        let node = b.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(nodes[0]));
+        for &i in &nodes[1..] {
+            b.add_edge(i, node, Edge::Input);
+        }
+        Ok(node)
     }
 }
 
