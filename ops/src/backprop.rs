@@ -823,7 +823,7 @@ mod tests {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let elu = Activation::Elu { clip: 10.0 };
-        let mut net = Network {
+        let net = Network {
             layers: vec![
                 Layer::dense(Dense::new(xavier_normal(2, 3, &mut rng)), elu),
                 Layer { residual: Some(0), ..Layer::dense(Dense::new(xavier_normal(3, 3, &mut rng)), elu) },
@@ -832,21 +832,26 @@ mod tests {
             ],
         };
         let x = xavier_normal(4, 2, &mut rng);
-        let y = vec![0, 1, 1, 0];
+        sgd_step_matches_finite_differences(net, &x, &[0, 1, 1, 0]);
+    }
+
+    /// One SGD step on `net` moves every weight by `-lr` times its finite-difference
+    /// gradient, and the forward pass that frees activations as it goes gives the training
+    /// pass's scores.
+    fn sgd_step_matches_finite_differences(mut net: Network, x: &Matrix, y: &[u32]) {
         let lr = 0.5;
-        let grads = numeric_gradient(&net, &x, &y);
+        let grads = numeric_gradient(&net, x, y);
         let before = params(&net);
         let mut trainer = BackpropTrainer::new(&net, Optimizer::Sgd { lr, momentum: 0.0, weight_decay: 0.0 });
-        trainer.step(&mut net, &x, &y).expect("step");
+        trainer.step(&mut net, x, y).expect("step");
         for (i, ((got, was), g)) in params(&net).iter().zip(&before).zip(&grads).enumerate() {
             for k in 0..got.len() {
                 let want = was[k] as f64 - lr as f64 * g[k];
                 assert!((got[k] as f64 - want).abs() < 2e-4, "tensor {i}[{k}]: {} vs {want}", got[k]);
             }
         }
-        // The forward pass that frees activations as it goes gives the training pass's scores.
-        let scores = net.forward(&x).expect("forward");
-        let all = net.forward_all(&x, 4).expect("forward all");
+        let scores = net.forward(x).expect("forward");
+        let all = net.forward_all(x, y.len()).expect("forward all");
         assert_eq!(scores.as_slice(), all.last().expect("scores").as_slice());
     }
 
@@ -865,7 +870,7 @@ mod tests {
             residual: Some(r),
             ..Layer::new(Concat { positions: 1, input, skip, skip_first }, Activation::Linear, 1)
         };
-        let mut net = Network {
+        let net = Network {
             layers: vec![
                 Layer::dense(Dense::new(xavier_normal(2, 3, &mut rng)), elu),
                 Layer::dense(Dense::new(xavier_normal(3, 2, &mut rng)), elu),
@@ -876,21 +881,7 @@ mod tests {
             ],
         };
         let x = xavier_normal(5, 2, &mut rng);
-        let y = vec![0, 1, 1, 0, 1];
-        let lr = 0.5;
-        let grads = numeric_gradient(&net, &x, &y);
-        let before = params(&net);
-        let mut trainer = BackpropTrainer::new(&net, Optimizer::Sgd { lr, momentum: 0.0, weight_decay: 0.0 });
-        trainer.step(&mut net, &x, &y).expect("step");
-        for (i, ((got, was), g)) in params(&net).iter().zip(&before).zip(&grads).enumerate() {
-            for k in 0..got.len() {
-                let want = was[k] as f64 - lr as f64 * g[k];
-                assert!((got[k] as f64 - want).abs() < 2e-4, "tensor {i}[{k}]: {} vs {want}", got[k]);
-            }
-        }
-        let scores = net.forward(&x).expect("forward");
-        let all = net.forward_all(&x, 5).expect("forward all");
-        assert_eq!(scores.as_slice(), all.last().expect("scores").as_slice());
+        sgd_step_matches_finite_differences(net, &x, &[0, 1, 1, 0, 1]);
     }
 
     /// Forming and applying the first layer's gradient a few rows at a time gives the weights
