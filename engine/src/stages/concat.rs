@@ -94,7 +94,7 @@ impl Stage for ConcatSpec {
                 ));
             }
         };
-        let node = ConcatNode { positions, input: cs[0], skip: ss[0], skip_first };
+        let node = ConcatNode(Concat { positions, input: cs[0], skip: ss[0], skip_first });
         let op = Op::Layer(LayerNode::new(node));
         let output = Port::Activations { shape: out_shape, classes };
         let i = b.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(chain));
@@ -150,24 +150,10 @@ fn feeds(b: &Builder<'_>, from: NodeIndex, to: NodeIndex) -> bool {
     false
 }
 
-/// A concatenation node: the chain's input beside an earlier layer's output.
+/// A concatenation node: the chain's input beside an earlier layer's output, with the
+/// geometry of the op it starts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConcatNode {
-    /// Rows per sample (positions of a map, 1 for flat vectors).
-    pub positions: usize,
-    /// Features (channels) of the chain's input.
-    pub input: usize,
-    /// Features (channels) of the earlier layer's output.
-    pub skip: usize,
-    /// The earlier layer's features come first.
-    pub skip_first: bool,
-}
-
-impl ConcatNode {
-    fn op(&self) -> Concat {
-        Concat { positions: self.positions, input: self.input, skip: self.skip, skip_first: self.skip_first }
-    }
-}
+pub struct ConcatNode(pub Concat);
 
 impl LayerKind for ConcatNode {
     fn kind(&self) -> &'static str {
@@ -183,12 +169,13 @@ impl LayerKind for ConcatNode {
     }
 
     fn meta(&self, name: &str) -> LayerMeta {
-        let shape = [self.input, self.input + self.skip, self.positions];
-        LayerMeta { skip_first: self.skip_first, ..LayerMeta::new(name, "concat", Activation::Linear, shape) }
+        let c = &self.0;
+        let shape = [c.input, c.width(), c.positions];
+        LayerMeta { skip_first: c.skip_first, ..LayerMeta::new(name, "concat", Activation::Linear, shape) }
     }
 
     fn init(&self, _ctx: &mut InitContext<'_>) -> Result<Layer, OpsError> {
-        Ok(Layer::new(self.op(), Activation::Linear, self.positions))
+        Ok(Layer::new(self.0, Activation::Linear, self.0.positions))
     }
 
     fn crude_bytes(&self, _batch: usize, _solver: &Solver) -> f64 {
@@ -218,13 +205,13 @@ impl LayerFormat for Format {
             );
             return Err(model.bad(None, why));
         }
-        let node = ConcatNode {
+        let cat = Concat {
             positions: m.positions,
             input: m.inputs,
             skip: m.outputs - m.inputs,
             skip_first: m.skip_first,
         };
-        Ok(Layer::new(node.op(), Activation::Linear, m.positions))
+        Ok(Layer::new(cat, Activation::Linear, m.positions))
     }
 
     fn onnx(
