@@ -1,15 +1,13 @@
 //! The dataflow graph of a checked pipeline: plain data (nodes, typed ports, edges) in a
 //! petgraph DAG, kept separate from the scheduler that executes it.
 
+use crate::solver::Solver;
 use crate::stages::LayerNode;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use plflow_datasets::cifar::Variant;
 use plflow_datasets::format::Columns;
 use plflow_datasets::images::ImageOptions;
-use plflow_ops::admm::AdmmConfig;
-use plflow_ops::backprop::Optimizer;
-use plflow_ops::pl::PlConfig;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -66,28 +64,6 @@ pub enum Split {
     Train,
     /// Held-out examples.
     Test,
-}
-
-/// The learning rule of a training node.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Solver {
-    /// Prospective Learning.
-    Pl(PlConfig),
-    /// A backprop baseline.
-    Backprop(Optimizer),
-    /// dlADMM.
-    Admm(AdmmConfig),
-}
-
-impl Solver {
-    /// The stage kind of the solver.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Solver::Pl(_) => "pl",
-            Solver::Backprop(o) => o.kind(),
-            Solver::Admm(_) => "admm",
-        }
-    }
 }
 
 /// Where a dataset node reads its examples.

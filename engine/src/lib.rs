@@ -34,6 +34,7 @@ pub mod plot;
 pub mod predict;
 pub mod report;
 pub mod run;
+pub mod solver;
 pub mod spec;
 pub mod stages;
 pub mod sweep;

@@ -3,15 +3,14 @@
 //! range, and an estimate of the memory a run will hold. All before any data is read.
 
 use crate::error::{EngineError, SpecError};
-use crate::graph::{Graph, Op, Port, Solver, Split};
+use crate::graph::{Graph, Op, Port, Split};
 use crate::parse::parse_with_overrides;
 use crate::spec::PipelineSpec;
 use crate::stages::Builder;
 use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::{GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
-use plflow_ops::pl::{ErrorScale, PlConfig};
-use plflow_ops::solve::RidgeScale;
+use plflow_ops::pl::PlConfig;
 use plflow_ops::solve::{Delivery, workspace_bytes};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -175,11 +174,7 @@ impl Plan {
         if dims.len() != layers.len() {
             return self.estimate_maps(trainer);
         }
-        match solver {
-            Solver::Pl(config) => estimate_pl(&dims, input_len, *batch_size, config),
-            Solver::Backprop(opt) => estimate_backprop(&dims, input_len, *batch_size, opt),
-            Solver::Admm(_) => estimate_admm(&dims, input_len, *batch_size),
-        }
+        solver.estimate(&dims, input_len, *batch_size)
     }
 
     /// A simpler estimate for chains with convolutions: parameters, optimiser state, the
@@ -194,13 +189,7 @@ impl Plan {
         let size =
             |i: NodeIndex| self.graph.node(i).output.tensor().map_or(0, |(s, _)| s.iter().product::<usize>());
         let parameters: usize = layers.iter().map(|&l| self.graph.node(l).parameter_count() * F32).sum();
-        let per_param = match solver {
-            Solver::Pl(c) => {
-                usize::from(c.rule.momentum.is_some()) + usize::from(c.rule.metaplasticity.is_some())
-            }
-            Solver::Backprop(o) => o.buffers_per_parameter(),
-            Solver::Admm(_) => 0,
-        };
+        let per_param = solver.state_per_parameter();
         let acts: Vec<usize> = layers.iter().map(|&l| n * size(l) * F32).collect();
         let workspace = layers
             .iter()
@@ -281,10 +270,10 @@ impl Plan {
                 s,
                 "`{}`: {}, {epochs} epochs, batch {batch_size}{}",
                 self.graph.node(t).name,
-                describe_solver(solver),
+                solver.describe(),
                 init_from.as_ref().map_or(String::new(), |f| format!(", starting from {}", f.display()))
             );
-            if let Solver::Pl(c) = solver {
+            if let Some(c) = solver.pl() {
                 let _ = writeln!(s, "  solves: {}", self.describe_solves(layers, *batch_size, c));
             }
             let e = self.estimate(t);
@@ -383,45 +372,6 @@ pub fn estimate_backprop(
         step = step.max(alive_acts + act(l) + gradient + opt.update_workspace_bytes(d, m));
     }
     MemoryEstimate { parameters, state, step: step + batch }
-}
-
-/// dlADMM's peak: the weights, the batch, every layer's variables and the largest block
-/// update's temporaries; no state outlives a batch.
-pub fn estimate_admm(dims: &[(usize, usize)], input_len: usize, n: usize) -> MemoryEstimate {
-    const F32: usize = 4;
-    let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
-    let step = n * input_len * F32 + plflow_ops::admm::step_bytes(dims, n);
-    MemoryEstimate { parameters, state: 0, step }
-}
-
-fn describe_solver(solver: &Solver) -> String {
-    match solver {
-        Solver::Pl(config) => {
-            let r = &config.ridge;
-            format!(
-                "Prospective Learning, alpha {}, lambda {} ({}), momentum {}, spectral max {}, {} errors",
-                r.alpha,
-                r.lambda,
-                if r.scale == RidgeScale::Relative {
-                    "relative to the mean Gram diagonal"
-                } else {
-                    "absolute"
-                },
-                config.rule.momentum.map_or("off".into(), |m| m.to_string()),
-                config.rule.spectral_max.map_or("off".into(), |m| m.to_string()),
-                match config.error_scale {
-                    ErrorScale::Raw => "raw",
-                    ErrorScale::Output => "output-scaled",
-                },
-            ) + &if config.alpha_decay < 1.0 {
-                format!(", alpha x{} per epoch", config.alpha_decay)
-            } else {
-                String::new()
-            }
-        }
-        Solver::Backprop(o) => o.describe(),
-        Solver::Admm(c) => format!("dlADMM, rho {}, {} iteration(s) per batch", c.rho, c.iterations),
-    }
 }
 
 fn mib(bytes: usize) -> String {

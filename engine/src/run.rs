@@ -6,10 +6,11 @@
 use crate::checkpoint::{Checkpoint, STATE_FORMAT, StateMeta};
 use crate::error::EngineError;
 use crate::graph::DataSource;
-use crate::graph::{Op, Solver, Split};
+use crate::graph::{Op, Split};
 use crate::model::{LoadedModel, ModelFiles};
 use crate::plan::Plan;
 use crate::report::{self, EpochRecord, MetricsFile, Summary, TrainerSummary};
+use crate::solver::Solver;
 use crate::stages::InitContext;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,13 +22,8 @@ use plflow_datasets::stream::BatchStream;
 use plflow_datasets::transform::{Stats, flatten, standardize};
 use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
-use plflow_ops::admm::AdmmTrainer;
-use plflow_ops::backprop::BackpropTrainer;
 use plflow_ops::ledger;
-use plflow_ops::network::LayerError;
 use plflow_ops::network::{Layer, Network, StepStats, argmax};
-use plflow_ops::pl::PlTrainer;
-use plflow_ops::state::TrainerState;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -394,26 +390,7 @@ pub(crate) fn data_stage(
 }
 
 fn solver_settings(solver: &Solver, epochs: usize, batch_size: usize) -> serde_json::Value {
-    let mut v = match solver {
-        Solver::Pl(c) => serde_json::json!({
-            "alpha": c.ridge.alpha,
-            "lambda": c.ridge.lambda,
-            "lambda_scale": format!("{:?}", c.ridge.scale).to_lowercase(),
-            "solve": format!("{:?}", c.ridge.path).to_lowercase(),
-            "momentum": c.rule.momentum,
-            "spectral_max": c.rule.spectral_max,
-            "label_smoothing": c.label_smoothing,
-            "error_scale": format!("{:?}", c.error_scale).to_lowercase(),
-            "alpha_decay": c.alpha_decay,
-        }),
-        Solver::Backprop(o) => o
-            .settings()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v as f32)))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        Solver::Admm(c) => serde_json::json!({ "rho": c.rho, "iterations": c.iterations }),
-    };
+    let mut v = serde_json::Value::Object(solver.settings());
     v["kind"] = solver.kind().into();
     v["epochs"] = epochs.into();
     v["batch_size"] = batch_size.into();
@@ -427,55 +404,6 @@ fn draw_curves(metrics: &MetricsFile) -> Result<(), EngineError> {
     let label = dir.file_name().map_or_else(|| "run".to_owned(), |n| n.to_string_lossy().into_owned());
     let curves = crate::plot::read_run(dir, &label)?;
     crate::plot::write_svg(&dir.join("curves.svg"), &curves, &format!("{label}: training curves"))
-}
-
-/// The state and step of whichever learning rule a training stage uses.
-enum Trainer {
-    Pl(PlTrainer),
-    Backprop(BackpropTrainer),
-    Admm(AdmmTrainer),
-}
-
-impl Trainer {
-    fn new(network: &Network, solver: &Solver) -> Self {
-        match solver {
-            Solver::Pl(config) => Trainer::Pl(PlTrainer::new(network, *config)),
-            Solver::Backprop(opt) => Trainer::Backprop(BackpropTrainer::new(network, *opt)),
-            Solver::Admm(config) => Trainer::Admm(AdmmTrainer::new(*config)),
-        }
-    }
-
-    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
-        match self {
-            Trainer::Pl(t) => t.step(net, x, labels),
-            Trainer::Backprop(t) => t.step(net, x, labels),
-            Trainer::Admm(t) => t.step(net, x, labels),
-        }
-    }
-
-    fn state_bytes(&self) -> usize {
-        match self {
-            Trainer::Pl(t) => t.state_bytes(),
-            Trainer::Backprop(t) => t.state_bytes(),
-            Trainer::Admm(_) => 0,
-        }
-    }
-
-    fn state(&self) -> &dyn TrainerState {
-        match self {
-            Trainer::Pl(t) => t,
-            Trainer::Backprop(t) => t,
-            Trainer::Admm(t) => t,
-        }
-    }
-
-    fn state_mut(&mut self) -> &mut dyn TrainerState {
-        match self {
-            Trainer::Pl(t) => t,
-            Trainer::Backprop(t) => t,
-            Trainer::Admm(t) => t,
-        }
-    }
 }
 
 struct TrainJob<'a> {
@@ -509,11 +437,11 @@ impl TrainJob<'_> {
         files: &mut ModelFiles,
     ) -> Result<Trained, EngineError> {
         let train = &self.data.train;
-        let mut trainer = Trainer::new(&network, self.solver);
+        let mut trainer = self.solver.trainer(&network);
         let mut records = Vec::with_capacity(self.epochs);
         let mut ledger_peak = 0;
         if let Some(c) = checkpoint {
-            c.restore(trainer.state_mut(), self.solver.kind(), self.layer_names)?;
+            c.restore(&mut *trainer, self.solver.kind(), self.layer_names)?;
             if c.state.epoch > self.epochs {
                 let message = format!("holds {} epochs; the stage trains {}", c.state.epoch, self.epochs);
                 return Err(crate::model::bad_model(&c.model.path, None, message));
@@ -548,9 +476,7 @@ impl TrainJob<'_> {
         let mut scratch = Matrix::zeros(0, 0);
         for epoch in records.len()..self.epochs {
             bar.set_message(format!("{}/{}", epoch + 1, self.epochs));
-            if let Trainer::Pl(t) = &mut trainer {
-                t.set_epoch(epoch);
-            }
+            trainer.set_epoch(epoch);
             let mut stream = BatchStream::shuffled(train.as_ref(), self.batch_size, self.seed, epoch as u64);
             let t0 = Instant::now();
             let mut totals = StepStats::default();
@@ -596,7 +522,7 @@ impl TrainJob<'_> {
             }
             let classes = network.layers.last().map_or(1, |l| l.output_shape(1).1) as f64;
             let rows = totals.rows.max(1) as f64;
-            let is_pl = matches!(self.solver, Solver::Pl(_));
+            let is_pl = self.solver.reports_residual();
             let mut record = EpochRecord {
                 stage: self.stage.to_owned(),
                 epoch: epoch + 1,
@@ -644,7 +570,7 @@ impl TrainJob<'_> {
                 records: records.clone(),
                 ledger_peak,
             };
-            files.save_state(&network, trainer.state(), &state)?;
+            files.save_state(&network, &*trainer, &state)?;
             // The checkpoint's copy of this record counts the model files only.
             let record = records.last_mut().expect("pushed above");
             record.save_seconds = t2.elapsed().as_secs_f64();

@@ -112,6 +112,16 @@ pub fn unsupported(net: &Network) -> Option<(usize, String)> {
     })
 }
 
+impl crate::state::Trainer for AdmmTrainer {
+    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
+        AdmmTrainer::step(self, net, x, labels)
+    }
+
+    fn state_bytes(&self) -> usize {
+        0
+    }
+}
+
 impl AdmmTrainer {
     /// A trainer with `config`.
     pub fn new(config: AdmmConfig) -> Self {

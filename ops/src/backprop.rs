@@ -345,6 +345,16 @@ impl TrainerState for BackpropTrainer {
     }
 }
 
+impl crate::state::Trainer for BackpropTrainer {
+    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
+        BackpropTrainer::step(self, net, x, labels)
+    }
+
+    fn state_bytes(&self) -> usize {
+        BackpropTrainer::state_bytes(self)
+    }
+}
+
 impl BackpropTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, optimizer: Optimizer) -> Self {

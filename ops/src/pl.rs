@@ -138,6 +138,20 @@ impl TrainerState for PlTrainer {
     }
 }
 
+impl crate::state::Trainer for PlTrainer {
+    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
+        PlTrainer::step(self, net, x, labels)
+    }
+
+    fn state_bytes(&self) -> usize {
+        PlTrainer::state_bytes(self)
+    }
+
+    fn set_epoch(&mut self, epoch: usize) {
+        PlTrainer::set_epoch(self, epoch);
+    }
+}
+
 impl PlTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: PlConfig) -> Self {

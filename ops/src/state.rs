@@ -5,6 +5,7 @@
 //! every `u64` count below 2^53 and every `f32` exactly.
 
 use crate::Matrix;
+use crate::network::{LayerError, Network, StepStats};
 
 /// One named piece of a trainer's state.
 #[derive(Debug)]
@@ -40,6 +41,19 @@ pub trait TrainerState {
     /// Restore the scalar `name` of `layer`; false when the trainer has no such scalar or
     /// the value is not one it can hold (a count that is negative or not whole).
     fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool;
+}
+
+/// A learning rule as the scheduler drives it: one step per batch over the network's
+/// weights, and the state it keeps between steps (listed by [`TrainerState`] for
+/// checkpoints). Each rule (PL, backprop, dlADMM, Forward-Forward...) implements it in its
+/// own module.
+pub trait Trainer: TrainerState + Send {
+    /// One step on batch `x` (in the first layer's input shape) with class labels `labels`.
+    fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError>;
+    /// Bytes of state held between steps (optimiser moments, traces).
+    fn state_bytes(&self) -> usize;
+    /// The epoch (from 0) the next steps belong to, for rules with a schedule.
+    fn set_epoch(&mut self, _epoch: usize) {}
 }
 
 /// `value` as a step count, if it is one.

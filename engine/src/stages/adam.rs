@@ -4,7 +4,7 @@
 use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
-use crate::graph::Solver;
+use crate::solver::Solver;
 use crate::spec::defaults;
 use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
@@ -50,7 +50,7 @@ impl AdamSpec {
         let weight_decay = self.weight_decay.unwrap_or(default_decay);
         b.range(name, "weight_decay", weight_decay >= 0.0, ">= 0", weight_decay)?;
         let (lr, beta1, beta2, eps) = (self.lr, self.beta1, self.beta2, self.eps);
-        Ok(Solver::Backprop(if decoupled {
+        Ok(Solver::new(if decoupled {
             Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
         } else {
             Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }

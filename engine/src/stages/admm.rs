@@ -5,11 +5,15 @@
 use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
-use crate::graph::{Op, Solver};
+use crate::graph::Op;
+use crate::plan::MemoryEstimate;
+use crate::solver::{LayerWork, Method, Solver};
 use crate::spec::defaults;
 use petgraph::graph::NodeIndex;
 use plflow_ops::activation::Activation;
-use plflow_ops::admm::AdmmConfig;
+use plflow_ops::admm::{AdmmConfig, AdmmTrainer, step_bytes};
+use plflow_ops::network::Network;
+use plflow_ops::state::Trainer;
 use serde::{Deserialize, Serialize};
 
 trainer_spec! {
@@ -34,7 +38,7 @@ impl Stage for AdmmSpec {
     fn build(&self, name: &str, b: &mut Builder<'_>) -> Result<NodeIndex, SpecError> {
         b.range(name, "rho", self.rho > 0.0 && self.rho.is_finite(), "> 0", self.rho)?;
         b.range(name, "iterations", (1..=100).contains(&self.iterations), "in 1..=100", self.iterations)?;
-        let solver = Solver::Admm(AdmmConfig { rho: self.rho, iterations: self.iterations });
+        let solver = Solver::new(AdmmConfig { rho: self.rho, iterations: self.iterations });
         let fields = self.trainer_fields();
         let i = add_trainer(b, name, solver, fields)?;
         check_layers(b, name, i)?;
@@ -67,4 +71,40 @@ fn check_layers(b: &Builder<'_>, name: &str, trainer: NodeIndex) -> Result<(), S
         return Err(b.err(name, Some("input"), format!("field `input`: layer `{}` {why}", node.name)));
     }
     Ok(())
+}
+
+impl Method for AdmmConfig {
+    fn kind(&self) -> &'static str {
+        "admm"
+    }
+
+    fn describe(&self) -> String {
+        format!("dlADMM, rho {}, {} iteration(s) per batch", self.rho, self.iterations)
+    }
+
+    fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        [("rho", self.rho.into()), ("iterations", self.iterations.into())]
+            .into_iter()
+            .map(|(k, v): (&str, serde_json::Value)| (k.to_owned(), v))
+            .collect()
+    }
+
+    fn trainer(&self, _network: &Network) -> Box<dyn Trainer> {
+        Box::new(AdmmTrainer::new(*self))
+    }
+
+    /// The weights, the batch, every layer's variables and the largest block update's
+    /// temporaries; no state outlives a batch.
+    fn estimate(&self, dims: &[(usize, usize)], input_len: usize, batch: usize) -> MemoryEstimate {
+        let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * 4).sum();
+        MemoryEstimate { parameters, state: 0, step: batch * input_len * 4 + step_bytes(dims, batch) }
+    }
+
+    fn state_per_parameter(&self) -> usize {
+        0
+    }
+
+    fn update_bytes(&self, w: &LayerWork) -> usize {
+        step_bytes(&[(w.inputs, w.units)], w.batch)
+    }
 }

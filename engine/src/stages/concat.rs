@@ -11,8 +11,9 @@
 use super::{Builder, InitContext, LayerFormat, LayerKind, LayerNode, Stage};
 use crate::error::{EngineError, SpecError};
 use crate::export::{OnnxBuilder, int_attr};
-use crate::graph::{Edge, Node, Op, Port, Solver};
+use crate::graph::{Edge, Node, Op, Port};
 use crate::model::{LayerMeta, LoadedModel};
+use crate::solver::Solver;
 use petgraph::graph::NodeIndex;
 use plflow_ops::OpsError;
 use plflow_ops::activation::Activation;

@@ -4,8 +4,9 @@
 use super::{Builder, InitContext, LayerFormat, LayerKind, LayerNode, Stage};
 use crate::error::{EngineError, SpecError};
 use crate::export::{OnnxBuilder, ints_attr};
-use crate::graph::{Node, Op, Port, Solver};
+use crate::graph::{Node, Op, Port};
 use crate::model::{LayerMeta, LoadedModel};
+use crate::solver::{LayerWork, Solver};
 use crate::spec::{ActivationSpec, InitSpec, MaskSpec, SparseSpec, defaults};
 use petgraph::graph::NodeIndex;
 use plflow_datasets::Source;
@@ -15,7 +16,6 @@ use plflow_ops::dense::Dense;
 use plflow_ops::init::{he_normal, xavier_normal};
 use plflow_ops::layer::Layer;
 use plflow_ops::pl::PlConfig;
-use plflow_ops::solve::{Delivery, workspace_bytes};
 use plflow_ops::sparse::{CorrelationPass, Mask, correlation_mask, masked_weights, small_world_mask};
 use plflow_ops::{Matrix, OpsError};
 use serde::{Deserialize, Serialize};
@@ -185,30 +185,25 @@ impl LayerKind for DenseNode {
         let n = batch as f64;
         let (d, m, rows) = (self.inputs as f64, self.units as f64, n * self.positions as f64);
         // The system a PL solve factors: the smaller one unless the route is forced.
-        let system = match solver {
-            Solver::Pl(c)
-                if c.ridge.planned_route(batch.saturating_mul(self.positions), self.inputs).dual =>
-            {
+        let system = match solver.pl() {
+            Some(c) if c.ridge.planned_route(batch.saturating_mul(self.positions), self.inputs).dual => {
                 rows * rows
             }
-            Solver::Pl(_) => (d + 1.0).powi(2),
-            Solver::Backprop(_) | Solver::Admm(_) => 0.0,
+            Some(_) => (d + 1.0).powi(2),
+            None => 0.0,
         };
         16.0 * (d + 1.0) * m + 8.0 * (system + d * m + rows * (d + m))
     }
 
     fn update_bytes(&self, batch: usize, solver: &Solver) -> Option<usize> {
-        Some(match solver {
-            Solver::Pl(c) => {
-                let (rows, threads) = (batch * self.positions, plflow_ops::threads());
-                let route = c.ridge.planned_route(rows, self.inputs);
-                workspace_bytes(rows, self.inputs, self.units, route, Delivery::Whole, threads)
-            }
-            Solver::Backprop(o) => {
-                self.parameter_count() * 4 + o.update_workspace_bytes(self.inputs, self.units)
-            }
-            Solver::Admm(_) => plflow_ops::admm::step_bytes(&[(self.inputs, self.units)], batch),
-        })
+        let (inputs, units, parameters) = (self.inputs, self.units, self.parameter_count());
+        Some(solver.update_bytes(&LayerWork {
+            batch,
+            rows: batch * self.positions,
+            inputs,
+            units,
+            parameters,
+        }))
     }
 
     fn describe_solve(&self, batch: usize, c: &PlConfig) -> Option<String> {

@@ -4,8 +4,9 @@
 use super::{Builder, InitContext, LayerFormat, LayerKind, LayerNode, Stage};
 use crate::error::{EngineError, SpecError};
 use crate::export::{OnnxBuilder, int_attr, ints_attr};
-use crate::graph::{Node, Op, Port, Solver};
+use crate::graph::{Node, Op, Port};
 use crate::model::{LayerMeta, LoadedModel};
+use crate::solver::Solver;
 use crate::spec::{ActivationSpec, defaults};
 use petgraph::graph::NodeIndex;
 use plflow_ops::OpsError;

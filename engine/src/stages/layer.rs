@@ -4,8 +4,8 @@
 
 use crate::error::EngineError;
 use crate::export::OnnxBuilder;
-use crate::graph::Solver;
 use crate::model::{LayerMeta, LoadedModel};
+use crate::solver::Solver;
 use plflow_datasets::Source;
 use plflow_ops::OpsError;
 use plflow_ops::activation::Activation;

@@ -16,6 +16,7 @@ mod registry;
 
 pub mod adam;
 pub mod admm;
+mod backprop;
 pub mod cifar;
 pub mod concat;
 pub mod dense;

@@ -6,7 +6,7 @@
 use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
-use crate::graph::Solver;
+use crate::solver::Solver;
 use crate::spec::defaults;
 use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
@@ -58,7 +58,7 @@ impl Stage for MuonSpec {
         b.range(name, "ns_steps", (1..=20).contains(&self.ns_steps), "in 1..=20", self.ns_steps)?;
         b.range(name, "weight_decay", self.weight_decay >= 0.0, ">= 0", self.weight_decay)?;
         super::adam::check_moments(b, name, self.beta1, self.beta2, self.eps)?;
-        let solver = Solver::Backprop(Optimizer::Muon {
+        let solver = Solver::new(Optimizer::Muon {
             lr: self.lr,
             momentum: self.momentum,
             nesterov: self.nesterov,

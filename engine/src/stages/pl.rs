@@ -4,11 +4,15 @@
 use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
-use crate::graph::Solver;
+use crate::plan::{MemoryEstimate, estimate_pl};
+use crate::solver::{LayerWork, Method, Solver};
 use crate::spec::defaults;
 use petgraph::graph::NodeIndex;
+use plflow_ops::network::Network;
+use plflow_ops::pl::PlTrainer;
 use plflow_ops::pl::{ErrorScale, PlConfig};
-use plflow_ops::solve::{Precision, RidgeConfig, RidgeScale, SolvePath};
+use plflow_ops::solve::{Delivery, Precision, RidgeConfig, RidgeScale, SolvePath, workspace_bytes};
+use plflow_ops::state::Trainer;
 use plflow_ops::update::{Metaplasticity, Orthogonalize, UpdateRule};
 use serde::{Deserialize, Serialize};
 
@@ -193,7 +197,7 @@ impl PlSpec {
             "in [0, 1)",
             self.label_smoothing,
         )?;
-        Ok(Solver::Pl(PlConfig {
+        Ok(Solver::new(PlConfig {
             ridge: RidgeConfig {
                 alpha: self.alpha,
                 lambda: self.lambda,
@@ -232,5 +236,75 @@ impl PlSpec {
                 ErrorScaleSpec::Output => ErrorScale::Output,
             },
         }))
+    }
+}
+
+impl Method for PlConfig {
+    fn kind(&self) -> &'static str {
+        "pl"
+    }
+
+    fn describe(&self) -> String {
+        let r = &self.ridge;
+        let scale = match r.scale {
+            RidgeScale::Relative => "relative to the mean Gram diagonal",
+            RidgeScale::Absolute => "absolute",
+        };
+        let mut s = format!(
+            "Prospective Learning, alpha {}, lambda {} ({scale}), momentum {}, spectral max {}, {} errors",
+            r.alpha,
+            r.lambda,
+            self.rule.momentum.map_or("off".into(), |m| m.to_string()),
+            self.rule.spectral_max.map_or("off".into(), |m| m.to_string()),
+            match self.error_scale {
+                ErrorScale::Raw => "raw",
+                ErrorScale::Output => "output-scaled",
+            },
+        );
+        if self.alpha_decay < 1.0 {
+            s += &format!(", alpha x{} per epoch", self.alpha_decay);
+        }
+        s
+    }
+
+    fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v = serde_json::json!({
+            "alpha": self.ridge.alpha,
+            "lambda": self.ridge.lambda,
+            "lambda_scale": format!("{:?}", self.ridge.scale).to_lowercase(),
+            "solve": format!("{:?}", self.ridge.path).to_lowercase(),
+            "momentum": self.rule.momentum,
+            "spectral_max": self.rule.spectral_max,
+            "label_smoothing": self.label_smoothing,
+            "error_scale": format!("{:?}", self.error_scale).to_lowercase(),
+            "alpha_decay": self.alpha_decay,
+        });
+        let serde_json::Value::Object(map) = v else { unreachable!("a JSON object literal") };
+        map
+    }
+
+    fn trainer(&self, network: &Network) -> Box<dyn Trainer> {
+        Box::new(PlTrainer::new(network, *self))
+    }
+
+    fn estimate(&self, dims: &[(usize, usize)], input_len: usize, batch: usize) -> MemoryEstimate {
+        estimate_pl(dims, input_len, batch, self)
+    }
+
+    fn state_per_parameter(&self) -> usize {
+        usize::from(self.rule.momentum.is_some()) + usize::from(self.rule.metaplasticity.is_some())
+    }
+
+    fn update_bytes(&self, w: &LayerWork) -> usize {
+        let route = self.ridge.planned_route(w.rows, w.inputs);
+        workspace_bytes(w.rows, w.inputs, w.units, route, Delivery::Whole, plflow_ops::threads())
+    }
+
+    fn reports_residual(&self) -> bool {
+        true
+    }
+
+    fn pl(&self) -> Option<&PlConfig> {
+        Some(self)
     }
 }

@@ -4,7 +4,7 @@
 use super::trainer::{add_trainer, trainer_spec};
 use super::{Builder, Stage};
 use crate::error::SpecError;
-use crate::graph::Solver;
+use crate::solver::Solver;
 use crate::spec::defaults;
 use petgraph::graph::NodeIndex;
 use plflow_ops::backprop::Optimizer;
@@ -36,7 +36,7 @@ impl Stage for SgdSpec {
         b.range(name, "lr", self.lr > 0.0 && self.lr.is_finite(), "> 0", self.lr)?;
         b.range(name, "momentum", (0.0..1.0).contains(&self.momentum), "in [0, 1)", self.momentum)?;
         b.range(name, "weight_decay", self.weight_decay >= 0.0, ">= 0", self.weight_decay)?;
-        let solver = Solver::Backprop(Optimizer::Sgd {
+        let solver = Solver::new(Optimizer::Sgd {
             lr: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,

@@ -4,7 +4,8 @@
 
 use super::Builder;
 use crate::error::SpecError;
-use crate::graph::{Edge, Node, Op, Port, Solver};
+use crate::graph::{Edge, Node, Op, Port};
+use crate::solver::Solver;
 use petgraph::graph::NodeIndex;
 use std::path::{Path, PathBuf};
 
