@@ -149,6 +149,7 @@ pub fn evaluate(
         data_stage(&plan, i, &mut datasets, opts, saved)?;
     }
     let network = loaded.network(&plan, layers)?;
+    let readout = loaded.readout()?;
     let data = &datasets[source];
     let classes = loaded.meta.classes;
     let class_names = if loaded.meta.class_names.len() == classes {
@@ -169,7 +170,7 @@ pub fn evaluate(
         let mut x = Matrix::zeros(idx.len(), len);
         examples.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
         let x_in = network_input(&network, examples.example_shape(), &mut x, &mut scratch, idx.len());
-        let out = network.forward(x_in).map_err(|e| EngineError::Train {
+        let out = readout.scores(&network, x_in).map_err(|e| EngineError::Train {
             stage: stage.clone(),
             layer: plan.graph.node(layers[e.layer.min(layers.len() - 1)]).name.clone(),
             epoch: 0,

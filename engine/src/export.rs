@@ -242,6 +242,12 @@ pub fn export(model: &Path, out: &Path, with_backbone: bool) -> Result<Vec<usize
     let loaded = LoadedModel::read(model)?;
     let network = loaded.saved_network()?;
     let meta = &loaded.meta;
+    if meta.goodness.is_some() {
+        let message = "it is a Forward-Forward model, which classifies by running the network once per label \
+                       and comparing goodness; ONNX export writes one forward pass, so it is not supported \
+                       for ff models (use `plflow predict`)";
+        return Err(bad_model(model, None, message));
+    }
     let front = Front::of(&loaded)?;
     let features = front.network_input();
     if features.iter().product::<usize>() != meta.input_shape.iter().product::<usize>() {

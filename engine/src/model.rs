@@ -18,7 +18,9 @@ use plflow_datasets::transform::Stats;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
+use plflow_ops::ff::Goodness;
 use plflow_ops::network::{Layer, Network};
+use plflow_ops::readout::Readout;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -56,6 +58,17 @@ pub struct ModelMeta {
     pub preprocessing: Vec<StepMeta>,
     /// The pipeline as run (overrides applied, defaults filled in).
     pub pipeline: String,
+    /// Forward-Forward's readout (the label written into the input, scored by goodness);
+    /// absent when the class scores are the network's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodness: Option<GoodnessMeta>,
+}
+
+/// How a Forward-Forward model writes a label into its input (the first `classes` features).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GoodnessMeta {
+    /// The value at the label's feature.
+    pub label_scale: f32,
 }
 
 /// One layer of a saved network.
@@ -229,8 +242,12 @@ impl ModelFiles {
     ) -> Self {
         let node = plan.graph.node(trainer);
         let prefix = if plan.trainers().len() > 1 { format!("{}-", node.name) } else { String::new() };
-        let Op::Train { layers, source, .. } = &node.op else {
+        let Op::Train { layers, source, solver, .. } = &node.op else {
             unreachable!("model files are made for training nodes")
+        };
+        let goodness = match solver.readout() {
+            Readout::Outputs => None,
+            Readout::Goodness(g) => Some(GoodnessMeta { label_scale: g.label_scale }),
         };
         let (shape, classes) =
             plan.graph.node(*source).output.tensor().map_or((vec![], 0), |(s, c)| (s.to_vec(), c));
@@ -259,6 +276,7 @@ impl ModelFiles {
             layers: chain_metas(&plan.graph, layers),
             preprocessing,
             pipeline: pipeline.to_owned(),
+            goodness,
         };
         let layer_names = layers.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
         Self {
@@ -686,6 +704,20 @@ impl LoadedModel {
         self.saved_network()
     }
 
+    /// How the network's class scores are read, checked against its input width.
+    pub fn readout(&self) -> Result<Readout, EngineError> {
+        let Some(g) = self.meta.goodness else { return Ok(Readout::Outputs) };
+        let (classes, width) = (self.meta.classes, self.meta.input_shape.iter().product::<usize>());
+        if !(g.label_scale > 0.0 && g.label_scale.is_finite()) || classes > width {
+            let message = format!(
+                "its Forward-Forward readout writes {classes} labels at scale {} into {width} input features",
+                g.label_scale
+            );
+            return Err(self.bad(None, message));
+        }
+        Ok(Readout::Goodness(Goodness { classes, label_scale: g.label_scale }))
+    }
+
     /// The network the file describes (its `layers` metadata) with its weights: what
     /// `predict` and `export` use, with no pipeline at hand.
     pub fn saved_network(&self) -> Result<Network, EngineError> {
@@ -798,6 +830,7 @@ pub(crate) mod tests {
             layers: vec![],
             preprocessing: vec![StepMeta::Standardize { stage: "scaled".into(), features: 3 }],
             pipeline: "name: t\nstages: {}\n".into(),
+            goodness: None,
         }
     }
 

@@ -624,6 +624,28 @@ mod tests {
         assert!(msg.contains("field `rho`"), "{msg}");
     }
 
+    /// Forward-Forward takes dense ReLU chains with no output layer (the label goes into the
+    /// input), and refuses a linear layer and a dataset as its model.
+    #[test]
+    fn ff_takes_relu_chains_of_any_width_and_refuses_the_rest_at_check_time() {
+        const FF: &str = "name: t\nstages:\n  data:\n    kind: mnist\n  h1:\n    kind: dense\n    input: data\n    units: 32\n    activation: relu\n  h2:\n    kind: dense\n    input: h1\n    units: 16\n    activation: relu\n  train:\n    kind: ff\n    input: h2\n    batch_size: 64\n";
+        let plan = check(FF).expect("a relu chain with 16 outputs for 10 classes");
+        let text = plan.describe();
+        assert!(text.contains("Forward-Forward, threshold 2, label scale 1, hard negatives"), "{text}");
+        let e = plan.estimate(plan.trainers()[0]);
+        let params = (784 * 32 + 32 + 32 * 16 + 16) * 4;
+        assert_eq!((e.parameters, e.state), (params, 2 * params));
+        let dims = [(784, 32), (32, 16)];
+        assert_eq!(e.step, 64 * 784 * 4 + plflow_ops::ff::step_bytes(&dims, 64, 10));
+
+        let msg = err(&FF.replace("units: 16\n    activation: relu", "units: 16\n    activation: linear"));
+        assert!(msg.contains("layer `h2` has activation linear") && msg.contains("needs relu"), "{msg}");
+        let msg = err(&FF.replace("input: h2", "input: data"));
+        assert!(msg.contains("field `input`"), "{msg}");
+        let msg = err(&FF.replace("input: h2\n", "input: h2\n    threshold: 0\n"));
+        assert!(msg.contains("field `threshold`"), "{msg}");
+    }
+
     #[test]
     fn estimate_counts_parameters_and_state() {
         let config = PlConfig {

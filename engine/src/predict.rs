@@ -16,6 +16,7 @@ use plflow_extract::backbone::Backbone;
 use plflow_extract::preprocess::Preprocess;
 use plflow_ops::Matrix;
 use plflow_ops::network::Network;
+use plflow_ops::readout::Readout;
 use std::path::{Path, PathBuf};
 
 /// Images per backbone run (the last run of a batch is padded).
@@ -84,6 +85,7 @@ pub struct Predictor {
     /// The model file.
     path: PathBuf,
     network: Network,
+    readout: Readout,
     /// Class names, in label order (numbered when the model has none).
     pub class_names: Vec<String>,
     /// Shape of one example at the data stage (channels x height x width for pixels).
@@ -102,6 +104,7 @@ impl Predictor {
     pub fn load(path: &Path) -> Result<Self, EngineError> {
         let model = LoadedModel::read(path)?;
         let network = model.saved_network()?;
+        let readout = model.readout()?;
         let meta = &model.meta;
         let mut data_shape = Vec::new();
         let (mut extraction, mut stats, mut joined) = (None, None, None);
@@ -138,6 +141,7 @@ impl Predictor {
         Ok(Self {
             path: path.to_path_buf(),
             network,
+            readout,
             class_names,
             data_shape,
             extraction,
@@ -247,7 +251,7 @@ impl Predictor {
         file: &Path,
     ) -> Result<Matrix, EngineError> {
         let x_in = network_input(&self.network, &self.input_shape, x, scratch, n);
-        self.network.forward(x_in).map_err(|e| EngineError::DataMismatch {
+        self.readout.scores(&self.network, x_in).map_err(|e| EngineError::DataMismatch {
             stage: file.display().to_string(),
             message: format!("layer {} cannot take the input: {}", e.layer + 1, e.source),
         })

@@ -603,7 +603,7 @@ impl TrainJob<'_> {
             let mut x = Matrix::zeros(idx.len(), len);
             data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
             let x_in = network_input(network, data.example_shape(), &mut x, &mut scratch, idx.len());
-            let out = network.forward(x_in).map_err(|e| EngineError::Train {
+            let out = self.solver.readout().scores(network, x_in).map_err(|e| EngineError::Train {
                 stage: self.stage.to_owned(),
                 layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
                 epoch: epoch + 1,

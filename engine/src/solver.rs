@@ -6,6 +6,7 @@
 use crate::plan::MemoryEstimate;
 use plflow_ops::network::Network;
 use plflow_ops::pl::PlConfig;
+use plflow_ops::readout::Readout;
 use plflow_ops::state::Trainer;
 use std::fmt;
 use std::ops::Deref;
@@ -47,6 +48,11 @@ pub trait Method: fmt::Debug + Send + Sync {
     /// a loss.
     fn reports_residual(&self) -> bool {
         false
+    }
+    /// How the trained network's class scores are read (its outputs unless the rule says
+    /// otherwise); model files keep it.
+    fn readout(&self) -> Readout {
+        Readout::Outputs
     }
     /// The PL settings, for what only PL plans (its solve routes).
     fn pl(&self) -> Option<&PlConfig> {

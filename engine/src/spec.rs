@@ -240,6 +240,15 @@ pub mod defaults {
     pub(crate) fn admm_iterations() -> u32 {
         1
     }
+    pub(crate) fn ff_threshold() -> f32 {
+        2.0
+    }
+    pub(crate) fn ff_lr() -> f32 {
+        0.003
+    }
+    pub(crate) fn one() -> f32 {
+        1.0
+    }
     pub(crate) fn yes() -> bool {
         true
     }

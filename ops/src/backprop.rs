@@ -193,7 +193,7 @@ impl Optimizer {
 
 /// Optimiser state of one parameter tensor.
 #[derive(Debug)]
-struct Moments {
+pub(crate) struct Moments {
     first: Option<Matrix>,
     second: Option<Matrix>,
     /// Updated by Muon's orthogonalised rule (weights of hidden layers under Muon).
@@ -206,7 +206,7 @@ impl Moments {
     /// State for a `rows x cols` tensor: `orthogonal` for weights Muon updates (one
     /// momentum buffer); element-wise rules keep the optimiser's buffers (Adam's two for the
     /// tensors Muon leaves to AdamW).
-    fn new(rows: usize, cols: usize, opt: &Optimizer, orthogonal: bool) -> Self {
+    pub(crate) fn new(rows: usize, cols: usize, opt: &Optimizer, orthogonal: bool) -> Self {
         let k = opt.buffers(orthogonal || !matches!(opt, Optimizer::Muon { .. }));
         Self {
             first: (k >= 1).then(|| Matrix::zeros(rows, cols)),
@@ -216,7 +216,7 @@ impl Moments {
         }
     }
 
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.first.as_ref().map_or(0, Matrix::bytes) + self.second.as_ref().map_or(0, Matrix::bytes)
     }
 
@@ -298,12 +298,12 @@ pub struct BackpropTrainer {
 }
 
 impl Moments {
-    fn buffers(&self, prefix: usize) -> [(&'static str, Option<&Matrix>); 2] {
+    pub(crate) fn buffers(&self, prefix: usize) -> [(&'static str, Option<&Matrix>); 2] {
         let names = [["weight.first", "weight.second"], ["bias.first", "bias.second"]][prefix];
         [(names[0], self.first.as_ref()), (names[1], self.second.as_ref())]
     }
 
-    fn buffers_mut(&mut self, prefix: usize) -> [(&'static str, Option<&mut Matrix>); 2] {
+    pub(crate) fn buffers_mut(&mut self, prefix: usize) -> [(&'static str, Option<&mut Matrix>); 2] {
         let names = [["weight.first", "weight.second"], ["bias.first", "bias.second"]][prefix];
         [(names[0], self.first.as_mut()), (names[1], self.second.as_mut())]
     }
@@ -493,7 +493,7 @@ impl BackpropTrainer {
 /// `params` with optimiser `state` at step `steps`; the mask, if any, is re-applied to the
 /// rows that changed. `batch_rows` is for the error message.
 #[allow(clippy::too_many_arguments)]
-fn apply(
+pub(crate) fn apply(
     state: &mut (Moments, Moments),
     optimizer: &Optimizer,
     steps: u64,

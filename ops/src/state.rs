@@ -108,6 +108,15 @@ mod tests {
         make: impl Fn(&Network) -> T,
         step: fn(&mut T, &mut Network, usize),
     ) {
+        split_run_of(network, make, step);
+    }
+
+    /// [`split_run_matches`] on networks made by `network`.
+    fn split_run_of<T: TrainerState>(
+        network: fn(u64) -> Network,
+        make: impl Fn(&Network) -> T,
+        step: fn(&mut T, &mut Network, usize),
+    ) {
         let mut net = network(7);
         let mut trainer = make(&net);
         (0..3).for_each(|k| step(&mut trainer, &mut net, k));
@@ -150,6 +159,30 @@ mod tests {
         let adam = Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         split_run_matches(
             |net| BackpropTrainer::new(net, adam),
+            |t, net, k| {
+                let (x, y) = batch(k);
+                t.step(net, &x, &y).expect("step");
+            },
+        );
+    }
+
+    /// Forward-Forward's state is Adam's moments and the step count its negative labels
+    /// are drawn from.
+    #[test]
+    fn a_forward_forward_trainer_continues_bit_for_bit_from_its_listed_state() {
+        use crate::ff::{FfConfig, FfTrainer, Goodness, Negatives};
+        fn relu(seed: u64) -> Network {
+            let mut net = network(seed);
+            net.layers.iter_mut().for_each(|l| l.activation = Activation::Relu { clip: 10.0 });
+            net
+        }
+        let adam = Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let goodness = Goodness { classes: 3, label_scale: 1.0 };
+        let config =
+            FfConfig { goodness, threshold: 2.0, negatives: Negatives::Hard, optimizer: adam, seed: 5 };
+        split_run_of(
+            relu,
+            |net| FfTrainer::new(net, config),
             |t, net, k| {
                 let (x, y) = batch(k);
                 t.step(net, &x, &y).expect("step");

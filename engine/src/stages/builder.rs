@@ -37,6 +37,11 @@ impl Builder<'_> {
         }
     }
 
+    /// The pipeline's seed, for stages that draw at run time.
+    pub fn seed(&self) -> u64 {
+        self.spec.seed
+    }
+
     /// Every stage in dependency order, each checked and expanded into its nodes.
     pub fn build(mut self) -> Result<Graph, SpecError> {
         let order = self.stage_order()?;

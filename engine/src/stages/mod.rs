@@ -24,6 +24,7 @@ pub mod depthwise;
 pub mod ds_block;
 pub mod evaluate;
 pub mod extract;
+pub mod ff;
 pub mod image_folder;
 pub mod mlp;
 pub mod mnist;

@@ -3,8 +3,8 @@
 
 use super::{LayerFormat, Stage};
 use super::{
-    adam, admm, cifar, concat, dense, depthwise, ds_block, evaluate, extract, image_folder, mlp, mnist, muon,
-    pl, pointwise, pool, sgd, table, transform,
+    adam, admm, cifar, concat, dense, depthwise, ds_block, evaluate, extract, ff, image_folder, mlp, mnist,
+    muon, pl, pointwise, pool, sgd, table, transform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,9 @@ stage_kinds! {
     Muon(muon::MuonSpec) = "muon";
     /// dlADMM: block updates of weights, activations and the output multiplier (ReLU MLPs).
     Admm(admm::AdmmSpec) = "admm";
+    /// Forward-Forward: every ReLU layer trained by its own goodness on positive and
+    /// wrong-label data; prediction by the label with the most goodness.
+    Ff(ff::FfSpec) = "ff" | "forward_forward";
     /// Measures a trained model on a split after every epoch and at the end.
     Evaluate(evaluate::EvaluateSpec) = "evaluate";
 }

@@ -93,7 +93,8 @@ pub(crate) fn add_trainer(
     }
     let Some((shape, classes)) = b.node(model).output.tensor() else { unreachable!("layers carry tensors") };
     let units: usize = shape.iter().product();
-    if units != classes {
+    // A rule that reads classes another way (Forward-Forward's goodness) has no output layer.
+    if units != classes && solver.readout() == plflow_ops::readout::Readout::Outputs {
         return Err(b.err(
             name,
             Some("input"),
