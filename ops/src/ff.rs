@@ -33,8 +33,8 @@ use crate::dense::Dense;
 use crate::network::{LayerError, Network, StepStats, argmax, at};
 use crate::state::{Part, Trainer, TrainerState, count};
 use crate::{Matrix, OpsError, par};
-use faer::Accum;
 use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -137,38 +137,18 @@ impl Goodness {
     }
 
     /// Every class's goodness summed over the layers for every row of `x` (`n x classes`):
-    /// the prediction is the row's largest. The first layer's product is formed once without
-    /// the label (`x_rest W`): a label adds its weight row, and every embedding of a row has
-    /// the same length, so each class costs an addition there and the layers above.
+    /// the prediction is the row's largest.
     pub fn scores(&self, net: &Network, x: &Matrix) -> Result<Matrix, LayerError> {
-        let params = self.first(net, x)?;
-        let (n, k, m) = (x.rows(), self.classes, params.outputs());
-        let mut rest = x.clone();
-        let d = x.cols().max(1);
-        for row in rest.as_mut_slice().chunks_exact_mut(d) {
-            row[..k].fill(0.0);
-        }
-        let s = self.label_scale;
-        let inv: Vec<f32> = (0..n)
-            .map(|i| {
-                1.0 / (((rest.row(i).iter().map(|v| v * v).sum::<f32>() + s * s) / d as f32).sqrt()
-                    + NORM_EPS)
-            })
-            .collect();
-        let mut base = Matrix::zeros(n, m);
-        matmul(base.view_mut(), Accum::Replace, rest.view(), params.weights.view(), 1.0, par());
-        drop(rest);
-        let (b, activation) = (params.bias.as_slice(), net.layers[0].activation);
+        let front = Front::of(self, self.first(net, x)?, x);
+        self.scores_from(net, &front)
+    }
+
+    /// [`Goodness::scores`] from the first layer's label-free product.
+    fn scores_from(&self, net: &Network, front: &Front) -> Result<Matrix, LayerError> {
+        let (n, k) = (front.base.rows(), self.classes);
         let mut scores = Matrix::zeros(n, k);
-        let mut z = Matrix::zeros(n, m);
         for c in 0..k {
-            let wc = params.weights.row(c);
-            for (i, row) in z.as_mut_slice().chunks_exact_mut(m.max(1)).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = (base.row(i)[j] + s * wc[j]) * inv[i] + b[j];
-                }
-            }
-            activation.apply(z.as_mut_slice());
+            let mut z = front.first_layer(self, net, |_| c);
             self.add_goodness(&z, &mut scores, c);
             normalize_rows(&mut z);
             let mut h: Option<Matrix> = None;
@@ -186,6 +166,96 @@ impl Goodness {
         let k = self.classes;
         for (i, row) in h.as_slice().chunks_exact(h.cols().max(1)).enumerate() {
             scores.as_mut_slice()[i * k + c] += goodness(row);
+        }
+    }
+}
+
+/// The first layer's product without the label, `x_rest W` (`x` with its label features
+/// zeroed), and every row's normalising factor. A label adds its weight row to a row's
+/// product, and every embedding of a row has the same length, so each label then costs an
+/// addition: the readout's classes, the positive and the negative rows share one product.
+struct Front {
+    /// `x_rest W`, `n x units`.
+    base: Matrix,
+    /// `1 / (rms + eps)` of each row's embedding.
+    inv: Vec<f32>,
+}
+
+impl Front {
+    /// The product for `x` under the first layer's weights `params`.
+    fn of(g: &Goodness, params: &Dense, x: &Matrix) -> Self {
+        let (n, d, k, s) = (x.rows(), x.cols().max(1), g.classes, g.label_scale);
+        let inv = (0..n)
+            .map(|i| {
+                let sq = x.row(i)[k..].iter().map(|v| v * v).sum::<f32>();
+                1.0 / (((sq + s * s) / d as f32).sqrt() + NORM_EPS)
+            })
+            .collect();
+        let mut base = Matrix::zeros(n, params.outputs());
+        matmul(base.view_mut(), Accum::Replace, x.view(), params.weights.view(), 1.0, par());
+        // Take the label features' share back out: x_rest W = x W - x[:, :k] W[:k, :].
+        let (xk, wk) = (x.view().subcols(0, k), params.weights.view().subrows(0, k));
+        matmul(base.view_mut(), Accum::Add, xk, wk, -1.0, par());
+        Self { base, inv }
+    }
+
+    /// The first layer's activity for row `r` of `rows` (row `r % n` of the batch) shown with
+    /// label `label(r)`.
+    fn rows(&self, g: &Goodness, net: &Network, rows: usize, label: impl Fn(usize) -> usize) -> Matrix {
+        let (n, m) = (self.base.rows(), self.base.cols().max(1));
+        let params = net.layers[0].params().expect("checked by Goodness::first");
+        let (b, s) = (params.bias.as_slice(), g.label_scale);
+        let mut z = Matrix::zeros(rows, self.base.cols());
+        for (r, row) in z.as_mut_slice().chunks_exact_mut(m).enumerate() {
+            let (base, wc, inv) = (self.base.row(r % n), params.weights.row(label(r)), self.inv[r % n]);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (base[j] + s * wc[j]) * inv + b[j];
+            }
+        }
+        net.layers[0].activation.apply(z.as_mut_slice());
+        z
+    }
+
+    /// [`Front::rows`] for every row of the batch once.
+    fn first_layer(&self, g: &Goodness, net: &Network, label: impl Fn(usize) -> usize) -> Matrix {
+        self.rows(g, net, self.base.rows(), label)
+    }
+}
+
+/// The first layer's local error folded for its gradient as it is made, row by row. Row `r`
+/// of the 2n-row embedded input is `(x_rest[r % n] + s e_label(r)) inv[r % n]`, so the weight
+/// gradient `sum_r u_r^T delta_r` is `x_rest^T D` with `D[i] = inv[i] (delta[i] + delta[n +
+/// i])`, one n-row product, except on the label features' rows, which are `sum_r s inv[r %
+/// n] delta_r` over the rows showing that label.
+struct Fold<'a> {
+    /// `D`, `n x units`.
+    folded: Matrix,
+    /// The label features' gradient rows, `classes x units`.
+    labels: Matrix,
+    /// The bias gradient, `1 x units`.
+    bias: Matrix,
+    inv: &'a [f32],
+    label: &'a dyn Fn(usize) -> usize,
+    scale: f32,
+}
+
+impl<'a> Fold<'a> {
+    fn new(g: &Goodness, n: usize, m: usize, inv: &'a [f32], label: &'a dyn Fn(usize) -> usize) -> Self {
+        let (folded, labels, bias) = (Matrix::zeros(n, m), Matrix::zeros(g.classes, m), Matrix::zeros(1, m));
+        Self { folded, labels, bias, inv, label, scale: g.label_scale }
+    }
+
+    /// Fold the error `e` of row `r`.
+    fn add(&mut self, r: usize, e: &[f32]) {
+        let (n, m) = (self.folded.rows(), e.len());
+        let (i, c) = (r % n, (self.label)(r));
+        let w = self.inv[i];
+        let into = &mut self.folded.as_mut_slice()[i * m..(i + 1) * m];
+        let lab = &mut self.labels.as_mut_slice()[c * m..(c + 1) * m];
+        for (((f, l), b), &e) in into.iter_mut().zip(lab.iter_mut()).zip(self.bias.as_mut_slice()).zip(e) {
+            *f += w * e;
+            *l += self.scale * w * e;
+            *b += e;
         }
     }
 }
@@ -263,40 +333,47 @@ impl FfTrainer {
     }
 
     /// One step: the current net's goodness scores (for the training accuracy and the hard
-    /// negatives), then every layer in turn on the 2n positive and negative rows.
+    /// negatives), then every layer in turn on the 2n positive and negative rows. The first
+    /// layer's product without the label is formed once for both.
     pub fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
         if let Some((layer, detail)) = unsupported(net) {
             return Err(LayerError { layer, source: OpsError::Invalid { op: "forward-forward", detail } });
         }
         let clock = Instant::now();
         let g = self.config.goodness;
-        let scores = g.scores(net, x)?;
         if let Some(&y) = labels.iter().find(|&&y| y as usize >= g.classes) {
             let detail = format!("label {y} but the network reads {} classes", g.classes);
             return Err(g.invalid(detail));
         }
+        let front = Front::of(&g, g.first(net, x)?, x);
+        let scores = g.scores_from(net, &front)?;
         self.steps += 1;
         let n = labels.len();
         let mut stats = StepStats { rows: n, ..StepStats::default() };
         stats.correct = (0..n).filter(|&i| argmax(scores.row(i)) == labels[i] as usize).count();
         let wrong = self.negative_labels(&scores, labels);
         drop(scores);
-        let mut u = g.embed(x, 2, |copy, i| if copy == 0 { labels[i] as usize } else { wrong[i] });
+        let label = |r: usize| if r < n { labels[r] as usize } else { wrong[r - n] };
+        let mut h = front.rows(&g, net, 2 * n, label);
+        let Front { base, inv } = front;
+        drop(base);
         stats.forward_seconds += clock.elapsed().as_secs_f64();
-        for l in 0..net.layers.len() {
+        let solving = Instant::now();
+        let mut fold = Fold::new(&g, n, h.cols(), &inv, &label);
+        stats.loss_sum += self.local_error_rows(&h, n, net.layers[0].activation, |r, e| fold.add(r, e));
+        self.first_update(net, x, &fold).map_err(at(0))?;
+        drop(fold);
+        normalize_rows(&mut h);
+        stats.solve_seconds += solving.elapsed().as_secs_f64();
+        let mut u = h;
+        for l in 1..net.layers.len() {
             let clock = Instant::now();
             let mut h = net.layers[l].forward(&u).map_err(at(l))?;
             let (loss, delta) = self.local_error(&h, n, net.layers[l].activation);
             stats.loss_sum += loss;
             let solving = Instant::now();
             stats.forward_seconds += solving.duration_since(clock).as_secs_f64();
-            let layer = &mut net.layers[l];
-            let (state, opt, steps, mask) =
-                (&mut self.states[l], &self.config.optimizer, self.steps, layer.mask.as_ref());
-            let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
-                apply(state, opt, steps, params, mask, row0, gw, gb, 2 * n)
-            };
-            layer.op.stream_gradients(&u, &delta, GRADIENT_TILE_ROWS, &mut sink).map_err(at(l))?;
+            self.update(net, l, &u, &delta).map_err(at(l))?;
             drop(delta);
             normalize_rows(&mut h);
             u = h;
@@ -305,23 +382,86 @@ impl FfTrainer {
         Ok(stats)
     }
 
+    /// Layer `l`'s Adam step from its input `u` and the local error `delta`, the weight
+    /// gradient formed a tile of rows at a time.
+    fn update(&mut self, net: &mut Network, l: usize, u: &Matrix, delta: &Matrix) -> Result<(), OpsError> {
+        let layer = &mut net.layers[l];
+        let (state, opt, steps, mask) =
+            (&mut self.states[l], &self.config.optimizer, self.steps, layer.mask.as_ref());
+        let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
+            apply(state, opt, steps, params, mask, row0, gw, gb, u.rows())
+        };
+        layer.op.stream_gradients(u, delta, GRADIENT_TILE_ROWS, &mut sink)
+    }
+
+    /// The first layer's Adam step without its 2n x d embedded input (see [`Fold`]): `x^T D`
+    /// a tile of rows at a time, with the label features' rows replaced by the fold's.
+    fn first_update(&mut self, net: &mut Network, x: &Matrix, fold: &Fold) -> Result<(), OpsError> {
+        let (n, d, m, k) = (x.rows(), x.cols(), fold.folded.cols(), fold.labels.rows());
+        let layer = &mut net.layers[0];
+        let mask = layer.mask.as_ref();
+        let Some(params) = layer.op.params_mut() else { return Ok(()) };
+        let tile_rows = GRADIENT_TILE_ROWS.clamp(1, d.max(1));
+        let mut tile = Matrix::zeros(tile_rows, m);
+        for r0 in (0..d).step_by(tile_rows) {
+            let h = tile_rows.min(d - r0);
+            let part = &mut tile.as_mut_slice()[..h * m];
+            let (xv, dv) = (x.view().subcols(r0, h).transpose(), fold.folded.view());
+            matmul(MatMut::from_row_major_slice_mut(part, h, m), Accum::Replace, xv, dv, 1.0, par());
+            for c in r0..(r0 + h).min(k) {
+                part[(c - r0) * m..(c - r0 + 1) * m].copy_from_slice(fold.labels.row(c));
+            }
+            let last = (r0 + h == d).then_some(&fold.bias);
+            apply(
+                &mut self.states[0],
+                &self.config.optimizer,
+                self.steps,
+                params,
+                mask,
+                r0,
+                part,
+                last,
+                2 * n,
+            )?;
+        }
+        Ok(())
+    }
+
     /// A layer's loss over its activity `h` (positive rows first, then `n` negative ones),
     /// as the mean of each example's two losses, and the loss's gradient at the layer's
     /// pre-activations: `d/dz = -s sigma(s (theta - g)) (2 h / m) / (2n)` with `s = 1` on
     /// positive rows and `-1` on negative ones, times the activation's slope.
     fn local_error(&self, h: &Matrix, n: usize, activation: Activation) -> (f64, Matrix) {
+        let mut delta = Matrix::zeros(h.rows(), h.cols());
+        let m = h.cols().max(1);
+        let loss = self.local_error_rows(h, n, activation, |r, e| {
+            delta.as_mut_slice()[r * m..(r + 1) * m].copy_from_slice(e)
+        });
+        (loss, delta)
+    }
+
+    /// [`FfTrainer::local_error`] a row at a time, each row's error handed to `each` (so that
+    /// the first layer folds it without holding the 2n x m matrix); returns the loss.
+    fn local_error_rows(
+        &self,
+        h: &Matrix,
+        n: usize,
+        activation: Activation,
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> f64 {
         let (m, theta) = (h.cols().max(1), self.config.threshold);
-        let mut delta = h.clone();
+        let mut row_error = vec![0f32; m];
         let mut loss = 0f64;
-        for (r, row) in delta.as_mut_slice().chunks_exact_mut(m).enumerate() {
+        for (r, row) in h.as_slice().chunks_exact(m).enumerate() {
             let s = if r < n { 1.0 } else { -1.0 };
             let t = s * (theta - goodness(row));
             loss += f64::from(softplus(t)) / 2.0;
             let scale = -s * sigmoid(t) * 2.0 / (m as f32 * (2 * n) as f32);
-            row.iter_mut().for_each(|v| *v *= scale);
+            row_error.iter_mut().zip(row).for_each(|(e, &v)| *e = v * scale);
+            activation.scale_by_derivative(&mut row_error, row);
+            each(r, &row_error);
         }
-        activation.scale_by_derivative(delta.as_mut_slice(), h.as_slice());
-        (loss, delta)
+        loss
     }
 }
 
@@ -372,21 +512,20 @@ impl Trainer for FfTrainer {
 }
 
 /// Peak bytes of a step beside the weights, the state and the batch, over dense layers
-/// `(inputs, units)` with `n` examples of `classes` classes. The readout holds its scores
-/// and either the label-free copy of the batch with its product, or that product, a class's
-/// first activity and the input and output of a layer above; training holds one layer's
-/// 2n-row input, activity and delta, and a tile of its gradient.
+/// `(inputs, units)` with `n` examples of `classes` classes, following [`FfTrainer::step`].
+/// The readout holds the label-free product, a class's first activity, the input and output
+/// of a layer above and the scores. The first layer's update holds the 2n-row activity, the
+/// folded error, the label rows and a tile of its gradient; a layer above, its
+/// 2n-row input, activity and delta and a tile.
 pub fn step_bytes(dims: &[(usize, usize)], n: usize, classes: usize) -> usize {
     const F32: usize = 4;
     let Some(&(d0, m0)) = dims.first() else { return 0 };
+    let tile = |d: usize, m: usize| (GRADIENT_TILE_ROWS.clamp(1, d.max(1)) * m + m) * F32;
     let above = dims.iter().skip(1).map(|&(_, m)| m).max().unwrap_or(0);
-    let readout = n * ((d0 + m0).max(2 * m0 + 2 * above) + classes) * F32;
-    let train = dims
-        .iter()
-        .map(|&(d, m)| 2 * n * (d + 2 * m) * F32 + (GRADIENT_TILE_ROWS.min(d) * m + m) * F32)
-        .max()
-        .unwrap_or(0);
-    readout.max(train)
+    let readout = n * (2 * m0 + 2 * above + classes) * F32;
+    let first = (3 * n * m0 + classes * m0) * F32 + tile(d0, m0);
+    let later = dims.iter().skip(1).map(|&(d, m)| 2 * n * (d + 2 * m) * F32 + tile(d, m)).max().unwrap_or(0);
+    readout.max(first).max(later)
 }
 
 #[cfg(test)]
@@ -525,6 +664,51 @@ mod tests {
             let fd = (loss(&plus) - loss(&minus)) / (2.0 * f64::from(eps));
             let g = f64::from(grad.row(k)[j]);
             assert!((g - fd).abs() < 1e-2 * fd.abs().max(1e-2), "w[{k},{j}]: {g} vs {fd}");
+        }
+    }
+
+    /// The first layer's activity and gradient from the shared label-free product equal
+    /// those of the embedded 2n x d input (SGD with step 1 applies minus the gradient).
+    #[test]
+    fn the_first_layer_without_its_embedded_input_matches_the_embedded_one() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (n, d, m) = (6, 9, 5);
+        let mut net = network(&[d, m], &mut rng);
+        let mut x = xavier_normal(n, d, &mut rng);
+        x.as_mut_slice().iter_mut().for_each(|v| *v *= 3.0);
+        let (labels, wrong) = ([0usize, 1, 2, 3, 1, 0], [2usize, 3, 0, 1, 0, 3]);
+        let label = |r: usize| if r < n { labels[r] } else { wrong[r - n] };
+        let sgd = Optimizer::Sgd { lr: 1.0, momentum: 0.0, weight_decay: 0.0 };
+        let mut t = FfTrainer::new(&net, FfConfig { optimizer: sgd, ..config(4, Negatives::Random) });
+        t.steps = 1;
+        let g = t.config.goodness;
+        let u = g.embed(&x, 2, |copy, i| label(copy * n + i));
+        let h = net.layers[0].forward(&u).expect("fits");
+        let front = Front::of(&g, net.layers[0].params().expect("dense"), &x);
+        let shared = front.rows(&g, &net, 2 * n, label);
+        assert!(h.as_slice().iter().zip(shared.as_slice()).all(|(a, b)| (a - b).abs() < 1e-5));
+        let (_, delta) = t.local_error(&h, n, RELU);
+        let mut want = Matrix::zeros(d, m);
+        matmul(want.view_mut(), Accum::Replace, u.view().transpose(), delta.view(), 1.0, par());
+        let before = net.layers[0].params().expect("dense").clone();
+        let mut fold = Fold::new(&g, n, m, &front.inv, &label);
+        (0..2 * n).for_each(|r| fold.add(r, delta.row(r)));
+        t.first_update(&mut net, &x, &fold).expect("applies");
+        let after = net.layers[0].params().expect("dense");
+        for (k, (w0, w1)) in before.weights.as_slice().iter().zip(after.weights.as_slice()).enumerate() {
+            let g = want.as_slice()[k];
+            assert!(
+                (w0 - w1 - g).abs() < 1e-6 * g.abs().max(1.0),
+                "w[{}, {}]: {} vs {g}",
+                k / m,
+                k % m,
+                w0 - w1
+            );
+        }
+        for j in 0..m {
+            let gb: f32 = (0..2 * n).map(|r| delta.row(r)[j]).sum();
+            let moved = before.bias.as_slice()[j] - after.bias.as_slice()[j];
+            assert!((moved - gb).abs() < 1e-6, "bias {j}: {moved} vs {gb}");
         }
     }
 
