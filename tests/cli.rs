@@ -705,53 +705,68 @@ fn predict_classifies_idx_files_and_png_folders_alike() {
     assert!(!wrong.status.success() && stderr.contains("summary.json"), "{stderr}");
 }
 
-/// A Forward-Forward model classifies by goodness, not by its outputs: the model file says
-/// so, `eval` and `predict` reproduce the run's test accuracy exactly, and `export` refuses
-/// it with the reason.
+/// Forward-Forward (goodness per label) and NoProp (a chain of denoising blocks) models do not
+/// classify by their outputs: the model file says how, `eval` and `predict` reproduce the
+/// run's test accuracy exactly, and `export` refuses them with the reason.
 #[test]
-fn forward_forward_models_evaluate_and_predict_by_goodness() {
+fn ff_and_noprop_models_evaluate_and_predict_as_their_runs_did() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("mnist");
     synthetic_mnist(&data, 600, 60);
     let env = [("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &dir.path().join("cache"))];
-    let pipeline = root().join("pipelines/mnist-ff.yaml").display().to_string();
-    let sets = ["--set", "h1.units=32", "--set", "h2.units=16", "--set", "train.batch_size=64"];
-    let run = |out: &str, epochs: &str, extra: &[&str]| {
-        let mut args = vec!["run", pipeline.as_str(), "--out", out, "--set", epochs];
-        args.extend(sets);
-        args.extend(extra);
-        let run = plflow(dir.path(), &args, &env);
-        let (stdout, stderr) = text(&run);
-        assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-        read_json(&dir.path().join(out).join("summary.json"))
-    };
-    let summary = run("run", "train.epochs=8", &[]);
-    let acc = summary["test_accuracy"].as_f64().expect("number");
-    assert!(acc > 0.3, "Forward-Forward learns the synthetic digits: {acc}");
-    assert_eq!(summary["trainers"][0]["solver"]["kind"], "ff", "{summary}");
-
-    let eval = plflow(dir.path(), &["eval", "run"], &env);
-    let (stdout, stderr) = text(&eval);
-    assert!(eval.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains(&format!("test accuracy {:.2}% over 60 examples", acc * 100.0)), "{stdout}");
-
     let idx = data.join("t10k-images-idx3-ubyte");
     let labels = std::fs::read(data.join("t10k-labels-idx1-ubyte")).expect("labels")[8..].to_vec();
-    let p = plflow(dir.path(), &["predict", "run", idx.to_str().expect("utf-8"), "--out", "p.csv"], &env);
-    assert!(p.status.success(), "{}", text(&p).1);
-    let csv = std::fs::read_to_string(dir.path().join("p.csv")).expect("csv");
-    let correct = csv
-        .lines()
-        .skip(1)
-        .enumerate()
-        .filter(|(i, l)| l.split(',').nth(1) == Some(&labels[*i].to_string()))
-        .count();
-    assert_eq!(correct as f64 / 60.0, acc, "predict agrees with the run's evaluation");
+    let cases: [(&str, &str, &[&str], &str); 2] = [
+        (
+            "ff",
+            "pipelines/mnist-ff.yaml",
+            &["h1.units=32", "h2.units=16", "train.epochs=8"],
+            "Forward-Forward",
+        ),
+        (
+            "noprop",
+            "pipelines/mnist-noprop.yaml",
+            &["train.hidden=[24]", "train.steps=3", "train.epochs=4"],
+            "NoProp",
+        ),
+    ];
+    for (kind, pipeline, sets, named) in cases {
+        let pipeline = root().join(pipeline).display().to_string();
+        let mut args = vec!["run", pipeline.as_str(), "--out", kind, "--set", "train.batch_size=64"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let run = plflow(dir.path(), &args, &env);
+        let (stdout, stderr) = text(&run);
+        assert!(run.status.success(), "{kind}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let summary = read_json(&dir.path().join(kind).join("summary.json"));
+        let acc = summary["test_accuracy"].as_f64().expect("number");
+        assert!(acc > 0.3, "{kind} learns the synthetic digits: {acc}");
+        assert_eq!(summary["trainers"][0]["solver"]["kind"], kind, "{summary}");
 
-    let export = plflow(dir.path(), &["export", "run", "--onnx", "m.onnx"], &env);
-    let (_, stderr) = text(&export);
-    assert!(!export.status.success() && stderr.contains("Forward-Forward"), "{stderr}");
-    assert!(!dir.path().join("m.onnx").exists());
+        let eval = plflow(dir.path(), &["eval", kind], &env);
+        let (stdout, stderr) = text(&eval);
+        assert!(eval.status.success(), "{kind}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains(&format!("test accuracy {:.2}% over 60 examples", acc * 100.0)), "{stdout}");
+
+        let csv = format!("{kind}.csv");
+        let p = plflow(dir.path(), &["predict", kind, idx.to_str().expect("utf-8"), "--out", &csv], &env);
+        assert!(p.status.success(), "{}", text(&p).1);
+        let csv = std::fs::read_to_string(dir.path().join(csv)).expect("csv");
+        let correct = csv
+            .lines()
+            .skip(1)
+            .enumerate()
+            .filter(|(i, l)| l.split(',').nth(1) == Some(&labels[*i].to_string()))
+            .count();
+        assert_eq!(correct as f64 / 60.0, acc, "{kind}: predict agrees with the run's evaluation");
+
+        let onnx = format!("{kind}.onnx");
+        let export = plflow(dir.path(), &["export", kind, "--onnx", &onnx], &env);
+        let (_, stderr) = text(&export);
+        assert!(!export.status.success() && stderr.contains(named), "{stderr}");
+        assert!(!dir.path().join(onnx).exists());
+    }
 }
 
 /// `export` writes an ONNX file that plflow checks in tract (`--verify`) and that tract, used

@@ -59,14 +59,20 @@ fn one_epoch_on_real_mnist_reaches_85_percent_within_100_mb() {
     assert!(rss < 100.0, "peak RSS {rss} MB >= 100 MB");
 }
 
-/// The paper's other methods on real data (issue 16's end-to-end check): Muon, dlADMM and
-/// Forward-Forward each pass 80% test accuracy after 2 epochs of the MNIST MLP.
+/// The paper's other methods on real data (issue 16's end-to-end check): Muon, dlADMM,
+/// Forward-Forward and NoProp each pass 80% test accuracy after 2 epochs of the MNIST MLP.
 #[test]
-fn muon_admm_and_ff_pass_80_percent_in_two_epochs_on_real_mnist() {
+fn the_other_methods_pass_80_percent_in_two_epochs_on_real_mnist() {
     let Some(data) = data_dir() else { return };
     let owned = real_env(&data);
     let env: Vec<(&str, &Path)> = owned.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    for pipeline in ["pipelines/mnist-muon.yaml", "pipelines/mnist-admm.yaml", "pipelines/mnist-ff.yaml"] {
+    let pipelines = [
+        "pipelines/mnist-muon.yaml",
+        "pipelines/mnist-admm.yaml",
+        "pipelines/mnist-ff.yaml",
+        "pipelines/mnist-noprop.yaml",
+    ];
+    for pipeline in pipelines {
         let dir = tempfile::tempdir().expect("tempdir");
         let out_dir = dir.path().join("run");
         let args = ["run", pipeline, "--set", "train.epochs=2", "--out", out_dir.to_str().expect("utf-8")];

@@ -7,7 +7,7 @@
 //! types and encoded by prost.
 
 use crate::error::EngineError;
-use crate::model::{LayerMeta, LoadedModel, StepMeta, bad_model};
+use crate::model::{LayerMeta, LoadedModel, ReadoutMeta, StepMeta, bad_model};
 use plflow_datasets::transform::Stats;
 use plflow_ops::network::{Layer, Network};
 
@@ -242,10 +242,19 @@ pub fn export(model: &Path, out: &Path, with_backbone: bool) -> Result<Vec<usize
     let loaded = LoadedModel::read(model)?;
     let network = loaded.saved_network()?;
     let meta = &loaded.meta;
-    if meta.goodness.is_some() {
-        let message = "it is a Forward-Forward model, which classifies by running the network once per label \
-                       and comparing goodness; ONNX export writes one forward pass, so it is not supported \
-                       for ff models (use `plflow predict`)";
+    if let Some(readout) = meta.readout {
+        let how = match readout {
+            ReadoutMeta::Goodness { .. } => {
+                "a Forward-Forward model classifies by running the network once per label and comparing goodness"
+            }
+            ReadoutMeta::Noprop { .. } => {
+                "a NoProp model classifies by a chain of denoising blocks and a classifier"
+            }
+        };
+        let message = format!(
+            "{how}; ONNX export writes one forward pass of a chain, so it does not export these models yet \
+             (`plflow predict` and `plflow eval` use them)"
+        );
         return Err(bad_model(model, None, message));
     }
     let front = Front::of(&loaded)?;

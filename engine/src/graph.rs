@@ -224,6 +224,9 @@ pub enum Edge {
     Batches,
     /// A residual add: the source's output is added to the target layer's result.
     Residual,
+    /// A trainer trains the source layer, which is not on the chain its input edge walks
+    /// (NoProp's blocks and classifier).
+    Trains,
 }
 
 /// A checked, acyclic pipeline graph with its nodes in execution order.
@@ -331,6 +334,7 @@ impl Graph {
                 Edge::Input => "",
                 Edge::Batches => " [style=dashed, label=\"batches\"]",
                 Edge::Residual => " [style=bold, label=\"add\"]",
+                Edge::Trains => " [style=dotted, label=\"trains\"]",
             };
             let _ = writeln!(s, "  n{} -> n{}{style};", e.source().index(), e.target().index());
         }

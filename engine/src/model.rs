@@ -20,6 +20,7 @@ use plflow_ops::activation::Activation;
 use plflow_ops::dense::Dense;
 use plflow_ops::ff::Goodness;
 use plflow_ops::network::{Layer, Network};
+use plflow_ops::noprop::NoPropReadout;
 use plflow_ops::readout::Readout;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
@@ -58,17 +59,37 @@ pub struct ModelMeta {
     pub preprocessing: Vec<StepMeta>,
     /// The pipeline as run (overrides applied, defaults filled in).
     pub pipeline: String,
-    /// Forward-Forward's readout (the label written into the input, scored by goodness);
-    /// absent when the class scores are the network's outputs.
+    /// How class scores are read when they are not the network's outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub goodness: Option<GoodnessMeta>,
+    pub readout: Option<ReadoutMeta>,
 }
 
-/// How a Forward-Forward model writes a label into its input (the first `classes` features).
+/// A model whose class scores are not its outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GoodnessMeta {
-    /// The value at the label's feature.
-    pub label_scale: f32,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReadoutMeta {
+    /// Forward-Forward: each label written into the first `classes` input features at
+    /// `label_scale`, scored by the goodness it gives.
+    Goodness {
+        /// The value at the label's feature.
+        label_scale: f32,
+    },
+    /// NoProp: `steps` denoising blocks, then the classifier (the network's last layer).
+    Noprop {
+        /// Blocks.
+        steps: usize,
+    },
+}
+
+impl ReadoutMeta {
+    /// What a model file keeps of `readout`.
+    pub fn of(readout: &Readout) -> Option<Self> {
+        match readout {
+            Readout::Outputs => None,
+            Readout::Goodness(g) => Some(Self::Goodness { label_scale: g.label_scale }),
+            Readout::NoProp(r) => Some(Self::Noprop { steps: r.schedule.steps() }),
+        }
+    }
 }
 
 /// One layer of a saved network.
@@ -245,10 +266,7 @@ impl ModelFiles {
         let Op::Train { layers, source, solver, .. } = &node.op else {
             unreachable!("model files are made for training nodes")
         };
-        let goodness = match solver.readout() {
-            Readout::Outputs => None,
-            Readout::Goodness(g) => Some(GoodnessMeta { label_scale: g.label_scale }),
-        };
+        let readout = ReadoutMeta::of(&solver.readout());
         let (shape, classes) =
             plan.graph.node(*source).output.tensor().map_or((vec![], 0), |(s, c)| (s.to_vec(), c));
         let preprocessing = preprocessing(plan, *source, hashes);
@@ -276,7 +294,7 @@ impl ModelFiles {
             layers: chain_metas(&plan.graph, layers),
             preprocessing,
             pipeline: pipeline.to_owned(),
-            goodness,
+            readout,
         };
         let layer_names = layers.iter().map(|&l| plan.graph.node(l).name.clone()).collect();
         Self {
@@ -704,18 +722,29 @@ impl LoadedModel {
         self.saved_network()
     }
 
-    /// How the network's class scores are read, checked against its input width.
+    /// How the network's class scores are read, checked against the model's shapes.
     pub fn readout(&self) -> Result<Readout, EngineError> {
-        let Some(g) = self.meta.goodness else { return Ok(Readout::Outputs) };
         let (classes, width) = (self.meta.classes, self.meta.input_shape.iter().product::<usize>());
-        if !(g.label_scale > 0.0 && g.label_scale.is_finite()) || classes > width {
-            let message = format!(
-                "its Forward-Forward readout writes {classes} labels at scale {} into {width} input features",
-                g.label_scale
-            );
-            return Err(self.bad(None, message));
+        match self.meta.readout {
+            None => Ok(Readout::Outputs),
+            Some(ReadoutMeta::Goodness { label_scale }) => {
+                if !(label_scale > 0.0 && label_scale.is_finite()) || classes > width {
+                    let message = format!(
+                        "its Forward-Forward readout writes {classes} labels at scale {label_scale} into {width} input features"
+                    );
+                    return Err(self.bad(None, message));
+                }
+                Ok(Readout::Goodness(Goodness { classes, label_scale }))
+            }
+            Some(ReadoutMeta::Noprop { steps }) => {
+                let layers = self.meta.layers.len();
+                if steps == 0 || steps > layers {
+                    let message = format!("its NoProp readout has {steps} blocks in {layers} layers");
+                    return Err(self.bad(None, message));
+                }
+                Ok(Readout::NoProp(NoPropReadout::new(steps, classes)))
+            }
         }
-        Ok(Readout::Goodness(Goodness { classes, label_scale: g.label_scale }))
     }
 
     /// The network the file describes (its `layers` metadata) with its weights: what
@@ -830,7 +859,7 @@ pub(crate) mod tests {
             layers: vec![],
             preprocessing: vec![StepMeta::Standardize { stage: "scaled".into(), features: 3 }],
             pipeline: "name: t\nstages: {}\n".into(),
-            goodness: None,
+            readout: None,
         }
     }
 

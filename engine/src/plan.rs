@@ -646,6 +646,43 @@ mod tests {
         assert!(msg.contains("field `threshold`"), "{msg}");
     }
 
+    /// NoProp makes its own blocks from a dataset: T blocks of an input part, a `z` part, the
+    /// hidden layers and the logits, then the classifier, all before the trainer.
+    #[test]
+    fn noprop_makes_its_blocks_from_a_dataset_and_refuses_a_model_as_input() {
+        const NP: &str = "name: t\nstages:\n  data:\n    kind: mnist\n  train:\n    kind: noprop\n    input: data\n    hidden: [16]\n    steps: 3\n    batch_size: 32\n";
+        let plan = check(NP).expect("a noprop stage on a dataset");
+        let t = plan.trainers()[0];
+        let Op::Train { layers, .. } = &plan.graph.node(t).op else { panic!("a trainer") };
+        let names: Vec<&str> = layers.iter().map(|&l| plan.graph.node(l).name.as_str()).collect();
+        assert_eq!(names[..3], ["train.block1.x", "train.block1.z", "train.block1.1"]);
+        assert_eq!((names.len(), names[9]), (10, "train.out"));
+        let order: Vec<_> = plan.graph.topological().map(|(i, _)| i).collect();
+        let at = |i| order.iter().position(|&o| o == i).expect("in the order");
+        assert!(layers.iter().all(|&l| at(l) < at(t)), "every block is initialised before its trainer");
+        let e = plan.estimate(t);
+        let params = 3 * ((784 * 16 + 16) + (10 * 16 + 16) + (16 * 10 + 10)) * 4 + (10 * 10 + 10) * 4;
+        assert_eq!((e.parameters, e.state), (params, 2 * params));
+        let block = [(784, 16), (10, 16), (16, 10)];
+        assert_eq!(e.step, 32 * 784 * 4 + plflow_ops::noprop::step_bytes(&block, 32, 10));
+        assert!(
+            plan.describe().contains("NoProp-DT, 3 blocks, cosine schedule, eta 0.1"),
+            "{}",
+            plan.describe()
+        );
+
+        let with_net = NP
+            .replace("  train:\n", "  net:\n    kind: mlp\n    input: data\n  train:\n")
+            .replace("input: data\n    hidden: [16]", "input: net\n    hidden: [16]");
+        let msg = err(&with_net);
+        assert!(
+            msg.contains("noprop makes its own blocks") && msg.contains("`net` is a dense stage"),
+            "{msg}"
+        );
+        let msg = err(&NP.replace("steps: 3", "steps: 0"));
+        assert!(msg.contains("field `steps`"), "{msg}");
+    }
+
     #[test]
     fn estimate_counts_parameters_and_state() {
         let config = PlConfig {

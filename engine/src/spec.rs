@@ -246,6 +246,18 @@ pub mod defaults {
     pub(crate) fn ff_lr() -> f32 {
         0.003
     }
+    pub(crate) fn noprop_steps() -> usize {
+        10
+    }
+    pub(crate) fn noprop_eta() -> f64 {
+        0.1
+    }
+    pub(crate) fn noprop_lr() -> f32 {
+        3e-3
+    }
+    pub(crate) fn noprop_weight_decay() -> f32 {
+        1e-3
+    }
     pub(crate) fn one() -> f32 {
         1.0
     }

@@ -40,6 +40,7 @@ pub mod layer;
 pub mod ledger;
 pub mod muon;
 pub mod network;
+pub mod noprop;
 pub mod pl;
 pub mod pool;
 pub mod readout;

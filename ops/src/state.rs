@@ -190,6 +190,35 @@ mod tests {
         );
     }
 
+    /// NoProp's state is AdamW's moments for every block and the classifier, and the step
+    /// count its noise is drawn from.
+    #[test]
+    fn a_noprop_trainer_continues_bit_for_bit_from_its_listed_state() {
+        use crate::noprop::{NoPropConfig, NoPropReadout, NoPropTrainer};
+        fn blocks(seed: u64) -> Network {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut dense = |d, m, a| Layer::dense(Dense::new(xavier_normal(d, m, &mut rng)), a);
+            let mut layers = Vec::new();
+            for _ in 0..2 {
+                layers.push(dense(12, 8, Activation::Elu { clip: 10.0 }));
+                layers.push(dense(3, 8, Activation::Linear));
+                layers.push(dense(8, 3, Activation::Linear));
+            }
+            layers.push(dense(3, 3, Activation::Linear));
+            Network { layers }
+        }
+        let adamw = Optimizer::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-3 };
+        let config = NoPropConfig { readout: NoPropReadout::new(2, 3), eta: 0.1, optimizer: adamw, seed: 9 };
+        split_run_of(
+            blocks,
+            |net| NoPropTrainer::new(net, config.clone()),
+            |t, net, k| {
+                let (x, y) = batch(k);
+                t.step(net, &x, &y).expect("step");
+            },
+        );
+    }
+
     #[test]
     fn counts_must_be_whole_and_names_known() {
         let net = network(1);

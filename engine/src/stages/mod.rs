@@ -29,6 +29,7 @@ pub mod image_folder;
 pub mod mlp;
 pub mod mnist;
 pub mod muon;
+pub mod noprop;
 pub mod pl;
 pub mod pointwise;
 pub mod pool;

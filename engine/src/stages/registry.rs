@@ -4,7 +4,7 @@
 use super::{LayerFormat, Stage};
 use super::{
     adam, admm, cifar, concat, dense, depthwise, ds_block, evaluate, extract, ff, image_folder, mlp, mnist,
-    muon, pl, pointwise, pool, sgd, table, transform,
+    muon, noprop, pl, pointwise, pool, sgd, table, transform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +96,9 @@ stage_kinds! {
     /// Forward-Forward: every ReLU layer trained by its own goodness on positive and
     /// wrong-label data; prediction by the label with the most goodness.
     Ff(ff::FfSpec) = "ff" | "forward_forward";
+    /// NoProp (discrete time): blocks made by the stage, each trained alone to denoise a
+    /// class embedding; prediction by the chain of blocks and a classifier.
+    Noprop(noprop::NoPropSpec) = "noprop";
     /// Measures a trained model on a split after every epoch and at the end.
     Evaluate(evaluate::EvaluateSpec) = "evaluate";
 }

@@ -173,7 +173,12 @@ fn chain(
 
 /// The model file `from` names (a run folder's `model.safetensors`, or a file), read and
 /// checked layer by layer against the nodes `layers`.
-fn init_from(b: &Builder<'_>, name: &str, from: &Path, layers: &[NodeIndex]) -> Result<PathBuf, SpecError> {
+pub(crate) fn init_from(
+    b: &Builder<'_>,
+    name: &str,
+    from: &Path,
+    layers: &[NodeIndex],
+) -> Result<PathBuf, SpecError> {
     let file = if from.is_dir() { from.join("model.safetensors") } else { from.to_path_buf() };
     let fail = |message: String| b.err(name, Some("init_from"), format!("field `init_from`: {message}"));
     let model = crate::model::LoadedModel::read(&file).map_err(|e| {
