@@ -23,9 +23,10 @@
 //! - **Prediction** (section 3.3): the label whose embedding gives the most goodness summed
 //!   over the layers ([`Goodness::scores`]).
 //!
-//! Memory: one layer's input (2n x d), its activity and its delta (2n x m) and a 128-row tile
-//! of its weight gradient at a time, besides Adam's two moments: no activation outlives the
-//! layer it feeds.
+//! Memory: besides Adam's two moments, the first layer's label-free product, its 2n-row
+//! activity and its folded error (`Fold`); then, for a layer above, its 2n-row input,
+//! activity and error; and a tile of a weight gradient. No activation outlives the layer it
+//! feeds, and the 2n x d labelled batch is never made.
 
 use crate::activation::Activation;
 use crate::backprop::{GRADIENT_TILE_ROWS, Moments, Optimizer, apply};
@@ -120,20 +121,6 @@ impl Goodness {
             return Err(self.invalid(detail));
         }
         Ok(params)
-    }
-
-    /// `x` with the first `classes` features of row `i` replaced by `label(i)`'s one-hot
-    /// vector times `label_scale`, `copies` times over (rows `k n + i`), each row normalised.
-    pub fn embed(&self, x: &Matrix, copies: usize, label: impl Fn(usize, usize) -> usize) -> Matrix {
-        let (n, d) = (x.rows(), x.cols());
-        let mut out = Matrix::zeros(copies * n, d);
-        for (r, row) in out.as_mut_slice().chunks_exact_mut(d.max(1)).enumerate() {
-            row.copy_from_slice(x.row(r % n));
-            row[..self.classes].fill(0.0);
-            row[label(r / n, r % n)] = self.label_scale;
-        }
-        normalize_rows(&mut out);
-        out
     }
 
     /// Every class's goodness summed over the layers for every row of `x` (`n x classes`):
@@ -557,6 +544,21 @@ mod tests {
         Network { layers }
     }
 
+    /// The definition the shared product stands for: `x` with the first `classes` features
+    /// of row `i` replaced by `label(copy, i)`'s one-hot vector times `label_scale`, `copies`
+    /// times over (rows `copy n + i`), each row normalised.
+    fn embed(g: &Goodness, x: &Matrix, copies: usize, label: impl Fn(usize, usize) -> usize) -> Matrix {
+        let (n, d) = (x.rows(), x.cols());
+        let mut out = Matrix::zeros(copies * n, d);
+        for (r, row) in out.as_mut_slice().chunks_exact_mut(d.max(1)).enumerate() {
+            row.copy_from_slice(x.row(r % n));
+            row[..g.classes].fill(0.0);
+            row[label(r / n, r % n)] = g.label_scale;
+        }
+        normalize_rows(&mut out);
+        out
+    }
+
     #[test]
     fn goodness_is_the_mean_square_and_rows_get_unit_root_mean_square() {
         assert_eq!(goodness(&[1.0, -2.0, 3.0, 0.0]), 14.0 / 4.0);
@@ -574,7 +576,7 @@ mod tests {
     fn the_label_replaces_the_first_features_before_normalising() {
         let g = Goodness { classes: 3, label_scale: 2.0 };
         let x = Matrix::from_vec(1, 5, vec![9.0, 9.0, 9.0, 3.0, 0.0]);
-        let u = g.embed(&x, 2, |copy, _| [1, 2][copy]);
+        let u = embed(&g, &x, 2, |copy, _| [1, 2][copy]);
         let len = (13.0f32 / 5.0).sqrt() + NORM_EPS;
         let close = |row: &[f32], want: [f32; 5]| row.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6);
         assert!(close(u.row(0), [0.0, 2.0 / len, 0.0, 3.0 / len, 0.0]), "{:?}", u.row(0));
@@ -682,7 +684,7 @@ mod tests {
         let mut t = FfTrainer::new(&net, FfConfig { optimizer: sgd, ..config(4, Negatives::Random) });
         t.steps = 1;
         let g = t.config.goodness;
-        let u = g.embed(&x, 2, |copy, i| label(copy * n + i));
+        let u = embed(&g, &x, 2, |copy, i| label(copy * n + i));
         let h = net.layers[0].forward(&u).expect("fits");
         let front = Front::of(&g, net.layers[0].params().expect("dense"), &x);
         let shared = front.rows(&g, &net, 2 * n, label);
