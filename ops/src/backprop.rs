@@ -293,8 +293,39 @@ impl Moments {
 pub struct BackpropTrainer {
     /// The optimiser.
     pub optimizer: Optimizer,
-    states: Vec<(Moments, Moments)>,
-    steps: u64,
+    state: OptimizerState,
+}
+
+/// Every layer's optimiser state (weights, bias) and the step count: what the rules that
+/// take gradient steps (backprop, Forward-Forward, NoProp) keep between steps.
+#[derive(Debug)]
+pub(crate) struct OptimizerState {
+    /// `(weights, bias)` moments of every layer.
+    pub(crate) layers: Vec<(Moments, Moments)>,
+    /// Steps taken (Adam's bias correction; the draws of Forward-Forward and NoProp).
+    pub(crate) steps: u64,
+}
+
+impl OptimizerState {
+    /// Fresh state for every layer of `network` under `optimizer`, with Muon's orthogonal
+    /// rule for the weights of the layers `orthogonal` names.
+    pub(crate) fn new(network: &Network, optimizer: &Optimizer, orthogonal: impl Fn(usize) -> bool) -> Self {
+        let layers = network
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
+                (Moments::new(d, m, optimizer, orthogonal(i)), Moments::new(1, m, optimizer, false))
+            })
+            .collect();
+        Self { layers, steps: 0 }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.layers.iter().map(|(w, b)| w.bytes() + b.bytes()).sum()
+    }
 }
 
 impl Moments {
@@ -309,10 +340,10 @@ impl Moments {
     }
 }
 
-impl TrainerState for BackpropTrainer {
+impl TrainerState for OptimizerState {
     fn tensors(&self) -> Vec<Part<&Matrix>> {
         let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter().enumerate() {
+        for (l, (w, b)) in self.layers.iter().enumerate() {
             for (name, m) in w.buffers(0).into_iter().chain(b.buffers(1)) {
                 parts.extend(m.map(|m| Part::of(l, name, m)));
             }
@@ -322,7 +353,7 @@ impl TrainerState for BackpropTrainer {
 
     fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
         let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter_mut().enumerate() {
+        for (l, (w, b)) in self.layers.iter_mut().enumerate() {
             for (name, m) in w.buffers_mut(0).into_iter().chain(b.buffers_mut(1)) {
                 parts.extend(m.map(|m| Part::of(l, name, m)));
             }
@@ -345,6 +376,32 @@ impl TrainerState for BackpropTrainer {
     }
 }
 
+/// The trainers built on [`OptimizerState`] list it as their whole state.
+macro_rules! optimizer_state_is_the_state {
+    ($trainer:ty) => {
+        impl crate::state::TrainerState for $trainer {
+            fn tensors(&self) -> Vec<crate::state::Part<&crate::Matrix>> {
+                self.state.tensors()
+            }
+
+            fn tensors_mut(&mut self) -> Vec<crate::state::Part<&mut crate::Matrix>> {
+                self.state.tensors_mut()
+            }
+
+            fn scalars(&self) -> Vec<crate::state::Part<f64>> {
+                self.state.scalars()
+            }
+
+            fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool {
+                self.state.set_scalar(layer, name, value)
+            }
+        }
+    };
+}
+pub(crate) use optimizer_state_is_the_state;
+
+optimizer_state_is_the_state!(BackpropTrainer);
+
 impl crate::state::Trainer for BackpropTrainer {
     fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
         BackpropTrainer::step(self, net, x, labels)
@@ -359,25 +416,17 @@ impl BackpropTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, optimizer: Optimizer) -> Self {
         let output = network.layers.iter().rposition(|l| l.params().is_some());
-        let states = network
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
-                let orthogonal = match optimizer {
-                    Optimizer::Muon { adamw_output, .. } => !(adamw_output && Some(i) == output),
-                    _ => false,
-                };
-                (Moments::new(d, m, &optimizer, orthogonal), Moments::new(1, m, &optimizer, false))
-            })
-            .collect();
-        Self { optimizer, states, steps: 0 }
+        let orthogonal = |i: usize| match optimizer {
+            Optimizer::Muon { adamw_output, .. } => !(adamw_output && Some(i) == output),
+            _ => false,
+        };
+        let state = OptimizerState::new(network, &optimizer, orthogonal);
+        Self { optimizer, state }
     }
 
     /// Bytes of optimiser state held.
     pub fn state_bytes(&self) -> usize {
-        self.states.iter().map(|(w, b)| w.bytes() + b.bytes()).sum()
+        self.state.bytes()
     }
 
     /// One step of minibatch backprop on `x` with class labels `labels`.
@@ -398,7 +447,7 @@ impl BackpropTrainer {
         if count == 0 {
             return Ok(StepStats::default());
         }
-        self.steps += 1;
+        self.state.steps += 1;
         let batch = net.batch_of(x);
         let clock = Instant::now();
         let mut acts = net.forward_all(x, batch)?;
@@ -456,7 +505,7 @@ impl BackpropTrainer {
     ) -> Result<(), OpsError> {
         let layer = &mut net.layers[0];
         let mask = layer.mask.as_ref();
-        let (state, optimizer, steps) = (&mut self.states[0], &self.optimizer, self.steps);
+        let (state, optimizer, steps) = (&mut self.state.layers[0], &self.optimizer, self.state.steps);
         let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
             apply(state, optimizer, steps, params, mask, row0, gw, gb, x.rows())
         };
@@ -476,9 +525,9 @@ impl BackpropTrainer {
         let mask = layer.mask.as_ref();
         let Some(params) = layer.op.params_mut() else { return Ok(()) };
         apply(
-            &mut self.states[l],
+            &mut self.state.layers[l],
             &self.optimizer,
-            self.steps,
+            self.state.steps,
             params,
             mask,
             0,

@@ -29,10 +29,10 @@
 //! feeds, and the 2n x d labelled batch is never made.
 
 use crate::activation::Activation;
-use crate::backprop::{GRADIENT_TILE_ROWS, Moments, Optimizer, apply};
+use crate::backprop::{GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, optimizer_state_is_the_state};
 use crate::dense::Dense;
 use crate::network::{LayerError, Network, StepStats, argmax, at};
-use crate::state::{Part, Trainer, TrainerState, count};
+use crate::state::Trainer;
 use crate::{Matrix, OpsError, par};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut};
@@ -252,8 +252,7 @@ impl<'a> Fold<'a> {
 pub struct FfTrainer {
     /// The settings.
     pub config: FfConfig,
-    states: Vec<(Moments, Moments)>,
-    steps: u64,
+    state: OptimizerState,
 }
 
 /// Why `net` is not a network Forward-Forward trains, if it is not: dense layers on flat
@@ -276,23 +275,16 @@ pub fn unsupported(net: &Network) -> Option<(usize, String)> {
 impl FfTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: FfConfig) -> Self {
-        let states = network
-            .layers
-            .iter()
-            .map(|l| {
-                let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
-                let opt = &config.optimizer;
-                (Moments::new(d, m, opt, false), Moments::new(1, m, opt, false))
-            })
-            .collect();
-        Self { config, states, steps: 0 }
+        let state = OptimizerState::new(network, &config.optimizer, |_| false);
+        Self { config, state }
     }
 
     /// The wrong label each row of the batch is shown with.
     fn negative_labels(&self, scores: &Matrix, labels: &[u32]) -> Vec<usize> {
         let k = self.config.goodness.classes;
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.config.seed ^ self.steps.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.config.seed ^ self.state.steps.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let mut weights = vec![0f64; k];
         labels
             .iter()
@@ -334,7 +326,7 @@ impl FfTrainer {
         }
         let front = Front::of(&g, g.first(net, x)?, x);
         let scores = g.scores_from(net, &front)?;
-        self.steps += 1;
+        self.state.steps += 1;
         let n = labels.len();
         let mut stats = StepStats { rows: n, ..StepStats::default() };
         stats.correct = (0..n).filter(|&i| argmax(scores.row(i)) == labels[i] as usize).count();
@@ -374,7 +366,7 @@ impl FfTrainer {
     fn update(&mut self, net: &mut Network, l: usize, u: &Matrix, delta: &Matrix) -> Result<(), OpsError> {
         let layer = &mut net.layers[l];
         let (state, opt, steps, mask) =
-            (&mut self.states[l], &self.config.optimizer, self.steps, layer.mask.as_ref());
+            (&mut self.state.layers[l], &self.config.optimizer, self.state.steps, layer.mask.as_ref());
         let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
             apply(state, opt, steps, params, mask, row0, gw, gb, u.rows())
         };
@@ -400,9 +392,9 @@ impl FfTrainer {
             }
             let last = (r0 + h == d).then_some(&fold.bias);
             apply(
-                &mut self.states[0],
+                &mut self.state.layers[0],
                 &self.config.optimizer,
-                self.steps,
+                self.state.steps,
                 params,
                 mask,
                 r0,
@@ -452,41 +444,7 @@ impl FfTrainer {
     }
 }
 
-impl TrainerState for FfTrainer {
-    fn tensors(&self) -> Vec<Part<&Matrix>> {
-        let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter().enumerate() {
-            for (name, m) in w.buffers(0).into_iter().chain(b.buffers(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
-            }
-        }
-        parts
-    }
-
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
-        let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter_mut().enumerate() {
-            for (name, m) in w.buffers_mut(0).into_iter().chain(b.buffers_mut(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
-            }
-        }
-        parts
-    }
-
-    fn scalars(&self) -> Vec<Part<f64>> {
-        vec![Part::global("steps", self.steps as f64)]
-    }
-
-    fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool {
-        match (layer, name, count(value)) {
-            (None, "steps", Some(v)) => {
-                self.steps = v;
-                true
-            }
-            _ => false,
-        }
-    }
-}
+optimizer_state_is_the_state!(FfTrainer);
 
 impl Trainer for FfTrainer {
     fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
@@ -494,7 +452,7 @@ impl Trainer for FfTrainer {
     }
 
     fn state_bytes(&self) -> usize {
-        self.states.iter().map(|(w, b)| w.bytes() + b.bytes()).sum()
+        self.state.bytes()
     }
 }
 
@@ -682,7 +640,7 @@ mod tests {
         let label = |r: usize| if r < n { labels[r] } else { wrong[r - n] };
         let sgd = Optimizer::Sgd { lr: 1.0, momentum: 0.0, weight_decay: 0.0 };
         let mut t = FfTrainer::new(&net, FfConfig { optimizer: sgd, ..config(4, Negatives::Random) });
-        t.steps = 1;
+        t.state.steps = 1;
         let g = t.config.goodness;
         let u = embed(&g, &x, 2, |copy, i| label(copy * n + i));
         let h = net.layers[0].forward(&u).expect("fits");

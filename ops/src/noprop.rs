@@ -27,11 +27,13 @@
 //! The network's layers are the blocks' in order (`x` part, `z` part, hidden layers, logits,
 //! for block 1 to `T`), then the classifier.
 
-use crate::backprop::{GRADIENT_TILE_ROWS, Moments, Optimizer, apply, softmax_cross_entropy};
+use crate::backprop::{
+    GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, optimizer_state_is_the_state, softmax_cross_entropy,
+};
 use crate::dense::Dense;
 use crate::layer::ErrorMode;
 use crate::network::{LayerError, Network, StepStats, argmax, at};
-use crate::state::{Part, Trainer, TrainerState, count};
+use crate::state::Trainer;
 use crate::{Matrix, OpsError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -185,23 +187,14 @@ pub struct NoPropConfig {
 pub struct NoPropTrainer {
     /// The settings.
     pub config: NoPropConfig,
-    states: Vec<(Moments, Moments)>,
-    steps: u64,
+    state: OptimizerState,
 }
 
 impl NoPropTrainer {
     /// Fresh state for every layer of `network`.
     pub fn new(network: &Network, config: NoPropConfig) -> Self {
-        let opt = &config.optimizer;
-        let states = network
-            .layers
-            .iter()
-            .map(|l| {
-                let (d, m) = l.params().map_or((0, 0), |p| (p.inputs(), p.outputs()));
-                (Moments::new(d, m, opt, false), Moments::new(1, m, opt, false))
-            })
-            .collect();
-        Self { config, states, steps: 0 }
+        let state = OptimizerState::new(network, &config.optimizer, |_| false);
+        Self { config, state }
     }
 
     /// `sqrt(abar_t) u_y + sqrt(1 - abar_t) eps` for every label: a draw of `q(z_t | y)`.
@@ -234,9 +227,10 @@ impl NoPropTrainer {
         stats.correct = (0..n).filter(|&i| argmax(scores.row(i)) == labels[i] as usize).count();
         drop(scores);
         stats.forward_seconds += clock.elapsed().as_secs_f64();
-        self.steps += 1;
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.config.seed ^ self.steps.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.state.steps += 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.config.seed ^ self.state.steps.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let steps = r.schedule.steps();
         for t in 1..=steps {
             let z = self.noisy(t - 1, labels, &mut rng);
@@ -299,7 +293,7 @@ impl NoPropTrainer {
     ) -> Result<(), OpsError> {
         let layer = &mut net.layers[l];
         let (state, opt, steps, mask) =
-            (&mut self.states[l], &self.config.optimizer, self.steps, layer.mask.as_ref());
+            (&mut self.state.layers[l], &self.config.optimizer, self.state.steps, layer.mask.as_ref());
         let mut sink = |params: &mut Dense, row0: usize, gw: &[f32], gb: Option<&Matrix>| {
             apply(state, opt, steps, params, mask, row0, gw, gb, input.rows())
         };
@@ -330,41 +324,7 @@ pub fn denoising_error(z: &mut Matrix, labels: &[u32], weight: f64) -> f64 {
     loss
 }
 
-impl TrainerState for NoPropTrainer {
-    fn tensors(&self) -> Vec<Part<&Matrix>> {
-        let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter().enumerate() {
-            for (name, m) in w.buffers(0).into_iter().chain(b.buffers(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
-            }
-        }
-        parts
-    }
-
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
-        let mut parts = Vec::new();
-        for (l, (w, b)) in self.states.iter_mut().enumerate() {
-            for (name, m) in w.buffers_mut(0).into_iter().chain(b.buffers_mut(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
-            }
-        }
-        parts
-    }
-
-    fn scalars(&self) -> Vec<Part<f64>> {
-        vec![Part::global("steps", self.steps as f64)]
-    }
-
-    fn set_scalar(&mut self, layer: Option<usize>, name: &str, value: f64) -> bool {
-        match (layer, name, count(value)) {
-            (None, "steps", Some(v)) => {
-                self.steps = v;
-                true
-            }
-            _ => false,
-        }
-    }
-}
+optimizer_state_is_the_state!(NoPropTrainer);
 
 impl Trainer for NoPropTrainer {
     fn step(&mut self, net: &mut Network, x: &Matrix, labels: &[u32]) -> Result<StepStats, LayerError> {
@@ -372,7 +332,7 @@ impl Trainer for NoPropTrainer {
     }
 
     fn state_bytes(&self) -> usize {
-        self.states.iter().map(|(w, b)| w.bytes() + b.bytes()).sum()
+        self.state.bytes()
     }
 }
 
@@ -485,7 +445,7 @@ mod tests {
         let labels = [0u32, 1, 2, 2, 1, 0];
         let sgd = Optimizer::Sgd { lr: 1.0, momentum: 0.0, weight_decay: 0.0 };
         let mut t = NoPropTrainer::new(&net, config(2, k, sgd));
-        t.steps = 1;
+        t.state.steps = 1;
         let r = t.config.readout.clone();
         let loss = |net: &Network| {
             let mut logits = r.block(net, 4, 2, &x, &z).expect("fits").pop().expect("logits");
