@@ -26,6 +26,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod files;
 pub mod graph;
 pub mod model;
 pub mod parse;

@@ -636,30 +636,11 @@ pub(crate) fn bad_model(path: &Path, tensor: Option<&str>, message: impl Into<St
     }
 }
 
-/// The bytes of the regular file `path`, read up to the size its metadata gives. A device or
-/// a pipe (`/dev/zero`, a FIFO) is refused: reading it would never end or never fill.
-fn read_regular_file(path: &Path) -> Result<Vec<u8>, EngineError> {
-    let cannot = || EngineError::io(path, "cannot read the model");
-    let file = std::fs::File::open(path).map_err(cannot())?;
-    let meta = file.metadata().map_err(cannot())?;
-    if !meta.is_file() {
-        let message = "not a regular file; a model is the .safetensors file `plflow run` writes".to_owned();
-        return Err(bad_model(path, None, message));
-    }
-    let mut bytes = Vec::new();
-    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-    bytes.try_reserve_exact(size).map_err(|_| {
-        bad_model(path, None, format!("{} bytes do not fit in memory; it is not a plflow model", meta.len()))
-    })?;
-    file.take(meta.len()).read_to_end(&mut bytes).map_err(cannot())?;
-    Ok(bytes)
-}
-
 impl LoadedModel {
     /// Read and check a model file: a safetensors header, every tensor f32 or u32 with
     /// exactly the bytes its shape says, and plflow metadata of a known format.
     pub fn read(path: &Path) -> Result<Self, EngineError> {
-        let bytes = read_regular_file(path)?;
+        let bytes = crate::files::read_regular(path, u64::MAX, "cannot read the model")?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| {
             bad_model(
                 path,
@@ -921,8 +902,14 @@ pub(crate) mod tests {
     #[cfg(unix)]
     #[test]
     fn devices_are_refused_before_they_are_read() {
-        let err = LoadedModel::read(Path::new("/dev/zero")).expect_err("a device").to_string();
+        let chain = |e: EngineError| {
+            format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default())
+        };
+        let err = chain(LoadedModel::read(Path::new("/dev/zero")).expect_err("a device"));
         assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = chain(LoadedModel::read(dir.path()).expect_err("a folder"));
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

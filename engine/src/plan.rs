@@ -76,7 +76,7 @@ impl Plan {
     /// [`Plan::load`] against `limits`.
     pub fn load_within(file: &Path, sets: &[String], limits: &Limits) -> Result<Self, EngineError> {
         let text =
-            std::fs::read_to_string(file).map_err(EngineError::io(file, "cannot read the pipeline"))?;
+            crate::files::read_text(file, crate::files::MAX_PIPELINE_BYTES, "cannot read the pipeline")?;
         let spec = parse_with_overrides(&text, file, sets)?;
         Ok(Self::check_within(spec, &text, file, limits).map_err(|e| e.blame_set(sets))?)
     }
