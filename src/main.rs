@@ -111,13 +111,16 @@ enum Command {
         #[arg(long, value_name = "N")]
         verify: Option<usize>,
     },
-    /// Download a dataset (mnist, cifar10, cifar100) from its canonical URLs, check the
-    /// SHA-256 of every file, and unpack it into DIR/<name> atomically.
+    /// Download a dataset (mnist, cifar10, cifar100) or a backbone model (resnet18: the ONNX
+    /// Model Zoo's ImageNet ResNet-18, the paper's) from its canonical URL, check the SHA-256
+    /// of every file, and put it in place atomically: a dataset into DIR/<name>, a model as
+    /// DIR/<file name>.
     Fetch {
-        /// Dataset name.
-        #[arg(value_parser = ["mnist", "cifar10", "cifar100"])]
+        /// Dataset or model name.
+        #[arg(value_parser = ["mnist", "cifar10", "cifar100", "resnet18"])]
         dataset: String,
-        /// Data folder (default: $PLFLOW_DATA_DIR, else ./data).
+        /// Data folder for a dataset (default: $PLFLOW_DATA_DIR, else ./data); model folder
+        /// for a model (default: $PLFLOW_MODEL_DIR, else ./models).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Fetch the files from this base URL instead (a local mirror); checksums still apply.
@@ -364,19 +367,24 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             predict(&run, &inputs, out.as_deref(), usize::from(top), best, batch as usize)?
         }
         Command::Fetch { dataset, dir, mirror } => {
-            use plflow_engine::datasets::{fetch, location::DATA_DIR_ENV};
-            let dir = dir
-                .or_else(|| std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("data"));
+            use plflow_engine::datasets::fetch::{self, Kind};
+            use plflow_engine::datasets::location::{DATA_DIR_ENV, MODEL_DIR_ENV};
             let entry = fetch::catalog()
                 .into_iter()
                 .find(|e| e.name == dataset)
-                .with_context(|| format!("no dataset named {dataset}"))?;
+                .with_context(|| format!("nothing named {dataset} to fetch"))?;
+            let (env, default) = match entry.kind {
+                Kind::Dataset => (DATA_DIR_ENV, "data"),
+                Kind::Model => (MODEL_DIR_ENV, "models"),
+            };
+            let dir = dir
+                .or_else(|| std::env::var_os(env).filter(|v| !v.is_empty()).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(default));
             let target = fetch::fetch(&entry, &dir, mirror.as_deref(), &mut |line| println!("{line}"))
                 .with_context(|| format!("cannot fetch {dataset}"))?;
             println!("{dataset} is ready in {}", target.display());
-            if std::env::var_os(DATA_DIR_ENV).is_none() {
-                println!("pipelines find it with {DATA_DIR_ENV}={}", dir.display());
+            if std::env::var_os(env).is_none() {
+                println!("pipelines find it with {env}={}", dir.display());
             }
         }
         Command::Schema => {

@@ -503,17 +503,61 @@ fn fetch_rejects_a_corrupted_download() {
         }
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
     let mirror = format!("http://{addr}");
+    for (name, folder) in [("mnist", "data"), ("resnet18", "models")] {
+        let data = dir.path().join(folder);
+        let out = plflow(
+            dir.path(),
+            &["fetch", name, "--dir", data.to_str().expect("utf8"), "--mirror", &mirror],
+            &[],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(stderr.contains("checksum mismatch"), "{stderr}");
+        assert_eq!(
+            std::fs::read_dir(&data).map_or(0, |d| d.count()),
+            0,
+            "nothing left in {}",
+            data.display()
+        );
+    }
     let out = plflow(
         dir.path(),
-        &["fetch", "mnist", "--dir", data.to_str().expect("utf8"), "--mirror", &mirror],
-        &[],
+        &["fetch", "resnet18", "--mirror", &mirror],
+        &[("PLFLOW_MODEL_DIR", Path::new(""))],
     );
-    let (stdout, stderr) = text(&out);
-    assert!(!out.status.success(), "{stdout}");
-    assert!(stderr.contains("checksum mismatch"), "{stderr}");
-    assert_eq!(std::fs::read_dir(&data).map_or(0, |d| d.count()), 0, "nothing left in {}", data.display());
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("resnet18-v2-7.onnx") && stderr.contains("3b4d0480578540222"), "{stderr}");
+    assert!(!dir.path().join("models/resnet18-v2-7.onnx").exists());
+}
+
+/// The ResNet-18 pipelines check with a stand-in for the model (the tiny test model under the
+/// expected name); without it, the error names the file, where it was looked for, and the
+/// `plflow fetch` command.
+#[test]
+fn resnet18_pipelines_check_and_say_how_to_fetch_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    for p in ["pipelines/cifar10-resnet18.yaml", "pipelines/cifar100-resnet18.yaml"] {
+        let out = plflow(&root(), &["check", p], &[("PLFLOW_MODEL_DIR", &models)]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("field `model`")
+                && stderr.contains(&format!("under $PLFLOW_MODEL_DIR ({})", models.display()))
+                && stderr.contains("`plflow fetch resnet18` downloads it there"),
+            "{stderr}"
+        );
+    }
+    std::fs::copy(root().join("extract/tests/data/tiny.onnx"), models.join("resnet18-v2-7.onnx"))
+        .expect("copy");
+    for p in ["pipelines/cifar10-resnet18.yaml", "pipelines/cifar100-resnet18.yaml"] {
+        let out = plflow(&root(), &["check", p], &[("PLFLOW_MODEL_DIR", &models)]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("extract") && stdout.contains("512"), "{stdout}");
+    }
 }
 
 /// A run leaves its model behind: `eval` on the run folder reproduces the run's test accuracy

@@ -1,9 +1,9 @@
-//! `plflow fetch`: download a dataset's canonical archives, check their SHA-256, and unpack them
-//! atomically into the data folder.
+//! `plflow fetch`: download a dataset's canonical archives or a model file, check their
+//! SHA-256, and unpack them atomically into the data (or model) folder.
 //!
 //! Everything is staged in a hidden `.<name>.partial-<pid>` folder beside the target and
 //! renamed into place only after every file has been downloaded, checked and unpacked, so an
-//! interrupted or corrupted download leaves nothing that looks like a dataset.
+//! interrupted or corrupted download leaves nothing that looks like a dataset or a model.
 
 use crate::DatasetError;
 use sha2::{Digest, Sha256};
@@ -36,17 +36,47 @@ impl Artifact {
     }
 }
 
-/// A dataset that can be fetched: the folder it lands in and its files.
+/// What an entry is, which decides where it lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A dataset: its files land in the folder `<data dir>/<name>`.
+    Dataset,
+    /// A model: its one file lands as `<model dir>/<file name>`, the name pipelines give.
+    Model,
+}
+
+/// A dataset or model that can be fetched: where it lands and its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Name on the command line and folder under the data directory.
+    /// Name on the command line (and a dataset's folder under the data directory).
     pub name: String,
-    /// The files.
+    /// Dataset or model.
+    pub kind: Kind,
+    /// The files (a model has exactly one).
     pub artifacts: Vec<Artifact>,
 }
 
-/// The datasets `plflow fetch` knows, with their canonical URLs and checksums (the same
-/// values torchvision and TensorFlow Datasets check).
+impl Entry {
+    /// Where the entry lands under `dir`.
+    pub fn target(&self, dir: &Path) -> PathBuf {
+        match (self.kind, self.artifacts.first()) {
+            (Kind::Model, Some(a)) => dir.join(a.file_name()),
+            _ => dir.join(&self.name),
+        }
+    }
+}
+
+/// The catalog entry whose model file is named `file` (for an error to name the command that
+/// downloads a missing model).
+pub fn model_named(file: &str) -> Option<Entry> {
+    catalog()
+        .into_iter()
+        .find(|e| e.kind == Kind::Model && e.artifacts.first().is_some_and(|a| a.file_name() == file))
+}
+
+/// The datasets and models `plflow fetch` knows, with their canonical URLs and checksums (for
+/// the datasets, the same values torchvision and TensorFlow Datasets check; for ResNet-18, the
+/// ONNX Model Zoo's file, the paper's backbone).
 pub fn catalog() -> Vec<Entry> {
     let mnist = |file: &str, sha: &str| Artifact {
         url: format!("https://ossci-datasets.s3.amazonaws.com/mnist/{file}"),
@@ -56,6 +86,7 @@ pub fn catalog() -> Vec<Entry> {
     vec![
         Entry {
             name: "mnist".into(),
+            kind: Kind::Dataset,
             artifacts: vec![
                 mnist(
                     "train-images-idx3-ubyte.gz",
@@ -77,6 +108,7 @@ pub fn catalog() -> Vec<Entry> {
         },
         Entry {
             name: "cifar10".into(),
+            kind: Kind::Dataset,
             artifacts: vec![Artifact {
                 url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz".into(),
                 sha256: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd".into(),
@@ -85,16 +117,28 @@ pub fn catalog() -> Vec<Entry> {
         },
         Entry {
             name: "cifar100".into(),
+            kind: Kind::Dataset,
             artifacts: vec![Artifact {
                 url: "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz".into(),
                 sha256: "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec".into(),
                 unpack: Unpack::TarGz,
             }],
         },
+        // ImageNet ResNet-18 v2 (46,806,737 bytes); its 512-wide pooled features are the
+        // tensor `resnetv22_flatten0_reshape0`.
+        Entry {
+            name: "resnet18".into(),
+            kind: Kind::Model,
+            artifacts: vec![Artifact {
+                url: "https://github.com/onnx/models/raw/main/validated/vision/classification/resnet/model/resnet18-v2-7.onnx".into(),
+                sha256: "3b4d048057854022232aa20bf68262e31718ab7119a17f920b8a2dc1433f824b".into(),
+                unpack: Unpack::Keep,
+            }],
+        },
     ]
 }
 
-/// Download `entry` into `dir/<name>`. With `mirror`, files are fetched from
+/// Download `entry` into [`Entry::target`] under `dir`. With `mirror`, files are fetched from
 /// `<mirror>/<file name>` instead of their canonical URLs. `say` receives progress lines.
 pub fn fetch(
     entry: &Entry,
@@ -102,14 +146,14 @@ pub fn fetch(
     mirror: Option<&str>,
     say: &mut dyn FnMut(String),
 ) -> Result<PathBuf, DatasetError> {
-    let target = dir.join(&entry.name);
+    let target = entry.target(dir);
     if target.exists() {
         return Err(DatasetError::format(
             &target,
-            "already exists; delete it first to download the dataset again",
+            format!("already exists; delete it first to download {} again", entry.name),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(DatasetError::io(dir, "cannot create the data folder"))?;
+    std::fs::create_dir_all(dir).map_err(DatasetError::io(dir, "cannot create the folder"))?;
     let staging = dir.join(format!(".{}.partial-{}", entry.name, std::process::id()));
     let result = (|| {
         std::fs::create_dir_all(&staging).map_err(DatasetError::io(&staging, "cannot create"))?;
@@ -142,7 +186,15 @@ pub fn fetch(
                 say(format!("  unpacked {}", a.file_name()));
             }
         }
-        std::fs::rename(&staging, &target).map_err(DatasetError::io(&target, "cannot move into place"))
+        let done = match entry.kind {
+            Kind::Dataset => staging.clone(),
+            Kind::Model => staging.join(entry.artifacts.first().map_or("download", Artifact::file_name)),
+        };
+        std::fs::rename(&done, &target).map_err(DatasetError::io(&target, "cannot move into place"))?;
+        if entry.kind == Kind::Model {
+            std::fs::remove_dir(&staging).map_err(DatasetError::io(&staging, "cannot remove"))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -249,6 +301,7 @@ mod tests {
         ]));
         let entry = Entry {
             name: "toy".into(),
+            kind: Kind::Dataset,
             artifacts: vec![
                 Artifact { url: format!("{base}/d.tar.gz"), sha256: sha(&archive), unpack: Unpack::TarGz },
                 Artifact { url: format!("{base}/p.gz"), sha256: sha(&plain), unpack: Unpack::Keep },
@@ -274,6 +327,7 @@ mod tests {
         let base = serve(HashMap::from([("d.tar.gz".to_owned(), bad)]));
         let entry = Entry {
             name: "toy".into(),
+            kind: Kind::Dataset,
             artifacts: vec![Artifact {
                 url: "https://example.invalid/d.tar.gz".into(),
                 sha256: sha(&good),
@@ -286,6 +340,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0, "nothing left behind");
         let missing = Entry {
             name: "gone".into(),
+            kind: Kind::Dataset,
             artifacts: vec![Artifact {
                 url: format!("{base}/nope.gz"),
                 sha256: sha(b""),
@@ -295,5 +350,35 @@ mod tests {
         let err = fetch(&missing, dir.path(), None, &mut |_| {}).expect_err("404");
         assert!(err.to_string().contains("nope.gz"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn a_model_lands_as_one_file_in_the_model_folder() {
+        let bytes = b"onnx bytes".to_vec();
+        let base = serve(HashMap::from([("m-v2.onnx".to_owned(), bytes.clone())]));
+        let entry = |sha: String| Entry {
+            name: "m".into(),
+            kind: Kind::Model,
+            artifacts: vec![Artifact { url: format!("{base}/m-v2.onnx"), sha256: sha, unpack: Unpack::Keep }],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let models = dir.path().join("models");
+        let err = fetch(&entry(sha(b"other")), &models, None, &mut |_| {}).expect_err("mismatch");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        assert_eq!(std::fs::read_dir(&models).expect("ls").count(), 0, "nothing left behind");
+        let out = fetch(&entry(sha(&bytes)), &models, None, &mut |_| {}).expect("fetch");
+        assert_eq!(out, models.join("m-v2.onnx"));
+        assert_eq!(std::fs::read(&out).expect("read"), bytes);
+        assert_eq!(std::fs::read_dir(&models).expect("ls").count(), 1, "only the model, no staging folder");
+        let err = fetch(&entry(sha(&bytes)), &models, None, &mut |_| {}).expect_err("exists");
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn the_catalog_names_resnet18_by_its_file() {
+        let e = model_named("resnet18-v2-7.onnx").expect("in the catalog");
+        assert_eq!(e.name, "resnet18");
+        assert_eq!(e.target(Path::new("m")), Path::new("m/resnet18-v2-7.onnx"));
+        assert!(model_named("efficientnet-lite0-features-96.onnx").is_none());
     }
 }

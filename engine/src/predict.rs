@@ -19,8 +19,9 @@ use plflow_ops::network::Network;
 use plflow_ops::readout::Readout;
 use std::path::{Path, PathBuf};
 
-/// Images per backbone run (the last run of a batch is padded).
-const BACKBONE_BATCH: usize = 16;
+/// Images per backbone run: one, as in extraction (tract's fastest and leanest; the images of
+/// a batch run in parallel).
+const BACKBONE_BATCH: usize = 1;
 
 /// One input's prediction.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,18 +230,7 @@ impl Predictor {
             _ => return Err(bad_model(b.file, None, "the model's data stage does not hold images")),
         };
         let backbone = e.backbone(&self.path)?;
-        let (size, dim, k) = (e.preprocess.size, backbone.dim(), backbone.batch());
-        let per_image = 3 * size * size;
-        let mut input = vec![0f32; k * per_image];
-        let mut features = Vec::with_capacity(b.ids.len() * dim);
-        for images in b.values.chunks(b.len * k) {
-            for (image, slot) in images.chunks_exact(b.len).zip(input.chunks_exact_mut(per_image)) {
-                e.preprocess.apply(image, c, h, w, slot);
-            }
-            let out = backbone.run(&input).map_err(|m| bad_model(b.file, None, m))?;
-            features.extend_from_slice(&out[..images.len() / b.len * dim]);
-        }
-        Ok(features)
+        backbone.features(b.values, [c, h, w], &e.preprocess).map_err(|m| bad_model(b.file, None, m))
     }
 
     fn forward(

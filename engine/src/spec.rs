@@ -112,8 +112,11 @@ pub mod defaults {
     pub(crate) fn imagenet_std() -> [f32; 3] {
         [0.229, 0.224, 0.225]
     }
+    /// One image per model run: tract's convolutions run fastest and leanest there (at 224
+    /// px, 49 images/s and 135 MB against 25 images/s and 1 GB at 16), and both cores stay
+    /// busy because images run in parallel.
     pub(crate) fn extract_batch() -> usize {
-        32
+        1
     }
     pub(crate) fn extract_chunk() -> usize {
         1024

@@ -20,7 +20,6 @@ use plflow_datasets::sink::{Element, TableSchema, TableWriter};
 use plflow_datasets::stream::BatchStream;
 use plflow_datasets::table::TableFile;
 use plflow_datasets::{Dataset, DatasetError, Source};
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -252,24 +251,9 @@ impl ExtractJob {
         let mut labels = vec![0u32; rows.len()];
         source.read_into(rows, &mut images, &mut labels);
         source.release(rows);
-        let batch = backbone.batch();
-        let input_len = 3 * self.preprocess.size * self.preprocess.size;
-        let outputs: Vec<Result<Vec<f32>, String>> = images
-            .par_chunks(batch * len)
-            .map(|group| {
-                let mut input = vec![0.0f32; batch * input_len]; // the last batch is zero-padded
-                for (img, out) in group.chunks_exact(len).zip(input.chunks_exact_mut(input_len)) {
-                    self.preprocess.apply(img, channels, h, w, out);
-                }
-                let mut y = backbone.run(&input)?;
-                y.truncate(group.len() / len * backbone.dim());
-                Ok(y)
-            })
-            .collect();
-        let mut features = Vec::with_capacity(rows.len() * backbone.dim());
-        for o in outputs {
-            features.extend(o.map_err(|message| ExtractError::Model { path: self.model.clone(), message })?);
-        }
+        let features = backbone
+            .features(&images, [channels, h, w], &self.preprocess)
+            .map_err(|message| ExtractError::Model { path: self.model.clone(), message })?;
         Ok((features, labels))
     }
 }
@@ -374,7 +358,27 @@ mod tests {
         assert!((l[0] - 10.0 * x[0]).abs() < 1e-4, "the named output is the one kept");
         let missing = ExtractJob { output: "nope".into(), ..job(&dir.path().join("c")) };
         let err = missing.run(&data(3, 0.0), &mut |_| ControlFlow::Continue(())).expect_err("no output");
-        assert!(err.to_string().contains("no output `nope` (outputs: features, logits)"), "{err}");
+        let err = err.to_string();
+        assert!(err.contains("no tensor `nope` (outputs: features, logits;"), "{err}");
+        assert!(err.contains("before them: pooled, flat, features, logits)"), "{err}");
+    }
+
+    #[test]
+    fn an_intermediate_tensor_can_be_the_features() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(dir.path().join("cache"));
+        // `flat` is the flattened global average pool, before the model's Gemm: the
+        // per-channel means of the normalised image.
+        let j = ExtractJob { output: "flat".into(), ..job(dir.path()) };
+        let r = j.run(&data(7, 0.0), &mut |_| ControlFlow::Continue(())).expect("extract");
+        let (x, _) = read(&r.train, &cache);
+        assert_eq!(x.len(), 7 * 3);
+        for i in 0..7 {
+            for c in 0..3 {
+                let want = (((i + c) % 10) as f32 / 10.0 - 0.5) / [0.25, 0.5, 1.0][c];
+                assert!((x[3 * i + c] - want).abs() < 1e-5, "row {i} channel {c}: {}", x[3 * i + c]);
+            }
+        }
     }
 
     #[test]

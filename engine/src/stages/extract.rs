@@ -87,15 +87,7 @@ impl Stage for ExtractSpec {
         }
         let model = plflow_datasets::location::resolve_model(&self.model);
         if !model.is_file() {
-            return Err(b.err(
-                name,
-                Some("model"),
-                format!(
-                    "field `model`: {} not found (relative paths are looked up under ${} when it is set)",
-                    model.display(),
-                    plflow_datasets::location::MODEL_DIR_ENV
-                ),
-            ));
+            return Err(b.err(name, Some("model"), missing_model(&self.model, &model)));
         }
         let preprocess = plflow_extract::preprocess::Preprocess {
             size: self.size,
@@ -115,4 +107,33 @@ impl Stage for ExtractSpec {
         let output = Port::Examples { shape: vec![self.dim], classes };
         Ok(b.add_node(Node { name: name.into(), stage: name.into(), op, output }, Some(from)))
     }
+}
+
+/// Which file was expected where, and the command that downloads it when `plflow fetch`
+/// knows it.
+fn missing_model(written: &std::path::Path, resolved: &std::path::Path) -> String {
+    use plflow_datasets::location::MODEL_DIR_ENV;
+    let set = std::env::var_os(MODEL_DIR_ENV).filter(|v| !v.is_empty());
+    let place = match &set {
+        Some(dir) if written.is_relative() => {
+            format!("under ${MODEL_DIR_ENV} ({})", PathBuf::from(dir).display())
+        }
+        None if written.is_relative() => format!(
+            "relative to the working folder (relative paths are looked up under ${MODEL_DIR_ENV} when it is set)"
+        ),
+        _ => "at that path".to_owned(),
+    };
+    let file = written.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    let fetch = match (plflow_datasets::fetch::model_named(file), &set) {
+        (Some(e), Some(_)) => format!("; `plflow fetch {}` downloads it there", e.name),
+        (Some(e), None) => format!(
+            "; `plflow fetch {}` downloads it into ./models, then run with {MODEL_DIR_ENV}=models",
+            e.name
+        ),
+        (None, _) => String::new(),
+    };
+    format!(
+        "field `model`: {} not found: the model file {file} was expected {place}{fetch}",
+        resolved.display()
+    )
 }
