@@ -131,10 +131,12 @@ enum Command {
     /// with a YAML language server complete and check them: start a pipeline with
     /// `# yaml-language-server: $schema=plflow.schema.json`.
     Schema,
-    /// Describe a dataset file, folder or archive: format, rows, shapes, labels, statistics.
+    /// Describe a dataset file, folder or archive (format, rows, shapes, labels, statistics),
+    /// or an ONNX model (inputs, outputs and the tensors before them, any of which an
+    /// extraction's `output` may name).
     Inspect {
         /// IDX file (gzip'd or not), MNIST or CIFAR folder, image folder or archive, CIFAR .bin,
-        /// Arrow IPC or Parquet table.
+        /// Arrow IPC or Parquet table, or `.onnx` model.
         path: PathBuf,
     },
     /// Run a pipeline over a grid of settings, each point in its own process; a rerun with
@@ -389,6 +391,15 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Schema => {
             println!("{:#}", plflow_engine::spec::json_schema());
+        }
+        Command::Inspect { path } if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) => {
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                anyhow::bail!("cannot inspect {}: not a readable regular file", path.display());
+            }
+            let text = plflow_engine::extract::backbone::describe(&path)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("cannot inspect {}", path.display()))?;
+            print!("{text}");
         }
         Command::Inspect { path } => {
             let cache = plflow_engine::run::default_cache();

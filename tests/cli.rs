@@ -911,3 +911,22 @@ fn concat_joins_datasets_and_layers_end_to_end() {
         "{stderr}"
     );
 }
+
+/// `plflow inspect` on an ONNX model lists its input, outputs and the tensors before them,
+/// with shapes; a file that is not a model is refused naming it.
+#[test]
+fn inspect_lists_the_tensors_of_an_onnx_model() {
+    let out = plflow(&root(), &["inspect", "extract/tests/data/tiny.onnx"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for want in
+        ["inputs:\n  input  N,3,H,W,F32", "outputs:\n  features  N,2,F32\n  logits  N,2,F32", "flat  N,3,F32"]
+    {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bad.onnx"), b"not a protobuf at all").expect("write");
+    let out = plflow(dir.path(), &["inspect", "bad.onnx"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("cannot inspect bad.onnx"), "{stderr}");
+}

@@ -43,4 +43,5 @@ pub mod sweep;
 pub use error::{EngineError, SpecError};
 pub use plan::Plan;
 pub use plflow_datasets as datasets;
+pub use plflow_extract as extract;
 pub use plflow_ops::ledger;

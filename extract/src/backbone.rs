@@ -33,7 +33,7 @@ impl Backbone {
         model
             .set_input_fact(0, f32::fact([batch, 3, size, size]).into())
             .map_err(|e| format!("cannot set the input shape: {e}"))?;
-        if model.find_outlet_label(output).is_none() && !model.nodes().iter().any(|n| n.name == output) {
+        if find(&model, output).is_none() {
             return Err(missing_tensor(&model, output));
         }
         model.select_outputs_by_name([output]).map_err(|e| e.to_string())?;
@@ -108,6 +108,61 @@ impl Backbone {
     }
 }
 
+/// A model's inputs, outputs and the tensors just before the outputs, with their shapes: what
+/// `plflow inspect model.onnx` prints to choose an extraction's `output`.
+pub fn describe(path: &Path) -> Result<String, String> {
+    let model =
+        tract_onnx::onnx().model_for_path(path).map_err(|e| format!("cannot load the ONNX model: {e}"))?;
+    let typed = model.clone().into_typed().ok();
+    let fact = |label: &str| match &typed {
+        Some(t) => find(t, label).and_then(|o| t.outlet_fact(o).ok()).map(|f| format!("{f:?}")),
+        None => find(&model, label).and_then(|o| model.outlet_fact(o).ok()).map(|f| format!("{f:?}")),
+    };
+    let line = |label: String| {
+        let shape = fact(&label).unwrap_or_else(|| "shape unknown".into());
+        format!("  {label}  {shape}\n")
+    };
+    let outlets = |list: TractResult<&[OutletId]>| -> Vec<String> {
+        let name = |o: OutletId| {
+            model.outlet_label(o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned)
+        };
+        list.map(|l| l.iter().map(|&o| name(o)).collect()).unwrap_or_default()
+    };
+    let mut out = format!("ONNX model {}: {} nodes\ninputs:\n", path.display(), model.nodes().len());
+    outlets(model.input_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
+    out.push_str("outputs:\n");
+    outlets(model.output_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
+    out.push_str("the last tensors (any tensor can be an extraction's `output`):\n");
+    last_tensors(&model, 12).into_iter().for_each(|l| out.push_str(&line(l)));
+    Ok(out)
+}
+
+/// The outlet labelled `name`, else the first outlet of the node named `name` (graph inputs
+/// have no label).
+fn find<F: Fact + Clone + 'static, O>(model: &Graph<F, O>, name: &str) -> Option<OutletId>
+where
+    O: std::fmt::Debug + std::fmt::Display + AsRef<dyn Op> + AsMut<dyn Op> + Clone + 'static,
+{
+    model
+        .find_outlet_label(name)
+        .or_else(|| model.nodes().iter().find(|n| n.name == name).map(|n| n.id.into()))
+}
+
+/// The labels of the last `n` tensors in evaluation order, earliest first.
+fn last_tensors(model: &InferenceModel, n: usize) -> Vec<String> {
+    let order = model.eval_order().unwrap_or_default();
+    let mut last: Vec<String> = order
+        .iter()
+        .rev()
+        .flat_map(|&i| (0..model.node(i).outputs.len()).rev().map(move |k| OutletId::new(i, k)))
+        .filter(|o| !model.node(o.node).inputs.is_empty())
+        .filter_map(|o| model.outlet_label(o).map(str::to_owned))
+        .take(n)
+        .collect();
+    last.reverse();
+    last
+}
+
 /// The error for a tensor name the model does not have: its outputs and the tensors just
 /// before them, where the features of a classifier usually are.
 fn missing_tensor(model: &InferenceModel, name: &str) -> String {
@@ -115,20 +170,10 @@ fn missing_tensor(model: &InferenceModel, name: &str) -> String {
         |o: OutletId| model.outlet_label(o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned);
     let outputs: Vec<String> =
         model.output_outlets().map(|o| o.iter().map(|&o| label(o)).collect()).unwrap_or_default();
-    let order = model.eval_order().unwrap_or_default();
-    let last: Vec<String> = order
-        .iter()
-        .rev()
-        .flat_map(|&n| (0..model.node(n).outputs.len()).map(move |i| OutletId::new(n, i)))
-        .filter_map(|o| model.outlet_label(o).map(str::to_owned))
-        .take(8)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let last = last_tensors(model, 8);
     format!(
         "the model has no tensor `{name}` (outputs: {}; the last tensors before them: {}). `output` \
-         may name a graph output or any intermediate tensor",
+         may name a graph output or any intermediate tensor; `plflow inspect` on the model lists them",
         outputs.join(", "),
         last.join(", ")
     )
