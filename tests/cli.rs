@@ -223,6 +223,61 @@ fn same_seed_gives_the_same_run() {
     assert_eq!(acc("a"), acc("b"));
 }
 
+/// Issue 14's determinism: the same pipeline and seed give byte-identical models and the same
+/// metrics (timings aside) on one, two and three threads, for every learning rule and the
+/// CNN, whose parallel reductions must not depend on how the work is split.
+#[test]
+fn one_two_and_three_threads_give_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic_mnist(&dir.path().join("mnist"), 600, 100);
+    let run = |pipeline: &str, threads: &str, sets: &[&str]| {
+        let out_dir = dir.path().join(format!("{}-{threads}", pipeline.replace('/', "_")));
+        let mut args = vec!["run", pipeline, "--no-progress", "--out", out_dir.to_str().expect("utf-8")];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let env = [
+            ("PLFLOW_DATA_DIR", dir.path()),
+            ("PLFLOW_CACHE_DIR", &dir.path().join("cache")),
+            ("RAYON_NUM_THREADS", Path::new(threads)),
+        ];
+        let out = plflow(&root(), &args, &env);
+        assert!(out.status.success(), "{pipeline} on {threads} threads: {}", text(&out).1);
+        let model = std::fs::read(out_dir.join("model.safetensors")).expect("model");
+        let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                let map = v.as_object_mut().expect("object");
+                map.retain(|k, _| {
+                    !["seconds", "per_second", "peak", "time_shares"].iter().any(|t| k.contains(t))
+                });
+                v
+            })
+            .collect();
+        (model, metrics)
+    };
+    let small = ["train.epochs=2", "data.limit=300"];
+    for (pipeline, sets) in [
+        ("pipelines/mnist.yaml", &small[..]),
+        ("pipelines/mnist-sgd.yaml", &small[..]),
+        ("pipelines/mnist-adam.yaml", &small[..]),
+        ("pipelines/mnist-cnn.yaml", &["train.epochs=1", "data.limit=300"][..]),
+        ("pipelines/mnist-muon.yaml", &small[..]),
+        ("pipelines/mnist-admm.yaml", &small[..]),
+        ("pipelines/mnist-ff.yaml", &small[..]),
+        ("pipelines/mnist-noprop.yaml", &["train.epochs=1", "data.limit=300"][..]),
+    ] {
+        let one = run(pipeline, "1", sets);
+        for threads in ["2", "3"] {
+            let other = run(pipeline, threads, sets);
+            assert_eq!(one.1, other.1, "{pipeline}: metrics differ between 1 and {threads} threads");
+            assert!(one.0 == other.0, "{pipeline}: the model files differ between 1 and {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn bench_compares_pipelines_in_one_table() {
     let dir = tempfile::tempdir().expect("tempdir");

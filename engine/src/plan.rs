@@ -336,7 +336,7 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
         // (see plflow_ops::pl); an absolute ridge may need f64 (it depends on the data), so
         // the planned route counts that
         let delivery = if l == 0 { Delivery::TilesConsuming } else { Delivery::Whole };
-        let solve = alive_acts + err + workspace_bytes(n, d, m, ridge.planned_route(n, d), delivery, threads);
+        let solve = alive_acts + err + workspace_bytes(n, d, m, ridge.planned_route(n, d), delivery);
         // the error below is written over the activation below (already in `alive_acts`)
         let propagate =
             if l > 0 { alive_acts + err + update + dense_error_scratch_bytes(n, d, threads) } else { 0 };

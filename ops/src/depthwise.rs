@@ -179,32 +179,27 @@ impl Depthwise {
             &[Dim::Exact(batch * per_out), Dim::Exact(c)],
             &[e.rows(), e.cols()],
         )?;
-        let zero = || vec![0.0f64; (taps + 1) * c];
-        let sums = x
-            .as_slice()
-            .par_chunks(per_in * c)
-            .zip(e.as_slice().par_chunks(per_out * c))
-            .fold(zero, |mut acc, (src, err)| {
-                for oy in 0..g.out_h() {
-                    for ox in 0..g.out_w() {
-                        let eo = &err[(oy * g.out_w() + ox) * c..][..c];
-                        for t in 0..taps {
-                            if let Some(p) = g.source(oy, ox, t) {
-                                for ((a, &xv), &ev) in
-                                    acc[t * c..][..c].iter_mut().zip(&src[p * c..][..c]).zip(eo)
-                                {
-                                    *a += xv as f64 * ev as f64;
-                                }
+        let (xs, es) = (x.as_slice(), e.as_slice());
+        let sums = crate::reduce::ordered_sum(batch, (taps + 1) * c, |s, acc| {
+            let (src, err) = (&xs[s * per_in * c..][..per_in * c], &es[s * per_out * c..][..per_out * c]);
+            for oy in 0..g.out_h() {
+                for ox in 0..g.out_w() {
+                    let eo = &err[(oy * g.out_w() + ox) * c..][..c];
+                    for t in 0..taps {
+                        if let Some(p) = g.source(oy, ox, t) {
+                            for ((a, &xv), &ev) in
+                                acc[t * c..][..c].iter_mut().zip(&src[p * c..][..c]).zip(eo)
+                            {
+                                *a += xv as f64 * ev as f64;
                             }
                         }
-                        for (a, &ev) in acc[taps * c..].iter_mut().zip(eo) {
-                            *a += ev as f64;
-                        }
+                    }
+                    for (a, &ev) in acc[taps * c..].iter_mut().zip(eo) {
+                        *a += ev as f64;
                     }
                 }
-                acc
-            })
-            .reduce(zero, |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect());
+            }
+        });
         let gk = Matrix::from_vec(taps, c, sums[..taps * c].iter().map(|&v| v as f32).collect());
         let gb = Matrix::from_vec(1, c, sums[taps * c..].iter().map(|&v| v as f32).collect());
         Ok((gk, gb))
@@ -397,19 +392,16 @@ pub fn depthwise_ridge_update(
     // Accumulators laid out [i][j][channel] (lower triangle, j <= i) then [i][channel] for the
     // right-hand side, so the inner loops run contiguously over channels and vectorise.
     let tri = dim * (dim + 1) / 2;
-    let zero = || vec![0.0f64; (tri + dim) * c];
-    let sums = x
-        .as_slice()
-        .par_chunks(per_in * c)
-        .zip(e.as_slice().par_chunks(per_out * c))
-        .fold(zero, |mut acc, (src, err)| {
-            accumulate_sample(&g, c, src, err, &mut acc);
-            acc
-        })
-        .reduce(zero, |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        });
+    let (xs, es) = (x.as_slice(), e.as_slice());
+    let sums = crate::reduce::ordered_sum(batch, (tri + dim) * c, |s, acc| {
+        accumulate_sample(
+            &g,
+            c,
+            &xs[s * per_in * c..][..per_in * c],
+            &es[s * per_out * c..][..per_out * c],
+            acc,
+        );
+    });
 
     let mut dk = Matrix::zeros(taps, c);
     let mut db = Matrix::zeros(1, c);

@@ -26,6 +26,7 @@
 //! - [`admm`]: dlADMM (Wang et al. 2019): block updates of weights, activations and the
 //!   output multiplier, for MLPs of ReLU layers.
 //! - [`state`]: a trainer's whole state as named parts, for checkpoints and resumed runs.
+//! - [`reduce`]: parallel sums over samples that give the same bits on any thread count.
 
 pub mod activation;
 pub mod admm;
@@ -44,6 +45,7 @@ pub mod noprop;
 pub mod pl;
 pub mod pool;
 pub mod readout;
+pub mod reduce;
 pub mod solve;
 pub mod sparse;
 pub mod state;

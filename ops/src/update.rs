@@ -399,11 +399,13 @@ pub fn newton_schulz_step(x: &Matrix) -> Matrix {
 
 /// Advance the persistent right singular vector `v` of `w` (`d x m`) by `steps` power
 /// iterations and return the estimate `||W v||` of the largest singular value. The products
-/// run in `f32` on every thread (an estimate to about 1e-6 is plenty for a clamp); norms are
-/// summed in `f64`.
+/// run in `f32` (an estimate to about 1e-6 is plenty for a clamp) on one thread: faer splits
+/// a parallel matrix-vector product along its inner dimension, so its rounding would depend on
+/// the thread count, and with it every later update (a 784 x 512 product takes well under a
+/// millisecond). Norms are summed in `f64`.
 pub fn power_iteration(w: &Matrix, v: &mut [f32], steps: usize) -> f32 {
     use faer::linalg::matmul::matmul;
-    use faer::{Accum, MatMut, MatRef};
+    use faer::{Accum, MatMut, MatRef, Par};
     let (d, m) = (w.rows(), w.cols());
     if v.len() != m || m == 0 || d == 0 {
         return 0.0;
@@ -413,7 +415,7 @@ pub fn power_iteration(w: &Matrix, v: &mut [f32], steps: usize) -> f32 {
     let norm = |x: &[f32]| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt();
     let w_times = |v: &[f32], u: &mut [f32]| {
         let uv = MatMut::from_column_major_slice_mut(u, d, 1);
-        matmul(uv, Accum::Replace, w.view(), MatRef::from_column_major_slice(v, m, 1), 1.0, crate::par());
+        matmul(uv, Accum::Replace, w.view(), MatRef::from_column_major_slice(v, m, 1), 1.0, Par::Seq);
     };
     for _ in 0..steps.max(1) {
         w_times(v, &mut u);
@@ -424,7 +426,7 @@ pub fn power_iteration(w: &Matrix, v: &mut [f32], steps: usize) -> f32 {
             w.view().transpose(),
             MatRef::from_column_major_slice(&u, d, 1),
             1.0,
-            crate::par(),
+            Par::Seq,
         );
         let size = norm(&next);
         if size == 0.0 || !size.is_finite() {

@@ -72,8 +72,8 @@ fn steps_release_activations_and_errors_layer_by_layer() {
             trainer.step(&mut net, &x, &labels).expect("step");
         });
         let route = Route { dual: true, single };
-        let layer1 = a0 + a1 + workspace_bytes(N, 512, 128, route, Delivery::Whole, threads);
-        let layer0 = a0 + workspace_bytes(N, 784, 512, route, Delivery::TilesConsuming, threads);
+        let layer1 = a0 + a1 + workspace_bytes(N, 512, 128, route, Delivery::Whole);
+        let layer0 = a0 + workspace_bytes(N, 784, 512, route, Delivery::TilesConsuming);
         assert!(layer0 < layer1);
         assert_eq!(
             peak, layer1,
@@ -138,11 +138,10 @@ fn steps_release_activations_and_errors_layer_by_layer() {
 }
 
 /// Every solve route's workspace formula is its ledger peak, to the byte (the f64 primal
-/// route's per-thread row slices may or may not overlap in time: its formula is the bound).
+/// route's partial systems' row slices may or may not overlap in time: its formula is the bound).
 #[test]
 fn solve_workspace_is_its_ledger_peak() {
     let _serial = SERIAL.lock();
-    let threads = plflow_ops::threads();
     let random = |rows: usize, cols: usize, seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         xavier_normal(rows, cols, &mut rng)
@@ -175,7 +174,7 @@ fn solve_workspace_is_its_ledger_peak() {
                     ledger::peak_bytes() - before
                 }
             };
-            let want = workspace_bytes(n, d, m, route, delivery, threads);
+            let want = workspace_bytes(n, d, m, route, delivery);
             let case = format!("n={n} d={d} m={m} lambda {lambda} {route:?} {delivery:?}");
             if route.single || route.dual {
                 assert_eq!(peak, want, "{case}");

@@ -297,7 +297,7 @@ impl Method for PlConfig {
 
     fn update_bytes(&self, w: &LayerWork) -> usize {
         let route = self.ridge.planned_route(w.rows, w.inputs);
-        workspace_bytes(w.rows, w.inputs, w.units, route, Delivery::Whole, plflow_ops::threads())
+        workspace_bytes(w.rows, w.inputs, w.units, route, Delivery::Whole)
     }
 
     fn reports_residual(&self) -> bool {

@@ -11,7 +11,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 /// Peak workspace bytes of [`solve_dual`] or [`solve_primal`] (see `super::workspace_bytes`).
-pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, threads: usize) -> usize {
+pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize {
     let (da, chunk) = (d + 1, super::CHUNK);
     let (f64b, f32b) = (size_of::<f64>(), size_of::<f32>());
     if dual {
@@ -19,9 +19,9 @@ pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, threads:
         (n * n + n * cw + n * bw + cw * bw) * f64b + cw * bw * f32b
     } else {
         let rows = primal_rows(chunk, da, n);
-        let parts = primal_parts(n, rows, threads);
+        let parts = primal_parts(n, rows);
         let system = da * da + da * m;
-        // accumulating: the summed system, and per thread a partial system and one slice of
+        // accumulating: the summed system, and per part a partial system and one slice of
         // rows; then the system and the f32 copy of the solution
         let accumulate = ((1 + parts) * system + parts * rows * (da + m)) * f64b;
         accumulate.max(system * f64b + da * m * f32b)
@@ -117,13 +117,13 @@ pub(super) fn solve_primal(
     let mut rhs = Buffer::<f64>::zeros(da * m);
     let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
     {
-        // The rows are split into one contiguous range per thread, each accumulating its own
-        // partial Gram and right-hand side with sequential products: the products of one
-        // slice are too small to share out (a 33 x 33 result), and parallel ones spent most
-        // of their time in barriers. Partials are summed in range order, so the result does
-        // not depend on scheduling.
+        // The rows are split into a fixed number of contiguous ranges (`PARTIAL_SYSTEMS`),
+        // each accumulating its own partial Gram and right-hand side with sequential
+        // products: the products of one slice are too small to share out (a 33 x 33 result),
+        // and parallel ones spent most of their time in barriers. Partials are summed in
+        // range order, so the result depends neither on scheduling nor on the thread count.
         let rows = primal_rows(r.chunk, da, n);
-        let parts = primal_parts(n, rows, rayon::current_num_threads());
+        let parts = primal_parts(n, rows);
         let span = n.div_ceil(parts).max(1);
         let partials: Vec<(Buffer<f64>, Buffer<f64>)> = (0..parts)
             .into_par_iter()

@@ -221,21 +221,14 @@ pub fn ridge_update_tiles_consuming(
 
 /// Peak bytes of workspace that a solve for an input of `n x d` and an error of `n x m`
 /// allocates on `route` when it delivers its update as `delivery` (for
-/// [`Delivery::TilesConsuming`], beyond the consumed error); used for memory estimates.
-/// `threads` is the number of per-thread partial systems of the primal route.
-pub fn workspace_bytes(
-    n: usize,
-    d: usize,
-    m: usize,
-    route: Route,
-    delivery: Delivery,
-    threads: usize,
-) -> usize {
+/// [`Delivery::TilesConsuming`], beyond the consumed error); used for memory estimates. It
+/// does not depend on the thread count (see [`PARTIAL_SYSTEMS`]).
+pub fn workspace_bytes(n: usize, d: usize, m: usize, route: Route, delivery: Delivery) -> usize {
     let update = if delivery == Delivery::Whole { (d * m + m) * size_of::<f32>() } else { 0 };
     let work = match (route.single, route.dual, delivery) {
         (true, true, Delivery::TilesConsuming) => single::in_place_workspace_bytes(n, d, m),
-        (true, ..) => single::workspace_bytes(n, d, m, route.dual, threads),
-        (false, ..) => double::workspace_bytes(n, d, m, route.dual, threads),
+        (true, ..) => single::workspace_bytes(n, d, m, route.dual),
+        (false, ..) => double::workspace_bytes(n, d, m, route.dual),
     };
     work + update
 }
@@ -387,9 +380,14 @@ fn primal_rows(chunk: usize, da: usize, n: usize) -> usize {
     chunk.max((1 << 15) / da).min(n.max(1))
 }
 
-/// How many per-thread partial systems a primal route over `n` rows accumulates.
-fn primal_parts(n: usize, rows: usize, threads: usize) -> usize {
-    threads.clamp(1, n.div_ceil(rows.max(1)).max(1))
+/// Partial systems a primal route splits its rows into: a constant, not the thread count, so
+/// that the sums (and every later update) are the same bits on any number of threads (two
+/// threads each take one; one thread accumulates both in turn).
+const PARTIAL_SYSTEMS: usize = 2;
+
+/// How many partial systems a primal route over `n` rows accumulates, in blocks of `rows`.
+fn primal_parts(n: usize, rows: usize) -> usize {
+    PARTIAL_SYSTEMS.clamp(1, n.div_ceil(rows.max(1)).max(1))
 }
 
 /// Solve the small SPD system `a x = rhs` in place (`a` is `dim x dim`, symmetric, either
@@ -579,7 +577,7 @@ mod tests {
     }
 
     /// The f32 routes against the f64 normal equations, on both routes and on shapes that
-    /// exercise the per-thread partial systems (long and thin) and the parallel one (wide).
+    /// exercise the partial systems (long and thin) and the parallel one (wide).
     #[test]
     fn single_precision_satisfies_normal_equations() {
         for (n, d, m, lambda) in

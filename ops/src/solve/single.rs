@@ -17,20 +17,20 @@ use rayon::prelude::*;
 const PARTIALS_UP_TO: usize = 256;
 
 /// Peak workspace bytes of [`solve_dual`] or [`solve_primal`] (see `super::workspace_bytes`).
-pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, threads: usize) -> usize {
+pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize {
     let (da, chunk) = (d + 1, super::CHUNK);
     let f32s = if dual {
         let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
         n * n + n * bw + cw * bw + bw
     } else {
-        primal_systems(n, da, threads) * (da * da + da * m)
+        primal_systems(n, da) * (da * da + da * m)
     };
     f32s * size_of::<f32>()
 }
 
-/// Number of systems the primal route accumulates at once (one per thread for small ones).
-fn primal_systems(n: usize, da: usize, threads: usize) -> usize {
-    if da > PARTIALS_UP_TO { 1 } else { primal_parts(n, primal_rows(super::CHUNK, da, n), threads) }
+/// Number of systems the primal route accumulates at once (`PARTIAL_SYSTEMS` for small ones).
+fn primal_systems(n: usize, da: usize) -> usize {
+    if da > PARTIALS_UP_TO { 1 } else { primal_parts(n, primal_rows(super::CHUNK, da, n)) }
 }
 
 /// Column sums of the rows of `v` (`cols` wide, row-major), accumulated in `f64` on the
@@ -148,9 +148,9 @@ pub(super) fn solve_primal(
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
-    let parts = primal_systems(n, da, rayon::current_num_threads());
+    let parts = primal_systems(n, da);
     // One contiguous range of rows per system, summed in range order (no dependence on
-    // scheduling); with one system its products use every thread.
+    // scheduling or thread count); with one system its products use every thread.
     let span = n.div_ceil(parts).max(1);
     let inner = if parts == 1 { par() } else { Par::Seq };
     let mut systems: Vec<(Buffer<f32>, Buffer<f32>)> = (0..parts)
