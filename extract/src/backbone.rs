@@ -122,19 +122,20 @@ pub fn describe(path: &Path) -> Result<String, String> {
         let shape = fact(&label).unwrap_or_else(|| "shape unknown".into());
         format!("  {label}  {shape}\n")
     };
-    let outlets = |list: TractResult<&[OutletId]>| -> Vec<String> {
-        let name = |o: OutletId| {
-            model.outlet_label(o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned)
-        };
-        list.map(|l| l.iter().map(|&o| name(o)).collect()).unwrap_or_default()
-    };
     let mut out = format!("ONNX model {}: {} nodes\ninputs:\n", path.display(), model.nodes().len());
-    outlets(model.input_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
+    names(&model, model.input_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
     out.push_str("outputs:\n");
-    outlets(model.output_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
+    names(&model, model.output_outlets()).into_iter().for_each(|l| out.push_str(&line(l)));
     out.push_str("the last tensors (any tensor can be an extraction's `output`):\n");
     last_tensors(&model, 12).into_iter().for_each(|l| out.push_str(&line(l)));
     Ok(out)
+}
+
+/// The names of `outlets`: their labels, else their nodes' names (graph inputs have no label).
+fn names(model: &InferenceModel, outlets: TractResult<&[OutletId]>) -> Vec<String> {
+    let name =
+        |o: OutletId| model.outlet_label(o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned);
+    outlets.map(|l| l.iter().map(|&o| name(o)).collect()).unwrap_or_default()
 }
 
 /// The outlet labelled `name`, else the first outlet of the node named `name` (graph inputs
@@ -166,10 +167,7 @@ fn last_tensors(model: &InferenceModel, n: usize) -> Vec<String> {
 /// The error for a tensor name the model does not have: its outputs and the tensors just
 /// before them, where the features of a classifier usually are.
 fn missing_tensor(model: &InferenceModel, name: &str) -> String {
-    let label =
-        |o: OutletId| model.outlet_label(o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned);
-    let outputs: Vec<String> =
-        model.output_outlets().map(|o| o.iter().map(|&o| label(o)).collect()).unwrap_or_default();
+    let outputs = names(model, model.output_outlets());
     let last = last_tensors(model, 8);
     format!(
         "the model has no tensor `{name}` (outputs: {}; the last tensors before them: {}). `output` \
