@@ -531,7 +531,7 @@ fn bench(
         Ok((Plan::load(p, &with_epochs).with_context(invalid)?, with_epochs))
     };
     let plans = pipelines.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
-    let dir = report::create_run_dir(out.as_deref(), "bench")?;
+    let dir = bench_dir(out.as_deref(), pipelines, repeat, epochs, sets)?;
     let exe = std::env::current_exe().context("cannot find the plflow executable")?;
     // One row per training stage: `name`, or `name/stage` for pipelines with several.
     let mut rows: Vec<BenchRow> = Vec::new();
@@ -541,18 +541,18 @@ fn bench(
         let several = plan.trainers().len() > 1;
         for k in 0..repeat.max(1) {
             let run_dir = dir.join(format!("{}-r{}", plan.spec.name, k + 1));
-            println!("== {} run {}/{} -> {}", plan.spec.name, k + 1, repeat.max(1), run_dir.display());
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("run").arg(path).arg("--no-progress").arg("--out").arg(&run_dir);
-            if let Some(bytes) = max_memory {
-                cmd.arg("--max-memory").arg(format!("{bytes}"));
+            let header = format!("== {} run {}/{}", plan.spec.name, k + 1, repeat.max(1));
+            if run_dir.join(plflow_engine::run::SUMMARY).is_file() {
+                println!("{header}: finished before, skipped");
+            } else {
+                if run_dir.exists() {
+                    println!("{header}: interrupted before, run again");
+                    std::fs::remove_dir_all(&run_dir)
+                        .with_context(|| format!("cannot remove {}", run_dir.display()))?;
+                }
+                println!("{header} -> {}", run_dir.display());
+                bench_run(&exe, path, &run_dir, max_memory, sets, plan.spec.seed + k as u64)?;
             }
-            for set in sets {
-                cmd.arg("--set").arg(set);
-            }
-            cmd.arg("--set").arg(format!("seed={}", plan.spec.seed + k as u64));
-            let status = cmd.status().with_context(|| format!("cannot start {}", exe.display()))?;
-            anyhow::ensure!(status.success(), "the run of {} failed ({status}); see above", path.display());
             for (stage, figures) in RunFigures::read(&run_dir)? {
                 let method =
                     if several { format!("{}/{stage}", plan.spec.name) } else { plan.spec.name.clone() };
@@ -569,13 +569,66 @@ fn bench(
             }
         }
     }
-    let md = bench::markdown(&rows);
-    report::write_atomic(&dir.join("bench.md"), md.as_bytes())?;
+    // bench.md last: a folder with it holds a finished bench.
     report::write_atomic(&dir.join("bench.csv"), bench::csv(&rows).as_bytes())?;
     let curves: Vec<plot::Curve> = epochs_of.iter().map(|(m, runs)| plot::mean_curve(m, runs)).collect();
     let title = format!("plflow bench: mean of {} run(s) per method", repeat.max(1));
     plot::write_svg(&dir.join("bench.svg"), &curves, &title)?;
+    let md = bench::markdown(&rows);
+    report::write_atomic(&dir.join("bench.md"), md.as_bytes())?;
     println!("\n{md}\ntables written to {}", dir.display());
+    Ok(())
+}
+
+/// The bench's folder: a new one, or `out` again when it holds an interrupted bench of the
+/// same pipelines and settings (a rerun of the same command after a crash continues it).
+fn bench_dir(
+    out: Option<&Path>,
+    pipelines: &[PathBuf],
+    repeat: usize,
+    epochs: Option<usize>,
+    sets: &[String],
+) -> anyhow::Result<PathBuf> {
+    use plflow_engine::sweep::{self, PointSettings, PointState};
+    let mut grid: Vec<String> = pipelines.iter().map(|p| p.display().to_string()).collect();
+    grid.push(format!("repeat={}", repeat.max(1)));
+    grid.extend(epochs.map(|e| format!("epochs={e}")));
+    let settings = PointSettings { grid, sets: sets.to_vec() };
+    if let Some(dir) = out.filter(|d| !d.join("bench.md").exists())
+        && sweep::point_state(dir, &settings)? != PointState::New
+    {
+        println!("{} holds an interrupted bench of these pipelines: continuing it", dir.display());
+        return Ok(dir.to_path_buf());
+    }
+    let dir = report::create_run_dir(out, "bench")?;
+    sweep::write_settings(&dir, &settings)?;
+    Ok(dir)
+}
+
+/// One bench run: `plflow run` in its own process, so that its peak RSS is its own.
+fn bench_run(
+    exe: &Path,
+    pipeline: &Path,
+    run_dir: &Path,
+    max_memory: Option<f64>,
+    sets: &[String],
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run").arg(pipeline).arg("--no-progress").arg("--out").arg(run_dir);
+    if let Some(bytes) = max_memory {
+        cmd.arg("--max-memory").arg(format!("{bytes}"));
+    }
+    for set in sets {
+        cmd.arg("--set").arg(set);
+    }
+    cmd.arg("--set").arg(format!("seed={seed}"));
+    let status = cmd.status().with_context(|| format!("cannot start {}", exe.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "the run of {} failed ({status}); see above. Rerun the same command to continue the bench",
+        pipeline.display()
+    );
     Ok(())
 }
 

@@ -244,18 +244,7 @@ fn one_two_and_three_threads_give_the_same_bytes() {
         let out = plflow(&root(), &args, &env);
         assert!(out.status.success(), "{pipeline} on {threads} threads: {}", text(&out).1);
         let model = std::fs::read(out_dir.join("model.safetensors")).expect("model");
-        let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("metrics.jsonl"))
-            .expect("metrics")
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
-                let map = v.as_object_mut().expect("object");
-                map.retain(|k, _| {
-                    !["seconds", "per_second", "peak", "time_shares"].iter().any(|t| k.contains(t))
-                });
-                v
-            })
-            .collect();
+        let metrics = common::metrics_of(&out_dir);
         (model, metrics)
     };
     let small = ["train.epochs=2", "data.limit=300"];

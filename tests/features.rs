@@ -86,24 +86,8 @@ fn cifar10_from_images_to_a_summary_then_reused_features() {
 #[test]
 fn extract_stage_runs_a_model_over_an_image_folder_and_caches_its_features() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (split, n) in [("train", 40), ("test", 10)] {
-        for (class, rgb) in [("blue", [20u8, 40, 220]), ("red", [220u8, 30, 20])] {
-            let folder = dir.path().join("imgs").join(split).join(class);
-            std::fs::create_dir_all(&folder).expect("mkdir");
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(6, 6, |x, y| {
-                    let j = ((x + y + i) % 7) as u8;
-                    image::Rgb([rgb[0] + j, rgb[1] + j, rgb[2] - j])
-                });
-                img.save(folder.join(format!("{i:03}.png"))).expect("png");
-            }
-        }
-    }
-    let model = root().join("extract/tests/data/tiny.onnx");
-    let yaml = format!(
-        "name: tiny\nstages:\n  data:\n    kind: image_folder\n    path: imgs\n    size: [6, 6]\n  features:\n    kind: extract\n    input: data\n    model: {}\n    dim: 2\n    size: 8\n    batch: 4\n    chunk: 16\n  scaled:\n    kind: standardize\n    input: features\n  net:\n    kind: mlp\n    input: scaled\n    hidden: [8]\n  train:\n    kind: pl\n    input: net\n    epochs: 3\n    batch_size: 16\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n",
-        model.display()
-    );
+    common::colour_images(&dir.path().join("imgs"), 40, 10);
+    let yaml = common::tiny_extract_pipeline("imgs", 3);
     std::fs::write(dir.path().join("p.yaml"), yaml).expect("write");
     let cache = dir.path().join("cache");
     let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];

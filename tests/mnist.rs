@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{plflow, root, text};
+use common::{metrics_of, partials_under, plflow, root, summary_of, text};
 use std::path::{Path, PathBuf};
 
 /// The environment of a run on the real data: the data folder and, if set, the cache.
@@ -232,37 +232,9 @@ fn a_run_killed_in_epoch_3_resumes_to_the_same_files() {
         let (a, b) = (std::fs::read(whole.join(file)), std::fs::read(cut.join(file)));
         assert!(a.expect(file) == b.expect(file), "{file} differs");
     }
-    let timings = ["seconds", "per_second", "peak", "wall", "time_shares", "run_dir"];
-    // Timings hide at any depth (the summary's `trainers` sections carry their own).
-    fn strip_keys(v: serde_json::Value, timings: &[&str]) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(map) => map
-                .into_iter()
-                .filter(|(k, _)| !timings.iter().any(|t| k.contains(t)))
-                .map(|(k, v)| (k, strip_keys(v, timings)))
-                .collect(),
-            serde_json::Value::Array(items) => items.into_iter().map(|v| strip_keys(v, timings)).collect(),
-            other => other,
-        }
-    }
-    let strip = |v: serde_json::Value| strip_keys(v, &timings);
-    let metrics_of = |run: &Path| -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
-        text.lines().map(|l| strip(serde_json::from_str(l).expect("JSON line"))).collect()
-    };
     assert_eq!(metrics_of(&whole).len(), 4);
     assert_eq!(metrics_of(&whole), metrics_of(&cut));
-    let summary_of = |run: &Path| {
-        strip(
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("s"))
-                .expect("JSON"),
-        )
-    };
     assert_eq!(summary_of(&whole), summary_of(&cut));
-    let leftovers: Vec<_> = std::fs::read_dir(&cut)
-        .expect("list")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
-        .collect();
+    let leftovers = partials_under(&cut);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -12,7 +12,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(idx cifar arrow_ipc parquet image_archive image_decode)
+  targets=(idx cifar arrow_ipc parquet image_archive image_decode pipeline model)
 fi
 cargo run --quiet --example seeds -- corpus
 cargo +nightly fuzz build -O

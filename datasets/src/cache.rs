@@ -3,9 +3,12 @@
 //! User data folders may be read-only (they are in CI) and are never written to. The cache
 //! lives in `PLFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/plflow`, else `~/.cache/plflow`. Entries
 //! are keyed by the source file's path, size and modification time, and are written to a
-//! temporary file and renamed, so an interrupted run never leaves a half-written entry.
+//! temporary file and renamed, so an interrupted run never leaves a half-written entry. One
+//! process writes an entry at a time ([`EntryLock`]); the others wait and use its copy.
 
 use crate::DatasetError;
+use crate::format::partial_path;
+use crate::lock::EntryLock;
 use flate2::read::MultiGzDecoder;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
@@ -53,12 +56,15 @@ impl Cache {
         let meta = file.metadata().map_err(DatasetError::io(path, "cannot stat"))?;
         let isize = gzip_isize(path, meta.len())?;
         let target = self.dir.join(self.entry_name(path, &meta));
-        if let Ok(m) = std::fs::metadata(&target)
-            && m.len() as u32 == isize
-        {
+        let done = || std::fs::metadata(&target).is_ok_and(|m| m.len() as u32 == isize);
+        if done() {
             return Ok(target);
         }
-        self.decompress(path, &target)?;
+        let lock = EntryLock::acquire(&target)?;
+        if !done() {
+            lock.remove_stale(&target)?;
+            self.decompress(path, &target)?;
+        }
         Ok(target)
     }
 
@@ -82,7 +88,7 @@ impl Cache {
     fn decompress(&self, src: &Path, target: &Path) -> Result<(), DatasetError> {
         std::fs::create_dir_all(&self.dir)
             .map_err(DatasetError::io(&self.dir, "cannot create the cache directory"))?;
-        let tmp = target.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = partial_path(target);
         let result = (|| {
             let input = std::fs::File::open(src).map_err(DatasetError::io(src, "cannot open"))?;
             let mut out = std::fs::File::create(&tmp).map_err(DatasetError::io(&tmp, "cannot create"))?;
@@ -177,7 +183,11 @@ mod tests {
         let cache = Cache::new(dir.path().join("cache"));
         let err = cache.plain_file(&p).expect_err("corrupt");
         assert!(err.to_string().contains("x.idx.gz") && err.to_string().contains("corrupt"), "{err}");
-        let left: Vec<_> = std::fs::read_dir(cache.dir()).expect("dir").collect();
+        let left: Vec<_> = std::fs::read_dir(cache.dir())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".lock"))
+            .collect();
         assert!(left.is_empty(), "partial files left behind: {left:?}");
     }
 }

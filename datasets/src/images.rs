@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::format::TableFormat;
 use crate::format::{Columns, META_FINGERPRINT};
 use crate::location::DataPath;
+use crate::lock::EntryLock;
 use crate::sink::{Element, TableSchema, TableWriter};
 use crate::table::TableFile;
 use crate::{Dataset, DatasetError, Source};
@@ -133,8 +134,14 @@ pub fn open(
     let stem = cache.dir().join(format!("images-{key:016x}"));
     let (train_path, test_path) = (stem.with_extension("train.arrow"), stem.with_extension("test.arrow"));
     let mut decoded = 0;
-    if !(train_path.is_file() && test_path.is_file()) {
-        decoded = decode_all(&container, opts, key, &train_path, &test_path)?;
+    let done = || train_path.is_file() && test_path.is_file();
+    if !done() {
+        let lock = EntryLock::acquire(&stem)?;
+        if !done() {
+            lock.remove_stale(&train_path)?;
+            lock.remove_stale(&test_path)?;
+            decoded = decode_all(&container, opts, key, &train_path, &test_path)?;
+        }
     }
     let columns = Columns::default();
     let mut train = TableFile::open(&train_path, &columns)?;

@@ -18,7 +18,8 @@
 //! - [`subset`], [`transform`]: `limit`, standardisation and flattening.
 //! - [`fetch`]: downloads with SHA-256 checks; [`inspect`]: what a dataset file holds
 //!   (also a table's shape and classes from its footer, to check a pipeline).
-//! - [`cache`], [`location`]: where decoded data lives and where datasets are found.
+//! - [`cache`], [`location`]: where decoded data lives and where datasets are found;
+//!   [`lock`]: one writer per cache entry across processes.
 //! - [`order`]: seeded per-epoch shuffling.
 
 pub mod cache;
@@ -32,6 +33,7 @@ pub mod inputs;
 pub mod inspect;
 pub mod join;
 pub mod location;
+pub mod lock;
 pub mod mapped;
 pub mod mnist;
 pub mod order;

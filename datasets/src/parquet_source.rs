@@ -7,6 +7,7 @@
 use crate::DatasetError;
 use crate::cache::Cache;
 use crate::format::{Columns, partial_path};
+use crate::lock::EntryLock;
 use crate::table::TableFile;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::fs::File;
@@ -17,7 +18,11 @@ use std::path::{Path, PathBuf};
 pub fn open(path: &Path, columns: &Columns, cache: &Cache) -> Result<TableFile, DatasetError> {
     let copy = cache.keyed_path(path, "parquet", "arrow")?;
     if !copy.is_file() {
-        convert(path, &copy)?;
+        let lock = EntryLock::acquire(&copy)?;
+        if !copy.is_file() {
+            lock.remove_stale(&copy)?;
+            convert(path, &copy)?;
+        }
     }
     TableFile::open(&copy, columns).map_err(|e| match e {
         DatasetError::Format { problem, .. } => DatasetError::format(path, problem),

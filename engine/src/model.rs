@@ -14,6 +14,7 @@ use crate::error::EngineError;
 use crate::graph::{Node, Op};
 use crate::plan::Plan;
 use petgraph::graph::NodeIndex;
+use plflow_datasets::format::partial_path;
 use plflow_datasets::transform::Stats;
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
@@ -365,13 +366,6 @@ impl ModelFiles {
     }
 }
 
-/// The temporary sibling of `path` that a write goes to first.
-fn partial(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// Remove the temporary files that a killed process left in run folder `dir` (their names
 /// end in `.partial-<pid>`); the files they were replacing are intact.
 pub fn remove_partials(dir: &Path) -> Result<(), EngineError> {
@@ -413,7 +407,7 @@ fn readable(_: &Path) -> std::io::Result<()> {
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> Result<(), EngineError> {
-    let tmp = partial(to);
+    let tmp = partial_path(to);
     let result = std::fs::copy(from, &tmp).map(|_| ());
     commit(&tmp, to, result)
 }
@@ -472,7 +466,7 @@ pub(crate) fn write_tensors(
     tensors: Vec<(String, Tensor<'_>)>,
     metadata: HashMap<String, String>,
 ) -> Result<(), EngineError> {
-    let tmp = partial(path);
+    let tmp = partial_path(path);
     let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
         .map_err(|e| std::io::Error::other(e.to_string()));
     commit(&tmp, path, result)

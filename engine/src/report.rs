@@ -43,7 +43,7 @@ pub fn mb(bytes: usize) -> f64 {
 
 /// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = plflow_datasets::format::partial_path(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -61,6 +61,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
 pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, EngineError> {
     let dir = match out {
         Some(dir) => {
+            // What a run killed before it wrote anything complete left is not a run.
+            if dir.is_dir() {
+                crate::model::remove_partials(dir)?;
+            }
             if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
                 return Err(EngineError::Io {
                     path: dir.to_path_buf(),

@@ -27,7 +27,7 @@ use plflow_ops::network::{Layer, Network, StepStats, argmax};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// How to run a plan.
@@ -74,7 +74,20 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         )
         .into());
     }
-    let (dir, pipeline_text) = match (&opts.out, opts.resume) {
+    // Running the same command again continues a run that was interrupted (killed, out of
+    // power) in the same folder, from its checkpoints.
+    let continues = match &opts.out {
+        Some(dir) if !opts.resume => interrupted_run(plan, dir)?,
+        _ => false,
+    };
+    if continues {
+        println!(
+            "{} holds an interrupted run of this pipeline: continuing it",
+            opts.out.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
+    let resume = opts.resume || continues;
+    let (dir, pipeline_text) = match (&opts.out, resume) {
         (Some(dir), true) => {
             // The text as first written: it is inside every model file, which must not change.
             let file = dir.join(RESOLVED_PIPELINE);
@@ -174,7 +187,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 ledger::reset_peak();
                 let mut files =
                     ModelFiles::new(plan, i, &dir, &pipeline_text, &measured, &hashes, &data.class_names);
-                let checkpoint = if opts.resume { files.read_state()? } else { None };
+                let checkpoint = if resume { files.read_state()? } else { None };
                 let network = match (&checkpoint, init_from) {
                     (Some(c), _) => {
                         drop(network); // replaced, not kept beside its successor
@@ -217,7 +230,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
     };
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(|e| EngineError::io(&dir, "cannot encode the summary")(e.into()))?;
-    report::write_atomic(&dir.join("summary.json"), &json)?;
+    report::write_atomic(&dir.join(SUMMARY), &json)?;
     Ok(RunOutcome { dir, summary })
 }
 
@@ -257,6 +270,16 @@ fn trainer_summary(plan: &Plan, i: NodeIndex, t: &Trained) -> TrainerSummary {
 pub const RESOLVED_PIPELINE: &str = "pipeline.yaml";
 const RESOLVED_HEADER: (&str, &str) =
     ("# ", " as run by plflow: overrides applied, every default filled in\n");
+
+/// Whether `dir` holds an unfinished run of exactly `plan` (the same resolved pipeline, no
+/// summary yet), which the same command continues instead of refusing the folder.
+fn interrupted_run(plan: &Plan, dir: &Path) -> Result<bool, EngineError> {
+    let Ok(text) = std::fs::read_to_string(dir.join(RESOLVED_PIPELINE)) else { return Ok(false) };
+    Ok(!dir.join(SUMMARY).exists() && text == resolved_pipeline(plan, dir)?)
+}
+
+/// The run's figures, written last: a folder with it holds a finished run.
+pub const SUMMARY: &str = "summary.json";
 
 /// The pipeline as run: a header naming the file, then the spec with overrides applied and
 /// every default filled in.

@@ -108,7 +108,7 @@ pub fn point_state(dir: &Path, settings: &PointSettings) -> Result<PointState, E
     })?;
     if &found != settings {
         let message = format!(
-            "holds the point {:?} with {:?}, not {:?} with {:?}: this folder is another sweep's (choose a new --out)",
+            "holds the point {:?} with {:?}, not {:?} with {:?}: this folder holds another sweep's or bench's work (choose a new --out)",
             found.grid, found.sets, settings.grid, settings.sets
         );
         return Err(EngineError::io(&file, "a different sweep")(std::io::Error::other(message)));

@@ -10,12 +10,14 @@
 //! - Cached: the file's metadata records a fingerprint of the model bytes, the output name, the
 //!   preprocessing and the input data (every pixel and label); when it matches, the files are
 //!   reused without loading the model.
+//! - Locked: one process extracts a target at a time; another waits, then reuses the files.
 
 use crate::backbone::Backbone;
 use crate::preprocess::Preprocess;
 use plflow_datasets::format::TableFormat;
 use plflow_datasets::format::{Columns, META_FINGERPRINT};
 use plflow_datasets::inspect::read_metadata;
+use plflow_datasets::lock::EntryLock;
 use plflow_datasets::sink::{Element, TableSchema, TableWriter};
 use plflow_datasets::stream::BatchStream;
 use plflow_datasets::table::TableFile;
@@ -161,6 +163,15 @@ impl ExtractJob {
         };
         if current(&train_path) && current(&test_path) {
             return Ok(report(true, 0));
+        }
+        // One extraction of these files at a time: a second run waits, then reuses them.
+        let lock = EntryLock::acquire(&train_path)?;
+        if current(&train_path) && current(&test_path) {
+            return Ok(report(true, 0));
+        }
+        for path in [&train_path, &test_path] {
+            lock.remove_stale(path)?;
+            plflow_datasets::lock::remove_partials(&parts_dir(path))?;
         }
         let shape = data.train.example_shape().to_vec();
         let [channels, h, w] = shape[..] else {

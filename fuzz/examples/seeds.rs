@@ -3,6 +3,7 @@
 //!
 //!     cargo run --example seeds -- fuzz/corpus
 
+
 use plflow_datasets::format::{Columns, TableFormat};
 use plflow_datasets::sink::{Element, TableSchema, TableWriter};
 use std::io::Write;
@@ -79,6 +80,73 @@ fn archive() -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
+/// Every shipped pipeline, alone and with a few `--set` overrides after a NUL byte.
+fn pipelines(out: &Path) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+    let mut files: Vec<_> = std::fs::read_dir(&shipped).expect("pipelines folder").flatten().map(|e| e.path()).collect();
+    files.sort();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        let name = file.file_stem().expect("name").to_string_lossy().into_owned();
+        let yaml = std::fs::read(file).expect("pipeline");
+        write(out, "pipeline", &name, &yaml);
+        let sets = b"train.epochs=2\nnet.hidden=[16, 8]\nseed=7";
+        write(out, "pipeline", &format!("{name}-set"), &[yaml.as_slice(), &[0], sets].concat());
+    }
+}
+
+/// The model and checkpoint files of tiny runs (PL and Adam) on a feature table.
+fn models(out: &Path, scratch: &Path) {
+    use plflow_engine::plan::{Limits, Plan};
+    use plflow_engine::run::{RunOptions, run};
+    let schema = TableSchema {
+        shape: vec![6],
+        element: Element::F32,
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        metadata: Default::default(),
+        columns: Columns::default(),
+    };
+    for split in ["train", "test"] {
+        let path = scratch.join(format!("{split}.arrow"));
+        let mut w = TableWriter::create(&path, TableFormat::ArrowIpc, &schema).expect("writer");
+        let x: Vec<f32> = (0..12 * 6).map(|i| ((i * 7) % 11) as f32 * 0.3).collect();
+        let y: Vec<u32> = (0..12).map(|i| i % 3).collect();
+        w.write_f32(&x, &y).expect("rows");
+        w.finish().expect("finish");
+    }
+    for rule in ["pl", "adam"] {
+        let yaml = format!(
+            "name: seed\nseed: 1\nstages:\n  data: {{kind: table, train: {}, test: {}, \
+             features: features, label: label}}\n  scaled: {{kind: standardize, input: data}}\n  \
+             net: {{kind: mlp, input: scaled, hidden: [5]}}\n  train: {{kind: {rule}, input: net, \
+             epochs: 2, batch_size: 4}}\n  eval: {{kind: evaluate, input: train, split: test}}\n",
+            scratch.join("train.arrow").display(),
+            scratch.join("test.arrow").display(),
+        );
+        let file = scratch.join(format!("{rule}.yaml"));
+        std::fs::write(&file, yaml).expect("pipeline");
+        let plan = Plan::load_within(&file, &[], &Limits::max_memory(1e9)).expect("seed pipeline");
+        let run_dir = scratch.join(format!("run-{rule}"));
+        let cache = plflow_datasets::cache::Cache::new(scratch.join("cache"));
+        let opts = RunOptions { out: Some(run_dir.clone()), progress: false, cache, resume: false };
+        run(&plan, &opts).expect("seed run");
+        let mut found: Vec<_> = walk(&run_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+        found.sort();
+        for p in found {
+            let name = p.strip_prefix(&run_dir).expect("inside").to_string_lossy().replace('/', "-");
+            write(out, "model", &format!("{rule}-{name}"), &std::fs::read(&p).expect("model"));
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).expect("run folder").flatten() {
+        let p = e.path();
+        if p.is_dir() { all.extend(walk(&p)) } else { all.push(p) }
+    }
+    all
+}
+
 fn main() {
     let out = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let out = Path::new(&out);
@@ -103,6 +171,8 @@ fn main() {
     write(out, "image_archive", "tar-gz", &[[1u8].as_slice(), &gzip(&tar)].concat());
     write(out, "image_decode", "png", &png(1));
     write(out, "image_decode", "jpeg", &jpeg(2));
+    pipelines(out);
+    models(out, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     println!("seed corpora written under {}", out.display());
 }

@@ -50,3 +50,36 @@ pub fn open_images(name: &str, data: &[u8]) {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pipeline and its `--set` overrides: the bytes before the first NUL are the YAML file,
+/// each line after it one `--set` string. The pipeline is parsed and checked against a
+/// memory limit (as `plflow check --max-memory 1G` would), then described and drawn.
+pub fn check_pipeline(data: &[u8]) {
+    use plflow_engine::plan::{Limits, Plan};
+    let (yaml, sets) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let sets: Vec<String> = String::from_utf8_lossy(sets).lines().map(str::to_owned).collect();
+    let (dir, _) = scratch();
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).expect("write input");
+    if let Ok(plan) = Plan::load_within(&path, &sets, &Limits::max_memory(1e9)) {
+        let _ = plan.describe();
+        let _ = plan.graph.dot(&plan.spec.name);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A model or checkpoint file (`model.safetensors`, `state.safetensors`): loaded as
+/// `plflow predict` loads it, read as a checkpoint of stage `train`, and exported to ONNX
+/// as `plflow export` would (without a backbone).
+pub fn load_model(data: &[u8]) {
+    let (dir, _) = scratch();
+    let path = dir.join("model.safetensors");
+    std::fs::write(&path, data).expect("write input");
+    let _ = plflow_engine::predict::Predictor::load(&path);
+    let _ = plflow_engine::checkpoint::Checkpoint::read(&path, "train");
+    let _ = plflow_engine::export::export(&path, &dir.join("model.onnx"), false);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -65,3 +65,76 @@ pub fn synthetic_mnist(dir: &Path, train: usize, test: usize) {
         write_idx(&dir.join(labels), &[n as u32], &ys);
     }
 }
+
+/// Write an image folder `dir/{train,test}/{blue,red}/NNN.png` of 6x6 images, `train` and
+/// `test` per class: two colours with a little texture, learnable from the tiny model's
+/// two features.
+pub fn colour_images(dir: &Path, train: u32, test: u32) {
+    for (split, n) in [("train", train), ("test", test)] {
+        for (class, rgb) in [("blue", [20u8, 40, 220]), ("red", [220u8, 30, 20])] {
+            let folder = dir.join(split).join(class);
+            std::fs::create_dir_all(&folder).expect("mkdir");
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(6, 6, |x, y| {
+                    let j = ((x + y + i) % 7) as u8;
+                    image::Rgb([rgb[0] + j, rgb[1] + j, rgb[2] - j])
+                });
+                img.save(folder.join(format!("{i:03}.png"))).expect("png");
+            }
+        }
+    }
+}
+
+/// A pipeline over the image folder `images` (relative to `PLFLOW_DATA_DIR`): the tiny
+/// ONNX model of `extract/tests` as backbone, then a PL-trained MLP for `epochs` epochs.
+pub fn tiny_extract_pipeline(images: &str, epochs: usize) -> String {
+    let model = root().join("extract/tests/data/tiny.onnx");
+    format!(
+        "name: tiny\nstages:\n  data:\n    kind: image_folder\n    path: {images}\n    size: [6, 6]\n  features:\n    kind: extract\n    input: data\n    model: {}\n    dim: 2\n    size: 8\n    batch: 4\n    chunk: 16\n  scaled:\n    kind: standardize\n    input: features\n  net:\n    kind: mlp\n    input: scaled\n    hidden: [8]\n  train:\n    kind: pl\n    input: net\n    epochs: {epochs}\n    batch_size: 16\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n",
+        model.display()
+    )
+}
+
+/// Keys of run reports that measure time or memory, which differ between equal runs.
+const MEASURED: [&str; 6] = ["seconds", "per_second", "peak", "wall", "time_shares", "run_dir"];
+
+/// `v` without its timings and memory figures, at any depth (the summary's `trainers`
+/// sections carry their own): what two runs of the same pipeline and seed must agree on.
+pub fn without_timings(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(k, _)| !MEASURED.iter().any(|t| k.contains(t)))
+            .map(|(k, v)| (k, without_timings(v)))
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(without_timings).collect(),
+        other => other,
+    }
+}
+
+/// The run folder's `metrics.jsonl` records, timings removed.
+pub fn metrics_of(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines().map(|l| without_timings(serde_json::from_str(l).expect("JSON line"))).collect()
+}
+
+/// The run folder's `summary.json`, timings removed.
+pub fn summary_of(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    without_timings(serde_json::from_str(&text).expect("JSON"))
+}
+
+/// Every `*.partial-<pid>` file or folder under `dir`: what a killed writer left behind.
+pub fn partials_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(listing) = std::fs::read_dir(dir) else { return found };
+    for item in listing.flatten() {
+        let path = item.path();
+        if item.file_name().to_string_lossy().contains(".partial-") {
+            found.push(path);
+        } else if path.is_dir() {
+            found.extend(partials_under(&path));
+        }
+    }
+    found
+}
