@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 /// Start `plflow args` in `cwd` in a process group of its own, so that a kill also reaches
 /// the `plflow run` processes a bench starts.
-fn spawn(cwd: &Path, args: &[String], env: &[(&str, &Path)], output: Stdio) -> Child {
+fn spawn(cwd: &Path, args: &[String], env: &[(&str, &Path)], stdout: Stdio, stderr: Stdio) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plflow"));
     cmd.current_dir(cwd).args(args).env_remove("PLFLOW_DATA_DIR").process_group(0);
-    cmd.stdout(output).stderr(Stdio::piped());
+    cmd.stdout(stdout).stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -37,20 +37,23 @@ fn kill_group(child: &mut Child) {
     child.wait().expect("reaped");
 }
 
-/// The instants, within `span`, at which each trial kills: `PLFLOW_KILL_POINTS` of them,
-/// uniform, from a fixed seed (`PLFLOW_KILL_SEED`) so that a failure can be replayed.
+/// The instants, within `span`, at which each trial kills: `PLFLOW_KILL_POINTS` of them, one
+/// at a random place in each of as many equal slices of `span` (so that every part of the
+/// run is hit), from a fixed seed (`PLFLOW_KILL_SEED`) so that a failure can be replayed.
 fn kill_instants(span: Duration) -> Vec<Duration> {
     let var =
         |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let mut state = var("PLFLOW_KILL_SEED", 14).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..var("PLFLOW_KILL_POINTS", 3))
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            span.mul_f64((state >> 11) as f64 / (1u64 << 53) as f64)
-        })
-        .collect()
+    // SplitMix64: well mixed from the first draw, whatever the seed.
+    let mut state = var("PLFLOW_KILL_SEED", 14);
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let n = var("PLFLOW_KILL_POINTS", 3).max(1);
+    (0..n).map(|k| span.mul_f64((k as f64 + uniform()) / n as f64)).collect()
 }
 
 /// Run `args` to the end and return how long it took.
@@ -65,23 +68,46 @@ fn timed(cwd: &Path, args: &[String], env: &[(&str, &Path)]) -> Duration {
 }
 
 /// Start `args`, kill its process group after `at`, then run the same command again to the
-/// end. Returns false when the first process finished before `at` (`done` exists), in which
-/// case there was nothing to continue.
-fn killed_then_rerun(cwd: &Path, args: &[String], env: &[(&str, &Path)], at: Duration, done: &Path) -> bool {
-    let mut child = spawn(cwd, args, env, Stdio::null());
+/// end. Returns the last line the killed process printed (what it was doing), or None when
+/// it finished before `at` (`done` exists) and there was nothing to continue.
+fn killed_then_rerun(
+    cwd: &Path,
+    args: &[String],
+    env: &[(&str, &Path)],
+    at: Duration,
+    done: &Path,
+) -> Option<String> {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let stdout = Stdio::from(log.reopen().expect("log file"));
+    let mut child = spawn(cwd, args, env, stdout, Stdio::null());
     let deadline = Instant::now() + at;
     while Instant::now() < deadline && child.try_wait().expect("wait").is_none() {
         std::thread::sleep(Duration::from_millis(5));
     }
     kill_group(&mut child);
     if done.exists() {
-        return false;
+        return None;
     }
+    let printed = std::fs::read_to_string(log.path()).expect("log");
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = plflow(cwd, &argv, env);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "the rerun after a kill at {at:?} failed:\n{stdout}\n{stderr}");
-    true
+    Some(printed.lines().last().unwrap_or("(nothing printed)").to_owned())
+}
+
+/// How many kills came after each kind of last printed line (its first word), for the
+/// test's output: where in the run the kills landed.
+fn tally(lines: &[String]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        let word = line.split_whitespace().next().unwrap_or("").to_owned();
+        match counts.iter_mut().find(|(w, _)| *w == word) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((word, 1)),
+        }
+    }
+    counts.iter().map(|(w, n)| format!("{n} after `{w}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Every file under `dir` (paths relative to it) with its bytes, lock files aside (they
@@ -127,6 +153,35 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
+/// Run the pipeline command `args(out)` in `cwd` to the end once, then again for every kill
+/// instant: cache emptied, killed, started again with the same command. Each must end with
+/// the first run's model, metrics, summary and cache files. Returns the kills that came
+/// before the end, tallied by the last line they printed.
+fn kill_trials(
+    cwd: &Path,
+    args: impl Fn(&Path) -> Vec<String>,
+    env: &[(&str, &Path)],
+    cache: &Path,
+) -> String {
+    let run0 = cwd.join("run0");
+    let span = timed(cwd, &args(&run0), env);
+    let reference = files_of(cache);
+    let mut killed = Vec::new();
+    for (k, at) in kill_instants(span).into_iter().enumerate() {
+        // Cache file names hash their source's path: every trial uses the same cache folder.
+        std::fs::remove_dir_all(cache).expect("remove the cache");
+        let run = cwd.join(format!("run{}", k + 1));
+        killed.extend(killed_then_rerun(cwd, &args(&run), env, at, &run.join("summary.json")));
+        let what = format!("killed at {at:?} of {span:?}");
+        assert_same_run(&run0, &run, &what);
+        let got = files_of(cache);
+        let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&reference), names(&got), "{what}: cache files differ");
+        assert!(reference == got, "{what}: cache file contents differ");
+    }
+    format!("{} kills before the end ({}), all continued to the same files", killed.len(), tally(&killed))
+}
+
 /// Decoding an image folder, extracting features with an ONNX model (into Parquet, then an
 /// IPC cache copy), standardising and training with a checkpoint per epoch: killed anywhere,
 /// the same command again gives the same cache files, model, metrics and summary.
@@ -135,29 +190,49 @@ fn an_image_run_killed_anywhere_ends_with_the_same_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::colour_images(&dir.path().join("imgs"), 1500, 200);
     std::fs::write(dir.path().join("p.yaml"), common::tiny_extract_pipeline("imgs", 8)).expect("write");
-    // Cache file names hash their source's path: every trial uses the same cache folder.
     let cache = dir.path().join("cache");
     let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
     let args = |out: &Path| {
         let out = out.to_str().expect("utf-8");
         strings(&["run", "p.yaml", "--no-progress", "--set", "net.hidden=[512]", "--out", out])
     };
-    let run0 = dir.path().join("run0");
-    let span = timed(dir.path(), &args(&run0), &env);
-    let reference = files_of(&cache);
-    let mut continued = 0;
-    for (k, at) in kill_instants(span).into_iter().enumerate() {
-        std::fs::remove_dir_all(&cache).expect("remove the cache");
-        let run = dir.path().join(format!("run{}", k + 1));
-        continued += killed_then_rerun(dir.path(), &args(&run), &env, at, &run.join("summary.json")) as usize;
-        let what = format!("killed at {at:?} of {span:?}");
-        assert_same_run(&run0, &run, &what);
-        let got = files_of(&cache);
-        let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&reference), names(&got), "{what}: cache files differ");
-        assert!(reference == got, "{what}: cache file contents differ");
+    println!("{}", kill_trials(dir.path(), args, &env, &cache));
+}
+
+/// A Parquet feature table converted to its IPC cache copy, then trained on: killed
+/// anywhere (most often inside the conversion), the same command again gives the same files.
+#[test]
+fn a_parquet_run_killed_anywhere_ends_with_the_same_files() {
+    use plflow_engine::datasets::format::{Columns, TableFormat};
+    use plflow_engine::datasets::sink::{Element, TableSchema, TableWriter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dim = 64;
+    let schema = TableSchema {
+        shape: vec![dim],
+        element: Element::F32,
+        class_names: vec!["low".into(), "high".into()],
+        metadata: Default::default(),
+        columns: Columns::default(),
+    };
+    for (file, n) in [("train.parquet", 120_000), ("test.parquet", 5_000)] {
+        let path = dir.path().join(file);
+        let mut w = TableWriter::create(&path, TableFormat::Parquet, &schema).expect("create");
+        for chunk in 0..n / 1000 {
+            let y: Vec<u32> = (0..1000).map(|i| ((i * 7 + chunk) % 2) as u32).collect();
+            let x: Vec<f32> = (0..1000 * dim)
+                .map(|k| (k % 13) as f32 * 0.1 + y[k / dim] as f32 * ((k % dim) as f32 * 0.01))
+                .collect();
+            w.write_f32(&x, &y).expect("write");
+        }
+        w.finish().expect("finish");
     }
-    println!("{continued} kills before the end, all continued to the same files");
+    let yaml = "name: table\nstages:\n  data:\n    kind: table\n    train: train.parquet\n    test: test.parquet\n    limit: 5000\n  net:\n    kind: mlp\n    input: data\n    hidden: [16]\n  train:\n    kind: pl\n    input: net\n    epochs: 1\n    batch_size: 1024\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n";
+    std::fs::write(dir.path().join("t.yaml"), yaml).expect("write");
+    let cache = dir.path().join("cache");
+    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
+    let args =
+        |out: &Path| strings(&["run", "t.yaml", "--no-progress", "--out", out.to_str().expect("utf-8")]);
+    println!("{}", kill_trials(dir.path(), args, &env, &cache));
 }
 
 /// A bench of two pipelines (each run a child process) killed anywhere, then started again
@@ -188,9 +263,10 @@ fn a_bench_killed_anywhere_continues_to_the_same_models() {
     for run in runs {
         assert!(bench0.join(run).join("summary.json").is_file(), "{run} missing from {}", bench0.display());
     }
+    let mut killed = Vec::new();
     for (k, at) in kill_instants(span).into_iter().enumerate() {
         let bench = dir.path().join(format!("bench{}", k + 1));
-        killed_then_rerun(&root(), &args(&bench), &env, at, &bench.join("bench.md"));
+        killed.extend(killed_then_rerun(&root(), &args(&bench), &env, at, &bench.join("bench.md")));
         for run in runs {
             assert_same_run(
                 &bench0.join(run),
@@ -200,6 +276,7 @@ fn a_bench_killed_anywhere_continues_to_the_same_models() {
         }
         assert!(bench.join("bench.md").is_file() && partials_under(&bench).is_empty());
     }
+    println!("{} kills before the end ({}), all continued to the same models", killed.len(), tally(&killed));
 }
 
 /// Two runs started together on one uncached image folder: one decodes and extracts while
@@ -214,12 +291,8 @@ fn two_runs_started_together_decode_and_extract_once() {
     let children: Vec<Child> = ["a", "b"]
         .iter()
         .map(|out| {
-            spawn(
-                dir.path(),
-                &strings(&["run", "p.yaml", "--no-progress", "--out", out]),
-                &env,
-                Stdio::piped(),
-            )
+            let args = strings(&["run", "p.yaml", "--no-progress", "--out", out]);
+            spawn(dir.path(), &args, &env, Stdio::piped(), Stdio::piped())
         })
         .collect();
     let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
@@ -241,4 +314,118 @@ fn two_runs_started_together_decode_and_extract_once() {
     );
     assert_eq!(metrics_of(&a), metrics_of(&b));
     assert!(partials_under(&cache).is_empty());
+}
+
+/// Run `plflow args` in `cwd` inside a mount namespace of its own where a tmpfs mounted with
+/// `options` (`size=64k`, `ro`...) covers `mount`. Returns its output and every path left on
+/// the tmpfs afterwards, or None when this machine cannot make such a namespace.
+fn with_small_mount(
+    cwd: &Path,
+    mount: &Path,
+    options: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Option<(std::process::Output, Vec<String>)> {
+    let probe = Command::new("unshare").args(["--user", "--map-root-user", "--mount", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `unshare --user --map-root-user --mount` is not available here");
+        return None;
+    }
+    std::fs::create_dir_all(mount).expect("mount point");
+    let script = r#"mount -t tmpfs -o "$1" tmpfs "$2" || exit 97; m="$2"; shift 2; "$@"; rc=$?; echo "=== left on the mount"; find "$m"; exit $rc"#;
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(cwd).args(["--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", options]);
+    cmd.arg(mount).arg(env!("CARGO_BIN_EXE_plflow")).args(args).env_remove("PLFLOW_DATA_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("unshare runs");
+    assert_ne!(out.status.code(), Some(97), "cannot mount a tmpfs: {}", text(&out).1);
+    let stdout = text(&out).0;
+    let left = stdout.split_once("=== left on the mount\n").expect("the script's listing").1;
+    let left = left.lines().filter(|l| Path::new(l) != mount).map(str::to_owned).collect();
+    Some((out, left))
+}
+
+/// Item 6 of issue 14: a full disk or a read-only folder, for the cache or the run folder,
+/// stops the run with an error naming the path and the cause, and leaves no partial file.
+#[test]
+fn full_and_read_only_folders_give_clear_errors_and_leave_no_partial_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::colour_images(&dir.path().join("imgs"), 1500, 200);
+    std::fs::write(dir.path().join("p.yaml"), common::tiny_extract_pipeline("imgs", 1)).expect("write");
+    synthetic_mnist(&dir.path().join("mnist"), 300, 100);
+    let mount = dir.path().join("small");
+    let mnist = root().join("pipelines/mnist.yaml");
+    let mnist = mnist.to_str().expect("utf-8");
+    let images = ["run", "p.yaml", "--no-progress"];
+    let model = ["run", mnist, "--no-progress", "--set", "data.limit=300", "--set", "train.epochs=1"];
+    /// One case: the command, whether the tmpfs holds the cache (else the run folder),
+    /// its mount options, the path the error must name (under the mount) and the cause.
+    struct Case<'a> {
+        what: &'a str,
+        args: &'a [&'a str],
+        cache_on_mount: bool,
+        options: &'a str,
+        names: &'a str,
+        cause: &'a str,
+    }
+    let cases = [
+        Case {
+            what: "decoding into a full cache",
+            args: &images,
+            cache_on_mount: true,
+            options: "size=128k",
+            names: "cache/images-",
+            cause: "the disk is full",
+        },
+        Case {
+            what: "a model into a full run folder",
+            args: &model,
+            cache_on_mount: false,
+            options: "size=256k",
+            names: "run/model.safetensors",
+            cause: "the disk is full",
+        },
+        Case {
+            what: "a read-only run folder",
+            args: &model,
+            cache_on_mount: false,
+            options: "ro",
+            names: "run",
+            cause: "read-only",
+        },
+        Case {
+            what: "a read-only cache",
+            args: &images,
+            cache_on_mount: true,
+            options: "ro",
+            names: "cache",
+            cause: "read-only",
+        },
+    ];
+    for (k, case) in cases.iter().enumerate() {
+        let Case { what, cause, .. } = case;
+        let cache = if case.cache_on_mount { mount.join("cache") } else { dir.path().join("cache") };
+        let run = if case.cache_on_mount { dir.path().join(format!("run{k}")) } else { mount.join("run") };
+        let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
+        let mut argv = case.args.to_vec();
+        argv.extend(["--out", run.to_str().expect("utf-8")]);
+        let Some((output, left)) = with_small_mount(dir.path(), &mount, case.options, &argv, &env) else {
+            return;
+        };
+        let named = mount.join(case.names).display().to_string();
+        let (stdout, stderr) = text(&output);
+        assert!(!output.status.success(), "{what}: the run succeeded\n{stdout}");
+        assert!(
+            stderr.contains(&named) && stderr.contains(cause),
+            "{what}: no {named} and {cause} in\n{stderr}"
+        );
+        let partial: Vec<_> = left.iter().filter(|f| f.contains(".partial-")).collect();
+        assert!(partial.is_empty(), "{what}: partial files left: {partial:?}");
+        println!(
+            "{what}: {}",
+            stderr.lines().filter(|l| l.contains("caused by")).collect::<Vec<_>>().join(" / ")
+        );
+    }
 }

@@ -93,13 +93,21 @@ impl Cache {
             let input = std::fs::File::open(src).map_err(DatasetError::io(src, "cannot open"))?;
             let mut out = std::fs::File::create(&tmp).map_err(DatasetError::io(&tmp, "cannot create"))?;
             let mut decoder = MultiGzDecoder::new(std::io::BufReader::new(input));
-            std::io::copy(&mut decoder, &mut out).map_err(|e| {
-                DatasetError::format(
-                    src,
-                    format!("gzip data is corrupt or truncated ({e}); download the file again"),
-                )
-            })?;
-            out.flush().map_err(DatasetError::io(&tmp, "cannot write"))?;
+            // Read and write errors apart: a full disk is not a corrupt download.
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = decoder.read(&mut buf).map_err(|e| {
+                    DatasetError::format(
+                        src,
+                        format!("gzip data is corrupt or truncated ({e}); download the file again"),
+                    )
+                })?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(DatasetError::io(target, "cannot write"))?;
+            }
+            out.flush().map_err(DatasetError::io(target, "cannot write"))?;
             out.sync_all().map_err(DatasetError::io(&tmp, "cannot sync"))?;
             std::fs::rename(&tmp, target).map_err(DatasetError::io(target, "cannot move into place"))
         })();

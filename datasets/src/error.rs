@@ -17,7 +17,7 @@ pub enum DatasetError {
         hint: String,
     },
     /// The operating system refused an operation on a file.
-    #[error("{}: {action}", .path.display())]
+    #[error("{}: {action}{}", .path.display(), io_hint(.source))]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -43,6 +43,18 @@ pub enum DatasetError {
         /// What is wrong with its bytes, and where.
         problem: String,
     },
+}
+
+/// What to do about the operating system errors a user can fix, to follow the action.
+pub fn io_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            " (the disk is full: free space there or choose a folder on another disk)"
+        }
+        ErrorKind::ReadOnlyFilesystem => " (the file system is read-only: choose a writable folder)",
+        _ => "",
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {

@@ -96,23 +96,22 @@ impl TableWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(DatasetError::io(dir, "cannot create the folder"))?;
         }
-        let file = File::create(&partial).map_err(DatasetError::io(&partial, "cannot create"))?;
+        let file = File::create(&partial).map_err(DatasetError::io(path, "cannot create"))?;
         let arrow = Arc::new(schema.arrow());
-        let fail = |e: String| DatasetError::format(&partial, e);
+        let fail = |e: &(dyn std::error::Error + 'static)| {
+            let _ = std::fs::remove_file(&partial);
+            write_error(path, "cannot write", e)
+        };
         let inner = match format {
             TableFormat::ArrowIpc => Inner::Ipc(
-                arrow_ipc::writer::FileWriter::try_new(BufWriter::new(file), &arrow)
-                    .map_err(|e| fail(e.to_string()))?,
+                arrow_ipc::writer::FileWriter::try_new(BufWriter::new(file), &arrow).map_err(|e| fail(&e))?,
             ),
             TableFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(parquet::basic::Compression::UNCOMPRESSED)
                     .set_dictionary_enabled(false)
                     .build();
-                Inner::Parquet(
-                    ArrowWriter::try_new(file, arrow.clone(), Some(props))
-                        .map_err(|e| fail(e.to_string()))?,
-                )
+                Inner::Parquet(ArrowWriter::try_new(file, arrow.clone(), Some(props)).map_err(|e| fail(&e))?)
             }
         };
         Ok(Self {
@@ -148,23 +147,23 @@ impl TableWriter {
         if labels.is_empty() {
             return Ok(());
         }
-        let fail = |e: String| DatasetError::format(&self.partial, format!("cannot write: {e}"));
+        let target = &self.target;
+        let fail = |e: &(dyn std::error::Error + 'static)| write_error(target, "cannot write", e);
         let DataType::FixedSizeList(item, size) = self.schema.field(0).data_type() else {
             unreachable!("the feature column is a fixed-size list")
         };
-        let list = FixedSizeListArray::try_new(item.clone(), *size, values, None)
-            .map_err(|e| fail(e.to_string()))?;
+        let list = FixedSizeListArray::try_new(item.clone(), *size, values, None).map_err(|e| fail(&e))?;
         let label_values: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
         let batch = RecordBatch::try_new(
             self.schema.clone(),
             vec![Arc::new(list), Arc::new(Int32Array::from(label_values))],
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(&e))?;
         match self.inner.as_mut() {
-            Some(Inner::Ipc(w)) => w.write(&batch).map_err(|e| fail(e.to_string()))?,
+            Some(Inner::Ipc(w)) => w.write(&batch).map_err(|e| fail(&e))?,
             Some(Inner::Parquet(w)) => {
-                w.write(&batch).map_err(|e| fail(e.to_string()))?;
-                w.flush().map_err(|e| fail(e.to_string()))?;
+                w.write(&batch).map_err(|e| fail(&e))?;
+                w.flush().map_err(|e| fail(&e))?;
             }
             None => unreachable!("writing after finish"),
         }
@@ -174,23 +173,40 @@ impl TableWriter {
 
     /// Write the footer, sync, and move the file to its name. Returns the path.
     pub fn finish(mut self) -> Result<PathBuf, DatasetError> {
-        let fail = |e: String| DatasetError::format(&self.partial, format!("cannot finish: {e}"));
-        let file = match self.inner.take() {
-            Some(Inner::Ipc(mut w)) => {
-                w.finish().map_err(|e| fail(e.to_string()))?;
-                w.into_inner()
-                    .map_err(|e| fail(e.to_string()))?
-                    .into_inner()
-                    .map_err(|e| fail(e.to_string()))?
+        let target = self.target.clone();
+        let fail = |e: &(dyn std::error::Error + 'static)| write_error(&target, "cannot finish", e);
+        // Until the rename, an error leaves nothing: the partial file is removed on drop.
+        let file = match self.inner.as_mut() {
+            Some(Inner::Ipc(w)) => {
+                w.finish().map_err(|e| fail(&e))?;
+                std::io::Write::flush(w.get_mut()).map_err(DatasetError::io(&target, "cannot write"))?;
+                w.get_ref().get_ref().try_clone().map_err(DatasetError::io(&target, "cannot write"))?
             }
-            Some(Inner::Parquet(w)) => w.into_inner().map_err(|e| fail(e.to_string()))?,
+            Some(Inner::Parquet(w)) => {
+                w.finish().map_err(|e| fail(&e))?;
+                w.inner().try_clone().map_err(DatasetError::io(&target, "cannot write"))?
+            }
             None => unreachable!("finish runs once"),
         };
-        file.sync_all().map_err(DatasetError::io(&self.partial, "cannot sync"))?;
+        file.sync_all().map_err(DatasetError::io(&target, "cannot sync"))?;
         std::fs::rename(&self.partial, &self.target)
             .map_err(DatasetError::io(&self.target, "cannot move into place"))?;
+        self.inner = None;
         Ok(self.target.clone())
     }
+}
+
+/// `e`, a table writer's error on `path`: an operating-system error under it (a full disk,
+/// a read-only folder) is kept as one, so that it is reported as such.
+fn write_error(path: &Path, action: &'static str, e: &(dyn std::error::Error + 'static)) -> DatasetError {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return DatasetError::io(path, action)(std::io::Error::new(io.kind(), io.to_string()));
+        }
+        cause = c.source();
+    }
+    DatasetError::format(path, format!("{action}: {e}"))
 }
 
 impl Drop for TableWriter {
@@ -352,5 +368,23 @@ mod tests {
         assert_eq!((x, y), (vec![2.0, -2.0], vec![0]));
         let err = TableFile::open(&path, &Columns::default()).expect_err("no `label`");
         assert!(err.to_string().contains("no label column `label` (columns: a, class, b)"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_under_a_writer_error_is_reported_as_one() {
+        use std::io::{Error, ErrorKind};
+        let full = || Error::from(ErrorKind::StorageFull);
+        let arrow = arrow_schema::ArrowError::IoError("writing a batch".into(), full());
+        let parquet = parquet::errors::ParquetError::External(Box::new(full()));
+        for err in [write_error(Path::new("t.arrow"), "cannot write", &arrow), {
+            write_error(Path::new("t.arrow"), "cannot write", &parquet)
+        }] {
+            let DatasetError::Io { ref source, .. } = err else { panic!("not an I/O error: {err}") };
+            assert_eq!(source.kind(), ErrorKind::StorageFull);
+            assert!(err.to_string().contains("t.arrow: cannot write (the disk is full"), "{err}");
+        }
+        let other = arrow_schema::ArrowError::SchemaError("bad".into());
+        let err = write_error(Path::new("t.arrow"), "cannot write", &other);
+        assert!(matches!(err, DatasetError::Format { .. }), "{err}");
     }
 }

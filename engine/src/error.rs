@@ -153,7 +153,7 @@ pub enum EngineError {
         message: String,
     },
     /// Reading the pipeline or writing run outputs failed.
-    #[error("{}: {action}", .path.display())]
+    #[error("{}: {action}{}", .path.display(), plflow_datasets::error::io_hint(.source))]
     Io {
         /// The file or folder.
         path: PathBuf,

@@ -467,8 +467,11 @@ pub(crate) fn write_tensors(
     metadata: HashMap<String, String>,
 ) -> Result<(), EngineError> {
     let tmp = partial_path(path);
-    let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
-        .map_err(|e| std::io::Error::other(e.to_string()));
+    let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| match e {
+        // Kept as is, so that a full disk is reported as one.
+        safetensors::SafeTensorError::IoError(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    });
     commit(&tmp, path, result)
 }
 
