@@ -86,7 +86,7 @@ fn cifar10_from_images_to_a_summary_then_reused_features() {
 #[test]
 fn extract_stage_runs_a_model_over_an_image_folder_and_caches_its_features() {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::colour_images(&dir.path().join("imgs"), 40, 10);
+    common::colour_images(&dir.path().join("imgs"), 40, 10, 6);
     let yaml = common::tiny_extract_pipeline("imgs", 3);
     std::fs::write(dir.path().join("p.yaml"), yaml).expect("write");
     let cache = dir.path().join("cache");

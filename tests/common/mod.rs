@@ -66,16 +66,16 @@ pub fn synthetic_mnist(dir: &Path, train: usize, test: usize) {
     }
 }
 
-/// Write an image folder `dir/{train,test}/{blue,red}/NNN.png` of 6x6 images, `train` and
-/// `test` per class: two colours with a little texture, learnable from the tiny model's
-/// two features.
-pub fn colour_images(dir: &Path, train: u32, test: u32) {
+/// Write an image folder `dir/{train,test}/{blue,red}/NNN.png` of `side` x `side` images,
+/// `train` and `test` per class: two colours with a little texture, learnable from the tiny
+/// model's two features (which takes 6x6 images).
+pub fn colour_images(dir: &Path, train: u32, test: u32, side: u32) {
     for (split, n) in [("train", train), ("test", test)] {
         for (class, rgb) in [("blue", [20u8, 40, 220]), ("red", [220u8, 30, 20])] {
             let folder = dir.join(split).join(class);
             std::fs::create_dir_all(&folder).expect("mkdir");
             for i in 0..n {
-                let img = image::RgbImage::from_fn(6, 6, |x, y| {
+                let img = image::RgbImage::from_fn(side, side, |x, y| {
                     let j = ((x + y + i) % 7) as u8;
                     image::Rgb([rgb[0] + j, rgb[1] + j, rgb[2] - j])
                 });
