@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use plflow_engine::Plan;
 use plflow_engine::bench::{self, BenchRow, RunFigures};
+use plflow_engine::folder_lock::FolderLock;
 use plflow_engine::plan::Limits;
 use plflow_engine::plot;
 use plflow_engine::report;
@@ -531,7 +532,7 @@ fn bench(
         Ok((Plan::load(p, &with_epochs).with_context(invalid)?, with_epochs))
     };
     let plans = pipelines.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
-    let dir = bench_dir(out.as_deref(), pipelines, repeat, epochs, sets)?;
+    let (dir, _lock) = bench_dir(out.as_deref(), pipelines, repeat, epochs, sets)?;
     let exe = std::env::current_exe().context("cannot find the plflow executable")?;
     // One row per training stage: `name`, or `name/stage` for pipelines with several.
     let mut rows: Vec<BenchRow> = Vec::new();
@@ -547,8 +548,7 @@ fn bench(
             } else {
                 if run_dir.exists() {
                     println!("{header}: interrupted before, run again");
-                    std::fs::remove_dir_all(&run_dir)
-                        .with_context(|| format!("cannot remove {}", run_dir.display()))?;
+                    remove_run(&run_dir)?;
                 }
                 println!("{header} -> {}", run_dir.display());
                 bench_run(&exe, path, &run_dir, max_memory, sets, plan.spec.seed + k as u64)?;
@@ -580,29 +580,45 @@ fn bench(
     Ok(())
 }
 
-/// The bench's folder: a new one, or `out` again when it holds an interrupted bench of the
-/// same pipelines and settings (a rerun of the same command after a crash continues it).
+/// The bench's folder, locked: a new one, or `out` again when it holds an interrupted bench
+/// of the same pipelines and settings (a rerun of the same command after a crash continues
+/// it).
 fn bench_dir(
     out: Option<&Path>,
     pipelines: &[PathBuf],
     repeat: usize,
     epochs: Option<usize>,
     sets: &[String],
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<(PathBuf, FolderLock)> {
     use plflow_engine::sweep::{self, PointSettings, PointState};
     let mut grid: Vec<String> = pipelines.iter().map(|p| p.display().to_string()).collect();
     grid.push(format!("repeat={}", repeat.max(1)));
     grid.extend(epochs.map(|e| format!("epochs={e}")));
     let settings = PointSettings { grid, sets: sets.to_vec() };
+    let lock = out.map(FolderLock::take).transpose()?;
     if let Some(dir) = out.filter(|d| !d.join("bench.md").exists())
         && sweep::point_state(dir, &settings)? != PointState::New
     {
         println!("{} holds an interrupted bench of these pipelines: continuing it", dir.display());
-        return Ok(dir.to_path_buf());
+        plflow_engine::model::remove_partials(dir)?;
+        return Ok((dir.to_path_buf(), lock.expect("taken above")));
     }
     let dir = report::create_run_dir(out, "bench")?;
+    let lock = match lock {
+        Some(lock) => lock,
+        None => FolderLock::take(&dir)?,
+    };
     sweep::write_settings(&dir, &settings)?;
-    Ok(dir)
+    Ok((dir, lock))
+}
+
+/// Remove the interrupted run `dir` of a bench or sweep, unless a process still writes it
+/// (a `plflow run` left behind when only its bench or sweep was killed).
+fn remove_run(dir: &Path) -> anyhow::Result<()> {
+    let lock = FolderLock::take(dir)?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    drop(lock);
+    Ok(())
 }
 
 /// One bench run: `plflow run` in its own process, so that its peak RSS is its own.
@@ -666,7 +682,8 @@ fn sweep(
     }
     let stem = pipeline.file_stem().map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
     let out = out.unwrap_or_else(|| Path::new("runs").join(format!("sweep-{stem}")));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let _lock = FolderLock::take(&out)?;
+    plflow_engine::model::remove_partials(&out)?;
     let exe = std::env::current_exe().context("cannot find the plflow executable")?;
     let mut figures = Vec::new();
     for (k, p) in points.iter().enumerate() {
@@ -679,8 +696,7 @@ fn sweep(
                 let run_dir = dir.join("run");
                 if state == PointState::Interrupted && run_dir.exists() {
                     println!("{header}: interrupted before, run again");
-                    std::fs::remove_dir_all(&run_dir)
-                        .with_context(|| format!("cannot remove {}", run_dir.display()))?;
+                    remove_run(&run_dir)?;
                 } else {
                     println!("{header} -> {}", run_dir.display());
                 }

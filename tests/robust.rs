@@ -27,14 +27,32 @@ fn spawn(cwd: &Path, args: &[String], env: &[(&str, &Path)], stdout: Stdio, stde
     cmd.spawn().expect("the plflow binary starts")
 }
 
-/// SIGKILL to `child`'s whole process group, then reap it.
+/// SIGKILL to `child`'s whole process group, then reap it and wait until no other member
+/// runs (a bench's `plflow run` is reaped by init, and holds its folder's lock until it dies).
 fn kill_group(child: &mut Child) {
     // The group may be gone already (the run just ended): then there is nothing to kill.
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
+    let group = child.id();
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).stderr(Stdio::null()).status();
     child.wait().expect("reaped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_members(group) > 0 {
+        assert!(Instant::now() < deadline, "process group {group} outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Processes of group `group` that are not zombies, from `/proc` (none elsewhere).
+fn live_members(group: u32) -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, f)| f).split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == group.to_string()
+        })
+        .count()
 }
 
 /// The instants, within `span`, at which each trial kills: `PLFLOW_KILL_POINTS` of them, one
@@ -289,7 +307,9 @@ fn a_bench_killed_anywhere_continues_to_the_same_models() {
                 &format!("{run} of a bench killed at {at:?}"),
             );
         }
-        assert!(bench.join("bench.md").is_file() && partials_under(&bench).is_empty());
+        assert!(bench.join("bench.md").is_file(), "no bench.md after a kill at {at:?}");
+        let left = partials_under(&bench);
+        assert!(left.is_empty(), "partial files left after a kill at {at:?}: {left:?}");
     }
     println!("{} kills before the end ({}), all continued to the same models", killed.len(), tally(&killed));
 }
@@ -443,4 +463,31 @@ fn full_and_read_only_folders_give_clear_errors_and_leave_no_partial_files() {
             stderr.lines().filter(|l| l.contains("caused by")).collect::<Vec<_>>().join(" / ")
         );
     }
+}
+
+/// A run still going is not an interrupted one: the same command started again while the
+/// first runs is refused, naming the folder, and the first finishes undisturbed.
+#[test]
+fn a_second_run_into_a_folder_being_written_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::colour_images(&dir.path().join("imgs"), 1500, 200, 6);
+    std::fs::write(dir.path().join("p.yaml"), common::tiny_extract_pipeline("imgs", 8)).expect("write");
+    let cache = dir.path().join("cache");
+    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
+    let args = strings(&["run", "p.yaml", "--no-progress", "--out", "r"]);
+    let first = spawn(dir.path(), &args, &env, Stdio::null(), Stdio::piped());
+    let started = dir.path().join("r").join("pipeline.yaml");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the first run never wrote its pipeline");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let second = plflow(dir.path(), &argv, &env);
+    let first = first.wait_with_output().expect("wait");
+    let (_, stderr) = text(&second);
+    assert!(!second.status.success(), "the second run was let in");
+    assert!(stderr.contains("another plflow process is writing this folder"), "{stderr}");
+    assert!(first.status.success(), "the first run failed: {}", text(&first).1);
+    assert!(dir.path().join("r").join("summary.json").is_file());
 }

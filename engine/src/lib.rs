@@ -15,7 +15,8 @@
 //! - [`predict`]: a saved model applied to new files (images, archives, IDX, tables);
 //! - [`bench`]: the comparison table of several runs;
 //! - [`plot`]: training curves of runs and benches, and sweep charts, as SVG;
-//! - [`sweep`]: a pipeline over a grid of settings: points, their folders, tables.
+//! - [`sweep`]: a pipeline over a grid of settings: points, their folders, tables;
+//! - [`folder_lock`]: one writer per run, bench or sweep folder.
 //!
 //! Numeric work lives in `plflow_ops`, data access in `plflow_datasets`, feature extraction
 //! with ONNX backbones in `plflow_extract`; none of them depends on this crate. The memory
@@ -27,6 +28,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod files;
+pub mod folder_lock;
 pub mod graph;
 pub mod model;
 pub mod parse;

@@ -65,7 +65,8 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, EngineE
             if dir.is_dir() {
                 crate::model::remove_partials(dir)?;
             }
-            if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            let lock = std::ffi::OsStr::new(crate::folder_lock::FOLDER_LOCK);
+            if dir.read_dir().is_ok_and(|d| d.flatten().any(|e| e.file_name() != lock)) {
                 return Err(EngineError::Io {
                     path: dir.to_path_buf(),
                     action: "refusing to write a run into a folder that is not empty",

@@ -5,6 +5,7 @@
 
 use crate::checkpoint::{Checkpoint, STATE_FORMAT, StateMeta};
 use crate::error::EngineError;
+use crate::folder_lock::FolderLock;
 use crate::graph::DataSource;
 use crate::graph::{Op, Split};
 use crate::model::{LoadedModel, ModelFiles};
@@ -74,6 +75,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
         )
         .into());
     }
+    // One process per run folder: a run still going is not an interrupted one.
+    let out_lock = opts.out.as_deref().map(FolderLock::take).transpose()?;
     // Running the same command again continues a run that was interrupted (killed, out of
     // power) in the same folder, from its checkpoints.
     let continues = match &opts.out {
@@ -102,6 +105,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
             report::write_atomic(&dir.join(RESOLVED_PIPELINE), text.as_bytes())?;
             (dir, text)
         }
+    };
+    let _lock = match out_lock {
+        Some(lock) => lock,
+        None => FolderLock::take(&dir)?,
     };
     // Resumed stages write their finished epochs' records again, from their checkpoints.
     let mut metrics = MetricsFile::create(&dir)?;

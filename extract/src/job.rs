@@ -161,17 +161,24 @@ impl ExtractJob {
             test: test_path.clone(),
             fingerprint: fingerprint.clone(),
         };
-        if current(&train_path) && current(&test_path) {
+        // A parts folder beside a finished file is what a run killed while removing it left.
+        let tidy = |p: &Path| !parts_dir(p).exists();
+        if current(&train_path) && current(&test_path) && tidy(&train_path) && tidy(&test_path) {
             return Ok(report(true, 0));
         }
         // One extraction of these files at a time: a second run waits, then reuses them.
         let lock = EntryLock::acquire(&train_path)?;
-        if current(&train_path) && current(&test_path) {
-            return Ok(report(true, 0));
-        }
         for path in [&train_path, &test_path] {
             lock.remove_stale(path)?;
-            plflow_datasets::lock::remove_partials(&parts_dir(path))?;
+            let parts = parts_dir(path);
+            if current(path) && parts.exists() {
+                std::fs::remove_dir_all(&parts).map_err(DatasetError::io(&parts, "cannot remove"))?;
+            } else {
+                plflow_datasets::lock::remove_partials(&parts)?;
+            }
+        }
+        if current(&train_path) && current(&test_path) {
+            return Ok(report(true, 0));
         }
         let shape = data.train.example_shape().to_vec();
         let [channels, h, w] = shape[..] else {
@@ -435,5 +442,20 @@ mod tests {
         for (a, b) in [(&w.train, &r.train), (&w.test, &r.test)] {
             assert_eq!(std::fs::read(a).expect("a"), std::fs::read(b).expect("b"), "same bytes");
         }
+    }
+
+    #[test]
+    fn parts_left_beside_a_finished_file_are_removed_and_the_file_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = job(dir.path());
+        let first = j.run(&data(30, 0.0), &mut |_| ControlFlow::Continue(())).expect("first");
+        // A run killed inside its final remove_dir_all leaves some parts of a split it finished.
+        let parts = parts_dir(&first.test);
+        std::fs::create_dir_all(&parts).expect("mkdir");
+        std::fs::write(parts.join("part-00003.arrow"), b"left over").expect("write");
+        let again = j.run(&data(30, 0.0), &mut |_| ControlFlow::Continue(())).expect("again");
+        assert!(again.reused && again.extracted == 0, "the finished files are reused");
+        assert!(!parts.exists(), "the leftover parts are removed");
+        assert_eq!(std::fs::read(&first.test).expect("a"), std::fs::read(&again.test).expect("b"));
     }
 }
