@@ -200,6 +200,20 @@ fn kill_trials(
     format!("{} kills before the end ({}), all continued to the same files", killed.len(), tally(&killed))
 }
 
+/// [`kill_trials`] of `plflow run p.yaml --set <sets>` with `yaml` written to `dir/p.yaml`,
+/// data under `dir` and the cache in `dir/cache`.
+fn pipeline_kill_trials(dir: &Path, yaml: &str, sets: &[&str]) -> String {
+    std::fs::write(dir.join("p.yaml"), yaml).expect("write");
+    let cache = dir.join("cache");
+    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir), ("PLFLOW_CACHE_DIR", &cache)];
+    let args = |out: &Path| {
+        let mut args = strings(&["run", "p.yaml", "--no-progress", "--out", out.to_str().expect("utf-8")]);
+        args.extend(sets.iter().flat_map(|s| ["--set".to_owned(), s.to_string()]));
+        args
+    };
+    kill_trials(dir, args, &env, &cache)
+}
+
 /// Decoding an image folder, extracting features with an ONNX model (into Parquet, then an
 /// IPC cache copy), standardising and training with a checkpoint per epoch: killed anywhere,
 /// the same command again gives the same cache files, model, metrics and summary.
@@ -207,14 +221,8 @@ fn kill_trials(
 fn an_image_run_killed_anywhere_ends_with_the_same_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::colour_images(&dir.path().join("imgs"), 1500, 200, 6);
-    std::fs::write(dir.path().join("p.yaml"), common::tiny_extract_pipeline("imgs", 8)).expect("write");
-    let cache = dir.path().join("cache");
-    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
-    let args = |out: &Path| {
-        let out = out.to_str().expect("utf-8");
-        strings(&["run", "p.yaml", "--no-progress", "--set", "net.hidden=[512]", "--out", out])
-    };
-    println!("{}", kill_trials(dir.path(), args, &env, &cache));
+    let yaml = common::tiny_extract_pipeline("imgs", 8);
+    println!("{}", pipeline_kill_trials(dir.path(), &yaml, &["net.hidden=[512]"]));
 }
 
 /// Decoding a folder of 32x32 PNGs into the cache (most of this run's time; the model then
@@ -224,12 +232,7 @@ fn an_image_decoding_killed_anywhere_ends_with_the_same_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::colour_images(&dir.path().join("imgs"), 2000, 200, 32);
     let yaml = "name: pixels\nstages:\n  data:\n    kind: image_folder\n    path: imgs\n    size: [32, 32]\n    limit: 300\n  flat:\n    kind: flatten\n    input: data\n  net:\n    kind: mlp\n    input: flat\n    hidden: [16]\n  train:\n    kind: pl\n    input: net\n    epochs: 1\n    batch_size: 100\n  eval:\n    kind: evaluate\n    input: train\n";
-    std::fs::write(dir.path().join("p.yaml"), yaml).expect("write");
-    let cache = dir.path().join("cache");
-    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
-    let args =
-        |out: &Path| strings(&["run", "p.yaml", "--no-progress", "--out", out.to_str().expect("utf-8")]);
-    println!("{}", kill_trials(dir.path(), args, &env, &cache));
+    println!("{}", pipeline_kill_trials(dir.path(), yaml, &[]));
 }
 
 /// A Parquet feature table converted to its IPC cache copy, then trained on: killed
@@ -260,12 +263,7 @@ fn a_parquet_run_killed_anywhere_ends_with_the_same_files() {
         w.finish().expect("finish");
     }
     let yaml = "name: table\nstages:\n  data:\n    kind: table\n    train: train.parquet\n    test: test.parquet\n    limit: 5000\n  net:\n    kind: mlp\n    input: data\n    hidden: [16]\n  train:\n    kind: pl\n    input: net\n    epochs: 1\n    batch_size: 1024\n    alpha: 0.5\n  eval:\n    kind: evaluate\n    input: train\n";
-    std::fs::write(dir.path().join("t.yaml"), yaml).expect("write");
-    let cache = dir.path().join("cache");
-    let env: Vec<(&str, &Path)> = vec![("PLFLOW_DATA_DIR", dir.path()), ("PLFLOW_CACHE_DIR", &cache)];
-    let args =
-        |out: &Path| strings(&["run", "t.yaml", "--no-progress", "--out", out.to_str().expect("utf-8")]);
-    println!("{}", kill_trials(dir.path(), args, &env, &cache));
+    println!("{}", pipeline_kill_trials(dir.path(), yaml, &[]));
 }
 
 /// A bench of two pipelines (each run a child process) killed anywhere, then started again

@@ -27,12 +27,7 @@ impl EntryLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(DatasetError::io(dir, "cannot create the folder"))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(DatasetError::io(&path, "cannot create the lock file"))?;
+        let file = lock_file(&path).map_err(DatasetError::io(&path, "cannot create the lock file"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -84,6 +79,11 @@ fn remove_where(dir: &Path, stale: impl Fn(&str) -> bool) -> Result<usize, Datas
         }
     }
     Ok(removed)
+}
+
+/// Open (creating it if missing, never truncating it) the lock file `path`, to lock.
+pub fn lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).truncate(false).write(true).open(path)
 }
 
 /// The lock file of `entry`.

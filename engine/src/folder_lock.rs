@@ -8,7 +8,7 @@
 //! run never blocks the next one. A second writer is refused at once, naming the folder.
 
 use crate::error::EngineError;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::Path;
 
 /// The lock file's name inside a locked folder. It stays when the holder exits (it is not
@@ -26,11 +26,7 @@ impl FolderLock {
     pub fn take(dir: &Path) -> Result<Self, EngineError> {
         std::fs::create_dir_all(dir).map_err(EngineError::io(dir, "cannot create the folder"))?;
         let path = dir.join(FOLDER_LOCK);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let file = plflow_datasets::lock::lock_file(&path)
             .map_err(EngineError::io(&path, "cannot create the lock file"))?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
