@@ -359,12 +359,15 @@ fn with_small_mount(
     args: &[&str],
     env: &[(&str, &Path)],
 ) -> Option<(std::process::Output, Vec<String>)> {
-    let probe = Command::new("unshare").args(["--user", "--map-root-user", "--mount", "true"]).output();
+    std::fs::create_dir_all(mount).expect("mount point");
+    let probe = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs"])
+        .arg(mount)
+        .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: `unshare --user --map-root-user --mount` is not available here");
+        eprintln!("skipped: this machine cannot mount a tmpfs in a private namespace (unshare)");
         return None;
     }
-    std::fs::create_dir_all(mount).expect("mount point");
     let script = r#"mount -t tmpfs -o "$1" tmpfs "$2" || exit 97; m="$2"; shift 2; "$@"; rc=$?; echo "=== left on the mount"; find "$m"; exit $rc"#;
     let mut cmd = Command::new("unshare");
     cmd.current_dir(cwd).args(["--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", options]);
@@ -373,7 +376,7 @@ fn with_small_mount(
         cmd.env(k, v);
     }
     let out = cmd.output().expect("unshare runs");
-    assert_ne!(out.status.code(), Some(97), "cannot mount a tmpfs: {}", text(&out).1);
+    assert_ne!(out.status.code(), Some(97), "cannot mount a tmpfs with {options}: {}", text(&out).1);
     let stdout = text(&out).0;
     let left = stdout.split_once("=== left on the mount\n").expect("the script's listing").1;
     let left = left.lines().filter(|l| Path::new(l) != mount).map(str::to_owned).collect();
