@@ -26,6 +26,11 @@ use std::time::Instant;
 
 /// Images decoded per parallel chunk (bounds the memory of encoded and decoded bytes).
 const CHUNK: usize = 2048;
+
+/// The largest width or height decoded (then resized): larger ones are almost surely a
+/// corrupt or hostile header. The image crate's 512 MiB cap on one decoded image applies
+/// too.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
 /// Bumped when the cached layout changes.
 const CACHE_VERSION: u32 = 1;
 
@@ -379,19 +384,36 @@ pub(crate) fn for_each_member(
 
 /// Decode one image into `channels` planes of `height x width` bytes.
 pub fn decode(bytes: &[u8], opts: &ImageOptions) -> Result<Vec<u8>, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image ({e})"))?;
+    // The header first: a wrong size is refused, and a huge one (a few bytes can declare
+    // 35000x2000 pixels) is refused, before any pixel is decoded or allocated.
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read the image ({e})"))
+    };
+    let (width, height) =
+        reader()?.into_dimensions().map_err(|e| format!("cannot decode the image ({e})"))?;
+    if (width, height) != (opts.width, opts.height) && !opts.resize {
+        return Err(format!(
+            "image is {width}x{height}, the pipeline asks for {}x{} (set `resize: true` to scale it)",
+            opts.width, opts.height
+        ));
+    }
+    if width.max(height) > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "image declares {width}x{height} pixels, more than the {MAX_IMAGE_SIDE} per side plflow decodes; shrink it first"
+        ));
+    }
+    let mut reader = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| format!("cannot decode the image ({e})"))?;
     let img = if (img.width(), img.height()) == (opts.width, opts.height) {
         img
-    } else if opts.resize {
-        img.resize_exact(opts.width, opts.height, image::imageops::FilterType::Triangle)
     } else {
-        return Err(format!(
-            "image is {}x{}, the pipeline asks for {}x{} (set `resize: true` to scale it)",
-            img.width(),
-            img.height(),
-            opts.width,
-            opts.height
-        ));
+        img.resize_exact(opts.width, opts.height, image::imageops::FilterType::Triangle)
     };
     let plane = (opts.width * opts.height) as usize;
     Ok(match opts.channels {
@@ -525,6 +547,18 @@ mod tests {
         let (d, first) = open(&DataPath::resolve(&dir.path().join("a")), &OPTS, &cache).expect("archive");
         check(&d);
         assert_eq!(first.decoded, 5);
+    }
+
+    /// A 948-byte JPEG (found by the image_decode fuzzer) whose header declares 2056x35152
+    /// pixels: it took 13 s and 217 MB to decode before being resized. Refused from its
+    /// header now, whether or not the pipeline resizes.
+    #[test]
+    fn huge_declared_sizes_are_refused_before_decoding() {
+        let bytes = include_bytes!("../tests/data/huge-header.jpg");
+        let err = decode(bytes, &ImageOptions { resize: true, ..OPTS }).expect_err("huge");
+        assert!(err.contains("2056x35152") && err.contains("16384 per side"), "{err}");
+        let err = decode(bytes, &OPTS).expect_err("wrong size");
+        assert!(err.contains("image is 2056x35152, the pipeline asks for 3x2"), "{err}");
     }
 
     #[test]
