@@ -220,20 +220,22 @@ pub fn peek(path: &Path, columns: &Columns) -> Result<(Vec<usize>, usize), Datas
                 .ok_or_else(|| bad(format!("no label column `{}`", columns.label)))?;
             let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
             let reader = builder.with_projection(mask).build().map_err(|e| bad(e.to_string()))?;
-            let mut max: i64 = -1;
-            let mut row = 0;
-            for batch in reader {
-                let batch = batch.map_err(|e| bad(format!("corrupt label column: {e}")))?;
-                let labels = batch.column(0);
-                for r in 0..labels.len() {
-                    let v = label_value(labels, r);
-                    if v < 0 {
-                        return Err(bad(format!("record {} has label {v}, expected 0 or more", row + r)));
+            let max = crate::parquet_source::guarded(path, || {
+                let (mut max, mut row) = (-1i64, 0);
+                for batch in reader {
+                    let batch = batch.map_err(|e| bad(format!("corrupt label column: {e}")))?;
+                    let labels = batch.column(0);
+                    for r in 0..labels.len() {
+                        let v = label_value(labels, r);
+                        if v < 0 {
+                            return Err(bad(format!("record {} has label {v}, expected 0 or more", row + r)));
+                        }
+                        max = max.max(v);
                     }
-                    max = max.max(v);
+                    row += labels.len();
                 }
-                row += labels.len();
-            }
+                Ok(max)
+            })?;
             Ok((shape, ((max + 1) as usize).max(names)))
         }
         None => Err(DatasetError::format(

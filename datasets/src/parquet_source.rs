@@ -67,6 +67,19 @@ fn check_chunks(metadata: &parquet::file::metadata::ParquetMetaData, len: u64) -
     Ok(())
 }
 
+/// Run `read`, which decodes pages of the Parquet file `path`, turning a panic of the parquet
+/// crate into an error naming the file: it panics on some inconsistent files (a data page
+/// that says it is dictionary-encoded in a chunk without a dictionary page), which the
+/// footer checks cannot see.
+pub fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, DatasetError>) -> Result<T, DatasetError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let why = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DatasetError::format(path, format!("corrupt Parquet pages: the decoder failed ({why})")))
+    })
+}
+
 /// Decode `path` into the IPC file `target`, one row group at a time.
 pub fn convert(path: &Path, target: &Path) -> Result<(), DatasetError> {
     let bad = |p: String| DatasetError::format(path, p);
@@ -80,27 +93,32 @@ pub fn convert(path: &Path, target: &Path) -> Result<(), DatasetError> {
     }
     let partial: PathBuf = partial_path(target);
     let result = (|| {
-        let file = File::create(&partial).map_err(DatasetError::io(&partial, "cannot create"))?;
+        let file = File::create(&partial).map_err(DatasetError::io(target, "cannot create"))?;
         let mut writer = arrow_ipc::writer::FileWriter::try_new(BufWriter::new(file), &schema)
-            .map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+            .map_err(|e| crate::sink::write_error(target, "cannot write", &e))?;
+        let write_failed =
+            |e: &(dyn std::error::Error + 'static)| crate::sink::write_error(target, "cannot write", e);
         for g in 0..groups {
             let reader = open()?
                 .with_row_groups(vec![g])
                 .with_batch_size(1024)
                 .build()
                 .map_err(|e| bad(format!("row group {g}: {e}")))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| bad(format!("row group {g} is corrupt: {e}")))?;
-                writer.write(&batch).map_err(|e| DatasetError::format(&partial, e.to_string()))?;
-            }
+            guarded(path, || {
+                for batch in reader {
+                    let batch = batch.map_err(|e| bad(format!("row group {g} is corrupt: {e}")))?;
+                    writer.write(&batch).map_err(|e| write_failed(&e))?;
+                }
+                Ok(())
+            })?;
         }
-        writer.finish().map_err(|e| DatasetError::format(&partial, e.to_string()))?;
+        writer.finish().map_err(|e| write_failed(&e))?;
         let file = writer
             .into_inner()
-            .map_err(|e| DatasetError::format(&partial, e.to_string()))?
+            .map_err(|e| write_failed(&e))?
             .into_inner()
-            .map_err(|e| DatasetError::format(&partial, e.to_string()))?;
-        file.sync_all().map_err(DatasetError::io(&partial, "cannot sync"))?;
+            .map_err(|e| DatasetError::io(target, "cannot write")(e.into_error()))?;
+        file.sync_all().map_err(DatasetError::io(target, "cannot sync"))?;
         std::fs::rename(&partial, target).map_err(DatasetError::io(target, "cannot move into place"))
     })();
     if result.is_err() {

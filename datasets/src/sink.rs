@@ -198,7 +198,11 @@ impl TableWriter {
 
 /// `e`, a table writer's error on `path`: an operating-system error under it (a full disk,
 /// a read-only folder) is kept as one, so that it is reported as such.
-fn write_error(path: &Path, action: &'static str, e: &(dyn std::error::Error + 'static)) -> DatasetError {
+pub(crate) fn write_error(
+    path: &Path,
+    action: &'static str,
+    e: &(dyn std::error::Error + 'static),
+) -> DatasetError {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {

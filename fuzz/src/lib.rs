@@ -12,6 +12,11 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A scratch folder of this process, and a fresh cache inside it.
 fn scratch() -> (PathBuf, Cache) {
+    // libFuzzer's panic hook aborts at the panic, before plflow can catch one it expects
+    // (`parquet_source::guarded`). A printing hook instead: a panic plflow does not catch
+    // still unwinds to libfuzzer-sys, which reports it as a crash.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}"))));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("plflow-fuzz-{}", std::process::id())).join(n.to_string());
     std::fs::create_dir_all(&dir).expect("scratch folder");
