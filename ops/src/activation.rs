@@ -23,13 +23,16 @@ fn exp_m1_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.max(-87.0);
-    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let rounded = x * std::f32::consts::LOG2_E + ROUND;
+    let k = rounded - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = r
         * (1.0
             + r * (1.0 / 2.0
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // k (an integer in -126..=0) sits in the low bits of `rounded`'s mantissa: reading it
+    // there keeps the loop in vector lanes (`k as i32`, a saturating cast, does not vectorise).
+    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     scale * p + (scale - 1.0)
 }
 

@@ -18,6 +18,7 @@ use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath};
 use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// Settings of a PL training step.
@@ -52,10 +53,11 @@ pub enum ErrorScale {
     Output,
 }
 
-/// Root mean square of a matrix's values, in `f64`.
+/// Root mean square of a matrix's values, in `f64` (in vector lanes and parallel blocks: a
+/// serial `f64` sum over a CNN's error maps took a tenth of the step).
 fn rms(m: &Matrix) -> f64 {
     let values = m.as_slice();
-    (values.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / values.len().max(1) as f64).sqrt()
+    (crate::solve::sum_of_squares(values) / values.len().max(1) as f64).sqrt()
 }
 
 impl PlConfig {
@@ -228,7 +230,10 @@ impl PlTrainer {
             }
             if cfg.error_scale == ErrorScale::Output {
                 let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
-                previous.as_mut_slice().iter_mut().for_each(|v| *v *= scale);
+                previous
+                    .as_mut_slice()
+                    .par_chunks_mut(1 << 16)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v *= scale));
             }
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();

@@ -71,7 +71,7 @@ fn steps_release_activations_and_errors_layer_by_layer() {
         let peak = step_peak(|| {
             trainer.step(&mut net, &x, &labels).expect("step");
         });
-        let route = Route { dual: true, single };
+        let route = Route { dual: true, single, f32_products: false };
         let layer1 = a0 + a1 + workspace_bytes(N, 512, 128, route, Delivery::Whole);
         let layer0 = a0 + workspace_bytes(N, 784, 512, route, Delivery::TilesConsuming);
         assert!(layer0 < layer1);

@@ -3,6 +3,7 @@
 //! columns (dual) or of a few hundred rows (primal), and the dual route's right-hand side is
 //! solved block by block.
 
+use super::single::column_sums;
 use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows, solve_factored};
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
@@ -11,7 +12,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 /// Peak workspace bytes of [`solve_dual`] or [`solve_primal`] (see `super::workspace_bytes`).
-pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize {
+pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool, f32_products: bool) -> usize {
     let (da, chunk) = (d + 1, super::CHUNK);
     let (f64b, f32b) = (size_of::<f64>(), size_of::<f32>());
     if dual {
@@ -21,9 +22,11 @@ pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize
         let rows = primal_rows(chunk, da, n);
         let parts = primal_parts(n, rows);
         let system = da * da + da * m;
-        // accumulating: the summed system, and per part a partial system and one slice of
-        // rows; then the system and the f32 copy of the solution
-        let accumulate = ((1 + parts) * system + parts * rows * (da + m)) * f64b;
+        // accumulating: the summed system, and per part a partial system and either one
+        // slice of rows in f64 or one block's system in f32; then the system and the f32
+        // copy of the solution
+        let block = if f32_products { system * f32b } else { rows * (da + m) * f64b };
+        let accumulate = (1 + parts) * system * f64b + parts * block;
         accumulate.max(system * f64b + da * m * f32b)
     }
 }
@@ -103,11 +106,15 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
 }
 
 /// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` accumulated from row
-/// chunks, then `R <- G^-1 R` in place.
+/// chunks, then `R <- G^-1 R` in place. With `f32_products` each chunk's products are formed
+/// and summed in `f32` straight from the layer's input (a few hundred terms per sum, see
+/// [`super::F32_PRODUCT_ROWS`]) and added into the `f64` sums; otherwise each chunk is
+/// converted to `f64` first.
 pub(super) fn solve_primal(
     x: &Matrix,
     e: &Matrix,
     r: &Ridge,
+    f32_products: bool,
     sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
@@ -133,6 +140,18 @@ pub(super) fn solve_primal(
                 let mut r = Buffer::<f64>::zeros(da * m);
                 let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
                 let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
+                if f32_products {
+                    accumulate_f32_products(
+                        x,
+                        e,
+                        start,
+                        stop,
+                        super::F32_PRODUCT_ROWS,
+                        gv.as_mut(),
+                        rv.as_mut(),
+                    );
+                    return (g, r);
+                }
                 let mut xr = Buffer::<f64>::zeros(rows * da);
                 let mut er = Buffer::<f64>::zeros(rows * m);
                 for r0 in (start..stop).step_by(rows) {
@@ -185,4 +204,50 @@ pub(super) fn solve_primal(
     }
     sink(Tile { values: &narrow, cols: m, row0: 0, col0: 0 });
     Ok(())
+}
+
+/// Add `X_aug^T X_aug` (lower triangle) and `X_aug^T e` of rows `start..stop` into the `f64`
+/// sums `g` and `r`, forming each block of `rows` rows' products in `f32` (no converted copy
+/// of the input; the ones column's entries are column sums taken in `f64`).
+fn accumulate_f32_products(
+    x: &Matrix,
+    e: &Matrix,
+    start: usize,
+    stop: usize,
+    rows: usize,
+    mut g: MatMut<'_, f64>,
+    mut r: MatMut<'_, f64>,
+) {
+    let (d, m) = (x.cols(), e.cols());
+    let da = d + 1;
+    let mut bg = Buffer::<f32>::zeros(da * da);
+    let mut br = Buffer::<f32>::zeros(da * m);
+    for r0 in (start..stop).step_by(rows) {
+        let h = rows.min(stop - r0);
+        let (xv, ev) = (x.view().subrows(r0, h), e.view().subrows(r0, h));
+        let mut bgv = MatMut::from_column_major_slice_mut(&mut bg, da, da);
+        lower_product(
+            bgv.as_mut().submatrix_mut(0, 0, d, d),
+            Accum::Replace,
+            xv.transpose(),
+            xv,
+            1.0,
+            Par::Seq,
+        );
+        let mut brv = MatMut::from_column_major_slice_mut(&mut br, da, m);
+        matmul(brv.as_mut().submatrix_mut(0, 0, d, m), Accum::Replace, xv.transpose(), ev, 1.0, Par::Seq);
+        for j in 0..d {
+            for i in j..d {
+                g[(i, j)] += bgv[(i, j)] as f64;
+            }
+        }
+        for c in 0..m {
+            for j in 0..d {
+                r[(j, c)] += brv[(j, c)] as f64;
+            }
+        }
+        column_sums(&x.as_slice()[r0 * d..(r0 + h) * d], d, |j, s| g[(d, j)] += s);
+        column_sums(&e.as_slice()[r0 * m..(r0 + h) * m], m, |c, s| r[(d, c)] += s);
+        g[(d, d)] += h as f64;
+    }
 }

@@ -16,8 +16,10 @@
 //! is at most [`F32_CONDITION_LIMIT`], the system is built and factored in `f32` straight from
 //! the layer's own `f32` input ([`single`]): half the memory and about twice the speed of
 //! `f64`. Above it (the paper's absolute `lambda = 1e-4`, the CNN's relative 0.01 on narrow
-//! layers) everything runs in `f64` ([`double`]), where `X_aug` and `e` are converted 128
-//! columns at a time. Either way the update reaches the caller as `f32` tiles, the workspace is
+//! layers) the system is summed and factored in `f64` ([`double`]): `X_aug` and `e` are
+//! converted 128 columns at a time, except that up to [`F32_PRODUCTS_CONDITION_LIMIT`] a
+//! primal system's products are formed in `f32` over blocks of [`F32_PRODUCT_ROWS`] rows and
+//! only their block sums added in `f64` (the CNN's pointwise layers). Either way the update reaches the caller as `f32` tiles, the workspace is
 //! ledger-tracked and released before the function returns ([`workspace_bytes`]).
 
 mod double;
@@ -69,6 +71,20 @@ pub enum Precision {
 /// normal equations), far below the noise of a minibatch step.
 pub const F32_CONDITION_LIMIT: f64 = 1.0e3;
 
+/// Rows whose products an `f64` primal system sums in `f32` before adding them in `f64`
+/// (with [`Precision::Auto`], up to [`F32_PRODUCTS_CONDITION_LIMIT`]): a sum of 256 terms
+/// rounds by about `16 * 6e-8` relative, which a condition number of a few thousand (the
+/// CNN's pointwise layers: 3301) turns into an update error near 1e-4, like the `f32` systems
+/// at [`F32_CONDITION_LIMIT`]; forming the products in `f32` takes no converted copy of the
+/// input and half the time.
+pub const F32_PRODUCT_ROWS: usize = 256;
+
+/// Largest bound on the condition number at which an `f64` primal system is summed from
+/// `f32` products ([`F32_PRODUCT_ROWS`]); above it (the paper's absolute `lambda = 1e-4`)
+/// the products are formed in `f64` too. Tested at the limit below (at 1e4 the update was
+/// 1.2e-4 off the all-`f64` one, relative to its largest value).
+pub const F32_PRODUCTS_CONDITION_LIMIT: f64 = 5.0e3;
+
 /// Settings of one regularised least-squares update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RidgeConfig {
@@ -89,7 +105,9 @@ impl RidgeConfig {
     /// before seeing data: with an absolute ridge the precision depends on the data's scale,
     /// and the (larger) `f64` route is assumed.
     pub fn planned_route(&self, n: usize, d: usize) -> Route {
-        Route { dual: self.dual(n, d), single: self.single_precision(d).unwrap_or(false) }
+        let (dual, single) = (self.dual(n, d), self.single_precision(d).unwrap_or(false));
+        let products = self.condition_bound(d).is_some_and(|b| b <= F32_PRODUCTS_CONDITION_LIMIT);
+        Route { dual, single, f32_products: products && !dual && !single }
     }
 
     /// Whether a layer with `d` inputs is solved in `f32`, when that is known before seeing
@@ -98,10 +116,17 @@ impl RidgeConfig {
         match (self.precision, self.scale) {
             (Precision::F64, _) => Some(false),
             (Precision::Auto, RidgeScale::Relative) => {
-                Some(1.0 + (d + 1) as f64 / self.lambda <= F32_CONDITION_LIMIT)
+                self.condition_bound(d).map(|b| b <= F32_CONDITION_LIMIT)
             }
             (Precision::Auto, RidgeScale::Absolute) => None,
         }
+    }
+
+    /// The bound `1 + (d+1) / lambda_rel` on the condition number of a layer with `d` inputs,
+    /// when it is known before seeing data and the precision may follow it.
+    fn condition_bound(&self, d: usize) -> Option<f64> {
+        let known = self.precision == Precision::Auto && self.scale == RidgeScale::Relative;
+        known.then(|| 1.0 + (d + 1) as f64 / self.lambda)
     }
 
     /// Whether the dual system is factored for a batch of `n` rows and `d` inputs.
@@ -145,6 +170,8 @@ pub struct Route {
     pub dual: bool,
     /// In `f32` rather than `f64`.
     pub single: bool,
+    /// An `f64` primal system summed from blocks of `f32` products ([`F32_PRODUCT_ROWS`]).
+    pub f32_products: bool,
 }
 
 /// How a solve hands its update over, which sets its workspace.
@@ -228,7 +255,7 @@ pub fn workspace_bytes(n: usize, d: usize, m: usize, route: Route, delivery: Del
     let work = match (route.single, route.dual, delivery) {
         (true, true, Delivery::TilesConsuming) => single::in_place_workspace_bytes(n, d, m),
         (true, ..) => single::workspace_bytes(n, d, m, route.dual),
-        (false, ..) => double::workspace_bytes(n, d, m, route.dual),
+        (false, ..) => double::workspace_bytes(n, d, m, route.dual, route.f32_products),
     };
     work + update
 }
@@ -300,7 +327,7 @@ impl TileCollector {
 }
 
 /// The sum of squares of `values` in `f64`, in parallel blocks summed in a fixed order.
-fn sum_of_squares(values: &[f32]) -> f64 {
+pub(crate) fn sum_of_squares(values: &[f32]) -> f64 {
     let parts: Vec<f64> = values
         .par_chunks(1 << 16)
         .map(|c| {
@@ -342,7 +369,9 @@ fn solve_tiles(
         RidgeScale::Relative => cfg.lambda * trace / da as f64,
     };
     let dual = cfg.dual(n, d);
-    let single = cfg.precision == Precision::Auto && 1.0 + trace / lambda <= F32_CONDITION_LIMIT;
+    let bound = 1.0 + trace / lambda;
+    let single = cfg.precision == Precision::Auto && bound <= F32_CONDITION_LIMIT;
+    let f32_products = cfg.precision == Precision::Auto && bound <= F32_PRODUCTS_CONDITION_LIMIT;
     let mut finite = true;
     let mut checked = |tile: Tile<'_>| {
         if finite {
@@ -358,7 +387,7 @@ fn solve_tiles(
         (true, true, rhs) => single::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
         (true, false, rhs) => single::solve_primal(x, rhs.matrix(), &system, &mut checked)?,
         (false, true, rhs) => double::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
-        (false, false, rhs) => double::solve_primal(x, rhs.matrix(), &system, &mut checked)?,
+        (false, false, rhs) => double::solve_primal(x, rhs.matrix(), &system, f32_products, &mut checked)?,
     }
     if !finite {
         return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: da, cols: m });
@@ -632,6 +661,42 @@ mod tests {
 
     /// The first layer's route, solved over its consumed error, gives the borrowed route's
     /// update (f32 dual), and the other routes accept a consumed error as well.
+    /// The `f64` primal system summed from blocks of `f32` products (the default above the
+    /// `f32` condition limit) against the all-`f64` one, on long, thin and nearly collinear
+    /// inputs (a shared column plus 1% noise, offset like ELU outputs: the pointwise layers of
+    /// the CNN) at the CNN's ridge (condition bound 3301): within 1e-4 of the largest value,
+    /// and both satisfy the normal equations.
+    #[test]
+    fn f32_products_match_f64_products_near_the_condition_bound() {
+        let (base, noise, e) = (random(5000, 1, 21), random(5000, 32, 22), random(5000, 32, 23));
+        let x = Matrix::from_vec(
+            5000,
+            32,
+            (0..5000 * 32).map(|i| 0.5 + base.as_slice()[i / 32] + 0.01 * noise.as_slice()[i]).collect(),
+        );
+        // the CNN's ridge, then the one that puts the bound at the limit
+        let at_limit = 33.0 / (F32_PRODUCTS_CONDITION_LIMIT - 1.0) * (1.0 + 1e-9);
+        for lambda in [0.01, at_limit] {
+            let mixed = single(SolvePath::Auto, lambda);
+            assert_eq!(
+                mixed.planned_route(5000, 32),
+                Route { dual: false, single: false, f32_products: true }
+            );
+            let (u, info) = solve_with_info(&x, &e, &mixed, CHUNK);
+            assert!(!info.single && !info.dual);
+            let f64_route = cfg(SolvePath::Auto, RidgeScale::Relative, lambda);
+            let (want, _) = solve_with_info(&x, &e, &f64_route, CHUNK);
+            let (diff, max) = max_abs_diff(&u, &want);
+            assert!(diff <= 1e-4 * max, "lambda {lambda}: {diff} against {max}");
+            for (update, what) in [(&u, "f32 products"), (&want, "f64")] {
+                let r = normal_equation_residual(&x, &e, update, 0.1);
+                assert!(r < 1e-5, "lambda {lambda}, {what}: residual {r}");
+            }
+        }
+        let beyond = single(SolvePath::Auto, at_limit / 2.0);
+        assert!(!beyond.planned_route(5000, 32).f32_products, "above the limit: f64 products");
+    }
+
     #[test]
     fn consuming_the_error_gives_the_same_update() {
         for (n, d, m, lambda) in [(64, 300, 70, 6.0), (64, 300, 70, 0.01), (300, 40, 9, 6.0)] {

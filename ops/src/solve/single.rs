@@ -35,7 +35,7 @@ fn primal_systems(n: usize, da: usize) -> usize {
 
 /// Column sums of the rows of `v` (`cols` wide, row-major), accumulated in `f64` on the
 /// stack a block of columns at a time (no allocation), each handed to `emit(column, sum)`.
-fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f64)) {
+pub(super) fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f64)) {
     const BLOCK: usize = 64;
     for c0 in (0..cols).step_by(BLOCK) {
         let w = BLOCK.min(cols - c0);
