@@ -184,7 +184,7 @@ impl Depthwise {
         // without the Gram.
         let sums = crate::reduce::ordered_sum(batch, (taps + 1) * c, |s, acc| {
             let (src, err) = (&xs[s * per_in * c..][..per_in * c], &es[s * per_out * c..][..per_out * c]);
-            accumulate::<f32>(&g, c, src, err, Sums::Rhs, acc);
+            accumulate::<f32>(Sample { g: &g, c, src, err, sums: Sums::Rhs }, acc);
         });
         let gk = Matrix::from_vec(taps, c, sums[..taps * c].iter().map(|&v| v as f32).collect());
         let gb = Matrix::from_vec(1, c, sums[taps * c..].iter().map(|&v| v as f32).collect());
@@ -310,65 +310,56 @@ enum Sums {
     Rhs,
 }
 
+/// One sample's share of the depthwise sums: its input map (`H*W x C`), its output error
+/// (`Ho*Wo x C`), and which sums to form.
+#[derive(Clone, Copy)]
+struct Sample<'a> {
+    g: &'a Geometry,
+    c: usize,
+    src: &'a [f32],
+    err: &'a [f32],
+    sums: Sums,
+}
+
 /// [`accumulate_sample`] compiled for the widest vectors the CPU has: the crate is built for
 /// baseline x86-64 (four `f32` lanes), and these loops run 16 wide with AVX-512. Every lane
 /// does the same operations in the same order whatever the width (no fused multiply-add is
 /// formed), so the sums are the same bits on every CPU.
-fn accumulate<T: SegmentSum>(g: &Geometry, c: usize, src: &[f32], err: &[f32], sums: Sums, acc: &mut [f64]) {
+fn accumulate<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            return unsafe { accumulate_avx512::<T>(g, c, src, err, sums, acc) };
+            return unsafe { accumulate_avx512::<T>(sample, acc) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
-            return unsafe { accumulate_avx2::<T>(g, c, src, err, sums, acc) };
+            return unsafe { accumulate_avx2::<T>(sample, acc) };
         }
     }
-    accumulate_sample::<T>(g, c, src, err, sums, acc);
+    accumulate_sample::<T>(sample, acc);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn accumulate_avx512<T: SegmentSum>(
-    g: &Geometry,
-    c: usize,
-    src: &[f32],
-    err: &[f32],
-    sums: Sums,
-    acc: &mut [f64],
-) {
-    accumulate_sample::<T>(g, c, src, err, sums, acc);
+fn accumulate_avx512<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
+    accumulate_sample::<T>(sample, acc);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn accumulate_avx2<T: SegmentSum>(
-    g: &Geometry,
-    c: usize,
-    src: &[f32],
-    err: &[f32],
-    sums: Sums,
-    acc: &mut [f64],
-) {
-    accumulate_sample::<T>(g, c, src, err, sums, acc);
+fn accumulate_avx2<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
+    accumulate_sample::<T>(sample, acc);
 }
 
 /// Add one sample's contribution to the per-channel sums of [`depthwise_ridge_update`]:
 /// `acc` holds the lower triangle of every channel's `(k*k + 1)^2` Gram, laid out
-/// `[entry][channel]` (with [`Sums::GramAndRhs`]), then the `k*k + 1` right-hand-side rows. `src` is the sample's input
-/// map (`H*W x C`), `err` its output error (`Ho*Wo x C`). The patches are read where they lie
-/// in `src` (a tap outside the map reads a row of zeros), nothing is copied.
+/// `[entry][channel]` (with [`Sums::GramAndRhs`]), then the `k*k + 1` right-hand-side rows.
+/// The patches are read where they lie in the input map (a tap outside the map reads a row
+/// of zeros), nothing is copied.
 #[inline(always)]
-fn accumulate_sample<T: SegmentSum>(
-    g: &Geometry,
-    c: usize,
-    src: &[f32],
-    err: &[f32],
-    sums: Sums,
-    acc: &mut [f64],
-) {
+fn accumulate_sample<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
+    let Sample { g, c, src, err, sums } = sample;
     let taps = g.k * g.k;
     let zeros = vec![0.0f32; c];
     let mut segment = vec![T::default(); acc.len()];
@@ -451,6 +442,12 @@ fn dot<T: SegmentSum, const L: usize>(a: &[[T; L]; GROUP], b: &[[T; L]; GROUP]) 
     })
 }
 
+/// `sum_q a[q]` per lane, in position order.
+#[inline(always)]
+fn total<T: SegmentSum, const L: usize>(a: &[[T; L]; GROUP]) -> [T; L] {
+    std::array::from_fn(|l| a.iter().fold(T::default(), |s, aq| s + aq[l]))
+}
+
 /// [`accumulate_group`] for channels `c0..c0 + L`. Gram entry `(i, j)` (`j <= i`, row `taps`
 /// for the ones column) is at `(i * (i + 1) / 2 + j) * c`, right-hand-side row `i` after them.
 #[inline(always)]
@@ -467,7 +464,6 @@ fn accumulate_block<T: SegmentSum, const L: usize>(
     let (gram, rhs) = sums.split_at_mut(tri * c);
     let tap = |q: usize, t: usize| load::<T, L>(patches[q * taps + t], c0);
     let e: [[T; L]; GROUP] = std::array::from_fn(|q| load::<T, L>(errors[q], c0));
-    let mut bias = [T::default(); L];
     for i in 0..taps {
         let a: [[T; L]; GROUP] = std::array::from_fn(|q| tap(q, i));
         if which == Sums::GramAndRhs {
@@ -476,25 +472,14 @@ fn accumulate_block<T: SegmentSum, const L: usize>(
                 add_to(&mut gram[(i * (i + 1) / 2 + j) * c + c0..], dot(&a, &b));
             }
             // the ones column's row: sums of tap i
-            let mut s = [T::default(); L];
-            for aq in &a {
-                for l in 0..L {
-                    s[l] = s[l] + aq[l];
-                }
-            }
-            add_to(&mut gram[(taps * (taps + 1) / 2 + i) * c + c0..], s);
+            add_to(&mut gram[(taps * (taps + 1) / 2 + i) * c + c0..], total(&a));
         }
         add_to(&mut rhs[i * c + c0..], dot(&a, &e));
     }
     if which == Sums::GramAndRhs {
         add_to(&mut gram[(tri - 1) * c + c0..], [T::from(count as f32); L]);
     }
-    for eq in &e {
-        for l in 0..L {
-            bias[l] = bias[l] + eq[l];
-        }
-    }
-    add_to(&mut rhs[taps * c + c0..], bias);
+    add_to(&mut rhs[taps * c + c0..], total(&e));
 }
 
 /// The Prospective Learning update of a depthwise layer with input `x` and output error `e`:
@@ -523,10 +508,11 @@ pub fn depthwise_ridge_update(
     let single = cfg.precision == Precision::Auto;
     let sums = crate::reduce::ordered_sum(batch, (tri + dim) * c, |s, acc| {
         let (src, err) = (&xs[s * per_in * c..][..per_in * c], &es[s * per_out * c..][..per_out * c]);
+        let sample = Sample { g: &g, c, src, err, sums: Sums::GramAndRhs };
         if single {
-            accumulate::<f32>(&g, c, src, err, Sums::GramAndRhs, acc);
+            accumulate::<f32>(sample, acc);
         } else {
-            accumulate::<f64>(&g, c, src, err, Sums::GramAndRhs, acc);
+            accumulate::<f64>(sample, acc);
         }
     });
     // A value that is not finite in the input or the error reaches a diagonal sum (a square)
