@@ -47,3 +47,4 @@ pub use plan::Plan;
 pub use plflow_datasets as datasets;
 pub use plflow_extract as extract;
 pub use plflow_ops::ledger;
+pub use plflow_ops::shard::DEFAULT_SHARDS;

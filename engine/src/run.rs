@@ -25,6 +25,7 @@ use plflow_datasets::{Dataset, DatasetError, Source};
 use plflow_ops::Matrix;
 use plflow_ops::ledger;
 use plflow_ops::network::{Layer, Network, StepStats, argmax};
+use plflow_ops::shard::{Reducer, shard_sum};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -42,7 +43,14 @@ pub struct RunOptions {
     pub cache: Cache,
     /// Continue the run in `out` from its checkpoints instead of starting a new one.
     pub resume: bool,
+    /// A distributed run's exchange ([`plflow_ops::shard`]): every training step and
+    /// evaluation takes this process's share of each batch and sums over all processes;
+    /// `None` trains on whole batches in this process.
+    pub exchange: Option<Exchange>,
 }
+
+/// The exchange of a distributed run, shared by the run's stages.
+pub type Exchange = std::rc::Rc<std::cell::RefCell<dyn Reducer>>;
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -188,6 +196,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                     data,
                     evaluators: &evaluators,
                     progress: opts.progress,
+                    exchange: opts.exchange.as_deref(),
                 };
                 // The stage's own peak is measured from here; the run's keeps what came before.
                 run_peak = run_peak.max(ledger::peak_bytes());
@@ -446,6 +455,7 @@ struct TrainJob<'a> {
     data: &'a Dataset,
     evaluators: &'a [Evaluator<'a>],
     progress: bool,
+    exchange: Option<&'a std::cell::RefCell<dyn Reducer>>,
 }
 
 /// An evaluate stage of a trainer: the split it measures, of `data` when it names another
@@ -514,21 +524,30 @@ impl TrainJob<'_> {
             let mut x = Matrix::zeros(self.batch_size, len);
             let mut labels = vec![0u32; self.batch_size];
             let mut step = 0;
-            while let Some(idx) = stream.next_batch() {
+            while let Some(batch) = stream.next_batch() {
+                // A distributed run reads and trains on this process's shards of the batch.
+                let mut reducer = self.exchange.map(|e| e.borrow_mut());
+                let idx = match &reducer {
+                    Some(r) => &batch[r.layout().my_samples(batch.len())],
+                    None => batch,
+                };
                 if idx.len() * len != x.as_slice().len() {
                     x = Matrix::zeros(idx.len(), len);
                 }
                 x.reshape(idx.len(), len);
                 train.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
                 let x_in = network_input(&network, train.example_shape(), &mut x, &mut scratch, idx.len());
-                let s = trainer.step(&mut network, x_in, &labels[..idx.len()]).map_err(|e| {
-                    EngineError::Train {
-                        stage: self.stage.to_owned(),
-                        layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
-                        epoch: epoch + 1,
-                        step: step + 1,
-                        source: e.source,
-                    }
+                let labels = &labels[..idx.len()];
+                let s = match reducer.as_deref_mut() {
+                    Some(r) => trainer.step_sharded(&mut network, x_in, labels, batch.len(), r),
+                    None => trainer.step(&mut network, x_in, labels),
+                };
+                let s = s.map_err(|e| EngineError::Train {
+                    stage: self.stage.to_owned(),
+                    layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    source: e.source,
                 })?;
                 totals.add(&s);
                 bar.inc(1);
@@ -624,25 +643,73 @@ impl TrainJob<'_> {
             Split::Train => dataset.train.as_ref(),
             Split::Test => dataset.test.as_ref(),
         };
+        let n = data.len();
+        let correct = match self.exchange {
+            None => self.count_correct(network, data, 0..n, epoch)?,
+            // A distributed run counts its shards of the split and sums the counts.
+            Some(exchange) => {
+                let mut reducer = exchange.borrow_mut();
+                let first = reducer.layout().my_samples(n).start;
+                let mut count = |_, s: std::ops::Range<usize>| {
+                    let c = self.count_correct(network, data, first + s.start..first + s.end, epoch)?;
+                    Ok::<_, Counting>(vec![c as f64])
+                };
+                match shard_sum(&mut *reducer, n, &mut count) {
+                    Ok(sums) => sums[0] as usize,
+                    Err(Counting::Engine(e)) => return Err(e),
+                    Err(Counting::Ops(source)) => return Err(self.failed(String::new(), epoch, 0, source)),
+                }
+            }
+        };
+        Ok(correct as f64 / n.max(1) as f64)
+    }
+
+    /// Examples `range` of `data` whose largest score is their label.
+    fn count_correct(
+        &self,
+        network: &Network,
+        data: &dyn Source,
+        range: std::ops::Range<usize>,
+        epoch: usize,
+    ) -> Result<usize, EngineError> {
         let len = data.example_len();
         let mut labels = vec![0u32; self.batch_size];
         let mut correct = 0usize;
         let mut scratch = Matrix::zeros(0, 0);
-        let mut stream = BatchStream::in_order(data, self.batch_size);
-        while let Some(idx) = stream.next_batch() {
+        let indices: Vec<usize> = range.collect();
+        for idx in indices.chunks(self.batch_size.max(1)) {
             let mut x = Matrix::zeros(idx.len(), len);
             data.read_into(idx, x.as_mut_slice(), &mut labels[..idx.len()]);
             let x_in = network_input(network, data.example_shape(), &mut x, &mut scratch, idx.len());
-            let out = self.solver.readout().scores(network, x_in).map_err(|e| EngineError::Train {
-                stage: self.stage.to_owned(),
-                layer: self.layer_names.get(e.layer).cloned().unwrap_or_default(),
-                epoch: epoch + 1,
-                step: 0,
-                source: e.source,
+            let out = self.solver.readout().scores(network, x_in).map_err(|e| {
+                self.failed(self.layer_names.get(e.layer).cloned().unwrap_or_default(), epoch, 0, e.source)
             })?;
             correct += (0..idx.len()).filter(|&r| argmax(out.row(r)) == labels[r] as usize).count();
+            data.release(idx);
         }
-        Ok(correct as f64 / data.len().max(1) as f64)
+        Ok(correct)
+    }
+
+    fn failed(&self, layer: String, epoch: usize, step: usize, source: plflow_ops::OpsError) -> EngineError {
+        EngineError::Train { stage: self.stage.to_owned(), layer, epoch: epoch + 1, step, source }
+    }
+}
+
+/// Why counting a shard of an evaluation failed.
+enum Counting {
+    Engine(EngineError),
+    Ops(plflow_ops::OpsError),
+}
+
+impl From<EngineError> for Counting {
+    fn from(e: EngineError) -> Self {
+        Counting::Engine(e)
+    }
+}
+
+impl From<plflow_ops::OpsError> for Counting {
+    fn from(e: plflow_ops::OpsError) -> Self {
+        Counting::Ops(e)
     }
 }
 

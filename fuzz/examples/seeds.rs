@@ -127,7 +127,7 @@ fn models(out: &Path, scratch: &Path) {
         let plan = Plan::load_within(&file, &[], &Limits::max_memory(1e9)).expect("seed pipeline");
         let run_dir = scratch.join(format!("run-{rule}"));
         let cache = plflow_datasets::cache::Cache::new(scratch.join("cache"));
-        let opts = RunOptions { out: Some(run_dir.clone()), progress: false, cache, resume: false };
+        let opts = RunOptions { out: Some(run_dir.clone()), progress: false, cache, resume: false, exchange: None };
         run(&plan, &opts).expect("seed run");
         let mut found: Vec<_> = walk(&run_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
         found.sort();

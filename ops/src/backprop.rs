@@ -15,10 +15,13 @@
 
 use crate::dense::Dense;
 use crate::error::Dim;
+use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
+use crate::shard::{Reducer, shard_sum};
 use crate::sparse::Mask;
 use crate::state::{Part, TrainerState, count};
 use crate::{Matrix, OpsError};
+use std::ops::Range;
 use std::time::Instant;
 
 /// A first-order optimiser and its settings.
@@ -410,6 +413,17 @@ impl crate::state::Trainer for BackpropTrainer {
     fn state_bytes(&self) -> usize {
         BackpropTrainer::state_bytes(self)
     }
+
+    fn step_sharded(
+        &mut self,
+        net: &mut Network,
+        x: &Matrix,
+        labels: &[u32],
+        batch: usize,
+        reducer: &mut dyn Reducer,
+    ) -> Result<StepStats, LayerError> {
+        BackpropTrainer::step_sharded(self, net, x, labels, batch, reducer)
+    }
 }
 
 impl BackpropTrainer {
@@ -489,6 +503,77 @@ impl BackpropTrainer {
             stats.solve_seconds +=
                 solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
             delta = below;
+        }
+        Ok(stats)
+    }
+
+    /// One step of a distributed run (see [`crate::state::Trainer::step_sharded`]): this
+    /// worker's rows forward and back; the loss (over the global batch's size) and every
+    /// layer's gradients are summed over the global batch's shards, so every worker applies
+    /// the same update. Gradients are formed whole, not streamed.
+    pub fn step_sharded(
+        &mut self,
+        net: &mut Network,
+        x: &Matrix,
+        labels: &[u32],
+        batch: usize,
+        reducer: &mut dyn Reducer,
+    ) -> Result<StepStats, LayerError> {
+        let count = net.layers.len();
+        if count == 0 {
+            return Ok(StepStats::default());
+        }
+        self.state.steps += 1;
+        let local = net.batch_of(x);
+        let clock = Instant::now();
+        let mut acts = net.forward_all(x, local)?;
+        let Some(mut delta) = acts.pop() else {
+            return Ok(StepStats::default());
+        };
+        let classes = delta.cols();
+        let scale = 1.0 / batch.max(1) as f32;
+        let figures = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+            let values = &mut delta.as_mut_slice()[samples.start * classes..samples.end * classes];
+            let s = cross_entropy_rows(values, classes, &labels[samples], scale)?;
+            Ok::<_, OpsError>(vec![s.loss_sum, s.correct as f64])
+        })
+        .map_err(at(count - 1))?;
+        let mut stats = StepStats {
+            rows: batch,
+            loss_sum: figures[0],
+            correct: figures[1] as usize,
+            ..StepStats::default()
+        };
+        stats.forward_seconds = clock.elapsed().as_secs_f64();
+        let mut pending: Vec<(usize, Matrix)> = Vec::new();
+        for l in (0..count).rev() {
+            let clock = Instant::now();
+            let input = if l == 0 { x } else { &acts[l - 1] };
+            let grads =
+                sharded_gradients(&*net.layers[l].op, input, &delta, local, batch, reducer).map_err(at(l))?;
+            let solved = Instant::now();
+            let mut below = None;
+            if l > 0 {
+                let act = acts.pop().expect("one activation per layer below this one");
+                let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&delta)));
+                let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
+                below = Some(net.error_below_in_place(l, &delta, act, local, ErrorMode::Gradient, &skips)?);
+                pending.retain(|(r, _)| *r != l - 1);
+                if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
+                    pending.push((r, e.into_owned()));
+                }
+            }
+            let propagated = Instant::now();
+            stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
+            if let Some((gw, gb)) = grads {
+                self.apply_whole(net, l, &gw, &gb, batch).map_err(at(l))?;
+            }
+            stats.solve_seconds +=
+                solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
+            match below {
+                Some(b) => delta = b,
+                None => break,
+            }
         }
         Ok(stats)
     }
@@ -619,9 +704,19 @@ pub const GRADIENT_TILE_ROWS: usize = 128;
 pub fn softmax_cross_entropy(z: &mut Matrix, labels: &[u32]) -> Result<StepStats, OpsError> {
     let (n, classes) = (z.rows(), z.cols());
     OpsError::check("cross-entropy", "labels", &[Dim::Exact(n)], &[labels.len()])?;
-    let mut stats = StepStats { rows: n, ..StepStats::default() };
-    let scale = 1.0 / n.max(1) as f32;
-    for (row, &label) in z.as_mut_slice().chunks_exact_mut(classes.max(1)).zip(labels) {
+    cross_entropy_rows(z.as_mut_slice(), classes, labels, 1.0 / n.max(1) as f32)
+}
+
+/// [`softmax_cross_entropy`] over rows `values` of `classes` scores, the gradient scaled by
+/// `scale` (one over the whole batch's size).
+fn cross_entropy_rows(
+    values: &mut [f32],
+    classes: usize,
+    labels: &[u32],
+    scale: f32,
+) -> Result<StepStats, OpsError> {
+    let mut stats = StepStats { rows: labels.len(), ..StepStats::default() };
+    for (row, &label) in values.chunks_exact_mut(classes.max(1)).zip(labels) {
         let label = label as usize;
         if label >= classes {
             return Err(OpsError::Label { op: "cross-entropy", label, classes });
@@ -639,6 +734,30 @@ pub fn softmax_cross_entropy(z: &mut Matrix, labels: &[u32]) -> Result<StepStats
         }
     }
     Ok(stats)
+}
+
+/// A layer's weight and bias gradients summed over the shards of the global batch (`None`
+/// for kinds without parameters); `local` samples are this worker's.
+fn sharded_gradients(
+    op: &dyn Op,
+    input: &Matrix,
+    delta: &Matrix,
+    local: usize,
+    batch: usize,
+    reducer: &mut dyn Reducer,
+) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+    if op.params().is_none() {
+        return Ok(None);
+    }
+    let per = input.rows() / local.max(1);
+    let sums = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+        let rows = samples.start * per..samples.end * per;
+        op.gradient_partial(input, delta, rows)?.ok_or_else(|| OpsError::Invalid {
+            op: "distributed step",
+            detail: format!("a `{}` layer with parameters gave no gradient sums", op.kind()),
+        })
+    })?;
+    op.gradients_from_sums(&sums)
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 use crate::error::Dim;
 use crate::layer::{Combine, ErrorMode, GradientSink, Op, PerSample};
 use crate::ledger::Buffer;
-use crate::solve::{RidgeConfig, RidgeUpdate, ridge_update, ridge_update_tiles_consuming};
+use crate::solve::{
+    RidgeConfig, RidgeUpdate, primal_partial, ridge_update, ridge_update_from_sums,
+    ridge_update_tiles_consuming,
+};
 use crate::sparse::Mask;
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError, par};
@@ -233,6 +236,66 @@ impl Op for Dense {
         state.stream_update(self, mask, rule, |sink| {
             ridge_update_tiles_consuming(input, err, ridge, sink).map(|_| ())
         })
+    }
+
+    fn pl_partial(
+        &self,
+        input: &Matrix,
+        err: &Matrix,
+        rows: std::ops::Range<usize>,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<Vec<f64>>, OpsError> {
+        self.check_pair("dense PL solve", input, err)?;
+        primal_partial(input, err, rows, ridge).map(Some)
+    }
+
+    fn pl_update_from_sums(
+        &self,
+        sums: &[f64],
+        ridge: &RidgeConfig,
+    ) -> Result<Option<RidgeUpdate>, OpsError> {
+        ridge_update_from_sums(sums, self.inputs(), self.outputs(), ridge).map(Some)
+    }
+
+    /// `[gW (d x m, row-major), gb (m)]` over the rows: the weight gradient's products in
+    /// `f32` (as in one process), added up in `f64`.
+    fn gradient_partial(
+        &self,
+        input: &Matrix,
+        delta: &Matrix,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Option<Vec<f64>>, OpsError> {
+        self.check_pair("dense gradient", input, delta)?;
+        let (d, m) = (self.inputs(), self.outputs());
+        if rows.start > rows.end || rows.end > input.rows() {
+            let detail = format!("rows {}..{} of a {}-row input", rows.start, rows.end, input.rows());
+            return Err(OpsError::Invalid { op: "dense gradient", detail });
+        }
+        let h = rows.len();
+        let mut gw = Buffer::<f32>::zeros(d * m);
+        let (xv, dv) = (input.view().subrows(rows.start, h), delta.view().subrows(rows.start, h));
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut gw, d, m),
+            Accum::Replace,
+            xv.transpose(),
+            dv,
+            1.0,
+            par(),
+        );
+        let mut out: Vec<f64> = gw.iter().map(|&v| f64::from(v)).collect();
+        let mut gb = vec![0.0f64; m];
+        for row in delta.as_slice()[rows.start * m..rows.end * m].chunks_exact(m.max(1)) {
+            gb.iter_mut().zip(row).for_each(|(g, &v)| *g += f64::from(v));
+        }
+        out.extend(gb);
+        Ok(Some(out))
+    }
+
+    fn gradients_from_sums(&self, sums: &[f64]) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+        let (d, m) = (self.inputs(), self.outputs());
+        OpsError::check("dense gradient", "summed gradient", &[Dim::Exact(d * m + m)], &[sums.len()])?;
+        let narrow = |v: &[f64], rows| Matrix::from_vec(rows, m, v.iter().map(|&x| x as f32).collect());
+        Ok(Some((narrow(&sums[..d * m], d), narrow(&sums[d * m..], 1))))
     }
 
     fn gradients(&self, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {

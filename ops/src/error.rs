@@ -119,6 +119,13 @@ pub enum OpsError {
         /// The failing pivot.
         pivot: usize,
     },
+    /// The workers of a distributed run could not exchange their sums (a process stopped,
+    /// a connection dropped, or a worker did not answer in time).
+    #[error("exchange between workers failed: {detail}")]
+    Exchange {
+        /// What failed, naming the process concerned.
+        detail: String,
+    },
 }
 
 impl OpsError {

@@ -17,6 +17,7 @@ use crate::{Matrix, OpsError};
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt::Debug;
+use std::ops::Range;
 
 /// How an error crosses a layer that averages positions (global average pooling) on its
 /// way down.
@@ -166,6 +167,49 @@ pub trait Op: Debug + Send + Sync + Any {
         }
     }
 
+    /// The additive part of the PL solve over input rows `rows` (one shard of a distributed
+    /// batch), to be summed over the shards and given to [`Op::pl_update_from_sums`]; `None`
+    /// for kinds without parameters.
+    fn pl_partial(
+        &self,
+        input: &Matrix,
+        err: &Matrix,
+        rows: Range<usize>,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<Vec<f64>>, OpsError> {
+        let _ = (input, err, rows, ridge);
+        self.params().map_or(Ok(None), |_| Err(not_distributed(self.kind())))
+    }
+
+    /// The PL update from the sum of every shard's [`Op::pl_partial`].
+    fn pl_update_from_sums(
+        &self,
+        sums: &[f64],
+        ridge: &RidgeConfig,
+    ) -> Result<Option<RidgeUpdate>, OpsError> {
+        let _ = (sums, ridge);
+        self.params().map_or(Ok(None), |_| Err(not_distributed(self.kind())))
+    }
+
+    /// The weight and bias gradients over input rows `rows` (one shard), flattened, to be
+    /// summed over the shards and given to [`Op::gradients_from_sums`]; `None` for kinds
+    /// without parameters.
+    fn gradient_partial(
+        &self,
+        input: &Matrix,
+        delta: &Matrix,
+        rows: Range<usize>,
+    ) -> Result<Option<Vec<f64>>, OpsError> {
+        let _ = (input, delta, rows);
+        self.params().map_or(Ok(None), |_| Err(not_distributed(self.kind())))
+    }
+
+    /// The weight and bias gradients from the sum of every shard's [`Op::gradient_partial`].
+    fn gradients_from_sums(&self, sums: &[f64]) -> Result<Option<(Matrix, Matrix)>, OpsError> {
+        let _ = sums;
+        self.params().map_or(Ok(None), |_| Err(not_distributed(self.kind())))
+    }
+
     /// The gradients of the weights and the bias for `input` and the output's `delta`;
     /// `None` for kinds without parameters.
     fn gradients(&self, input: &Matrix, delta: &Matrix) -> Result<Option<(Matrix, Matrix)>, OpsError> {
@@ -190,6 +234,14 @@ pub trait Op: Debug + Send + Sync + Any {
             _ => Ok(()),
         }
     }
+}
+
+/// The error of a layer kind whose sums are not split over shards yet.
+fn not_distributed(kind: &str) -> OpsError {
+    let detail = format!(
+        "layers of kind `{kind}` do not train on several workers yet (dense layers do); run without --workers"
+    );
+    OpsError::Invalid { op: "distributed step", detail }
 }
 
 impl Clone for Box<dyn Op> {

@@ -27,6 +27,8 @@
 //!   output multiplier, for MLPs of ReLU layers.
 //! - [`state`]: a trainer's whole state as named parts, for checkpoints and resumed runs.
 //! - [`reduce`]: parallel sums over samples that give the same bits on any thread count.
+//! - [`shard`]: sums over the shards of a distributed batch, the same bits on any number of
+//!   workers, and the [`shard::Reducer`] that exchanges them.
 
 pub mod activation;
 pub mod admm;
@@ -46,6 +48,7 @@ pub mod pl;
 pub mod pool;
 pub mod readout;
 pub mod reduce;
+pub mod shard;
 pub mod solve;
 pub mod sparse;
 pub mod state;

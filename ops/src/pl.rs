@@ -13,12 +13,15 @@
 //! solve straight into its state and weights without a `d x m` buffer.
 
 use crate::error::Dim;
+use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
-use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath};
+use crate::shard::{Reducer, shard_sum};
+use crate::solve::{Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath};
 use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
 use crate::{Matrix, OpsError};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::time::Instant;
 
 /// Settings of a PL training step.
@@ -152,6 +155,17 @@ impl crate::state::Trainer for PlTrainer {
     fn set_epoch(&mut self, epoch: usize) {
         PlTrainer::set_epoch(self, epoch);
     }
+
+    fn step_sharded(
+        &mut self,
+        net: &mut Network,
+        x: &Matrix,
+        labels: &[u32],
+        batch: usize,
+        reducer: &mut dyn Reducer,
+    ) -> Result<StepStats, LayerError> {
+        PlTrainer::step_sharded(self, net, x, labels, batch, reducer)
+    }
 }
 
 impl PlTrainer {
@@ -253,14 +267,148 @@ impl PlTrainer {
     }
 }
 
+impl PlTrainer {
+    /// One step of a distributed run (see [`crate::state::Trainer::step_sharded`]): the
+    /// forward pass and the errors are this worker's rows; the output figures, the
+    /// output-scaled error's size and every layer's primal system are summed over the
+    /// global batch's shards, and every worker solves the same system. Every layer takes
+    /// the primal `f64` route (the dual `n x n` system would need every worker's rows), and
+    /// the first layer's update is formed whole rather than streamed.
+    pub fn step_sharded(
+        &mut self,
+        net: &mut Network,
+        x: &Matrix,
+        labels: &[u32],
+        batch: usize,
+        reducer: &mut dyn Reducer,
+    ) -> Result<StepStats, LayerError> {
+        let mut cfg = self.config;
+        cfg.ridge.alpha = self.alpha();
+        let count = net.layers.len();
+        if count == 0 {
+            return Ok(StepStats::default());
+        }
+        let local = net.batch_of(x);
+        let clock = Instant::now();
+        let mut acts = net.forward_all(x, local)?;
+        let Some(mut err) = acts.pop() else {
+            return Ok(StepStats::default());
+        };
+        let classes = err.cols();
+        let figures = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+            let rows = err.rows() / local.max(1);
+            let values =
+                &mut err.as_mut_slice()[samples.start * rows * classes..samples.end * rows * classes];
+            let s = output_error_rows(values, classes, &labels[samples], self.config.label_smoothing)?;
+            Ok::<_, OpsError>(vec![s.loss_sum, s.correct as f64])
+        })
+        .map_err(at(count - 1))?;
+        let mut stats = StepStats {
+            rows: batch,
+            loss_sum: figures[0],
+            correct: figures[1] as usize,
+            ..StepStats::default()
+        };
+        stats.forward_seconds = clock.elapsed().as_secs_f64();
+        let output_rms = (figures[0] / (batch * classes).max(1) as f64).sqrt();
+        let mut pending: Vec<(usize, Matrix)> = Vec::new();
+
+        for l in (0..count).rev() {
+            let clock = Instant::now();
+            let rule = net.layers[l].op.rule(&cfg.rule);
+            let input = if l == 0 { x } else { &acts[l - 1] };
+            let update = sharded_update(&*net.layers[l].op, input, &err, local, batch, reducer, &cfg.ridge)
+                .map_err(at(l))?;
+            let solved = Instant::now();
+            let mut previous = None;
+            if l > 0 {
+                let below = acts.pop().expect("one activation per layer below this one");
+                let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&err)));
+                let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
+                let mut e = net.error_below_in_place(l, &err, below, local, ErrorMode::Target, &skips)?;
+                pending.retain(|(r, _)| *r != l - 1);
+                if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
+                    pending.push((r, e.into_owned()));
+                }
+                if cfg.error_scale == ErrorScale::Output {
+                    let squares = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+                        let per = e.as_slice().len() / local.max(1);
+                        let values = &e.as_slice()[samples.start * per..samples.end * per];
+                        Ok::<_, OpsError>(vec![values.iter().map(|&v| f64::from(v) * f64::from(v)).sum()])
+                    })
+                    .map_err(at(l - 1))?;
+                    let size =
+                        (squares[0] / (batch * e.as_slice().len() / local.max(1)).max(1) as f64).sqrt();
+                    let scale = (output_rms / size.max(f64::MIN_POSITIVE)) as f32;
+                    e.as_mut_slice()
+                        .par_chunks_mut(1 << 16)
+                        .for_each(|c| c.iter_mut().for_each(|v| *v *= scale));
+                }
+                previous = Some(e);
+            }
+            let propagated = Instant::now();
+            stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
+            let layer = &mut net.layers[l];
+            let mask = layer.mask.as_ref();
+            if let (Some(update), Some(state), Some(params)) =
+                (update, &mut self.states[l], layer.op.params_mut())
+            {
+                state.apply(params, mask, update, &rule).map_err(at(l))?;
+            }
+            stats.solve_seconds +=
+                solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
+            match previous {
+                Some(e) => err = e,
+                None => break,
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// A layer's PL update from its primal systems summed over the shards of the global batch
+/// (`None` for kinds without parameters); `local` samples are this worker's.
+fn sharded_update(
+    op: &dyn Op,
+    input: &Matrix,
+    err: &Matrix,
+    local: usize,
+    batch: usize,
+    reducer: &mut dyn Reducer,
+    ridge: &RidgeConfig,
+) -> Result<Option<RidgeUpdate>, OpsError> {
+    if op.params().is_none() {
+        return Ok(None);
+    }
+    let per = input.rows() / local.max(1);
+    let sums = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+        let rows = samples.start * per..samples.end * per;
+        op.pl_partial(input, err, rows, ridge)?.ok_or_else(|| OpsError::Invalid {
+            op: "distributed step",
+            detail: format!("a `{}` layer with parameters gave no PL sums", op.kind()),
+        })
+    })?;
+    op.pl_update_from_sums(&sums, ridge)
+}
+
 /// Turn output scores into the output error `z - y_hat` in place, and count what the scores
 /// got right.
 fn output_error(z: &mut Matrix, labels: &[u32], eps: f32) -> Result<StepStats, OpsError> {
     let (n, classes) = (z.rows(), z.cols());
     OpsError::check("PL targets", "labels", &[Dim::Exact(n)], &[labels.len()])?;
+    output_error_rows(z.as_mut_slice(), classes, labels, eps)
+}
+
+/// [`output_error`] over rows `values` of `classes` scores each.
+fn output_error_rows(
+    values: &mut [f32],
+    classes: usize,
+    labels: &[u32],
+    eps: f32,
+) -> Result<StepStats, OpsError> {
     let off = if classes > 1 { eps / (classes - 1) as f32 } else { 0.0 };
-    let mut stats = StepStats { rows: n, ..StepStats::default() };
-    for (row, &label) in z.as_mut_slice().chunks_exact_mut(classes.max(1)).zip(labels) {
+    let mut stats = StepStats { rows: labels.len(), ..StepStats::default() };
+    for (row, &label) in values.chunks_exact_mut(classes.max(1)).zip(labels) {
         let label = label as usize;
         if label >= classes {
             return Err(OpsError::Label { op: "PL targets", label, classes });

@@ -4,8 +4,9 @@
 //! (step counts, the last spectral norm) as a [`Part`] holding an `f64`, which represents
 //! every `u64` count below 2^53 and every `f32` exactly.
 
-use crate::Matrix;
 use crate::network::{LayerError, Network, StepStats};
+use crate::shard::Reducer;
+use crate::{Matrix, OpsError};
 
 /// One named piece of a trainer's state.
 #[derive(Debug)]
@@ -54,6 +55,23 @@ pub trait Trainer: TrainerState + Send {
     fn state_bytes(&self) -> usize;
     /// The epoch (from 0) the next steps belong to, for rules with a schedule.
     fn set_epoch(&mut self, _epoch: usize) {}
+    /// One step of a distributed run ([`crate::shard`]): `x` and `labels` are this worker's
+    /// samples of a global batch of `batch` samples, every sum over the batch goes through
+    /// `reducer`, and every worker ends with the same weights and the global batch's figures.
+    fn step_sharded(
+        &mut self,
+        net: &mut Network,
+        x: &Matrix,
+        labels: &[u32],
+        batch: usize,
+        reducer: &mut dyn Reducer,
+    ) -> Result<StepStats, LayerError> {
+        let _ = (net, x, labels, batch, reducer);
+        let detail = "this solver does not train on several workers yet (pl, sgd, adam, adamw and muon do); \
+                      run without --workers"
+            .to_owned();
+        Err(LayerError { layer: 0, source: OpsError::Invalid { op: "distributed step", detail } })
+    }
 }
 
 /// `value` as a step count, if it is one.

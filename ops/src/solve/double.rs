@@ -117,80 +117,95 @@ pub(super) fn solve_primal(
     f32_products: bool,
     sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
-    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let (g, rhs) = primal_system(x, e, 0..x.rows(), r.chunk, f32_products);
+    solve_system(g, rhs, x.cols() + 1, r, sink)
+}
+
+/// `X_aug^T X_aug` (lower triangle) and `X_aug^T e` over rows `rows`, column-major `f64`.
+pub(super) fn primal_system(
+    x: &Matrix,
+    e: &Matrix,
+    rows: std::ops::Range<usize>,
+    chunk: usize,
+    f32_products: bool,
+) -> (Buffer<f64>, Buffer<f64>) {
+    let (d, m) = (x.cols(), e.cols());
+    let (first, n) = (rows.start, rows.len());
     let da = d + 1;
     let mut g = Buffer::<f64>::zeros(da * da);
     let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
     let mut rhs = Buffer::<f64>::zeros(da * m);
     let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
-    {
-        // The rows are split into a fixed number of contiguous ranges (`PARTIAL_SYSTEMS`),
-        // each accumulating its own partial Gram and right-hand side with sequential
-        // products: the products of one slice are too small to share out (a 33 x 33 result),
-        // and parallel ones spent most of their time in barriers. Partials are summed in
-        // range order, so the result depends neither on scheduling nor on the thread count.
-        let rows = primal_rows(r.chunk, da, n);
-        let parts = primal_parts(n, rows);
-        let span = n.div_ceil(parts).max(1);
-        let partials: Vec<(Buffer<f64>, Buffer<f64>)> = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                let (start, stop) = ((p * span).min(n), ((p + 1) * span).min(n));
-                let mut g = Buffer::<f64>::zeros(da * da);
-                let mut r = Buffer::<f64>::zeros(da * m);
-                let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
-                let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
-                if f32_products {
-                    accumulate_f32_products(
-                        x,
-                        e,
-                        start,
-                        stop,
-                        super::F32_PRODUCT_ROWS,
-                        gv.as_mut(),
-                        rv.as_mut(),
-                    );
-                    return (g, r);
-                }
-                let mut xr = Buffer::<f64>::zeros(rows * da);
-                let mut er = Buffer::<f64>::zeros(rows * m);
-                for r0 in (start..stop).step_by(rows) {
-                    let r1 = (r0 + rows).min(stop);
-                    let h = r1 - r0;
-                    for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
-                        for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
-                            *o = v as f64;
-                        }
-                        dst[d] = 1.0;
-                    }
-                    for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
+    // The rows are split into a fixed number of contiguous ranges (`PARTIAL_SYSTEMS`),
+    // each accumulating its own partial Gram and right-hand side with sequential
+    // products: the products of one slice are too small to share out (a 33 x 33 result),
+    // and parallel ones spent most of their time in barriers. Partials are summed in
+    // range order, so the result depends neither on scheduling nor on the thread count.
+    let rows = primal_rows(chunk, da, n);
+    let parts = primal_parts(n, rows);
+    let span = n.div_ceil(parts).max(1);
+    let partials: Vec<(Buffer<f64>, Buffer<f64>)> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (start, stop) = (first + (p * span).min(n), first + ((p + 1) * span).min(n));
+            let mut g = Buffer::<f64>::zeros(da * da);
+            let mut r = Buffer::<f64>::zeros(da * m);
+            let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+            let mut rv = MatMut::from_column_major_slice_mut(&mut r, da, m);
+            if f32_products {
+                accumulate_f32_products(x, e, start, stop, super::F32_PRODUCT_ROWS, gv.as_mut(), rv.as_mut());
+                return (g, r);
+            }
+            let mut xr = Buffer::<f64>::zeros(rows * da);
+            let mut er = Buffer::<f64>::zeros(rows * m);
+            for r0 in (start..stop).step_by(rows) {
+                let r1 = (r0 + rows).min(stop);
+                let h = r1 - r0;
+                for (i, dst) in xr.chunks_exact_mut(da).take(h).enumerate() {
+                    for (o, &v) in dst.iter_mut().zip(x.row(r0 + i)) {
                         *o = v as f64;
                     }
-                    let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
-                    let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
-                    lower_product(gv.as_mut(), Accum::Add, xv.transpose(), xv, 1.0, Par::Seq);
-                    matmul(rv.as_mut(), Accum::Add, xv.transpose(), ev, 1.0, Par::Seq);
+                    dst[d] = 1.0;
                 }
-                (g, r)
-            })
-            .collect();
-        gv.fill(0.0);
-        rv.fill(0.0);
-        for (g, r) in &partials {
-            let (g, r) =
-                (MatRef::from_column_major_slice(g, da, da), MatRef::from_column_major_slice(r, da, m));
-            for j in 0..da {
-                for i in j..da {
-                    gv[(i, j)] += g[(i, j)];
+                for (o, &v) in er.iter_mut().zip(&e.as_slice()[r0 * m..r1 * m]) {
+                    *o = v as f64;
                 }
+                let xv = MatRef::from_row_major_slice(&xr[..h * da], h, da);
+                let ev = MatRef::from_row_major_slice(&er[..h * m], h, m);
+                lower_product(gv.as_mut(), Accum::Add, xv.transpose(), xv, 1.0, Par::Seq);
+                matmul(rv.as_mut(), Accum::Add, xv.transpose(), ev, 1.0, Par::Seq);
             }
-            for c in 0..m {
-                for j in 0..da {
-                    rv[(j, c)] += r[(j, c)];
-                }
+            (g, r)
+        })
+        .collect();
+    for (g, r) in &partials {
+        let (g, r) = (MatRef::from_column_major_slice(g, da, da), MatRef::from_column_major_slice(r, da, m));
+        for j in 0..da {
+            for i in j..da {
+                gv[(i, j)] += g[(i, j)];
+            }
+        }
+        for c in 0..m {
+            for j in 0..da {
+                rv[(j, c)] += r[(j, c)];
             }
         }
     }
+    (g, rhs)
+}
+
+/// Add `r.lambda` to the diagonal of the system `g` (`da x da`, lower triangle, column-major),
+/// factor it, solve for `rhs` (`da x m`) and hand `-alpha` times the solution to `sink`.
+pub(super) fn solve_system(
+    mut g: Buffer<f64>,
+    mut rhs: Buffer<f64>,
+    da: usize,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<(), OpsError> {
+    let m = rhs.len() / da.max(1);
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
     for i in 0..da {
         gv[(i, i)] += r.lambda;
     }

@@ -260,6 +260,84 @@ pub fn workspace_bytes(n: usize, d: usize, m: usize, route: Route, delivery: Del
     work + update
 }
 
+/// Values in a [`primal_partial`] of a layer with `d` inputs and `m` outputs: the lower
+/// triangle of the `(d+1) x (d+1)` Gram, column by column, then the `(d+1) x m` right-hand
+/// side, column by column.
+pub fn primal_partial_len(d: usize, m: usize) -> usize {
+    let da = d + 1;
+    da * (da + 1) / 2 + da * m
+}
+
+/// The additive part of the primal solve over input rows `rows` (one shard of a distributed
+/// batch): `X_aug^T X_aug` and `X_aug^T e` of those rows in `f64`, packed as
+/// [`primal_partial_len`] says. The products are formed in `f32` blocks where a relative
+/// ridge bounds the condition number by [`F32_PRODUCTS_CONDITION_LIMIT`], as in one process.
+/// Sums of partials go to [`ridge_update_from_sums`].
+pub fn primal_partial(
+    x: &Matrix,
+    e: &Matrix,
+    rows: std::ops::Range<usize>,
+    cfg: &RidgeConfig,
+) -> Result<Vec<f64>, OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    OpsError::check(OP, "error", &[Dim::Exact(n), Dim::Any], &[e.rows(), m])?;
+    if rows.start > rows.end || rows.end > n {
+        let detail = format!("rows {}..{} of a {n}-row input", rows.start, rows.end);
+        return Err(OpsError::Invalid { op: OP, detail });
+    }
+    let f32_products = cfg.condition_bound(d).is_some_and(|b| b <= F32_PRODUCTS_CONDITION_LIMIT);
+    let da = d + 1;
+    let (g, rhs) = double::primal_system(x, e, rows, CHUNK, f32_products);
+    let mut out = Vec::with_capacity(primal_partial_len(d, m));
+    for j in 0..da {
+        out.extend_from_slice(&g[j * da + j..(j + 1) * da]);
+    }
+    out.extend_from_slice(&rhs);
+    Ok(out)
+}
+
+/// The update from summed [`primal_partial`]s of a layer with `d` inputs and `m` outputs:
+/// the same ridge, factor and solve as [`ridge_update`]'s primal `f64` route.
+pub fn ridge_update_from_sums(
+    sums: &[f64],
+    d: usize,
+    m: usize,
+    cfg: &RidgeConfig,
+) -> Result<RidgeUpdate, OpsError> {
+    let da = d + 1;
+    OpsError::check(OP, "summed system", &[Dim::Exact(primal_partial_len(d, m))], &[sums.len()])?;
+    let rows = sums[primal_partial_len(d, 0) - 1];
+    if !sums.iter().all(|v| v.is_finite()) {
+        return Err(OpsError::NonFinite { op: OP, what: "the summed system", rows: rows as usize, cols: d });
+    }
+    let mut g = crate::ledger::Buffer::<f64>::zeros(da * da);
+    let mut at = 0;
+    let mut trace = 0.0;
+    for j in 0..da {
+        let column = &sums[at..at + da - j];
+        g[j * da + j..(j + 1) * da].copy_from_slice(column);
+        trace += column[0];
+        at += da - j;
+    }
+    let mut rhs = crate::ledger::Buffer::<f64>::zeros(da * m);
+    rhs.copy_from_slice(&sums[at..]);
+    let lambda = match cfg.scale {
+        RidgeScale::Absolute => cfg.lambda,
+        RidgeScale::Relative => cfg.lambda * trace / da as f64,
+    };
+    let system = Ridge { lambda, alpha: cfg.alpha, chunk: CHUNK };
+    let mut collected = TileCollector::new(d, m);
+    let mut finite = true;
+    double::solve_system(g, rhs, da, &system, &mut |tile| {
+        finite &= tile.values.iter().all(|v| v.is_finite());
+        collected.absorb(tile);
+    })?;
+    if !finite {
+        return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: da, cols: m });
+    }
+    Ok(collected.finish(SolveInfo { lambda_used: lambda, dual: false, single: false }))
+}
+
 /// The error a solve reads: borrowed, or owned (its last use) so a route may overwrite it.
 #[derive(Debug)]
 enum Rhs<'a> {
