@@ -14,6 +14,9 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[cfg(feature = "distributed")]
+mod distributed;
+
 /// Train neural networks with Prospective Learning from YAML pipelines.
 #[derive(Debug, Parser)]
 #[command(name = "plflow", version, about)]
@@ -51,6 +54,9 @@ enum Command {
         /// `1.5GiB`, bytes); default: the memory available on this machine.
         #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "resume")]
         max_memory: Option<f64>,
+        #[cfg(feature = "distributed")]
+        #[command(flatten)]
+        distributed: distributed::DistributedArgs,
     },
     /// Measure a trained model: accuracy, accuracy per class and the confusion matrix,
     /// printed and written as CSV (RUN_DIR/eval-<split>.csv).
@@ -276,6 +282,27 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// The closing lines of `plflow run`.
+fn print_outcome(outcome: &plflow_engine::run::RunOutcome) {
+    let s = &outcome.summary;
+    for t in &s.trainers {
+        let label = if s.trainers.len() > 1 { format!("done `{}`", t.stage) } else { "done".into() };
+        println!(
+            "{label}: test accuracy {}, {} epochs, median {:.2} s/epoch, ledger peak {:.1} MB",
+            t.test_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
+            t.epochs,
+            t.epoch_seconds_median,
+            t.ledger_peak_mb,
+        );
+    }
+    println!(
+        "peak RSS {}, {:.1} s; reports in {}",
+        s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.1} MB")),
+        s.wall_seconds,
+        outcome.dir.display()
+    );
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     match execute(Cli::parse()) {
@@ -289,10 +316,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            // One write: the processes of a distributed run share stderr.
+            let mut message = format!("error: {err}\n");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                message.push_str(&format!("  caused by: {cause}\n"));
             }
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
             ExitCode::FAILURE
         }
     }
@@ -305,10 +334,19 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let plan = args.plan()?;
             print!("{}", plan.graph.dot(&plan.spec.name));
         }
-        Command::Run { pipeline, sets, out, resume, no_progress, max_memory } => {
+        Command::Run {
+            pipeline,
+            sets,
+            out,
+            resume,
+            no_progress,
+            max_memory,
+            #[cfg(feature = "distributed")]
+            distributed,
+        } => {
             let (plan, out) = match (&pipeline, resume) {
                 (Some(file), _) => {
-                    let args = PipelineArgs { pipeline: file.clone(), sets, max_memory };
+                    let args = PipelineArgs { pipeline: file.clone(), sets: sets.clone(), max_memory };
                     (args.plan()?, out)
                 }
                 (None, Some(dir)) => {
@@ -324,26 +362,16 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 out,
                 progress: !no_progress && std::io::stdout().is_terminal(),
                 cache: plflow_engine::run::default_cache(),
+                exchange: None,
             };
+            #[cfg(feature = "distributed")]
+            if distributed.enabled() {
+                let file = pipeline.as_deref().context("a distributed run needs the pipeline file")?;
+                return distributed::run(&distributed, &plan, file, &sets, opts);
+            }
             let outcome =
                 run(&plan, &opts).with_context(|| format!("run of {} failed", plan.file.display()))?;
-            let s = &outcome.summary;
-            for t in &s.trainers {
-                let label = if s.trainers.len() > 1 { format!("done `{}`", t.stage) } else { "done".into() };
-                println!(
-                    "{label}: test accuracy {}, {} epochs, median {:.2} s/epoch, ledger peak {:.1} MB",
-                    t.test_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
-                    t.epochs,
-                    t.epoch_seconds_median,
-                    t.ledger_peak_mb,
-                );
-            }
-            println!(
-                "peak RSS {}, {:.1} s; reports in {}",
-                s.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.1} MB")),
-                s.wall_seconds,
-                outcome.dir.display()
-            );
+            print_outcome(&outcome);
         }
         Command::Eval { run, split, best, sets } => eval(&run, &split, best, &sets)?,
         Command::Export { run, onnx, best, with_backbone, verify } => {
@@ -500,8 +528,13 @@ fn eval(run: &Path, split: &str, best: bool, sets: &[String]) -> anyhow::Result<
     use plflow_engine::graph::Split;
     let (model, dir) = model_file(run, best)?;
     let split = if split == "train" { Split::Train } else { Split::Test };
-    let opts =
-        RunOptions { out: None, progress: false, cache: plflow_engine::run::default_cache(), resume: false };
+    let opts = RunOptions {
+        out: None,
+        progress: false,
+        cache: plflow_engine::run::default_cache(),
+        resume: false,
+        exchange: None,
+    };
     let report = plflow_engine::eval::evaluate(&model, split, sets, &opts)
         .with_context(|| format!("cannot evaluate {}", model.display()))?;
     print!("{}", report.table());
