@@ -17,7 +17,7 @@ use crate::dense::Dense;
 use crate::error::Dim;
 use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
-use crate::shard::{Reducer, shard_sum};
+use crate::shard::{Reducer, shard_sum, two_rows_at_least};
 use crate::sparse::Mask;
 use crate::state::{Part, TrainerState, count};
 use crate::{Matrix, OpsError};
@@ -524,6 +524,8 @@ impl BackpropTrainer {
             return Ok(StepStats::default());
         }
         self.state.steps += 1;
+        let padded = two_rows_at_least(x, net.batch_of(x));
+        let x = padded.as_ref().unwrap_or(x);
         let local = net.batch_of(x);
         let clock = Instant::now();
         let mut acts = net.forward_all(x, local)?;

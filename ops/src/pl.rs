@@ -15,7 +15,7 @@
 use crate::error::Dim;
 use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
-use crate::shard::{Reducer, shard_sum};
+use crate::shard::{Reducer, shard_sum, two_rows_at_least};
 use crate::solve::{Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath};
 use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
@@ -288,6 +288,8 @@ impl PlTrainer {
         if count == 0 {
             return Ok(StepStats::default());
         }
+        let padded = two_rows_at_least(x, net.batch_of(x));
+        let x = padded.as_ref().unwrap_or(x);
         let local = net.batch_of(x);
         let clock = Instant::now();
         let mut acts = net.forward_all(x, local)?;
@@ -295,8 +297,9 @@ impl PlTrainer {
             return Ok(StepStats::default());
         };
         let classes = err.cols();
+        // Rows per sample from the shapes, not the data: a worker may hold no sample.
+        let rows = net.layers[count - 1].output_shape(1).0;
         let figures = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
-            let rows = err.rows() / local.max(1);
             let values =
                 &mut err.as_mut_slice()[samples.start * rows * classes..samples.end * rows * classes];
             let s = output_error_rows(values, classes, &labels[samples], self.config.label_smoothing)?;
@@ -310,14 +313,15 @@ impl PlTrainer {
             ..StepStats::default()
         };
         stats.forward_seconds = clock.elapsed().as_secs_f64();
-        let output_rms = (figures[0] / (batch * classes).max(1) as f64).sqrt();
+        let output_rms = (figures[0] / (batch * rows * classes).max(1) as f64).sqrt();
         let mut pending: Vec<(usize, Matrix)> = Vec::new();
 
         for l in (0..count).rev() {
             let clock = Instant::now();
             let rule = net.layers[l].op.rule(&cfg.rule);
             let input = if l == 0 { x } else { &acts[l - 1] };
-            let update = sharded_update(&*net.layers[l].op, input, &err, local, batch, reducer, &cfg.ridge)
+            let per = net.layers[l].input_shape(1).0;
+            let update = sharded_update(&*net.layers[l].op, input, &err, per, batch, reducer, &cfg.ridge)
                 .map_err(at(l))?;
             let solved = Instant::now();
             let mut previous = None;
@@ -331,14 +335,14 @@ impl PlTrainer {
                     pending.push((r, e.into_owned()));
                 }
                 if cfg.error_scale == ErrorScale::Output {
+                    let (r, c) = net.layers[l - 1].output_shape(1);
+                    let per = r * c;
                     let squares = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
-                        let per = e.as_slice().len() / local.max(1);
                         let values = &e.as_slice()[samples.start * per..samples.end * per];
                         Ok::<_, OpsError>(vec![values.iter().map(|&v| f64::from(v) * f64::from(v)).sum()])
                     })
                     .map_err(at(l - 1))?;
-                    let size =
-                        (squares[0] / (batch * e.as_slice().len() / local.max(1)).max(1) as f64).sqrt();
+                    let size = (squares[0] / (batch * per).max(1) as f64).sqrt();
                     let scale = (output_rms / size.max(f64::MIN_POSITIVE)) as f32;
                     e.as_mut_slice()
                         .par_chunks_mut(1 << 16)
@@ -367,12 +371,12 @@ impl PlTrainer {
 }
 
 /// A layer's PL update from its primal systems summed over the shards of the global batch
-/// (`None` for kinds without parameters); `local` samples are this worker's.
+/// (`None` for kinds without parameters); `per` is the input's rows per sample.
 fn sharded_update(
     op: &dyn Op,
     input: &Matrix,
     err: &Matrix,
-    local: usize,
+    per: usize,
     batch: usize,
     reducer: &mut dyn Reducer,
     ridge: &RidgeConfig,
@@ -380,7 +384,6 @@ fn sharded_update(
     if op.params().is_none() {
         return Ok(None);
     }
-    let per = input.rows() / local.max(1);
     let sums = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
         let rows = samples.start * per..samples.end * per;
         op.pl_partial(input, err, rows, ridge)?.ok_or_else(|| OpsError::Invalid {

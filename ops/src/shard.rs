@@ -104,6 +104,19 @@ fn cover(node: Node, mine: Range<u32>, out: &mut Vec<Node>) {
     cover(b, mine, out);
 }
 
+/// `x` (`samples` samples of `rows` rows each) with its one sample repeated when it holds
+/// exactly one, else `None`. A one-row product takes another kernel than a batched one
+/// (a matrix-vector product, rounding differently), so a worker holding one sample would
+/// compute other bits for it than a worker holding it among others; the copy is never
+/// summed (no shard covers it).
+pub fn two_rows_at_least(x: &crate::Matrix, samples: usize) -> Option<crate::Matrix> {
+    if samples != 1 || x.rows() != 1 {
+        return None;
+    }
+    let row = x.as_slice();
+    Some(crate::Matrix::from_vec(2, x.cols(), [row, row].concat()))
+}
+
 /// Sums of tree nodes, as exchanged between workers.
 pub type NodeSums = Vec<(Node, Vec<f64>)>;
 

@@ -59,23 +59,30 @@ fn bits(net: &Network) -> Vec<u32> {
 /// The weights and the summed figures of the last step after `STEPS` steps on `workers`
 /// workers (one value per worker).
 fn train(make: fn() -> Box<dyn Trainer>, workers: usize) -> Vec<(Vec<u32>, StepStats)> {
+    train_on(make, workers, BATCH)
+}
+
+/// [`train`] on the first `batch` examples.
+fn train_on(make: fn() -> Box<dyn Trainer>, workers: usize, batch: usize) -> Vec<(Vec<u32>, StepStats)> {
     let (x, labels) = data();
+    let x = Matrix::from_vec(batch, 12, x.as_slice()[..batch * 12].to_vec());
+    let labels = &labels[..batch];
     let reducers = threads::connected(SHARDS, workers).expect("layout");
     std::thread::scope(|scope| {
         let handles: Vec<_> = reducers
             .into_iter()
             .map(|mut reducer| {
-                let (x, labels) = (&x, &labels);
+                let x = &x;
                 scope.spawn(move || {
                     use plflow_ops::shard::Reducer;
-                    let mine = reducer.layout().my_samples(BATCH);
+                    let mine = reducer.layout().my_samples(batch);
                     let part = x.as_slice()[mine.start * 12..mine.end * 12].to_vec();
                     let local = Matrix::from_vec(mine.len(), 12, part);
                     let (mut net, mut trainer) = (network(1), make());
                     let mut stats = StepStats::default();
                     for _ in 0..STEPS {
                         stats = trainer
-                            .step_sharded(&mut net, &local, &labels[mine.clone()], BATCH, &mut reducer)
+                            .step_sharded(&mut net, &local, &labels[mine.clone()], batch, &mut reducer)
                             .expect("step");
                     }
                     (bits(&net), stats)
@@ -141,4 +148,25 @@ fn the_pl_step_matches_the_one_process_step() {
 #[test]
 fn the_adam_step_matches_the_one_process_step() {
     matches_the_one_process_step(adam, 1e-5);
+}
+
+/// Batches of 2 and 3 over 6 shards and 3 workers: a worker holds one sample or none (the
+/// one-row products take other kernels than batched ones) and still ends with the same
+/// weights as one worker holding them all.
+#[test]
+fn workers_with_one_sample_or_none_get_the_same_weights() {
+    for (make, batch) in [(pl as fn() -> Box<dyn Trainer>, 2), (adam, 2), (pl, 3), (adam, 3)] {
+        let one = train_on(make, 1, batch).remove(0);
+        let all = train_on(make, 3, batch);
+        let diff: Vec<usize> =
+            all.iter().map(|g| g.0.iter().zip(&one.0).filter(|(a, b)| a != b).count()).collect();
+        for (w, got) in all.into_iter().enumerate() {
+            assert!(
+                got.0 == one.0,
+                "worker {w}'s weights: values differing per worker {diff:?} of {}",
+                one.0.len()
+            );
+            assert_eq!((got.1.rows, got.1.correct), (batch, one.1.correct));
+        }
+    }
 }
