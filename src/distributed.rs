@@ -107,6 +107,12 @@ pub fn start(args: &DistributedArgs, pipeline: &Path, sets: &[String]) -> anyhow
         (Some(hosts), Some(process), _) => (process, plflow_cluster::hosts::read(hosts)?, None, Vec::new()),
         (None, _, Some(workers)) => {
             anyhow::ensure!(workers >= 1, "--workers must be at least 1");
+            anyhow::ensure!(
+                workers <= args.shards,
+                "--workers {workers} with --shards {}: each process needs at least one shard of every batch; \
+                 raise --shards (the model depends on it) or start fewer workers",
+                args.shards
+            );
             let dir = std::env::temp_dir().join(format!("plflow-hosts-{}", std::process::id()));
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let addresses = loopback_addresses(workers)?;

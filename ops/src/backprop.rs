@@ -17,7 +17,7 @@ use crate::dense::Dense;
 use crate::error::Dim;
 use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
-use crate::shard::{Reducer, shard_sum, two_rows_at_least};
+use crate::shard::{Reducer, shard_sum, shard_sum_par, two_rows_at_least};
 use crate::sparse::Mask;
 use crate::state::{Part, TrainerState, count};
 use crate::{Matrix, OpsError};
@@ -752,7 +752,7 @@ fn sharded_gradients(
         return Ok(None);
     }
     let per = input.rows() / local.max(1);
-    let sums = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+    let sums = shard_sum_par(reducer, batch, &|_, samples: Range<usize>| {
         let rows = samples.start * per..samples.end * per;
         op.gradient_partial(input, delta, rows)?.ok_or_else(|| OpsError::Invalid {
             op: "distributed step",

@@ -15,7 +15,7 @@
 use crate::error::Dim;
 use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
-use crate::shard::{Reducer, shard_sum, two_rows_at_least};
+use crate::shard::{Reducer, shard_sum, shard_sum_par, two_rows_at_least};
 use crate::solve::{Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath};
 use crate::state::{Part, TrainerState, count};
 use crate::update::{LayerState, UpdateRule};
@@ -384,7 +384,7 @@ fn sharded_update(
     if op.params().is_none() {
         return Ok(None);
     }
-    let sums = shard_sum(reducer, batch, &mut |_, samples: Range<usize>| {
+    let sums = shard_sum_par(reducer, batch, &|_, samples: Range<usize>| {
         let rows = samples.start * per..samples.end * per;
         op.pl_partial(input, err, rows, ridge)?.ok_or_else(|| OpsError::Invalid {
             op: "distributed step",

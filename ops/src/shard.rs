@@ -171,6 +171,41 @@ pub fn shard_sum<E: From<OpsError>>(
     complete(layout.root(), &mut held).map_err(E::from)
 }
 
+/// [`shard_sum`] for a `partial` that may run on several shards at once: the two halves of
+/// every node are computed in parallel (rayon), and added in the same order, so the bits are
+/// those of [`shard_sum`]. At most a few partials per thread are alive at a time.
+pub fn shard_sum_par<E: From<OpsError> + Send>(
+    reducer: &mut dyn Reducer,
+    batch: usize,
+    partial: &(dyn Fn(usize, Range<usize>) -> Result<Vec<f64>, E> + Sync),
+) -> Result<Vec<f64>, E> {
+    let layout = reducer.layout();
+    let first = layout.my_samples(batch).start;
+    let leaf = |s: usize| -> Result<Vec<f64>, E> {
+        let samples = layout.shard_samples(s, batch);
+        partial(s, samples.start - first..samples.end - first)
+    };
+    let mut mine = Vec::new();
+    for node in layout.my_nodes() {
+        mine.push((node, subtree_par(node, &leaf)?));
+    }
+    let gathered = reducer.all_gather(mine)?;
+    let mut held: HashMap<Node, Vec<f64>> = gathered.into_iter().collect();
+    complete(layout.root(), &mut held).map_err(E::from)
+}
+
+fn subtree_par<E: From<OpsError> + Send>(
+    node: Node,
+    leaf: &(dyn Fn(usize) -> Result<Vec<f64>, E> + Sync),
+) -> Result<Vec<f64>, E> {
+    if node.is_leaf() {
+        return leaf(node.lo as usize);
+    }
+    let (a, b) = node.children();
+    let (left, right) = rayon::join(|| subtree_par(a, leaf), || subtree_par(b, leaf));
+    Ok(add(node, left?, &right?)?)
+}
+
 /// The sum of a node whose leaves this worker computes, children added left to right.
 fn subtree<E: From<OpsError>>(
     node: Node,
@@ -335,6 +370,31 @@ mod tests {
                 for sums in run(shards, workers, 100) {
                     assert_eq!(bits(&sums), bits(&one[0]), "{shards} shards, {workers} workers");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_parallel_sum_gives_the_sequential_bits() {
+        for (shards, workers) in [(12, 1), (12, 3), (7, 2)] {
+            let sequential = run(shards, workers, 100);
+            let reducers = threads::connected(shards, workers).expect("layout");
+            let parallel: Vec<Vec<f64>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = reducers
+                    .into_iter()
+                    .map(|mut r| {
+                        scope.spawn(move || {
+                            let partial = |s: usize, _: Range<usize>| -> Result<Vec<f64>, OpsError> {
+                                Ok(leaf_values(s))
+                            };
+                            shard_sum_par(&mut r, 100, &partial).expect("sum")
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("worker")).collect()
+            });
+            for (a, b) in parallel.iter().zip(&sequential) {
+                assert_eq!(bits(a), bits(b), "{shards} shards, {workers} workers");
             }
         }
     }

@@ -132,10 +132,6 @@ pub(super) fn primal_system(
     let (d, m) = (x.cols(), e.cols());
     let (first, n) = (rows.start, rows.len());
     let da = d + 1;
-    let mut g = Buffer::<f64>::zeros(da * da);
-    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
-    let mut rhs = Buffer::<f64>::zeros(da * m);
-    let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
     // The rows are split into a fixed number of contiguous ranges (`PARTIAL_SYSTEMS`),
     // each accumulating its own partial Gram and right-hand side with sequential
     // products: the products of one slice are too small to share out (a 33 x 33 result),
@@ -178,6 +174,14 @@ pub(super) fn primal_system(
             (g, r)
         })
         .collect();
+    if partials.len() == 1 {
+        // One part (a short shard of a distributed batch): it is the sum.
+        return partials.into_iter().next().expect("one part");
+    }
+    let mut g = Buffer::<f64>::zeros(da * da);
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    let mut rhs = Buffer::<f64>::zeros(da * m);
+    let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
     for (g, r) in &partials {
         let (g, r) = (MatRef::from_column_major_slice(g, da, da), MatRef::from_column_major_slice(r, da, m));
         for j in 0..da {
