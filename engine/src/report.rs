@@ -41,6 +41,26 @@ pub fn mb(bytes: usize) -> f64 {
     bytes as f64 / 1e6
 }
 
+/// Record which source lines hold the ledger's bytes, for [`print_peak_sites`].
+pub fn trace_peak_sites() {
+    plflow_ops::ledger::trace_sites(true);
+}
+
+/// Print, when site tracing is on (`PLFLOW_LEDGER_SITES=1`), which source lines held the
+/// training stage's ledger peak: where a step's memory goes, for whoever is cutting it.
+pub fn print_peak_sites(stage: &str) {
+    if !plflow_ops::ledger::tracing_sites() {
+        return;
+    }
+    let sites = plflow_ops::ledger::peak_sites();
+    let total: usize = sites.iter().map(|s| s.1).sum();
+    let mut text = format!("{stage}: ledger peak {:.3} MB held by\n", mb(total));
+    for (site, bytes) in sites {
+        text += &format!("  {:>10.3} MB  {site}\n", mb(bytes));
+    }
+    eprint!("{text}");
+}
+
 /// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let tmp = plflow_datasets::format::partial_path(path);

@@ -224,6 +224,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, EngineError> {
                 };
                 let t = job.train(network, checkpoint, &mut metrics, &mut files)?;
                 run_peak = run_peak.max(ledger::peak_bytes());
+                report::print_peak_sites(&node.name);
                 trained.insert(i, t);
             }
             Op::Evaluate { .. } => {} // measured by its trainer after every epoch

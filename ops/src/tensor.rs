@@ -5,15 +5,24 @@ use faer::{MatMut, MatRef};
 
 /// A ledger-tracked, row-major `f32` matrix. Rows index samples (or positions), columns
 /// index features, so a batch copied out of a dataset is already in place.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
     data: Buffer<f32>,
 }
 
+impl Clone for Matrix {
+    /// A copy, counted in the ledger at the caller's line.
+    #[track_caller]
+    fn clone(&self) -> Self {
+        Self { rows: self.rows, cols: self.cols, data: self.data.clone() }
+    }
+}
+
 impl Matrix {
     /// A `rows x cols` matrix of zeros.
+    #[track_caller]
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Self { rows, cols, data: Buffer::zeros(rows * cols) }
     }
@@ -22,6 +31,7 @@ impl Matrix {
     ///
     /// # Panics
     /// If the length does not match the shape (a programming error, not a user input).
+    #[track_caller]
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "Matrix::from_vec: {rows}x{cols} needs {} values", rows * cols);
         Self { rows, cols, data: Buffer::from_vec(data) }
