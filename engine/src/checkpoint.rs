@@ -14,7 +14,7 @@ use crate::model::{LoadedModel, ModelFiles, Tensor, bad_model, model_tensors, to
 use crate::model::{META_KEY, ModelMeta};
 use crate::report::EpochRecord;
 use plflow_ops::network::Network;
-use plflow_ops::state::TrainerState;
+use plflow_ops::state::{StateTensor, StateTensorMut, TrainerState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -62,7 +62,13 @@ impl ModelFiles {
         let mut tensors = model_tensors(network, &self.layer_names, &self.stats);
         for part in trainer.tensors() {
             let name = format!("state.{}", part_name(&self.layer_names, part.layer, part.name));
-            tensors.push((name, Tensor::matrix(part.value)));
+            let tensor = match part.value {
+                StateTensor::F32(m) => Tensor::matrix(m),
+                StateTensor::Bf16(m) => {
+                    Tensor::Bf16 { shape: vec![m.rows(), m.cols()], values: m.as_slice() }
+                }
+            };
+            tensors.push((name, tensor));
         }
         let mut state = state.clone();
         state.scalars = trainer
@@ -143,9 +149,15 @@ impl Checkpoint {
         }
         for part in trainer.tensors_mut() {
             let name = format!("state.{}", part_name(layer_names, part.layer, part.name));
-            let shape = [part.value.rows(), part.value.cols()];
-            let values = self.model.f32_tensor(&name, &shape)?;
-            part.value.as_mut_slice().copy_from_slice(values);
+            let shape = part.value.shape();
+            match part.value {
+                StateTensorMut::F32(m) => {
+                    m.as_mut_slice().copy_from_slice(self.model.f32_tensor(&name, &shape)?)
+                }
+                StateTensorMut::Bf16(m) => {
+                    m.as_mut_slice().copy_from_slice(self.model.bf16_tensor(&name, &shape)?)
+                }
+            }
         }
         let wanted: Vec<_> = trainer.scalars().into_iter().map(|p| (p.layer, p.name)).collect();
         for (layer, name) in wanted {
@@ -168,7 +180,7 @@ mod tests {
     use plflow_ops::dense::Dense;
     use plflow_ops::network::Layer;
     use plflow_ops::pl::{PlConfig, PlTrainer};
-    use plflow_ops::update::Metaplasticity;
+    use plflow_ops::update::{Metaplasticity, Storage};
 
     fn network() -> Network {
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * 0.41 + k).sin()).collect::<Vec<f32>>();
@@ -210,9 +222,16 @@ mod tests {
 
     #[test]
     fn a_checkpoint_restores_every_buffer_and_counter_bit_for_bit() {
+        for storage in [Storage::F32, Storage::Bf16] {
+            restores_bit_for_bit(storage);
+        }
+    }
+
+    fn restores_bit_for_bit(storage: Storage) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut net = network();
-        let config = PlConfig::foundation(0.5, 1.0);
+        let mut config = PlConfig::foundation(0.5, 1.0);
+        config.rule.momentum_storage = storage;
         let trainer = trained(&mut net, config);
         let files = files(dir.path());
         files.save_state(&net, &trainer, &state(0)).expect("save");
@@ -222,7 +241,15 @@ mod tests {
         c.restore(&mut fresh, "pl", &files.layer_names).expect("restore");
         for (a, b) in trainer.tensors().iter().zip(fresh.tensors()) {
             assert_eq!((a.layer, a.name), (b.layer, b.name));
-            assert_eq!(a.value.as_slice(), b.value.as_slice(), "{}", a.name);
+            assert_eq!(a.value.shape(), b.value.shape());
+            assert_eq!(a.value.to_f32(), b.value.to_f32(), "{}", a.name);
+            let bf16 = matches!(b.value, StateTensor::Bf16(_));
+            assert_eq!(
+                bf16,
+                a.name == "velocity" && storage == Storage::Bf16,
+                "{} stays {storage:?}",
+                a.name
+            );
         }
         let scalars = |t: &PlTrainer| t.scalars().into_iter().map(|p| p.value.to_bits()).collect::<Vec<_>>();
         assert_eq!(scalars(&trainer), scalars(&fresh));

@@ -186,8 +186,19 @@ pub enum StepMeta {
 
 /// A tensor handed to the safetensors writer as a view of a live buffer.
 pub(crate) enum Tensor<'a> {
-    F32 { shape: Vec<usize>, values: &'a [f32] },
-    U32 { shape: Vec<usize>, values: &'a [u32] },
+    F32 {
+        shape: Vec<usize>,
+        values: &'a [f32],
+    },
+    U32 {
+        shape: Vec<usize>,
+        values: &'a [u32],
+    },
+    /// `bf16` values as their bit patterns (state kept at half size).
+    Bf16 {
+        shape: Vec<usize>,
+        values: &'a [u16],
+    },
 }
 
 impl<'a> Tensor<'a> {
@@ -202,12 +213,13 @@ impl View for Tensor<'_> {
         match self {
             Tensor::F32 { .. } => Dtype::F32,
             Tensor::U32 { .. } => Dtype::U32,
+            Tensor::Bf16 { .. } => Dtype::BF16,
         }
     }
 
     fn shape(&self) -> &[usize] {
         match self {
-            Tensor::F32 { shape, .. } | Tensor::U32 { shape, .. } => shape,
+            Tensor::F32 { shape, .. } | Tensor::U32 { shape, .. } | Tensor::Bf16 { shape, .. } => shape,
         }
     }
 
@@ -221,8 +233,12 @@ impl View for Tensor<'_> {
             Tensor::U32 { values, .. } if cfg!(target_endian = "little") => {
                 Cow::Borrowed(bytemuck::cast_slice(values))
             }
+            Tensor::Bf16 { values, .. } if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(values))
+            }
             Tensor::F32 { values, .. } => Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
             Tensor::U32 { values, .. } => Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Tensor::Bf16 { values, .. } => Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         }
     }
 
@@ -230,6 +246,7 @@ impl View for Tensor<'_> {
         match self {
             Tensor::F32 { values, .. } => values.len() * 4,
             Tensor::U32 { values, .. } => values.len() * 4,
+            Tensor::Bf16 { values, .. } => values.len() * 2,
         }
     }
 }
@@ -622,6 +639,7 @@ pub struct LoadedModel {
     pub metadata: HashMap<String, String>,
     f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
     u32s: HashMap<String, (Vec<usize>, Vec<u32>)>,
+    bf16s: HashMap<String, (Vec<usize>, Vec<u16>)>,
 }
 
 /// A model file that cannot be used, naming the file and, where it applies, the tensor.
@@ -663,7 +681,7 @@ impl LoadedModel {
                 ),
             ));
         }
-        let (mut f32s, mut u32s) = (HashMap::new(), HashMap::new());
+        let (mut f32s, mut u32s, mut bf16s) = (HashMap::new(), HashMap::new(), HashMap::new());
         for (name, view) in file.tensors() {
             let shape = view.shape().to_vec();
             let words = view.data().chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
@@ -674,22 +692,49 @@ impl LoadedModel {
                 Dtype::U32 => {
                     u32s.insert(name, (shape, words.map(u32::from_le_bytes).collect()));
                 }
+                Dtype::BF16 => {
+                    let halves =
+                        view.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                    bf16s.insert(name, (shape, halves));
+                }
                 other => {
                     return Err(bad_model(
                         path,
                         Some(&name),
-                        format!("dtype {other:?}; plflow writes F32 and U32"),
+                        format!("dtype {other:?}; plflow writes F32, U32 and BF16"),
                     ));
                 }
             }
         }
-        Ok(Self { path: path.to_path_buf(), meta, metadata, f32s, u32s })
+        Ok(Self { path: path.to_path_buf(), meta, metadata, f32s, u32s, bf16s })
     }
 
     /// The f32 tensor `name`, which must have `shape`.
     pub(crate) fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<&[f32], EngineError> {
-        let Some((got, values)) = self.f32s.get(name) else {
-            return Err(bad_model(&self.path, Some(name), "missing"));
+        self.shaped(&self.f32s, name, shape, "f32")
+    }
+
+    /// The bf16 tensor `name` (bit patterns), which must have `shape`.
+    pub(crate) fn bf16_tensor(&self, name: &str, shape: &[usize]) -> Result<&[u16], EngineError> {
+        self.shaped(&self.bf16s, name, shape, "bf16")
+    }
+
+    fn shaped<'a, T>(
+        &self,
+        tensors: &'a HashMap<String, (Vec<usize>, Vec<T>)>,
+        name: &str,
+        shape: &[usize],
+        dtype: &str,
+    ) -> Result<&'a [T], EngineError> {
+        let Some((got, values)) = tensors.get(name) else {
+            let other = [
+                &self.f32s.contains_key(name),
+                &self.bf16s.contains_key(name),
+                &self.u32s.contains_key(name),
+            ];
+            let message =
+                if other.iter().any(|&&b| b) { format!("not {dtype}") } else { "missing".to_owned() };
+            return Err(bad_model(&self.path, Some(name), message));
         };
         if got != shape {
             return Err(bad_model(

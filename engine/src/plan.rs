@@ -12,6 +12,7 @@ use plflow_ops::backprop::{GRADIENT_TILE_ROWS, Optimizer};
 use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
 use plflow_ops::pl::PlConfig;
 use plflow_ops::solve::{Delivery, workspace_bytes};
+use plflow_ops::update::Storage;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -207,7 +208,7 @@ impl Plan {
         let residual: usize =
             layers.iter().filter(|&&l| self.graph.residual_of(l).is_some()).map(|&l| n * size(l) * F32).sum();
         let step = n * size(*source) * F32 + acts.iter().sum::<usize>() + scratch + workspace + residual;
-        MemoryEstimate { parameters, state: parameters * per_param, step }
+        MemoryEstimate { parameters, state: (parameters as f64 * per_param) as usize, step }
     }
 
     /// The text `plflow check` prints: nodes in order with shapes and parameter counts, and
@@ -322,7 +323,13 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
     let parameters: usize = dims.iter().map(|&(d, m)| (d * m + m) * F32).sum();
     let state: usize = dims
         .iter()
-        .map(|&(d, m)| rule.momentum.map_or(0, |_| d * m * F32) + rule.spectral_max.map_or(0, |_| m * F32))
+        .map(|&(d, m)| {
+            let momentum = match rule.momentum_storage {
+                Storage::F32 => d * m * F32,
+                Storage::Bf16 => d * m * 2,
+            };
+            rule.momentum.map_or(0, |_| momentum) + rule.spectral_max.map_or(0, |_| m * F32)
+        })
         .sum();
     let batch = n * input_len * F32;
     let act = |l: usize| n * dims[l].1 * F32;

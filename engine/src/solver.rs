@@ -40,8 +40,9 @@ pub trait Method: fmt::Debug + Send + Sync {
     /// Expected peak of a chain of flat dense layers `dims` (inputs, units) over a
     /// `input_len`-wide batch of `batch` examples.
     fn estimate(&self, dims: &[(usize, usize)], input_len: usize, batch: usize) -> MemoryEstimate;
-    /// Buffers of state kept per trainable parameter.
-    fn state_per_parameter(&self) -> usize;
+    /// Bytes of state kept per byte of trainable parameters (`f32` buffers count 1, `bf16`
+    /// ones one half).
+    fn state_per_parameter(&self) -> f64;
     /// Bytes of one layer's update workspace at its peak.
     fn update_bytes(&self, work: &LayerWork) -> usize;
     /// Whether the step's loss is PL's residual (reported as `train_residual`) rather than

@@ -34,7 +34,7 @@ use crate::activation::Activation;
 use crate::dense::Dense;
 use crate::error::Dim;
 use crate::network::{LayerError, Network, StepStats, argmax};
-use crate::state::{Part, TrainerState};
+use crate::state::{Part, StateTensor, StateTensorMut, TrainerState};
 use crate::{Matrix, OpsError, par};
 use faer::Accum;
 use faer::linalg::matmul::matmul;
@@ -75,11 +75,11 @@ impl Vars<'_> {
 }
 
 impl TrainerState for AdmmTrainer {
-    fn tensors(&self) -> Vec<Part<&Matrix>> {
+    fn tensors(&self) -> Vec<Part<StateTensor<'_>>> {
         Vec::new()
     }
 
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
+    fn tensors_mut(&mut self) -> Vec<Part<StateTensorMut<'_>>> {
         Vec::new()
     }
 

@@ -19,7 +19,7 @@ use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
 use crate::shard::{Reducer, shard_sum, shard_sum_par, two_rows_at_least};
 use crate::sparse::Mask;
-use crate::state::{Part, TrainerState, count};
+use crate::state::{Part, StateTensor, StateTensorMut, TrainerState, count};
 use crate::{Matrix, OpsError};
 use std::ops::Range;
 use std::time::Instant;
@@ -344,21 +344,21 @@ impl Moments {
 }
 
 impl TrainerState for OptimizerState {
-    fn tensors(&self) -> Vec<Part<&Matrix>> {
+    fn tensors(&self) -> Vec<Part<StateTensor<'_>>> {
         let mut parts = Vec::new();
         for (l, (w, b)) in self.layers.iter().enumerate() {
             for (name, m) in w.buffers(0).into_iter().chain(b.buffers(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
+                parts.extend(m.map(|m| Part::of(l, name, m.into())));
             }
         }
         parts
     }
 
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
+    fn tensors_mut(&mut self) -> Vec<Part<StateTensorMut<'_>>> {
         let mut parts = Vec::new();
         for (l, (w, b)) in self.layers.iter_mut().enumerate() {
             for (name, m) in w.buffers_mut(0).into_iter().chain(b.buffers_mut(1)) {
-                parts.extend(m.map(|m| Part::of(l, name, m)));
+                parts.extend(m.map(|m| Part::of(l, name, m.into())));
             }
         }
         parts
@@ -383,11 +383,11 @@ impl TrainerState for OptimizerState {
 macro_rules! optimizer_state_is_the_state {
     ($trainer:ty) => {
         impl crate::state::TrainerState for $trainer {
-            fn tensors(&self) -> Vec<crate::state::Part<&crate::Matrix>> {
+            fn tensors(&self) -> Vec<crate::state::Part<crate::state::StateTensor<'_>>> {
                 self.state.tensors()
             }
 
-            fn tensors_mut(&mut self) -> Vec<crate::state::Part<&mut crate::Matrix>> {
+            fn tensors_mut(&mut self) -> Vec<crate::state::Part<crate::state::StateTensorMut<'_>>> {
                 self.state.tensors_mut()
             }
 

@@ -8,6 +8,7 @@
 //! Crate map (one concept per module):
 //! - [`ledger`]: counts the bytes held by tracked buffers, with a high-water mark.
 //! - [`tensor`]: [`Matrix`], a ledger-tracked row-major `f32` matrix with faer views.
+//! - [`bf16`]: `bf16` rounding and a ledger-tracked `bf16` matrix, for state kept at half size.
 //! - [`activation`]: ELU and ReLU with clipping, and their derivatives recovered from the output.
 //! - [`dense`]: a fully connected layer (weights, bias, forward pass); over the rows of NHWC
 //!   feature maps it is also the pointwise (1x1) convolution.
@@ -33,6 +34,7 @@
 pub mod activation;
 pub mod admm;
 pub mod backprop;
+pub mod bf16;
 pub mod concat;
 pub mod dense;
 pub mod depthwise;

@@ -17,8 +17,8 @@ use crate::layer::Op;
 use crate::network::{ErrorMode, LayerError, Network, StepStats, argmax, at};
 use crate::shard::{Reducer, shard_sum, shard_sum_par, two_rows_at_least};
 use crate::solve::{Precision, RidgeConfig, RidgeScale, RidgeUpdate, SolvePath};
-use crate::state::{Part, TrainerState, count};
-use crate::update::{LayerState, UpdateRule};
+use crate::state::{Part, StateTensor, StateTensorMut, TrainerState, count};
+use crate::update::{LayerState, Storage, UpdateRule};
 use crate::{Matrix, OpsError};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -79,6 +79,7 @@ impl PlConfig {
             rule: UpdateRule {
                 metaplasticity: None,
                 momentum: Some(0.9),
+                momentum_storage: Storage::F32,
                 orthogonalize: None,
                 spectral_max: Some(2.0),
             },
@@ -102,13 +103,13 @@ pub struct PlTrainer {
 }
 
 impl TrainerState for PlTrainer {
-    fn tensors(&self) -> Vec<Part<&Matrix>> {
+    fn tensors(&self) -> Vec<Part<StateTensor<'_>>> {
         let layers = self.states.iter().enumerate();
         let per_layer = layers.filter_map(|(l, s)| s.as_ref().map(|s| (l, s)));
         per_layer.flat_map(|(l, s)| s.buffers().into_iter().map(move |(n, b)| Part::of(l, n, b))).collect()
     }
 
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>> {
+    fn tensors_mut(&mut self) -> Vec<Part<StateTensorMut<'_>>> {
         let layers = self.states.iter_mut().enumerate();
         let per_layer = layers.filter_map(|(l, s)| s.as_mut().map(|s| (l, s)));
         per_layer

@@ -4,6 +4,7 @@
 //! (step counts, the last spectral norm) as a [`Part`] holding an `f64`, which represents
 //! every `u64` count below 2^53 and every `f32` exactly.
 
+use crate::bf16::Bf16Matrix;
 use crate::network::{LayerError, Network, StepStats};
 use crate::shard::Reducer;
 use crate::{Matrix, OpsError};
@@ -31,12 +32,70 @@ impl<T> Part<T> {
     }
 }
 
+/// A state buffer as listed for a checkpoint: `f32`, or `bf16` for state kept at half size.
+#[derive(Debug, Clone, Copy)]
+pub enum StateTensor<'a> {
+    /// Values in `f32`.
+    F32(&'a Matrix),
+    /// Values stored as `bf16`.
+    Bf16(&'a Bf16Matrix),
+}
+
+/// A state buffer to be overwritten from a checkpoint (see [`StateTensor`]).
+#[derive(Debug)]
+pub enum StateTensorMut<'a> {
+    /// Values in `f32`.
+    F32(&'a mut Matrix),
+    /// Values stored as `bf16`.
+    Bf16(&'a mut Bf16Matrix),
+}
+
+impl StateTensor<'_> {
+    /// The values widened to `f32` (exactly), e.g. to compare two states.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Self::F32(m) => m.as_slice().to_vec(),
+            Self::Bf16(m) => m.as_slice().iter().map(|&h| crate::bf16::to_f32(h)).collect(),
+        }
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Self::F32(m) => [m.rows(), m.cols()],
+            Self::Bf16(m) => [m.rows(), m.cols()],
+        }
+    }
+}
+
+impl StateTensorMut<'_> {
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Self::F32(m) => [m.rows(), m.cols()],
+            Self::Bf16(m) => [m.rows(), m.cols()],
+        }
+    }
+}
+
+impl<'a> From<&'a Matrix> for StateTensor<'a> {
+    fn from(m: &'a Matrix) -> Self {
+        Self::F32(m)
+    }
+}
+
+impl<'a> From<&'a mut Matrix> for StateTensorMut<'a> {
+    fn from(m: &'a mut Matrix) -> Self {
+        Self::F32(m)
+    }
+}
+
 /// A trainer whose whole state can be listed, written and restored.
 pub trait TrainerState {
     /// Every state buffer, read-only (for writing a checkpoint).
-    fn tensors(&self) -> Vec<Part<&Matrix>>;
+    fn tensors(&self) -> Vec<Part<StateTensor<'_>>>;
     /// Every state buffer, in the same order, to be overwritten from a checkpoint.
-    fn tensors_mut(&mut self) -> Vec<Part<&mut Matrix>>;
+    fn tensors_mut(&mut self) -> Vec<Part<StateTensorMut<'_>>>;
     /// Every counter and scalar.
     fn scalars(&self) -> Vec<Part<f64>>;
     /// Restore the scalar `name` of `layer`; false when the trainer has no such scalar or
@@ -113,7 +172,15 @@ mod tests {
         assert_eq!(sources.len(), targets.len());
         for (s, t) in sources.iter().zip(&mut targets) {
             assert_eq!((s.layer, s.name), (t.layer, t.name));
-            t.value.as_mut_slice().copy_from_slice(s.value.as_slice());
+            match (&s.value, &mut t.value) {
+                (StateTensor::F32(s), StateTensorMut::F32(t)) => {
+                    t.as_mut_slice().copy_from_slice(s.as_slice())
+                }
+                (StateTensor::Bf16(s), StateTensorMut::Bf16(t)) => {
+                    t.as_mut_slice().copy_from_slice(s.as_slice())
+                }
+                _ => panic!("{}: the listings differ in type", s.name),
+            }
         }
         for p in from.scalars() {
             assert!(to.set_scalar(p.layer, p.name, p.value), "{} restores", p.name);
@@ -166,6 +233,19 @@ mod tests {
         let state = make(&network(7));
         let names: Vec<_> = state.tensors().iter().map(|p| (p.layer, p.name)).collect();
         assert!(names.contains(&(Some(0), "theta")) && names.contains(&(Some(1), "power")), "{names:?}");
+        split_run_matches(make, |t, net, k| {
+            let (x, y) = batch(k);
+            t.step(net, &x, &y).expect("step");
+        });
+    }
+
+    #[test]
+    fn a_pl_trainer_with_bf16_momentum_continues_bit_for_bit_from_its_listed_state() {
+        let mut config = PlConfig::foundation(0.5, 1.0);
+        config.rule.momentum_storage = crate::update::Storage::Bf16;
+        let make = |net: &Network| PlTrainer::new(net, config);
+        let state = make(&network(7));
+        assert!(state.tensors().iter().any(|p| matches!(p.value, StateTensor::Bf16(_))));
         split_run_matches(make, |t, net, k| {
             let (x, y) = batch(k);
             t.step(net, &x, &y).expect("step");

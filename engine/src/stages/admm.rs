@@ -100,8 +100,8 @@ impl Method for AdmmConfig {
         MemoryEstimate { parameters, state: 0, step: batch * input_len * 4 + step_bytes(dims, batch) }
     }
 
-    fn state_per_parameter(&self) -> usize {
-        0
+    fn state_per_parameter(&self) -> f64 {
+        0.0
     }
 
     fn update_bytes(&self, w: &LayerWork) -> usize {

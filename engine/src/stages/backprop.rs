@@ -29,8 +29,8 @@ impl Method for Optimizer {
         estimate_backprop(dims, input_len, batch, self)
     }
 
-    fn state_per_parameter(&self) -> usize {
-        self.buffers_per_parameter()
+    fn state_per_parameter(&self) -> f64 {
+        self.buffers_per_parameter() as f64
     }
 
     fn update_bytes(&self, w: &LayerWork) -> usize {

@@ -157,8 +157,8 @@ impl Method for FfConfig {
         MemoryEstimate { parameters, state: 2 * parameters, step }
     }
 
-    fn state_per_parameter(&self) -> usize {
-        2
+    fn state_per_parameter(&self) -> f64 {
+        2.0
     }
 
     fn update_bytes(&self, w: &LayerWork) -> usize {
