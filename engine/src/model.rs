@@ -727,13 +727,9 @@ impl LoadedModel {
         dtype: &str,
     ) -> Result<&'a [T], EngineError> {
         let Some((got, values)) = tensors.get(name) else {
-            let other = [
-                &self.f32s.contains_key(name),
-                &self.bf16s.contains_key(name),
-                &self.u32s.contains_key(name),
-            ];
-            let message =
-                if other.iter().any(|&&b| b) { format!("not {dtype}") } else { "missing".to_owned() };
+            let elsewhere =
+                self.f32s.contains_key(name) || self.bf16s.contains_key(name) || self.u32s.contains_key(name);
+            let message = if elsewhere { format!("not {dtype}") } else { "missing".to_owned() };
             return Err(bad_model(&self.path, Some(name), message));
         };
         if got != shape {
