@@ -328,7 +328,8 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
                 Storage::F32 => d * m * F32,
                 Storage::Bf16 => d * m * 2,
             };
-            rule.momentum.map_or(0, |_| momentum) + rule.spectral_max.map_or(0, |_| m * F32)
+            let traces = rule.metaplasticity.map_or(0, |_| d * m * F32);
+            rule.momentum.map_or(0, |_| momentum) + traces + rule.spectral_max.map_or(0, |_| m * F32)
         })
         .sum();
     let batch = n * input_len * F32;
@@ -401,7 +402,7 @@ fn thousands(n: usize) -> String {
 mod tests {
     use super::*;
     use crate::parse::parse_pipeline;
-    use plflow_ops::update::UpdateRule;
+    use plflow_ops::update::{Metaplasticity, UpdateRule};
 
     const GOOD: &str = "name: t\nstages:\n  data:\n    kind: mnist\n  net:\n    kind: mlp\n    input: data\n    hidden: [32, 16]\n  train:\n    kind: pl\n    input: net\n  eval:\n    kind: evaluate\n    input: train\n";
 
@@ -698,7 +699,17 @@ mod tests {
         };
         let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
         assert_eq!(e.parameters, (784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10) * 4);
-        assert_eq!(e.state, (784 * 512 + 512 * 128 + 128 * 10) * 4);
+        let weights = 784 * 512 + 512 * 128 + 128 * 10;
+        assert_eq!(e.state, weights * 4);
         assert!(e.step > 512 * 784 * 4);
+        // bf16 momentum is 2 bytes a weight; metaplasticity's traces are 4 more.
+        let mut config = config;
+        config.rule.momentum_storage = Storage::Bf16;
+        let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
+        assert_eq!(e.state, weights * 2);
+        config.rule.metaplasticity =
+            Some(Metaplasticity { beta: 0.7, gamma: 0.15, tau_inactive: 1e-3, xi: 3.0, theta0: 0.1 });
+        let e = estimate_pl(&[(784, 512), (512, 128), (128, 10)], 784, 512, &config);
+        assert_eq!(e.state, weights * 6);
     }
 }
