@@ -339,12 +339,18 @@ pub fn estimate_pl(dims: &[(usize, usize)], input_len: usize, n: usize, config: 
     for (l, &(d, m)) in dims.iter().enumerate() {
         let alive_acts: usize = (0..l).map(act).sum(); // inputs of layers 1..=l (x is `batch`)
         let err = act(l);
-        let update = (d * m + m) * F32;
-        // the first layer's solve consumes its error and streams its update into its state
-        // (see plflow_ops::pl); an absolute ridge may need f64 (it depends on the data), so
-        // the planned route counts that
-        let delivery = if l == 0 { Delivery::TilesConsuming } else { Delivery::Whole };
-        let solve = alive_acts + err + workspace_bytes(n, d, m, ridge.planned_route(n, d), delivery);
+        // the first layer's solve consumes its error and streams its update into its state;
+        // a hidden layer's streams into its velocity (its bias update waits beside it) or,
+        // without momentum, is held whole until the error below is formed (see
+        // plflow_ops::pl); an absolute ridge may need f64 (it depends on the data), so the
+        // planned route counts that
+        let (delivery, update) = match (l, rule.momentum) {
+            (0, _) => (Delivery::TilesConsuming, 0),
+            (_, Some(_)) => (Delivery::Tiles, m * F32),
+            (_, None) => (Delivery::Whole, (d * m + m) * F32),
+        };
+        let held = if delivery == Delivery::Tiles { update } else { 0 };
+        let solve = alive_acts + err + held + workspace_bytes(n, d, m, ridge.planned_route(n, d), delivery);
         // the error below is written over the activation below (already in `alive_acts`)
         let propagate =
             if l > 0 { alive_acts + err + update + dense_error_scratch_bytes(n, d, threads) } else { 0 };

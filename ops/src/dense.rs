@@ -5,11 +5,11 @@ use crate::error::Dim;
 use crate::layer::{Combine, ErrorMode, GradientSink, Op, PerSample};
 use crate::ledger::Buffer;
 use crate::solve::{
-    RidgeConfig, RidgeUpdate, primal_partial, ridge_update, ridge_update_from_sums,
+    RidgeConfig, RidgeUpdate, primal_partial, ridge_update, ridge_update_from_sums, ridge_update_tiles,
     ridge_update_tiles_consuming,
 };
 use crate::sparse::Mask;
-use crate::update::{LayerState, UpdateRule};
+use crate::update::{LayerState, Pending, UpdateRule};
 use crate::{Matrix, OpsError, par};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -221,6 +221,23 @@ impl Op for Dense {
         ridge: &RidgeConfig,
     ) -> Result<Option<RidgeUpdate>, OpsError> {
         ridge_update(input, err, ridge).map(Some)
+    }
+
+    /// The update streams into the velocity: no `d x m` buffer while the error below is formed.
+    fn pl_update_deferred(
+        &self,
+        state: &mut LayerState,
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        input: &Matrix,
+        err: &Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<Pending>, OpsError> {
+        let shape = (self.inputs(), self.outputs());
+        let pending = state.stream_deferred(shape, mask, rule, |sink| {
+            ridge_update_tiles(input, err, ridge, sink).map(|_| ())
+        })?;
+        Ok(Some(pending))
     }
 
     /// The update is folded into the state as the solve streams it: no `d x m` buffer.

@@ -12,7 +12,7 @@ use crate::dense::Dense;
 use crate::error::Dim;
 use crate::solve::{RidgeConfig, RidgeUpdate};
 use crate::sparse::Mask;
-use crate::update::{LayerState, UpdateRule};
+use crate::update::{LayerState, Pending, UpdateRule};
 use crate::{Matrix, OpsError};
 use std::any::Any;
 use std::borrow::Cow;
@@ -146,6 +146,23 @@ pub trait Op: Debug + Send + Sync + Any {
     ) -> Result<Option<RidgeUpdate>, OpsError> {
         let _ = (input, err, ridge);
         Ok(None)
+    }
+
+    /// The PL solve of a hidden layer, folded into `state` as far as the old weights allow
+    /// (the error below still needs them): the weights move in
+    /// [`LayerState::finish_deferred`]. A kind may stream its update into the state instead of
+    /// holding it whole; `None` for kinds without parameters.
+    fn pl_update_deferred(
+        &self,
+        state: &mut LayerState,
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        input: &Matrix,
+        err: &Matrix,
+        ridge: &RidgeConfig,
+    ) -> Result<Option<Pending>, OpsError> {
+        let _ = (state, mask, rule);
+        Ok(self.pl_update(input, err, ridge)?.map(Pending::Whole))
     }
 
     /// The PL solve and update of a layer whose error is not needed afterwards (the first):

@@ -4,7 +4,9 @@
 //! One step: forward with the current weights, smoothed targets, then from the output back
 //! to the input: solve layer `l` on its input activation and error; compute the error of
 //! layer `l-1` with layer `l`'s weights *before* they change, written over layer `l`'s input
-//! activation (its last use); release layer `l`'s error; apply the update. Every error is
+//! activation (its last use); release layer `l`'s error; apply the update. The solve streams
+//! a hidden layer's update into its velocity as it is produced (the weights move from the
+//! velocity once the error below is formed), so no `d x m` update is held. Every error is
 //! thus computed from pre-update weights, exactly as if all were computed before any update,
 //! but at most two errors are alive at once, one of them in an activation's place, and none
 //! is alive during another layer's solve. The first layer (the largest, with
@@ -231,7 +233,15 @@ impl PlTrainer {
                 stats.solve_seconds += clock.elapsed().as_secs_f64();
                 break;
             }
-            let update = net.layers[l].op.pl_update(&acts[l - 1], &err, &cfg.ridge).map_err(at(l))?;
+            let update = match &mut self.states[l] {
+                Some(state) => {
+                    let layer = &net.layers[l];
+                    let mask = layer.mask.as_ref();
+                    layer.op.pl_update_deferred(state, mask, &rule, &acts[l - 1], &err, &cfg.ridge)
+                }
+                None => Ok(None),
+            }
+            .map_err(at(l))?;
             let solved = Instant::now();
             let below = acts.pop().expect("one activation per layer below this one");
             // The error reaching a residual add is copied to the output it added; a
@@ -255,10 +265,10 @@ impl PlTrainer {
             drop(err);
             let layer = &mut net.layers[l];
             let mask = layer.mask.as_ref();
-            if let (Some(update), Some(state), Some(params)) =
+            if let (Some(pending), Some(state), Some(params)) =
                 (update, &mut self.states[l], layer.op.params_mut())
             {
-                state.apply(params, mask, update, &rule).map_err(at(l))?;
+                state.finish_deferred(params, mask, pending, &rule).map_err(at(l))?;
             }
             stats.solve_seconds +=
                 solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();

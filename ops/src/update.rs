@@ -9,7 +9,7 @@ use crate::bf16::{self, Bf16Matrix};
 use crate::dense::Dense;
 use crate::error::Dim;
 use crate::ledger::Buffer;
-use crate::solve::{RidgeUpdate, SolveInfo, TileCollector, TileSink};
+use crate::solve::{RidgeUpdate, SolveInfo, Tile, TileCollector, TileSink};
 use crate::sparse::Mask;
 use crate::state::{StateTensor, StateTensorMut};
 use crate::{Matrix, OpsError};
@@ -319,29 +319,7 @@ impl LayerState {
             defer_weights: ortho.is_some(),
         };
         let b = layer.bias.as_mut_slice();
-        produce(&mut |tile| {
-            for j in 0..tile.rows() {
-                let (row, g) = (tile.row0 + j, tile.row(j));
-                if row == d {
-                    for (b, &g) in b[tile.col0..].iter_mut().zip(g) {
-                        *b += g;
-                    }
-                    continue;
-                }
-                let first = row * m + tile.col0;
-                match mask {
-                    None => fold.dense(first, g),
-                    Some(mask) => {
-                        let idx = mask.indices();
-                        let lo = idx.partition_point(|&k| (k as usize) < first);
-                        let hi = idx.partition_point(|&k| (k as usize) < first + g.len());
-                        for (k, &flat) in idx.iter().enumerate().take(hi).skip(lo) {
-                            fold.one(k, flat as usize, g[flat as usize - first]);
-                        }
-                    }
-                }
-            }
-        })?;
+        produce(&mut |tile| fold_tile(&mut fold, b, tile, (d, m), mask))?;
         if let (Some(o), Some(v)) = (ortho, self.velocity.as_mut()) {
             let w = layer.weights.as_mut_slice();
             match v {
@@ -358,6 +336,148 @@ impl LayerState {
         }
         self.finish(layer, rule);
         Ok(())
+    }
+}
+
+/// A hidden layer's update that has reached its state but not yet its weights (the error
+/// below the layer still needs the old ones): see [`LayerState::stream_deferred`].
+#[derive(Debug)]
+pub enum Pending {
+    /// The whole update, to be applied by [`LayerState::apply`] (no momentum to hold it).
+    Whole(RidgeUpdate),
+    /// The velocity holds the step the weights take; the bias update waits here.
+    Velocity {
+        /// This step orthogonalises the velocity before the weights move.
+        ortho: Option<Orthogonalize>,
+        /// `1 x m` bias update.
+        db: Buffer<f32>,
+    },
+}
+
+impl LayerState {
+    /// Fold the update that `produce` streams (see [`LayerState::stream_update`]) into the
+    /// traces and the velocity of a `d x m` layer without touching its weights, so that no
+    /// `d x m` update buffer exists while the error below is computed; the weights move in
+    /// [`LayerState::finish_deferred`]. Without momentum the velocity cannot hold the step,
+    /// and the whole update is collected instead.
+    pub fn stream_deferred(
+        &mut self,
+        (d, m): (usize, usize),
+        mask: Option<&Mask>,
+        rule: &UpdateRule,
+        produce: impl FnOnce(&mut TileSink<'_>) -> Result<(), OpsError>,
+    ) -> Result<Pending, OpsError> {
+        let (Some(velocity), Some(mu)) = (self.velocity.as_mut(), rule.momentum) else {
+            let mut collected = TileCollector::new(d, m);
+            produce(&mut |tile| collected.absorb(tile))?;
+            let info = SolveInfo { lambda_used: 0.0, dual: false, single: false };
+            return Ok(Pending::Whole(collected.finish(info)));
+        };
+        let mut fold = Fold {
+            w: &mut [],
+            theta: self.theta.as_mut().map(|t| t.as_mut_slice()),
+            velocity: Some(match velocity {
+                Velocity::F32(v) => VelocityMut::F32(v.as_mut_slice()),
+                Velocity::Bf16(v) => VelocityMut::Bf16(v.as_mut_slice()),
+            }),
+            mp: rule.metaplasticity,
+            mu: Some(mu),
+            defer_weights: true,
+        };
+        let mut db = Buffer::<f32>::zeros(m);
+        produce(&mut |tile| fold_tile(&mut fold, &mut db, tile, (d, m), mask))?;
+        let ortho = self.begin(rule);
+        Ok(Pending::Velocity { ortho, db })
+    }
+
+    /// Move the weights of a layer whose update [`LayerState::stream_deferred`] folded in:
+    /// orthogonalise the velocity if this step does, add it to the weights and the bias
+    /// update to the bias, then clamp.
+    pub fn finish_deferred(
+        &mut self,
+        layer: &mut Dense,
+        mask: Option<&Mask>,
+        pending: Pending,
+        rule: &UpdateRule,
+    ) -> Result<(), OpsError> {
+        let (ortho, db) = match pending {
+            Pending::Whole(update) => return self.apply(layer, mask, update, rule),
+            Pending::Velocity { ortho, db } => (ortho, db),
+        };
+        let (d, m) = (layer.inputs(), layer.outputs());
+        let w = layer.weights.as_mut_slice();
+        match self.velocity.as_mut() {
+            Some(Velocity::F32(v)) => {
+                if let Some(o) = ortho {
+                    orthogonalize_in_layout(v, mask, d, m, o.strength);
+                }
+                add_step(w, mask, v.as_slice());
+            }
+            Some(Velocity::Bf16(b)) => match ortho {
+                Some(o) => {
+                    let mut step = Matrix::zeros(b.rows(), b.cols());
+                    Velocity::orthogonalize_bf16(b, &mut step, mask, d, m, o.strength);
+                    add_step(w, mask, step.as_slice());
+                }
+                None => add_bf16_step(w, mask, b.as_slice()),
+            },
+            None => {
+                let detail = "a deferred update without a velocity".to_string();
+                return Err(OpsError::Invalid { op: "PL update", detail });
+            }
+        }
+        for (b, &g) in layer.bias.as_mut_slice().iter_mut().zip(db.iter()) {
+            *b += g;
+        }
+        self.finish(layer, rule);
+        Ok(())
+    }
+}
+
+/// Fold one streamed tile of a `d x m` update into `fold`, its bias row into `db`.
+fn fold_tile(
+    fold: &mut Fold<'_>,
+    db: &mut [f32],
+    tile: Tile<'_>,
+    (d, m): (usize, usize),
+    mask: Option<&Mask>,
+) {
+    for j in 0..tile.rows() {
+        let (row, g) = (tile.row0 + j, tile.row(j));
+        if row == d {
+            for (b, &g) in db[tile.col0..].iter_mut().zip(g) {
+                *b += g;
+            }
+            continue;
+        }
+        let first = row * m + tile.col0;
+        match mask {
+            None => fold.dense(first, g),
+            Some(mask) => {
+                let idx = mask.indices();
+                let lo = idx.partition_point(|&k| (k as usize) < first);
+                let hi = idx.partition_point(|&k| (k as usize) < first + g.len());
+                for (k, &flat) in idx.iter().enumerate().take(hi).skip(lo) {
+                    fold.one(k, flat as usize, g[flat as usize - first]);
+                }
+            }
+        }
+    }
+}
+
+/// `W += step` for a `bf16` step, widened value by value (no `f32` copy of it).
+fn add_bf16_step(w: &mut [f32], mask: Option<&Mask>, step: &[u16]) {
+    match mask {
+        Some(mask) => {
+            for (&k, &s) in mask.indices().iter().zip(step) {
+                w[k as usize] += bf16::to_f32(s);
+            }
+        }
+        None => {
+            for (w, &s) in w.iter_mut().zip(step) {
+                *w += bf16::to_f32(s);
+            }
+        }
     }
 }
 

@@ -61,9 +61,10 @@ fn steps_release_activations_and_errors_layer_by_layer() {
     let (a0, a1, a2) = (N * 512 * F32, N * 128 * F32, N * 10 * F32);
 
     // PL. Both big layers take the dual route (n = 512 < d + 1). Layer 1's solve holds its
-    // input a(0), its error e(1), the solve's workspace and its f32 update (the collector is
-    // allocated first); layer 0's solve consumes e(0) (over a(0)) and streams its update into
-    // the state. The peak is layer 1's solve, to the byte. A relative lambda of 0.1 bounds
+    // input a(0), its error e(1), the solve's workspace and its bias update (allocated
+    // first), and streams its weights' update into the velocity (the weights move after
+    // the error below is formed); layer 0's solve consumes e(0) (over a(0)) and streams its
+    // update into the state. The peak is layer 1's solve, to the byte. A relative lambda of 0.1 bounds
     // the condition number by 1 + 513 / 0.1: f64. The default 6 bounds it by 86.5: f32.
     for (lambda, single) in [(0.1, false), (6.0, true)] {
         let mut net = network();
@@ -72,7 +73,7 @@ fn steps_release_activations_and_errors_layer_by_layer() {
             trainer.step(&mut net, &x, &labels).expect("step");
         });
         let route = Route { dual: true, single, f32_products: false };
-        let layer1 = a0 + a1 + workspace_bytes(N, 512, 128, route, Delivery::Whole);
+        let layer1 = a0 + a1 + 128 * F32 + workspace_bytes(N, 512, 128, route, Delivery::Tiles);
         let layer0 = a0 + workspace_bytes(N, 784, 512, route, Delivery::TilesConsuming);
         assert!(layer0 < layer1);
         assert_eq!(

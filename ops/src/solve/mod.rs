@@ -15,14 +15,17 @@
 //! `1 + (d+1) / lambda_rel`: 132 on the MNIST first layer at the default 6). Where that bound
 //! is at most [`F32_CONDITION_LIMIT`], the system is built and factored in `f32` straight from
 //! the layer's own `f32` input ([`single`]): half the memory and about twice the speed of
-//! `f64`. Above it (the paper's absolute `lambda = 1e-4`, the CNN's relative 0.01 on narrow
+//! `f64`; its kernels and wide Grams are held packed (the lower triangle only, [`packed`]),
+//! which halves them again. Above it (the paper's absolute `lambda = 1e-4`, the CNN's relative 0.01 on narrow
 //! layers) the system is summed and factored in `f64` ([`double`]): `X_aug` and `e` are
 //! converted 128 columns at a time, except that up to [`F32_PRODUCTS_CONDITION_LIMIT`] a
 //! primal system's products are formed in `f32` over blocks of [`F32_PRODUCT_ROWS`] rows and
-//! only their block sums added in `f64` (the CNN's pointwise layers). Either way the update reaches the caller as `f32` tiles, the workspace is
-//! ledger-tracked and released before the function returns ([`workspace_bytes`]).
+//! only their block sums added in `f64` (the CNN's pointwise layers). Either way the update
+//! reaches the caller as `f32` tiles, the workspace is ledger-tracked and released before the
+//! function returns ([`workspace_bytes`]).
 
 mod double;
+mod packed;
 mod single;
 
 use crate::error::Dim;

@@ -1,14 +1,15 @@
 //! The `f32` routes, for systems whose condition bound allows it (see the module above). They
 //! read the layer's `f32` input where it lies, with no converted copy: the ones column of
 //! `X_aug` is folded in algebraically (`X_aug X_aug^T = X X^T + 1 1^T`; the Gram's last row
-//! and column are the column sums of `X` and the row count), so the workspace is the system,
-//! one block of right-hand sides and one output tile.
+//! and column are the column sums of `X` and the row count), so the workspace is the system
+//! (packed: its lower triangle only), one block of right-hand sides and one output tile.
 
+use super::packed::{Blocks, Packed};
 use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows, solve_factored};
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, Par};
 use rayon::prelude::*;
 
 /// Above this many Gram rows, the primal route builds one system with parallel products
@@ -21,7 +22,9 @@ pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize
     let (da, chunk) = (d + 1, super::CHUNK);
     let f32s = if dual {
         let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
-        n * n + n * bw + cw * bw + bw
+        Packed::<f32>::len(n) + n * bw + cw * bw + bw
+    } else if packed_primal(n, da) {
+        Packed::<f32>::len(da) + da * m
     } else {
         primal_systems(n, da) * (da * da + da * m)
     };
@@ -31,6 +34,11 @@ pub(super) fn workspace_bytes(n: usize, d: usize, m: usize, dual: bool) -> usize
 /// Number of systems the primal route accumulates at once (`PARTIAL_SYSTEMS` for small ones).
 fn primal_systems(n: usize, da: usize) -> usize {
     if da > PARTIALS_UP_TO { 1 } else { primal_parts(n, primal_rows(super::CHUNK, da, n)) }
+}
+
+/// Whether the primal route builds one packed system (rather than partial square ones).
+fn packed_primal(n: usize, da: usize) -> bool {
+    da >= 2 && primal_systems(n, da) == 1
 }
 
 /// Column sums of the rows of `v` (`cols` wide, row-major), accumulated in `f64` on the
@@ -59,22 +67,17 @@ const TILE_VALUES: usize = 1 << 16;
 /// Peak workspace bytes of [`solve_dual_in_place`], beside the consumed error.
 pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
     let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
-    (n * n + rows * m + m) * size_of::<f32>()
+    (Packed::<f32>::len(n) + rows * m + m) * size_of::<f32>()
 }
 
-/// The factored kernel `K = X X^T + 1 1^T + lambda I` (lower triangle, column-major).
-fn kernel(x: &Matrix, lambda: f64) -> Result<Buffer<f32>, OpsError> {
-    let n = x.rows();
-    let mut k = Buffer::<f32>::zeros(n * n);
-    let mut kv = MatMut::from_column_major_slice_mut(&mut k, n, n);
-    lower_product(kv.as_mut(), Accum::Replace, x.view(), x.view().transpose(), 1.0, par());
-    for j in 0..n {
-        for i in j..n {
-            kv[(i, j)] += 1.0;
-        }
-        kv[(j, j)] += lambda as f32;
-    }
-    factor(kv.as_mut())?;
+/// The factored kernel `K = X X^T + 1 1^T + lambda I`, packed (half an `n x n` matrix).
+fn kernel(x: &Matrix, lambda: f64) -> Result<Packed<f32>, OpsError> {
+    let mut k = Packed::<f32>::zeros(x.rows());
+    let (h, r) = k.split();
+    k.set_gram(x.view().subrows(0, h), x.view().subrows(h, r));
+    k.add_to_lower(1.0);
+    k.add_diagonal(lambda as f32);
+    k.factor()?;
     Ok(k)
 }
 
@@ -86,10 +89,9 @@ pub(super) fn solve_dual_in_place(
     r: &Ridge,
     sink: &mut TileSink<'_>,
 ) -> Result<(), OpsError> {
-    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let (d, m) = (x.cols(), e.cols());
     let k = kernel(x, r.lambda)?;
-    let kv = MatRef::from_column_major_slice(&k, n, n);
-    solve_factored(kv, e.view_mut());
+    k.solve_in_place(e.view_mut());
     let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
     let mut out = Buffer::<f32>::zeros(rows * m);
     for c0 in (0..d).step_by(rows) {
@@ -110,7 +112,6 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let chunk = r.chunk;
     let k = kernel(x, r.lambda)?;
-    let kv = MatRef::from_column_major_slice(&k, n, n);
     let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
     let mut z = Buffer::<f32>::zeros(n * bw);
     let mut out = Buffer::<f32>::zeros(cw * bw);
@@ -123,7 +124,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             dst.copy_from_slice(&src[b0..b1]);
         }
         let mut zv = MatMut::from_row_major_slice_mut(&mut z[..n * w], n, w);
-        solve_factored(kv.as_ref(), zv.as_mut());
+        k.solve_in_place(zv.as_mut());
         let zr = zv.as_ref();
         for c0 in (0..d).step_by(chunk) {
             let cwid = chunk.min(d - c0);
@@ -139,7 +140,9 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
 }
 
 /// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` (row `d` of each from
-/// column sums), then `R <- -alpha G^-1 R` in place, handed over as one tile.
+/// column sums), then `R <- -alpha G^-1 R` in place, handed over as one tile. A wide layer's
+/// Gram is one packed system built with parallel products; a narrow one's is summed from
+/// partial systems over contiguous row ranges.
 pub(super) fn solve_primal(
     x: &Matrix,
     e: &Matrix,
@@ -148,16 +151,34 @@ pub(super) fn solve_primal(
 ) -> Result<(), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
+    let mut rhs = if packed_primal(n, da) {
+        let mut g = packed_gram(x);
+        let mut rhs = right_hand_side(x, e, 0, n, par());
+        g.add_diagonal(r.lambda as f32);
+        g.factor()?;
+        g.solve_in_place(MatMut::from_row_major_slice_mut(&mut rhs, da, m));
+        rhs
+    } else {
+        solve_partial_systems(x, e, r)?
+    };
+    let alpha = r.alpha as f32;
+    rhs.iter_mut().for_each(|v| *v *= -alpha);
+    sink(Tile { values: &rhs, cols: m, row0: 0, col0: 0 });
+    Ok(())
+}
+
+/// `G^-1 R` from partial systems over contiguous row ranges, summed in range order (no
+/// dependence on scheduling or thread count).
+fn solve_partial_systems(x: &Matrix, e: &Matrix, r: &Ridge) -> Result<Buffer<f32>, OpsError> {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let da = d + 1;
     let parts = primal_systems(n, da);
-    // One contiguous range of rows per system, summed in range order (no dependence on
-    // scheduling or thread count); with one system its products use every thread.
     let span = n.div_ceil(parts).max(1);
-    let inner = if parts == 1 { par() } else { Par::Seq };
     let mut systems: Vec<(Buffer<f32>, Buffer<f32>)> = (0..parts)
         .into_par_iter()
         .map(|p| {
             let (start, stop) = ((p * span).min(n), ((p + 1) * span).min(n));
-            accumulate(x, e, start, stop, inner)
+            accumulate(x, e, start, stop, Par::Seq)
         })
         .collect();
     let (mut g, mut rhs) = systems.remove(0);
@@ -178,31 +199,51 @@ pub(super) fn solve_primal(
         gv[(i, i)] += r.lambda as f32;
     }
     factor(gv.as_mut())?;
-    let rv = MatMut::from_row_major_slice_mut(&mut rhs, da, m);
-    solve_factored(gv.as_ref(), rv);
-    let alpha = r.alpha as f32;
-    rhs.iter_mut().for_each(|v| *v *= -alpha);
-    sink(Tile { values: &rhs, cols: m, row0: 0, col0: 0 });
-    Ok(())
+    solve_factored(gv.as_ref(), MatMut::from_row_major_slice_mut(&mut rhs, da, m));
+    Ok(rhs)
+}
+
+/// The packed Gram `X_aug^T X_aug` of all rows (the ones column's row from column sums).
+fn packed_gram(x: &Matrix) -> Packed<f32> {
+    let (n, d) = (x.rows(), x.cols());
+    let mut g = Packed::<f32>::zeros(d + 1);
+    let (k, r) = g.split();
+    // Columns 0..k of X_aug are inputs (k <= d), k..d the rest, then the ones column.
+    g.set_gram(x.view().subcols(0, k).transpose(), x.view().subcols(k, r - 1).transpose());
+    let Blocks { mut a21, mut a22, .. } = g.blocks_mut();
+    column_sums(x.as_slice(), d, |j, s| {
+        if j < k {
+            a21[(r - 1, j)] = s as f32;
+        } else {
+            a22[(r - 1, j - k)] = s as f32;
+        }
+    });
+    a22[(r - 1, r - 1)] = n as f32;
+    g
 }
 
 /// The Gram (lower triangle, column-major `da x da`) and right-hand side (row-major
 /// `da x m`) of rows `start..stop`.
 fn accumulate(x: &Matrix, e: &Matrix, start: usize, stop: usize, par: Par) -> (Buffer<f32>, Buffer<f32>) {
-    let (d, m) = (x.cols(), e.cols());
+    let d = x.cols();
     let (da, h) = (d + 1, stop - start);
     let mut g = Buffer::<f32>::zeros(da * da);
-    let mut rhs = Buffer::<f32>::zeros(da * m);
     let xv = x.view().subrows(start, h);
-    let ev = e.view().subrows(start, h);
-    {
-        let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
-        lower_product(gv.as_mut().submatrix_mut(0, 0, d, d), Accum::Replace, xv.transpose(), xv, 1.0, par);
-        column_sums(&x.as_slice()[start * d..stop * d], d, |j, s| gv[(d, j)] = s as f32);
-        gv[(d, d)] = h as f32;
-        let mut rv = MatMut::from_row_major_slice_mut(&mut rhs, da, m);
-        matmul(rv.as_mut().submatrix_mut(0, 0, d, m), Accum::Replace, xv.transpose(), ev, 1.0, par);
-        column_sums(&e.as_slice()[start * m..stop * m], m, |c, s| rv[(d, c)] = s as f32);
-    }
-    (g, rhs)
+    let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    lower_product(gv.as_mut().submatrix_mut(0, 0, d, d), Accum::Replace, xv.transpose(), xv, 1.0, par);
+    column_sums(&x.as_slice()[start * d..stop * d], d, |j, s| gv[(d, j)] = s as f32);
+    gv[(d, d)] = h as f32;
+    (g, right_hand_side(x, e, start, stop, par))
+}
+
+/// `X_aug^T e` over rows `start..stop` (row-major `(d+1) x m`; row `d` from column sums).
+fn right_hand_side(x: &Matrix, e: &Matrix, start: usize, stop: usize, par: Par) -> Buffer<f32> {
+    let (d, m) = (x.cols(), e.cols());
+    let h = stop - start;
+    let mut rhs = Buffer::<f32>::zeros((d + 1) * m);
+    let mut rv = MatMut::from_row_major_slice_mut(&mut rhs, d + 1, m);
+    let (xv, ev) = (x.view().subrows(start, h), e.view().subrows(start, h));
+    matmul(rv.as_mut().submatrix_mut(0, 0, d, m), Accum::Replace, xv.transpose(), ev, 1.0, par);
+    column_sums(&e.as_slice()[start * m..stop * m], m, |c, s| rv[(d, c)] = s as f32);
+    rhs
 }
