@@ -558,6 +558,17 @@ impl Fold<'_> {
                     *w += bf16::to_f32(*v);
                 }
             }
+            // A hidden layer's deferred update: the velocity alone (the weights move later).
+            (Some(VelocityMut::F32(v)), Some(mu), None, true) => {
+                for (v, &g) in v[range].iter_mut().zip(g) {
+                    *v = mu * *v + (1.0 - mu) * g;
+                }
+            }
+            (Some(VelocityMut::Bf16(v)), Some(mu), None, true) => {
+                for (v, &g) in v[range].iter_mut().zip(g) {
+                    *v = bf16::from_f32(mu * bf16::to_f32(*v) + (1.0 - mu) * g);
+                }
+            }
             _ => {
                 for (c, &g) in g.iter().enumerate() {
                     self.one(first + c, first + c, g);
@@ -926,6 +937,73 @@ mod tests {
                         (p - q).abs() <= tol * p.abs().max(1e-2),
                         "masked {masked}, momentum {momentum:?} {momentum_storage:?}, step {step}: {p} vs {q}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A deferred update leaves the weights alone until it is finished, then gives the bits
+    /// of the materialised update, with and without metaplasticity (the fast paths), a mask,
+    /// momentum, and on orthogonalising steps.
+    #[test]
+    fn deferred_update_matches_materialized_update_bit_for_bit() {
+        use crate::init::xavier_normal;
+        use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
+        use crate::sparse::small_world_mask;
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha8Rng;
+        let ridge = RidgeConfig {
+            alpha: 0.5,
+            lambda: 0.3,
+            scale: RidgeScale::Relative,
+            path: SolvePath::Auto,
+            precision: Precision::F64,
+        };
+        for masked in [false, true] {
+            for mp in [None, Some(MP)] {
+                for (momentum, storage) in
+                    [(Some(0.9), Storage::F32), (Some(0.9), Storage::Bf16), (None, Storage::F32)]
+                {
+                    let rule = UpdateRule {
+                        metaplasticity: mp,
+                        momentum,
+                        momentum_storage: storage,
+                        orthogonalize: Some(Orthogonalize { every: 3, strength: 0.1 }),
+                        spectral_max: Some(2.0),
+                    };
+                    let case =
+                        format!("masked {masked}, metaplasticity {}, {momentum:?} {storage:?}", mp.is_some());
+                    let mut rng = ChaCha8Rng::seed_from_u64(7);
+                    let mask = masked.then(|| small_world_mask(20, 140, 0.1, &mut rng));
+                    let mut w0 = xavier_normal(20, 140, &mut rng);
+                    if let Some(m) = &mask {
+                        m.apply(&mut w0);
+                    }
+                    let (mut a, mut b) = (Dense::new(w0.clone()), Dense::new(w0));
+                    let mask = mask.as_ref();
+                    let (mut sa, mut sb) =
+                        (LayerState::new(&a, mask, &rule), LayerState::new(&b, mask, &rule));
+                    for step in 0..7 {
+                        let x = xavier_normal(30, 20, &mut rng);
+                        let e = xavier_normal(30, 140, &mut rng);
+                        sa.apply(&mut a, mask, ridge_update(&x, &e, &ridge).expect("solve"), &rule)
+                            .expect("apply");
+                        let before = b.weights.as_slice().to_vec();
+                        let pending = sb
+                            .stream_deferred((20, 140), mask, &rule, |sink| {
+                                ridge_update_tiles(&x, &e, &ridge, sink).map(|_| ())
+                            })
+                            .expect("stream");
+                        assert_eq!(
+                            b.weights.as_slice(),
+                            &before[..],
+                            "{case}, step {step}: weights moved early"
+                        );
+                        sb.finish_deferred(&mut b, mask, pending, &rule).expect("finish");
+                        assert_eq!(a.weights.as_slice(), b.weights.as_slice(), "{case}, step {step}");
+                        assert_eq!(a.bias.as_slice(), b.bias.as_slice(), "{case}, step {step}");
+                        assert_eq!(sa.steps, sb.steps);
+                    }
                 }
             }
         }
