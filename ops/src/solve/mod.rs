@@ -570,11 +570,16 @@ const SOLVE_COLUMNS_PER_THREAD: usize = 16;
 /// needs no synchronisation inside the triangular solves (measured on two cores at 512
 /// rows: 128 columns 0.45 ms against 1.0 ms for faer's parallel solve of all of them).
 fn solve_factored<T: ComplexField + Send + Sync>(l: MatRef<'_, T>, b: MatMut<'_, T>) {
+    by_column_shares(b, &|part: MatMut<'_, T>| {
+        llt::solve::solve_in_place(l, part, Par::Seq, MemStack::new(&mut MemBuffer::new(StackReq::EMPTY)));
+    });
+}
+
+/// Run `solve` on contiguous shares of `b`'s columns, one per thread (at least
+/// [`SOLVE_COLUMNS_PER_THREAD`] columns each), in parallel.
+fn by_column_shares<T: Send>(b: MatMut<'_, T>, solve: &(dyn Fn(MatMut<'_, T>) + Sync)) {
     let m = b.ncols();
     let parts = rayon::current_num_threads().min(m / SOLVE_COLUMNS_PER_THREAD).max(1);
-    let solve = |part: MatMut<'_, T>| {
-        llt::solve::solve_in_place(l, part, Par::Seq, MemStack::new(&mut MemBuffer::new(StackReq::EMPTY)));
-    };
     if parts == 1 {
         return solve(b);
     }

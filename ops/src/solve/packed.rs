@@ -18,14 +18,13 @@
 //! `A11` and `A22` share the array's first `k + 1` columns without sharing an entry: every
 //! view here is read or written through its lower triangle only.
 
-use super::{SOLVE_COLUMNS_PER_THREAD, factor, lower_product};
+use super::{by_column_shares, factor, lower_product};
 use crate::ledger::Buffer;
 use crate::{OpsError, par};
 use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef, Par};
-use rayon::prelude::*;
 
 /// The lower triangle of a symmetric `dim x dim` matrix in packed storage.
 #[derive(Debug)]
@@ -175,20 +174,7 @@ where
     /// left. The columns are independent, so each thread solves a contiguous share of them on
     /// its own (as `super::solve_factored` does).
     pub fn solve_in_place(&self, b: MatMut<'_, T>) {
-        let m = b.ncols();
-        let parts = rayon::current_num_threads().min(m / SOLVE_COLUMNS_PER_THREAD).max(1);
-        if parts == 1 {
-            return self.solve_columns(b);
-        }
-        let mut rest = b;
-        let mut shares = Vec::with_capacity(parts);
-        for p in 0..parts {
-            let width = m / parts + usize::from(p < m % parts);
-            let (share, tail) = rest.split_at_col_mut(width);
-            shares.push(share);
-            rest = tail;
-        }
-        shares.into_par_iter().for_each(|s| self.solve_columns(s));
+        by_column_shares(b, &|share: MatMut<'_, T>| self.solve_columns(share));
     }
 
     /// Forward then backward substitution over the blocks, on one thread.
