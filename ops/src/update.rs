@@ -54,6 +54,14 @@ impl Velocity {
         }
     }
 
+    /// The stored values, for a streamed update to fold into.
+    fn values_mut(&mut self) -> VelocityMut<'_> {
+        match self {
+            Self::F32(v) => VelocityMut::F32(v.as_mut_slice()),
+            Self::Bf16(v) => VelocityMut::Bf16(v.as_mut_slice()),
+        }
+    }
+
     /// `V <- mu V + (1 - mu) g` over `step` (the update, in the state's layout), which then
     /// holds the new `V` as stored (so the weights move by exactly what is kept).
     fn accumulate(&mut self, mu: f32, step: &mut [f32]) {
@@ -310,10 +318,7 @@ impl LayerState {
         let mut fold = Fold {
             w: layer.weights.as_mut_slice(),
             theta: self.theta.as_mut().map(|t| t.as_mut_slice()),
-            velocity: self.velocity.as_mut().map(|v| match v {
-                Velocity::F32(v) => VelocityMut::F32(v.as_mut_slice()),
-                Velocity::Bf16(v) => VelocityMut::Bf16(v.as_mut_slice()),
-            }),
+            velocity: self.velocity.as_mut().map(Velocity::values_mut),
             mp: rule.metaplasticity,
             mu,
             defer_weights: ortho.is_some(),
@@ -376,10 +381,7 @@ impl LayerState {
         let mut fold = Fold {
             w: &mut [],
             theta: self.theta.as_mut().map(|t| t.as_mut_slice()),
-            velocity: Some(match velocity {
-                Velocity::F32(v) => VelocityMut::F32(v.as_mut_slice()),
-                Velocity::Bf16(v) => VelocityMut::Bf16(v.as_mut_slice()),
-            }),
+            velocity: Some(velocity.values_mut()),
             mp: rule.metaplasticity,
             mu: Some(mu),
             defer_weights: true,
