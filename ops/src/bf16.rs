@@ -25,6 +25,54 @@ pub fn to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// `v <- bf16(mu v + (1 - mu) g)` over a run of values, and, given weights, `w += v` (the
+/// rounded value), in the widest vectors the CPU has: compiled for the baseline x86-64 the
+/// loop gets four lanes, and it was a tenth of an MNIST step. Every lane does the scalar
+/// arithmetic (no fused multiply-add), so the bits do not depend on the CPU.
+pub fn momentum_run(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512F and BW, the features the function is compiled for.
+            return unsafe { momentum_run_avx512(v, g, mu, w) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+            return unsafe { momentum_run_avx2(v, g, mu, w) };
+        }
+    }
+    momentum_run_loop(v, g, mu, w);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn momentum_run_avx512(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
+    momentum_run_loop(v, g, mu, w);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn momentum_run_avx2(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
+    momentum_run_loop(v, g, mu, w);
+}
+
+#[inline(always)]
+fn momentum_run_loop(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
+    match w {
+        Some(w) => {
+            for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+                *v = from_f32(mu * to_f32(*v) + (1.0 - mu) * g);
+                *w += to_f32(*v);
+            }
+        }
+        None => {
+            for (v, &g) in v.iter_mut().zip(g) {
+                *v = from_f32(mu * to_f32(*v) + (1.0 - mu) * g);
+            }
+        }
+    }
+}
+
 /// A ledger-tracked, row-major matrix of `bf16` values.
 #[derive(Debug, Clone)]
 pub struct Bf16Matrix {
@@ -109,6 +157,42 @@ mod tests {
         // Subnormals round like any other value.
         assert_eq!(from_f32(f32::from_bits(0x0000_8000)), 0x0000, "halfway to the smallest, even: 0");
         assert_eq!(from_f32(f32::from_bits(0x0001_8000)), 0x0002);
+    }
+
+    /// The vectorised momentum run gives, value by value, the bits of the scalar recurrence
+    /// written out here, over ties, subnormals, infinities and NaN, at every length around
+    /// the vector widths.
+    #[test]
+    fn momentum_run_is_the_scalar_recurrence() {
+        let specials = [
+            1.0 + 2f32.powi(-8),
+            f32::from_bits(0x0001_8000),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            3.0e38,
+        ];
+        for len in [0, 1, 15, 16, 17, 33, 100] {
+            let g: Vec<f32> =
+                (0..len).map(|i| specials.get(i % 11).copied().unwrap_or(i as f32 * 0.37 - 5.0)).collect();
+            let v0: Vec<u16> = (0..len).map(|i| from_f32(0.5 - i as f32 * 0.01)).collect();
+            let w0: Vec<f32> = (0..len).map(|i| i as f32 * 0.1).collect();
+            let (mu, mut v, mut w) = (0.9f32, v0.clone(), w0.clone());
+            momentum_run(&mut v, &g, mu, Some(&mut w));
+            let mut deferred = v0.clone();
+            momentum_run(&mut deferred, &g, mu, None);
+            for i in 0..len {
+                let expect = from_f32(mu * to_f32(v0[i]) + (1.0 - mu) * g[i]);
+                let same = |a: u16| a == expect || (to_f32(a).is_nan() && to_f32(expect).is_nan());
+                assert!(same(v[i]) && same(deferred[i]), "len {len}, value {i}: {} vs {expect}", v[i]);
+                let want = w0[i] + to_f32(expect);
+                assert!(
+                    w[i].to_bits() == want.to_bits() || (w[i].is_nan() && want.is_nan()),
+                    "len {len}, weight {i}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -426,6 +426,22 @@ pub(crate) fn sum_of_squares(values: &[f32]) -> f64 {
     parts.iter().sum()
 }
 
+/// Whether every value is finite, as a vectorisable pass (`v * 0` is `0` for a finite `v`
+/// and NaN otherwise, and NaN survives the sums) in parallel blocks: a scan that stops at
+/// the first non-finite value runs one value at a time, 0.2 ms of an MNIST step.
+fn all_finite(values: &[f32]) -> bool {
+    values.par_chunks(1 << 15).all(|c| {
+        let mut lanes = [0.0f32; 16];
+        let mut it = c.chunks_exact(16);
+        for block in &mut it {
+            for (l, &v) in lanes.iter_mut().zip(block) {
+                *l += v * 0.0;
+            }
+        }
+        lanes.iter().chain(it.remainder()).all(|v| v.is_finite())
+    })
+}
+
 fn solve_tiles(
     x: &Matrix,
     rhs: Rhs<'_>,
@@ -456,7 +472,7 @@ fn solve_tiles(
     let mut finite = true;
     let mut checked = |tile: Tile<'_>| {
         if finite {
-            finite = tile.values.iter().all(|v| v.is_finite());
+            finite = all_finite(tile.values);
             if finite {
                 sink(tile);
             }
@@ -573,6 +589,44 @@ fn solve_factored<T: ComplexField + Send + Sync>(l: MatRef<'_, T>, b: MatMut<'_,
     by_column_shares(b, &|part: MatMut<'_, T>| {
         llt::solve::solve_in_place(l, part, Par::Seq, MemStack::new(&mut MemBuffer::new(StackReq::EMPTY)));
     });
+}
+
+/// Fewest rows of a product's destination worth a thread of their own in
+/// [`product_by_row_shares`].
+const PRODUCT_ROWS_PER_THREAD: usize = 16;
+
+/// `dst = alpha a b`, `dst`'s rows (and `a`'s) cut into one contiguous share per thread, each
+/// a single-threaded product: no synchronisation inside the product, which on two cores is
+/// faster than faer's parallel product at a tile's sizes (the MNIST first layer's
+/// `X^T Z`, 785 x 512 x 512 in four tiles: 1.83 ms against 1.98 ms; seven parallel tiles of
+/// 128 rows took 2.4 ms).
+fn product_by_row_shares<T: ComplexField + Copy + Send + Sync>(
+    dst: MatMut<'_, T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    alpha: T,
+) {
+    let rows = dst.nrows();
+    let parts = rayon::current_num_threads().min(rows / PRODUCT_ROWS_PER_THREAD).max(1);
+    let mut shares = Vec::with_capacity(parts);
+    let (mut rest, mut from) = (dst, 0);
+    for p in 0..parts {
+        let height = rows / parts + usize::from(p < rows % parts);
+        let (share, tail) = rest.split_at_row_mut(height);
+        shares.push((share, a.subrows(from, height)));
+        (rest, from) = (tail, from + height);
+    }
+    shares
+        .into_par_iter()
+        .for_each(|(d, a)| faer::linalg::matmul::matmul(d, Accum::Replace, a, b, alpha, Par::Seq));
+}
+
+/// Rows per tile when `d` rows of `m` values are cut into the fewest tiles of at most
+/// `values` values, all about the same height (uneven tiles leave a thread idle on the
+/// last).
+fn balanced_rows(d: usize, m: usize, values: usize) -> usize {
+    let tiles = (d * m).div_ceil(values.max(1)).clamp(1, d.max(1));
+    d.div_ceil(tiles).max(1)
 }
 
 /// Run `solve` on contiguous shares of `b`'s columns, one per thread (at least
@@ -814,6 +868,59 @@ mod tests {
                 assert!(diff <= 1e-5 * max.max(1e-3), "{precision:?}: differ by {diff}");
             }
         }
+    }
+
+    #[test]
+    fn the_finiteness_pass_finds_every_non_finite_value() {
+        for len in [0usize, 1, 15, 16, 17, 40_000, 70_000] {
+            let clean: Vec<f32> = (0..len).map(|i| (i as f32 - 7.0) * 1.0e30).collect();
+            assert!(all_finite(&clean), "{len}: all finite");
+            for at in [0, len / 2, len.saturating_sub(1), 32_768] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    if at < len {
+                        let mut v = clean.clone();
+                        v[at] = bad;
+                        assert!(!all_finite(&v), "{len}: {bad} at {at}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Products split between threads by rows match the naive sum, on shapes with an uneven
+    /// split and fewer rows than threads would take.
+    #[test]
+    fn row_shares_product_matches_naive_loops() {
+        for (rows, inner, cols) in [(1, 3, 2), (33, 17, 5), (197, 64, 40)] {
+            let a = random(rows, inner, 3);
+            let b = random(inner, cols, 4);
+            let mut out = vec![0.0f32; rows * cols];
+            product_by_row_shares(
+                MatMut::from_row_major_slice_mut(&mut out, rows, cols),
+                a.view(),
+                b.view(),
+                -0.5,
+            );
+            for i in 0..rows {
+                for j in 0..cols {
+                    let want: f64 =
+                        (0..inner).map(|k| a.row(i)[k] as f64 * b.row(k)[j] as f64).sum::<f64>() * -0.5;
+                    assert!(
+                        (out[i * cols + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{inner}x{cols} ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_tiles_cover_the_rows_evenly() {
+        // 785 rows of 512 in tiles of at most 2^17 values: four of 197 (the last 194).
+        assert_eq!(balanced_rows(785, 512, 1 << 17), 197);
+        assert_eq!(balanced_rows(10, 4, 1000), 10, "one tile");
+        assert_eq!(balanced_rows(10, 1000, 1), 1, "a row per tile at least");
+        assert_eq!(balanced_rows(0, 5, 100), 1);
     }
 
     #[test]

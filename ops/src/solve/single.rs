@@ -5,7 +5,10 @@
 //! (packed: its lower triangle only), one block of right-hand sides and one output tile.
 
 use super::packed::{Blocks, Packed};
-use super::{Ridge, Tile, TileSink, factor, lower_product, primal_parts, primal_rows, solve_factored};
+use super::{
+    Ridge, Tile, TileSink, balanced_rows, factor, lower_product, primal_parts, primal_rows,
+    product_by_row_shares, solve_factored,
+};
 use crate::ledger::Buffer;
 use crate::{Matrix, OpsError, par};
 use faer::linalg::matmul::matmul;
@@ -59,14 +62,15 @@ pub(super) fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f6
     }
 }
 
-/// Values of `dW` per tile of the in-place dual route (256 KiB: 128 rows of a 512-wide
-/// layer, like the backprop baseline's gradient tiles; half that took 0.3 ms more per MNIST
-/// step in the product's per-call synchronisation).
-const TILE_VALUES: usize = 1 << 16;
+/// Most values of `dW` per tile of the in-place dual route (512 KiB; the MNIST first layer's
+/// 785 rows go in four tiles of 197, 394 KiB each). Its products run a share of rows per
+/// thread; seven tiles of 128 rows took 0.6 ms more per MNIST step, in per-call costs and
+/// the uneven last tile. The tile is not at the MLP's peak (the hidden layer's solve is).
+const TILE_VALUES: usize = 1 << 17;
 
 /// Peak workspace bytes of [`solve_dual_in_place`], beside the consumed error.
 pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
-    let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
+    let rows = balanced_rows(d, m, TILE_VALUES);
     (Packed::<f32>::len(n) + rows * m + m) * size_of::<f32>()
 }
 
@@ -92,12 +96,12 @@ pub(super) fn solve_dual_in_place(
     let (d, m) = (x.cols(), e.cols());
     let k = kernel(x, r.lambda)?;
     k.solve_in_place(e.view_mut());
-    let rows = (TILE_VALUES / m.max(1)).clamp(1, d.max(1));
+    let rows = balanced_rows(d, m, TILE_VALUES);
     let mut out = Buffer::<f32>::zeros(rows * m);
     for c0 in (0..d).step_by(rows) {
         let h = rows.min(d - c0);
         let ov = MatMut::from_row_major_slice_mut(&mut out[..h * m], h, m);
-        matmul(ov, Accum::Replace, x.view().subcols(c0, h).transpose(), e.view(), -r.alpha as f32, par());
+        product_by_row_shares(ov, x.view().subcols(c0, h).transpose(), e.view(), -r.alpha as f32);
         sink(Tile { values: &out[..h * m], cols: m, row0: c0, col0: 0 });
     }
     let mut bias = Buffer::<f32>::zeros(m);
@@ -130,7 +134,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             let cwid = chunk.min(d - c0);
             let xv = x.view().subcols(c0, cwid);
             let mut ov = MatMut::from_row_major_slice_mut(&mut out[..cwid * w], cwid, w);
-            matmul(ov.as_mut(), Accum::Replace, xv.transpose(), zr, -alpha, par());
+            product_by_row_shares(ov.as_mut(), xv.transpose(), zr, -alpha);
             sink(Tile { values: &out[..cwid * w], cols: w, row0: c0, col0: b0 });
         }
         column_sums(&z[..n * w], w, |c, s| bias[c] = (-r.alpha * s) as f32);
