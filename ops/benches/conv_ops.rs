@@ -65,6 +65,7 @@ fn main() {
             format!("depthwise PL solve {tag}"),
             median_ms(|| drop(depthwise_ridge_update(&layer, &x, &e, &ridge)), repeat),
         );
+        row(format!("depthwise gradient {tag}"), median_ms(|| drop(layer.gradients(&x, &e)), repeat));
     }
     for h in [28usize, 14, 7] {
         let layer = Dense::new(he_normal(c, c, c, &mut rng));
