@@ -58,6 +58,11 @@ pub enum ErrorScale {
     Output,
 }
 
+/// `m <- s m`, in parallel blocks.
+fn scale_in_place(m: &mut Matrix, s: f32) {
+    m.as_mut_slice().par_chunks_mut(1 << 16).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+}
+
 /// Root mean square of a matrix's values, in `f64` (in vector lanes and parallel blocks: a
 /// serial `f64` sum over a CNN's error maps took a tenth of the step).
 fn rms(m: &Matrix) -> f64 {
@@ -218,17 +223,23 @@ impl PlTrainer {
         // Errors of residual adds, `(layer whose output was added, error)`, until that
         // layer's output error is formed.
         let mut pending: Vec<(usize, Matrix)> = Vec::new();
+        // The factor the current error is to be taken at (see `ErrorScale::Output` below).
+        let mut err_scale = 1.0f32;
 
         for l in (0..count).rev() {
             let clock = Instant::now();
             let rule = net.layers[l].op.rule(&cfg.rule);
+            // The solve is linear in the error: solving for `s e` is solving for `e` with the
+            // step `s alpha`, with no pass over the error to scale it.
+            let mut ridge = cfg.ridge;
+            ridge.alpha *= f64::from(err_scale);
             if l == 0 {
                 // No error is propagated below the first layer, so nothing needs its old
                 // weights: the layer may consume its error and stream its update.
                 let layer = &mut net.layers[0];
                 if let Some(state) = &mut self.states[0] {
                     let mask = layer.mask.as_ref();
-                    layer.op.pl_update_last(state, mask, &rule, x, err, &cfg.ridge).map_err(at(0))?;
+                    layer.op.pl_update_last(state, mask, &rule, x, err, &ridge).map_err(at(0))?;
                 }
                 stats.solve_seconds += clock.elapsed().as_secs_f64();
                 break;
@@ -237,7 +248,7 @@ impl PlTrainer {
                 Some(state) => {
                     let layer = &net.layers[l];
                     let mask = layer.mask.as_ref();
-                    layer.op.pl_update_deferred(state, mask, &rule, &acts[l - 1], &err, &cfg.ridge)
+                    layer.op.pl_update_deferred(state, mask, &rule, &acts[l - 1], &err, &ridge)
                 }
                 None => Ok(None),
             }
@@ -246,20 +257,24 @@ impl PlTrainer {
             let below = acts.pop().expect("one activation per layer below this one");
             // The error reaching a residual add is copied to the output it added; a
             // concatenation's is split between its two sources.
+            if err_scale != 1.0 && net.layers[l].residual.is_some() {
+                // A skip copy is added to another error as it stands: give it its scale.
+                scale_in_place(&mut err, err_scale);
+                err_scale = 1.0;
+            }
             let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&err)));
             let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
-            let mut previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
+            // The error below is rescaled as a whole, so this one's scale does not matter
+            // to it, except through the skips (above).
+            let previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
             pending.retain(|(r, _)| *r != l - 1);
             if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
                 pending.push((r, e.into_owned()));
             }
-            if cfg.error_scale == ErrorScale::Output {
-                let scale = (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32;
-                previous
-                    .as_mut_slice()
-                    .par_chunks_mut(1 << 16)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v *= scale));
-            }
+            let below_scale = match cfg.error_scale {
+                ErrorScale::Output => (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32,
+                ErrorScale::Raw => err_scale,
+            };
             let propagated = Instant::now();
             stats.propagate_seconds += propagated.duration_since(solved).as_secs_f64();
             drop(err);
@@ -273,6 +288,7 @@ impl PlTrainer {
             stats.solve_seconds +=
                 solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
             err = previous;
+            err_scale = below_scale;
         }
         Ok(stats)
     }
@@ -354,10 +370,7 @@ impl PlTrainer {
                     })
                     .map_err(at(l - 1))?;
                     let size = (squares[0] / (batch * per).max(1) as f64).sqrt();
-                    let scale = (output_rms / size.max(f64::MIN_POSITIVE)) as f32;
-                    e.as_mut_slice()
-                        .par_chunks_mut(1 << 16)
-                        .for_each(|c| c.iter_mut().for_each(|v| *v *= scale));
+                    scale_in_place(&mut e, (output_rms / size.max(f64::MIN_POSITIVE)) as f32);
                 }
                 previous = Some(e);
             }
