@@ -257,15 +257,17 @@ impl PlTrainer {
             let below = acts.pop().expect("one activation per layer below this one");
             // The error reaching a residual add is copied to the output it added; a
             // concatenation's is split between its two sources.
-            if err_scale != 1.0 && net.layers[l].residual.is_some() {
-                // A skip copy is added to another error as it stands: give it its scale.
+            if err_scale != 1.0 && (net.layers[l].residual.is_some() || !pending.is_empty()) {
+                // A skip's error is added to another as it stands (a copy of this one, or
+                // one waiting to be added to the error below, beside which this one's
+                // propagation must have its scale): give this error its scale first.
                 scale_in_place(&mut err, err_scale);
                 err_scale = 1.0;
             }
             let skip = net.layers[l].residual.map(|r| (r, net.layers[l].skip_error(&err)));
             let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
             // The error below is rescaled as a whole, so this one's scale does not matter
-            // to it, except through the skips (above).
+            // to it, unless skips are added in (above).
             let previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
             pending.retain(|(r, _)| *r != l - 1);
             if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {

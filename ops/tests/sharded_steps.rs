@@ -18,8 +18,20 @@ const BATCH: usize = 50;
 const STEPS: usize = 4;
 
 fn network(seed: u64) -> Network {
+    network_of(&[12, 9, 7, 3], seed)
+}
+
+/// Five layers, the third and the fourth adding the outputs of the first and the third
+/// (an add two layers down, whose error waits, and one directly below).
+fn residual_network(seed: u64) -> Network {
+    let mut net = network_of(&[12, 9, 9, 9, 9, 3], seed);
+    net.layers[2].residual = Some(0);
+    net.layers[3].residual = Some(2);
+    net
+}
+
+fn network_of(sizes: &[usize], seed: u64) -> Network {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let sizes = [12, 9, 7, 3];
     let layers = sizes
         .windows(2)
         .enumerate()
@@ -43,6 +55,12 @@ fn pl() -> Box<dyn Trainer> {
     let mut cfg = PlConfig::foundation(0.5, 1.0);
     cfg.error_scale = ErrorScale::Output;
     Box::new(PlTrainer::new(&network(1), cfg))
+}
+
+fn pl_residual() -> Box<dyn Trainer> {
+    let mut cfg = PlConfig::foundation(0.5, 1.0);
+    cfg.error_scale = ErrorScale::Output;
+    Box::new(PlTrainer::new(&residual_network(1), cfg))
 }
 
 fn adam() -> Box<dyn Trainer> {
@@ -116,9 +134,9 @@ fn adam_steps_are_the_same_bits_on_one_two_and_three_workers() {
 }
 
 /// The distributed step computes the one-process step (other sums, so other rounding).
-fn matches_the_one_process_step(make: fn() -> Box<dyn Trainer>, tolerance: f32) {
+fn matches_the_one_process_step(make: fn() -> Box<dyn Trainer>, net: fn(u64) -> Network, tolerance: f32) {
     let (x, labels) = data();
-    let (mut plain, mut sharded) = (network(1), network(1));
+    let (mut plain, mut sharded) = (net(1), net(1));
     let (mut a, mut b) = (make(), make());
     let mut local = Local { shards: SHARDS };
     for _ in 0..STEPS {
@@ -142,12 +160,19 @@ fn matches_the_one_process_step(make: fn() -> Box<dyn Trainer>, tolerance: f32) 
 
 #[test]
 fn the_pl_step_matches_the_one_process_step() {
-    matches_the_one_process_step(pl, 1e-4);
+    matches_the_one_process_step(pl, network, 1e-4);
+}
+
+/// The one-process step folds an output-scaled error's scale into its solve, except where
+/// skips are added in; the distributed step scales every error as it is formed.
+#[test]
+fn the_pl_step_with_residual_adds_matches_the_one_process_step() {
+    matches_the_one_process_step(pl_residual, residual_network, 1e-4);
 }
 
 #[test]
 fn the_adam_step_matches_the_one_process_step() {
-    matches_the_one_process_step(adam, 1e-5);
+    matches_the_one_process_step(adam, network, 1e-5);
 }
 
 /// Batches of 2 and 3 over 6 shards and 3 workers: a worker holds one sample or none (the
