@@ -984,14 +984,7 @@ mod tests {
                 Storage::Bf16 => 2e-2,
             };
             let mut rng = ChaCha8Rng::seed_from_u64(5);
-            let mask = masked.then(|| small_world_mask(20, 140, 0.1, &mut rng));
-            let mut w0 = xavier_normal(20, 140, &mut rng);
-            if let Some(m) = &mask {
-                m.apply(&mut w0);
-            }
-            let (mut a, mut b) = (Dense::new(w0.clone()), Dense::new(w0));
-            let (mut sa, mut sb) =
-                (LayerState::new(&a, mask.as_ref(), &rule), LayerState::new(&b, mask.as_ref(), &rule));
+            let (mask, mut a, mut b, mut sa, mut sb) = twin_layers(masked, &rule, &mut rng);
             for step in 0..6 {
                 let x = xavier_normal(30, 20, &mut rng);
                 let e = xavier_normal(30, 140, &mut rng);
@@ -1015,6 +1008,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Two identical 20 x 140 layers (masked at 10% small-world connections if `masked`) with
+    /// fresh state under `rule`, for comparing two ways of applying the same updates.
+    fn twin_layers(
+        masked: bool,
+        rule: &UpdateRule,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> (Option<Mask>, Dense, Dense, LayerState, LayerState) {
+        use crate::init::xavier_normal;
+        use crate::sparse::small_world_mask;
+        let mask = masked.then(|| small_world_mask(20, 140, 0.1, rng));
+        let mut w0 = xavier_normal(20, 140, rng);
+        if let Some(m) = &mask {
+            m.apply(&mut w0);
+        }
+        let (a, b) = (Dense::new(w0.clone()), Dense::new(w0));
+        let (sa, sb) = (LayerState::new(&a, mask.as_ref(), rule), LayerState::new(&b, mask.as_ref(), rule));
+        (mask, a, b, sa, sb)
     }
 
     /// Fold `tile` into `st` and `w` (the weights unless `defer`), on one thread or split
@@ -1145,15 +1157,8 @@ mod tests {
                     let case =
                         format!("masked {masked}, metaplasticity {}, {momentum:?} {storage:?}", mp.is_some());
                     let mut rng = ChaCha8Rng::seed_from_u64(7);
-                    let mask = masked.then(|| small_world_mask(20, 140, 0.1, &mut rng));
-                    let mut w0 = xavier_normal(20, 140, &mut rng);
-                    if let Some(m) = &mask {
-                        m.apply(&mut w0);
-                    }
-                    let (mut a, mut b) = (Dense::new(w0.clone()), Dense::new(w0));
+                    let (mask, mut a, mut b, mut sa, mut sb) = twin_layers(masked, &rule, &mut rng);
                     let mask = mask.as_ref();
-                    let (mut sa, mut sb) =
-                        (LayerState::new(&a, mask, &rule), LayerState::new(&b, mask, &rule));
                     for step in 0..7 {
                         let x = xavier_normal(30, 20, &mut rng);
                         let e = xavier_normal(30, 140, &mut rng);
