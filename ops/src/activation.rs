@@ -36,33 +36,10 @@ fn exp_m1_nonpositive(x: f32) -> f32 {
     scale * p + (scale - 1.0)
 }
 
-/// Clipped ELU over `values` in place, in the widest vectors the CPU has (the loop
-/// vectorises; compiled for the baseline x86-64 it gets four lanes, with AVX-512 sixteen).
-fn elu_in_place(values: &mut [f32], clip: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            return unsafe { elu_avx512(values, clip) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
-            return unsafe { elu_avx2(values, clip) };
-        }
-    }
-    elu_loop(values, clip);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn elu_avx512(values: &mut [f32], clip: f32) {
-    elu_loop(values, clip);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn elu_avx2(values: &mut [f32], clip: f32) {
-    elu_loop(values, clip);
+widest_vectors! {
+    /// Clipped ELU over `values` in place (the loop vectorises; compiled for the baseline
+    /// x86-64 it gets four lanes, with AVX-512 sixteen).
+    fn elu_in_place(values: &mut [f32], clip: f32) => elu_loop
 }
 
 #[inline(always)]

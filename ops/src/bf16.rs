@@ -25,35 +25,12 @@ pub fn to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// `v <- bf16(mu v + (1 - mu) g)` over a run of values, and, given weights, `w += v` (the
-/// rounded value), in the widest vectors the CPU has: compiled for the baseline x86-64 the
-/// loop gets four lanes, and it was a tenth of an MNIST step. Every lane does the scalar
-/// arithmetic (no fused multiply-add), so the bits do not depend on the CPU.
-pub fn momentum_run(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has AVX-512F and BW, the features the function is compiled for.
-            return unsafe { momentum_run_avx512(v, g, mu, w) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
-            return unsafe { momentum_run_avx2(v, g, mu, w) };
-        }
-    }
-    momentum_run_loop(v, g, mu, w);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn momentum_run_avx512(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
-    momentum_run_loop(v, g, mu, w);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn momentum_run_avx2(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) {
-    momentum_run_loop(v, g, mu, w);
+widest_vectors! {
+    /// `v <- bf16(mu v + (1 - mu) g)` over a run of values, and, given weights, `w += v` (the
+    /// rounded value), in the widest vectors the CPU has: compiled for the baseline x86-64
+    /// the loop gets four lanes, and it was a tenth of an MNIST step. Every lane does the
+    /// scalar arithmetic (no fused multiply-add), so the bits do not depend on the CPU.
+    pub fn momentum_run(v: &mut [u16], g: &[f32], mu: f32, w: Option<&mut [f32]>) => momentum_run_loop
 }
 
 #[inline(always)]

@@ -31,6 +31,39 @@
 //! - [`shard`]: sums over the shards of a distributed batch, the same bits on any number of
 //!   workers, and the [`shard::Reducer`] that exchanges them.
 
+/// `fn $name(args) -> ret` that runs `$body` (an `#[inline(always)]` fn of the same
+/// arguments) compiled for the widest vectors the CPU has, chosen at run time: the crate is
+/// built for the baseline x86-64 (four `f32` lanes), and these loops run 8 or 16 wide with
+/// AVX2 or AVX-512. A loop written so that every lane does the scalar arithmetic in the same
+/// order (no fused multiply-add is formed) gives the same bits on every CPU.
+macro_rules! widest_vectors {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                    // SAFETY: the CPU has AVX-512F and BW, the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2, the only feature `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod activation;
 pub mod admm;
 pub mod backprop;

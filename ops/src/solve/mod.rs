@@ -413,34 +413,11 @@ pub(crate) fn sum_of_squares(values: &[f32]) -> f64 {
     parts.iter().sum()
 }
 
-/// One block of [`sum_of_squares`] in the widest vectors the CPU has (compiled for the
-/// baseline x86-64 the `f64` lanes run two wide; the CNN's error sizes took 5% of its PL
-/// epoch). Each of the eight partial sums adds its values in the same order on every CPU.
-fn block_sum_of_squares(values: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            return unsafe { block_sum_of_squares_avx512(values) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
-            return unsafe { block_sum_of_squares_avx2(values) };
-        }
-    }
-    block_sum_of_squares_loop(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn block_sum_of_squares_avx512(values: &[f32]) -> f64 {
-    block_sum_of_squares_loop(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn block_sum_of_squares_avx2(values: &[f32]) -> f64 {
-    block_sum_of_squares_loop(values)
+widest_vectors! {
+    /// One block of [`sum_of_squares`] in the widest vectors the CPU has (compiled for the
+    /// baseline x86-64 the `f64` lanes run two wide; the CNN's error sizes took 5% of its PL
+    /// epoch). Each of the eight partial sums adds its values in the same order on every CPU.
+    fn block_sum_of_squares(values: &[f32]) -> f64 => block_sum_of_squares_loop
 }
 
 #[inline(always)]
