@@ -951,7 +951,6 @@ mod tests {
     fn streamed_update_matches_materialized_update() {
         use crate::init::xavier_normal;
         use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
-        use crate::sparse::small_world_mask;
         use rand::SeedableRng;
         use rand_chacha::ChaCha8Rng;
         let ridge = RidgeConfig {
@@ -1132,7 +1131,6 @@ mod tests {
     fn deferred_update_matches_materialized_update_bit_for_bit() {
         use crate::init::xavier_normal;
         use crate::solve::{Precision, RidgeConfig, RidgeScale, SolvePath, ridge_update, ridge_update_tiles};
-        use crate::sparse::small_world_mask;
         use rand::SeedableRng;
         use rand_chacha::ChaCha8Rng;
         let ridge = RidgeConfig {
