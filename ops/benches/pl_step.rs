@@ -21,6 +21,7 @@ use plflow_ops::ledger;
 use plflow_ops::network::{Layer, Network};
 use plflow_ops::pl::{PlConfig, PlTrainer};
 use plflow_ops::solve::ridge_update;
+use plflow_ops::update::newton_schulz_step;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -110,6 +111,15 @@ fn main() {
         let ms = median_ms(|| drop(ridge_update(&inputs[l], &e, &cfg.ridge)), args.repeat);
         let (s, p) = (n.min(w[0] + 1), if single { "f32" } else { "f64" });
         rows.push((format!("solve layer {l} ({}x{}, {route} {s} {p})", w[0], w[1]), ms, flops));
+    }
+    // The momentum's orthogonalisation (every few steps): one Newton-Schulz step on a
+    // weight-sized matrix, the Gram's lower triangle `s^2 l` and the product `2 s^2 l` with
+    // `s`, `l` the smaller and larger side.
+    for w in sizes.windows(2) {
+        let (s, l) = (w[0].min(w[1]) as f64, w[0].max(w[1]) as f64);
+        let v = xavier_normal(w[0], w[1], &mut rng);
+        let ms = median_ms(|| drop(newton_schulz_step(&v)), args.repeat);
+        rows.push((format!("Newton-Schulz step {}x{}", w[0], w[1]), ms, 3.0 * s * s * l));
     }
     let err_flops: f64 = sizes.windows(2).skip(1).map(|w| 2.0 * (n * w[0] * w[1]) as f64).sum();
     let step_flops = fwd_flops + err_flops + solves;

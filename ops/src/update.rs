@@ -709,14 +709,26 @@ pub fn newton_schulz_step(x: &Matrix) -> Matrix {
     let norm = x.as_slice().iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32;
     let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
     let mut out = Matrix::zeros(d, m);
+    // The Gram is symmetric: its lower triangle is formed (half the products of the full one)
+    // and mirrored.
+    let gram = |a: faer::MatRef<'_, f32>, b: faer::MatRef<'_, f32>| {
+        let mut g = Matrix::zeros(a.nrows(), a.nrows());
+        crate::solve::lower_product(g.view_mut(), Accum::Replace, a, b, scale * scale, crate::par());
+        let s = g.rows();
+        let v = g.as_mut_slice();
+        for i in 0..s {
+            for j in i + 1..s {
+                v[i * s + j] = v[j * s + i];
+            }
+        }
+        g
+    };
     if d >= m {
         // X (1.5 I - 0.5 X^T X) = 1.5 X - 0.5 X (X^T X), with X already scaled
-        let mut g = Matrix::zeros(m, m);
-        matmul(g.view_mut(), Accum::Replace, x.view().transpose(), x.view(), scale * scale, crate::par());
+        let g = gram(x.view().transpose(), x.view());
         matmul(out.view_mut(), Accum::Replace, x.view(), g.view(), -0.5 * scale, crate::par());
     } else {
-        let mut g = Matrix::zeros(d, d);
-        matmul(g.view_mut(), Accum::Replace, x.view(), x.view().transpose(), scale * scale, crate::par());
+        let g = gram(x.view(), x.view().transpose());
         matmul(out.view_mut(), Accum::Replace, g.view(), x.view(), -0.5 * scale, crate::par());
     }
     for (o, &v) in out.as_mut_slice().iter_mut().zip(x.as_slice()) {

@@ -545,7 +545,7 @@ pub fn solve_spd_in_place(
 }
 
 /// Lower triangle of the symmetric product `alpha * a * b`, replacing or adding to `dst`.
-fn lower_product<T: ComplexField>(
+pub(crate) fn lower_product<T: ComplexField>(
     dst: MatMut<'_, T>,
     accum: Accum,
     a: MatRef<'_, T>,
