@@ -401,7 +401,10 @@ fn sums_layout(g: &Geometry, which: Sums) -> (Option<shifted::Layout>, usize) {
 /// `acc` holds the lower triangle of every channel's `(k*k + 1)^2` Gram, laid out
 /// `[entry][channel]` (with [`Sums::GramAndRhs`]), then the `k*k + 1` right-hand-side rows.
 /// The patches are read where they lie in the input map (a tap outside the map reads a row
-/// of zeros), nothing is copied.
+/// of zeros), nothing is copied. At stride 1 `acc` is laid out by offset instead
+/// ([`shifted::Layout`], see [`sums_layout`]) and assembled into this layout afterwards. The
+/// channel blocks are plain loops here and in [`accumulate_group`]: a shared helper taking
+/// a closure cost the stride-1 solve 40% (4.7 -> 6.7 ms in `conv_ops`).
 #[inline(always)]
 fn accumulate_sample<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
     let Sample { g, c, src, err, sums } = sample;
