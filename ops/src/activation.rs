@@ -76,19 +76,33 @@ fn for_chunks(values: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
     }
 }
 
-/// `err[i] *= slope(a[i])`, in chunks split over the threads when there are many (the slope
-/// is branch-free, so each chunk's loop vectorises).
-fn scale_by(err: &mut [f32], a: &[f32], slope: impl Fn(f32) -> f32 + Sync + Send) {
-    let scale = |(err, a): (&mut [f32], &[f32])| {
-        for (e, &a) in err.iter_mut().zip(a) {
-            *e *= slope(a);
-        }
-    };
+/// `f(err, a)` over matching chunks of `err` and `a`, split over the threads when there are
+/// many.
+fn by_chunks(err: &mut [f32], a: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
     if err.len() >= 2 * PARALLEL_CHUNK {
-        err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(scale);
+        err.par_chunks_mut(PARALLEL_CHUNK).zip(a.par_chunks(PARALLEL_CHUNK)).for_each(|(e, a)| f(e, a));
     } else {
-        scale((err, a));
+        f(err, a);
     }
+}
+
+/// `err[i] *= slope(a[i])` (the slope is branch-free, so the loop vectorises).
+#[inline(always)]
+fn scale_by(err: &mut [f32], a: &[f32], slope: impl Fn(f32) -> f32) {
+    for (e, &a) in err.iter_mut().zip(a) {
+        *e *= slope(a);
+    }
+}
+
+widest_vectors! {
+    /// `err *= ELU'` recovered from the output `a` (`a + 1` below zero, else 1), in the widest
+    /// vector lanes the CPU has: every error of an ELU network passes through it.
+    fn scale_by_elu_slope(err: &mut [f32], a: &[f32]) => elu_slope_values
+}
+
+#[inline(always)]
+fn elu_slope_values(err: &mut [f32], a: &[f32]) {
+    scale_by(err, a, |a| if a < 0.0 { a + 1.0 } else { 1.0 });
 }
 
 impl Activation {
@@ -109,9 +123,11 @@ impl Activation {
         debug_assert_eq!(err.len(), a.len());
         match self {
             Activation::Linear => {}
-            Activation::Elu { .. } => scale_by(err, a, |a| if a < 0.0 { a + 1.0 } else { 1.0 }),
+            Activation::Elu { .. } => by_chunks(err, a, scale_by_elu_slope),
             // A clipped unit passes no error, like one below zero.
-            Activation::Relu { clip } => scale_by(err, a, |a| if a > 0.0 && a < clip { 1.0 } else { 0.0 }),
+            Activation::Relu { clip } => {
+                by_chunks(err, a, |e, a| scale_by(e, a, |a| if a > 0.0 && a < clip { 1.0 } else { 0.0 }))
+            }
         }
     }
 

@@ -103,24 +103,10 @@ impl Depthwise {
         let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
         let mut out = Matrix::zeros(batch * per_out, c);
         let (kernel, bias) = (self.params.weights.as_slice(), self.params.bias.as_slice());
-        out.as_mut_slice().par_chunks_mut(per_out * c).zip(x.as_slice().par_chunks(per_in * c)).for_each(
-            |(dst, src)| {
-                for oy in 0..g.out_h() {
-                    for ox in 0..g.out_w() {
-                        let o = &mut dst[(oy * g.out_w() + ox) * c..][..c];
-                        o.copy_from_slice(bias);
-                        for t in 0..g.k * g.k {
-                            if let Some(p) = g.source(oy, ox, t) {
-                                let (xi, kt) = (&src[p * c..][..c], &kernel[t * c..][..c]);
-                                for ((o, &xv), &kv) in o.iter_mut().zip(xi).zip(kt) {
-                                    *o += xv * kv;
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        );
+        out.as_mut_slice()
+            .par_chunks_mut(per_out * c)
+            .zip(x.as_slice().par_chunks(per_in * c))
+            .for_each(|(dst, src)| forward_sample(&g, kernel, bias, src, dst));
         Ok(out)
     }
 
@@ -149,23 +135,7 @@ impl Depthwise {
     /// [`Depthwise::input_error`] of one sample: `err` is its `Ho*Wo x C` output error and
     /// `dst` its `H*W x C` input error, overwritten.
     pub(crate) fn input_error_sample(&self, err: &[f32], dst: &mut [f32]) {
-        let g = self.geometry;
-        let c = self.channels();
-        let kernel = self.params.weights.as_slice();
-        dst.iter_mut().for_each(|d| *d = 0.0);
-        for oy in 0..g.out_h() {
-            for ox in 0..g.out_w() {
-                let eo = &err[(oy * g.out_w() + ox) * c..][..c];
-                for t in 0..g.k * g.k {
-                    if let Some(p) = g.source(oy, ox, t) {
-                        let (d, kt) = (&mut dst[p * c..][..c], &kernel[t * c..][..c]);
-                        for ((d, &ev), &kv) in d.iter_mut().zip(eo).zip(kt) {
-                            *d += ev * kv;
-                        }
-                    }
-                }
-            }
-        }
+        error_sample(&self.geometry, self.params.weights.as_slice(), err, dst);
     }
 
     /// Gradients of `sum(e * forward(x))` with respect to the kernel and the bias, for the
@@ -322,6 +292,57 @@ struct Sample<'a> {
     src: &'a [f32],
     err: &'a [f32],
     sums: Sums,
+}
+
+widest_vectors! {
+    /// One sample's depthwise convolution: `src` its `H*W x C` input, `dst` its `Ho*Wo x C`
+    /// output. Each position's channels are one contiguous run per tap, in the widest vector
+    /// lanes the CPU has (the same bits as scalar code: no operation is fused).
+    fn forward_sample(g: &Geometry, kernel: &[f32], bias: &[f32], src: &[f32], dst: &mut [f32]) => forward_values
+}
+
+#[inline(always)]
+fn forward_values(g: &Geometry, kernel: &[f32], bias: &[f32], src: &[f32], dst: &mut [f32]) {
+    let c = bias.len();
+    for oy in 0..g.out_h() {
+        for ox in 0..g.out_w() {
+            let o = &mut dst[(oy * g.out_w() + ox) * c..][..c];
+            o.copy_from_slice(bias);
+            for t in 0..g.k * g.k {
+                if let Some(p) = g.source(oy, ox, t) {
+                    let (xi, kt) = (&src[p * c..][..c], &kernel[t * c..][..c]);
+                    for ((o, &xv), &kv) in o.iter_mut().zip(xi).zip(kt) {
+                        *o += xv * kv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+widest_vectors! {
+    /// One sample's transposed convolution: `err` its `Ho*Wo x C` output error, `dst` its
+    /// `H*W x C` input error (overwritten), in the widest vector lanes the CPU has.
+    fn error_sample(g: &Geometry, kernel: &[f32], err: &[f32], dst: &mut [f32]) => error_values
+}
+
+#[inline(always)]
+fn error_values(g: &Geometry, kernel: &[f32], err: &[f32], dst: &mut [f32]) {
+    let c = kernel.len() / (g.k * g.k).max(1);
+    dst.iter_mut().for_each(|d| *d = 0.0);
+    for oy in 0..g.out_h() {
+        for ox in 0..g.out_w() {
+            let eo = &err[(oy * g.out_w() + ox) * c..][..c];
+            for t in 0..g.k * g.k {
+                if let Some(p) = g.source(oy, ox, t) {
+                    let (d, kt) = (&mut dst[p * c..][..c], &kernel[t * c..][..c]);
+                    for ((d, &ev), &kv) in d.iter_mut().zip(eo).zip(kt) {
+                        *d += ev * kv;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// [`accumulate_sample`] compiled for the widest vectors the CPU has: the crate is built for

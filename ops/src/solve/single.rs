@@ -47,17 +47,31 @@ fn packed_primal(n: usize, da: usize) -> bool {
 /// Column sums of the rows of `v` (`cols` wide, row-major), accumulated in `f64` on the
 /// stack a block of columns at a time (no allocation), each handed to `emit(column, sum)`.
 pub(super) fn column_sums(v: &[f32], cols: usize, mut emit: impl FnMut(usize, f64)) {
-    const BLOCK: usize = 64;
-    for c0 in (0..cols).step_by(BLOCK) {
-        let w = BLOCK.min(cols - c0);
-        let mut acc = [0.0f64; BLOCK];
-        for row in v.chunks_exact(cols) {
-            for (a, &x) in acc[..w].iter_mut().zip(&row[c0..c0 + w]) {
-                *a += x as f64;
-            }
-        }
+    for c0 in (0..cols).step_by(SUM_BLOCK) {
+        let w = SUM_BLOCK.min(cols - c0);
+        let mut acc = [0.0f64; SUM_BLOCK];
+        block_column_sums(v, cols, c0, &mut acc[..w]);
         for (j, &a) in acc[..w].iter().enumerate() {
             emit(c0 + j, a);
+        }
+    }
+}
+
+/// Columns summed per pass of [`column_sums`].
+const SUM_BLOCK: usize = 64;
+
+widest_vectors! {
+    /// `acc[j] += sum of column c0 + j` over the rows of `v`, in the widest vector lanes the
+    /// CPU has (the pointwise layers' ones column reads each map and error this way).
+    fn block_column_sums(v: &[f32], cols: usize, c0: usize, acc: &mut [f64]) => column_sums_loop
+}
+
+#[inline(always)]
+fn column_sums_loop(v: &[f32], cols: usize, c0: usize, acc: &mut [f64]) {
+    let w = acc.len();
+    for row in v.chunks_exact(cols) {
+        for (a, &x) in acc.iter_mut().zip(&row[c0..c0 + w]) {
+            *a += x as f64;
         }
     }
 }
