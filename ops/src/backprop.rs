@@ -21,6 +21,7 @@ use crate::shard::{Reducer, shard_sum, shard_sum_par, two_rows_at_least};
 use crate::sparse::Mask;
 use crate::state::{Part, StateTensor, StateTensorMut, TrainerState, count};
 use crate::{Matrix, OpsError};
+use rayon::prelude::*;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -233,11 +234,14 @@ impl Moments {
                 let wd = if decay { weight_decay } else { 0.0 };
                 match &mut self.first {
                     Some(buf) => {
-                        for ((p, &g), b) in p.iter_mut().zip(g).zip(&mut buf.as_mut_slice()[range]) {
-                            let g = g + wd * *p;
-                            *b = momentum * *b + g;
-                            *p -= lr * *b;
+                        let rule = SgdRule { lr, momentum, wd };
+                        let b = &mut buf.as_mut_slice()[range];
+                        let share = thread_share(p.len());
+                        if share >= p.len() {
+                            return sgd_run(p, g, b, &rule);
                         }
+                        let values = p.par_chunks_mut(share).zip(g.par_chunks(share));
+                        values.zip(b.par_chunks_mut(share)).for_each(|((p, g), b)| sgd_run(p, g, b, &rule));
                     }
                     None => {
                         for (p, &g) in p.iter_mut().zip(g) {
@@ -278,17 +282,77 @@ impl Moments {
     ) {
         let (Some(m), Some(v)) = (&mut self.first, &mut self.second) else { return };
         let (m, v) = (&mut m.as_mut_slice()[range.clone()], &mut v.as_mut_slice()[range]);
-        let c1 = 1.0 - b1.powi(t as i32);
-        let c2 = 1.0 - b2.powi(t as i32);
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let g = g + wd * *p;
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            let mhat = *m / c1;
-            let vhat = *v / c2;
-            *p -= lr * mhat / (vhat.sqrt() + eps);
+        let rule = AdamRule { lr, b1, b2, eps, wd, c1: 1.0 - b1.powi(t as i32), c2: 1.0 - b2.powi(t as i32) };
+        let share = thread_share(p.len());
+        if share >= p.len() {
+            return adam_run(p, g, m, v, &rule);
         }
+        let values = p.par_chunks_mut(share).zip(g.par_chunks(share));
+        let moments = m.par_chunks_mut(share).zip(v.par_chunks_mut(share));
+        values.zip(moments).for_each(|((p, g), (m, v))| adam_run(p, g, m, v, &rule));
     }
+}
+
+/// Adam's rule for one step: rates and bias corrections `c1 = 1 - b1^t`, `c2 = 1 - b2^t`.
+struct AdamRule {
+    lr: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    wd: f32,
+    c1: f32,
+    c2: f32,
+}
+
+widest_vectors! {
+    /// One run of Adam's element-wise update, in the widest vector lanes the CPU has (the
+    /// same bits as scalar code: no operation is fused).
+    fn adam_run(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], rule: &AdamRule) => adam_values
+}
+
+#[inline(always)]
+fn adam_values(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], rule: &AdamRule) {
+    let AdamRule { lr, b1, b2, eps, wd, c1, c2 } = *rule;
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g + wd * *p;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        let mhat = *m / c1;
+        let vhat = *v / c2;
+        *p -= lr * mhat / (vhat.sqrt() + eps);
+    }
+}
+
+/// SGD's rule with momentum for one step.
+struct SgdRule {
+    lr: f32,
+    momentum: f32,
+    wd: f32,
+}
+
+widest_vectors! {
+    /// One run of SGD's element-wise update with momentum, in the widest vector lanes.
+    fn sgd_run(p: &mut [f32], g: &[f32], b: &mut [f32], rule: &SgdRule) => sgd_values
+}
+
+#[inline(always)]
+fn sgd_values(p: &mut [f32], g: &[f32], b: &mut [f32], rule: &SgdRule) {
+    let SgdRule { lr, momentum, wd } = *rule;
+    for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+        let g = g + wd * *p;
+        *b = momentum * *b + g;
+        *p -= lr * *b;
+    }
+}
+
+/// Fewest values an element-wise optimiser update splits between the threads.
+const SHARED_FROM: usize = 1 << 14;
+
+/// Values per thread of an element-wise update of `len` values (`len` itself when short):
+/// PL folds its updates on every thread, and so do the baselines.
+fn thread_share(len: usize) -> usize {
+    let threads = crate::threads();
+    if len < SHARED_FROM || threads < 2 { len.max(1) } else { len.div_ceil(threads).next_multiple_of(16) }
 }
 
 /// A backprop trainer: the optimiser and its state for every layer.
@@ -701,6 +765,14 @@ fn muon_rows(
 /// Rows of the first layer's weight gradient formed at a time: 128 x 512 outputs is 256 KiB.
 pub const GRADIENT_TILE_ROWS: usize = 128;
 
+/// Rows per tile of a `d`-row weight gradient formed in tiles of at most
+/// [`GRADIENT_TILE_ROWS`]: the fewest such tiles, evened out (784 rows: 7 of 112), so that
+/// the last tile does not leave a thread idle.
+pub fn gradient_tile_rows(d: usize) -> usize {
+    let d = d.max(1);
+    d.div_ceil(d.div_ceil(GRADIENT_TILE_ROWS))
+}
+
 /// Replace scores `z` by the gradient of the mean cross-entropy, `(softmax(z) - onehot) / n`,
 /// and return the summed loss and the correct count.
 pub fn softmax_cross_entropy(z: &mut Matrix, labels: &[u32]) -> Result<StepStats, OpsError> {
@@ -717,6 +789,7 @@ fn cross_entropy_rows(
     labels: &[u32],
     scale: f32,
 ) -> Result<StepStats, OpsError> {
+    crate::clean_vector_state();
     let mut stats = StepStats { rows: labels.len(), ..StepStats::default() };
     for (row, &label) in values.chunks_exact_mut(classes.max(1)).zip(labels) {
         let label = label as usize;
@@ -1099,6 +1172,48 @@ mod tests {
                 tb.step_tiled(&mut b, &x, &y, 3).expect("tiles of 3 rows");
             }
             assert_eq!(params(&a), params(&b), "{} masked {masked}", opt.kind());
+        }
+    }
+
+    /// The element-wise updates of a tensor long enough to be cut between threads (and not
+    /// a multiple of the shares) give the bits of the plain scalar formulas, step after step.
+    #[test]
+    fn shared_vector_updates_give_the_scalar_bits() {
+        let len = 3 * SHARED_FROM + 37;
+        let wave = |k: usize, s: f32| ((k * 7919 % 211) as f32 - 105.0) * s;
+        let opts = [
+            Optimizer::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-3 },
+            Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 },
+        ];
+        for opt in opts {
+            let mut state = Moments::new(1, len, &opt, false);
+            let mut p: Vec<f32> = (0..len).map(|k| wave(k, 1e-2)).collect();
+            let (mut want, mut m, mut v) = (p.clone(), vec![0.0f32; len], vec![0.0f32; len]);
+            for t in 1..=3u64 {
+                let g: Vec<f32> = (0..len).map(|k| wave(k + t as usize, 1e-3)).collect();
+                state.apply(0, &mut p, &g, &opt, t, true);
+                for k in 0..len {
+                    let (w, m, v) = (&mut want[k], &mut m[k], &mut v[k]);
+                    match opt {
+                        Optimizer::Sgd { lr, momentum, weight_decay } => {
+                            let g = g[k] + weight_decay * *w;
+                            *m = momentum * *m + g;
+                            *w -= lr * *m;
+                        }
+                        Optimizer::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                            let g = g[k] + weight_decay * *w;
+                            *m = beta1 * *m + (1.0 - beta1) * g;
+                            *v = beta2 * *v + (1.0 - beta2) * g * g;
+                            let (mh, vh) =
+                                (*m / (1.0 - beta1.powi(t as i32)), *v / (1.0 - beta2.powi(t as i32)));
+                            *w -= lr * mh / (vh.sqrt() + eps);
+                        }
+                        _ => unreachable!(),
+                    }
+                }
+                let same = p.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} step {t}", opt.kind());
+            }
         }
     }
 

@@ -5,8 +5,8 @@ use crate::error::Dim;
 use crate::layer::{Combine, ErrorMode, GradientSink, Op, PerSample};
 use crate::ledger::Buffer;
 use crate::solve::{
-    RidgeConfig, RidgeUpdate, primal_partial, ridge_update, ridge_update_from_sums, ridge_update_tiles,
-    ridge_update_tiles_consuming,
+    RidgeConfig, RidgeUpdate, balanced_rows, primal_partial, product_by_row_shares, ridge_update,
+    ridge_update_from_sums, ridge_update_tiles, ridge_update_tiles_consuming,
 };
 use crate::sparse::Mask;
 use crate::update::{LayerState, Pending, UpdateRule};
@@ -334,14 +334,16 @@ impl Op for Dense {
         self.check_pair("dense gradient", input, delta)?;
         let (d, m) = (self.inputs(), self.outputs());
         let gb = bias_gradient(delta, m);
-        let rows = tile_rows.clamp(1, d.max(1));
+        // Tiles of even height (an uneven last one leaves a thread idle), each product cut
+        // by rows between the threads, as PL's first-layer tiles are.
+        let rows = balanced_rows(d, m, tile_rows.max(1) * m);
         let mut tile = Matrix::zeros(rows, m);
         for r0 in (0..d).step_by(rows) {
             let h = rows.min(d - r0);
             let part = &mut tile.as_mut_slice()[..h * m];
             let xv = input.view().subcols(r0, h);
             let tv = MatMut::from_row_major_slice_mut(part, h, m);
-            matmul(tv, Accum::Replace, xv.transpose(), delta.view(), 1.0, par());
+            product_by_row_shares(tv, xv.transpose(), delta.view(), 1.0);
             sink(self, r0, part, (r0 + h == d).then_some(&gb))?;
         }
         Ok(())

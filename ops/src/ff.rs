@@ -29,7 +29,9 @@
 //! feeds, and the 2n x d labelled batch is never made.
 
 use crate::activation::Activation;
-use crate::backprop::{GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, optimizer_state_is_the_state};
+use crate::backprop::{
+    GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, gradient_tile_rows, optimizer_state_is_the_state,
+};
 use crate::dense::Dense;
 use crate::network::{LayerError, Network, StepStats, argmax, at};
 use crate::state::Trainer;
@@ -380,7 +382,7 @@ impl FfTrainer {
         let layer = &mut net.layers[0];
         let mask = layer.mask.as_ref();
         let Some(params) = layer.op.params_mut() else { return Ok(()) };
-        let tile_rows = GRADIENT_TILE_ROWS.clamp(1, d.max(1));
+        let tile_rows = gradient_tile_rows(d);
         let mut tile = Matrix::zeros(tile_rows, m);
         for r0 in (0..d).step_by(tile_rows) {
             let h = tile_rows.min(d - r0);
@@ -465,7 +467,7 @@ impl Trainer for FfTrainer {
 pub fn step_bytes(dims: &[(usize, usize)], n: usize, classes: usize) -> usize {
     const F32: usize = 4;
     let Some(&(d0, m0)) = dims.first() else { return 0 };
-    let tile = |d: usize, m: usize| (GRADIENT_TILE_ROWS.clamp(1, d.max(1)) * m + m) * F32;
+    let tile = |d: usize, m: usize| (gradient_tile_rows(d) * m + m) * F32;
     let above = dims.iter().skip(1).map(|&(_, m)| m).max().unwrap_or(0);
     let readout = n * (2 * m0 + 2 * above + classes) * F32;
     let first = (3 * n * m0 + classes * m0) * F32 + tile(d0, m0);

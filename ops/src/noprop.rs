@@ -28,7 +28,8 @@
 //! for block 1 to `T`), then the classifier.
 
 use crate::backprop::{
-    GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, optimizer_state_is_the_state, softmax_cross_entropy,
+    GRADIENT_TILE_ROWS, Optimizer, OptimizerState, apply, gradient_tile_rows, optimizer_state_is_the_state,
+    softmax_cross_entropy,
 };
 use crate::dense::Dense;
 use crate::layer::ErrorMode;
@@ -346,8 +347,7 @@ pub fn step_bytes(block: &[(usize, usize)], n: usize, classes: usize) -> usize {
     let widest = block.iter().map(|&(_, m)| m).max().unwrap_or(0);
     let first = block.first().map_or(0, |&(_, m)| m);
     let acts: usize = block.iter().skip(2).map(|&(_, m)| m).sum::<usize>() + first;
-    let tile =
-        block.iter().map(|&(d, m)| (GRADIENT_TILE_ROWS.clamp(1, d.max(1)) * m + m) * F32).max().unwrap_or(0);
+    let tile = block.iter().map(|&(d, m)| (gradient_tile_rows(d) * m + m) * F32).max().unwrap_or(0);
     let chain = n * (2 * classes + first + 2 * widest) * F32;
     let update = n * (classes + first + acts + 2 * widest) * F32 + tile;
     chain.max(update)

@@ -6,7 +6,7 @@
 use plflow_ops::Matrix;
 use plflow_ops::activation::Activation;
 use plflow_ops::admm::{AdmmConfig, AdmmTrainer, step_bytes as admm_step_bytes};
-use plflow_ops::backprop::{BackpropTrainer, GRADIENT_TILE_ROWS, Optimizer};
+use plflow_ops::backprop::{BackpropTrainer, GRADIENT_TILE_ROWS, Optimizer, gradient_tile_rows};
 use plflow_ops::dense::Dense;
 use plflow_ops::dense::error_scratch_bytes as dense_error_scratch_bytes;
 use plflow_ops::init::xavier_normal;
@@ -94,7 +94,14 @@ fn steps_release_activations_and_errors_layer_by_layer() {
     let forward = a0 + a1 + a2;
     let layer2 = a0 + a1 + a2 + (128 * 10 + 10) * F32 + dense_error_scratch_bytes(N, 128, threads);
     let layer1 = a0 + a1 + (512 * 128 + 128) * F32 + dense_error_scratch_bytes(N, 512, threads);
-    let layer0 = a0 + (GRADIENT_TILE_ROWS * 512 + 512) * F32;
+    // The first layer's gradient tiles: at most GRADIENT_TILE_ROWS rows, evened out (784
+    // rows in 7 tiles of 112).
+    let tile_rows = gradient_tile_rows(784);
+    assert!(
+        tile_rows <= GRADIENT_TILE_ROWS
+            && 784usize.div_ceil(tile_rows) == 784usize.div_ceil(GRADIENT_TILE_ROWS)
+    );
+    let layer0 = a0 + (tile_rows * 512 + 512) * F32;
     let want = forward.max(layer2).max(layer1).max(layer0);
     assert_eq!(want, layer1);
     assert_eq!(peak, want, "peak {peak}: forward {forward}, layers {layer2} {layer1} {layer0}");
@@ -120,7 +127,7 @@ fn steps_release_activations_and_errors_layer_by_layer() {
         trainer.step(&mut net, &x, &labels).expect("step");
     });
     let layer1 = a0 + (512 * 128 + 128) * F32 + opt.update_workspace_bytes(512, 128);
-    let layer0 = a0 + (GRADIENT_TILE_ROWS * 512 + 512) * F32 + opt.update_workspace_bytes(784, 512);
+    let layer0 = a0 + (tile_rows * 512 + 512) * F32 + opt.update_workspace_bytes(784, 512);
     assert!(layer1 < layer0 && forward < layer0);
     assert_eq!(peak, layer0, "muon peak {peak}: layers {layer1} {layer0}");
 
