@@ -305,6 +305,7 @@ fn print_outcome(outcome: &plflow_engine::run::RunOutcome) {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    plflow_engine::main_thread_in_pool();
     // A diagnostic: which source lines hold each training stage's ledger peak (stderr).
     if std::env::var_os("PLFLOW_LEDGER_SITES").is_some_and(|v| !v.is_empty() && v != "0") {
         plflow_engine::report::trace_peak_sites();

@@ -47,4 +47,5 @@ pub use plan::Plan;
 pub use plflow_datasets as datasets;
 pub use plflow_extract as extract;
 pub use plflow_ops::ledger;
+pub use plflow_ops::main_thread_in_pool;
 pub use plflow_ops::shard::DEFAULT_SHARDS;

@@ -34,6 +34,7 @@ fn parse_args() -> Result<(usize, usize, usize), String> {
 }
 
 fn main() {
+    common::as_the_binary_does();
     let (batch, c, repeat) = match parse_args() {
         Ok(a) => a,
         Err(e) => {

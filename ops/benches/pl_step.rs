@@ -63,6 +63,7 @@ fn solve_flops(n: usize, d: usize, m: usize) -> f64 {
 }
 
 fn main() {
+    common::as_the_binary_does();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -118,6 +118,19 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Make the calling thread (the process's main thread, before any parallel work) worker 0 of
+/// rayon's global pool, beside `cores - 1` others. Every parallel product and loop of a
+/// training step is then forked from a worker, which runs its own share and hands the rest
+/// to the other worker's queue, instead of being sent to a pool of `cores` threads while the
+/// caller sleeps: the MNIST epochs took 12-17% less time (PL 1.61-1.72 -> 1.34-1.36 s, Adam
+/// 0.95-0.97 -> 0.84 s, SGD 0.98 -> 0.82 s) with a sixth of the context switches, and one
+/// thread fewer keeps its product buffers resident. Does nothing when the pool exists already
+/// (tests, other embedders); `RAYON_NUM_THREADS` still sets the count.
+pub fn main_thread_in_pool() {
+    // An error only says the global pool was built before; it keeps its threads.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+}
+
 /// The parallelism faer uses for large products: all threads of rayon's global pool.
 pub(crate) fn par() -> faer::Par {
     faer::Par::rayon(0)

@@ -435,6 +435,7 @@ fn output_error_rows(
     labels: &[u32],
     eps: f32,
 ) -> Result<StepStats, OpsError> {
+    crate::clean_vector_state();
     let off = if classes > 1 { eps / (classes - 1) as f32 } else { 0.0 };
     let mut stats = StepStats { rows: labels.len(), ..StepStats::default() };
     for (row, &label) in values.chunks_exact_mut(classes.max(1)).zip(labels) {

@@ -2,6 +2,11 @@
 
 use std::time::Instant;
 
+/// Run the benchmark's main thread as a worker of rayon's pool, as the `plflow` binary does.
+pub fn as_the_binary_does() {
+    plflow_ops::main_thread_in_pool();
+}
+
 /// Median milliseconds of `repeat` calls of `f`, after one warm-up call.
 pub fn median_ms(mut f: impl FnMut(), repeat: usize) -> f64 {
     f(); // warm up
