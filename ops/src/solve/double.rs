@@ -56,7 +56,12 @@ fn emit(tile: MatRef<'_, f64>, scratch: &mut [f32], row0: usize, col0: usize, si
 
 /// Dual route: `K = X_aug X_aug^T + lambda I` (n x n) accumulated from column chunks, then for
 /// each block of error columns `Z = K^-1 e_b` and `dTheta_b = -alpha X_aug^T Z`.
-pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<'_>) -> Result<(), OpsError> {
+pub(super) fn solve_dual(
+    x: &Matrix,
+    e: &Matrix,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<f64, OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let (da, chunk) = (d + 1, r.chunk);
     let mut k = Buffer::<f64>::zeros(n * n);
@@ -72,8 +77,9 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             lower_product(kv.as_mut(), accum, xv, xv.transpose(), 1.0, par());
         }
     }
+    let lambda = r.lambda((0..n).map(|i| kv[(i, i)]).sum())?;
     for i in 0..n {
-        kv[(i, i)] += r.lambda;
+        kv[(i, i)] += lambda;
     }
     factor(kv.as_mut())?;
     let (bw, cw) = (chunk.min(m), chunk.min(da));
@@ -102,7 +108,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
             emit(ov.as_ref(), &mut narrow, c0, b0, sink);
         }
     }
-    Ok(())
+    Ok(lambda)
 }
 
 /// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` accumulated from row
@@ -116,7 +122,7 @@ pub(super) fn solve_primal(
     r: &Ridge,
     f32_products: bool,
     sink: &mut TileSink<'_>,
-) -> Result<(), OpsError> {
+) -> Result<f64, OpsError> {
     let (g, rhs) = primal_system(x, e, 0..x.rows(), r.chunk, f32_products);
     solve_system(g, rhs, x.cols() + 1, r, sink)
 }
@@ -198,20 +204,22 @@ pub(super) fn primal_system(
     (g, rhs)
 }
 
-/// Add `r.lambda` to the diagonal of the system `g` (`da x da`, lower triangle, column-major),
-/// factor it, solve for `rhs` (`da x m`) and hand `-alpha` times the solution to `sink`.
+/// Add the ridge to the diagonal of the system `g` (`da x da`, lower triangle, column-major),
+/// factor it, solve for `rhs` (`da x m`) and hand `-alpha` times the solution to `sink`;
+/// returns the ridge added.
 pub(super) fn solve_system(
     mut g: Buffer<f64>,
     mut rhs: Buffer<f64>,
     da: usize,
     r: &Ridge,
     sink: &mut TileSink<'_>,
-) -> Result<(), OpsError> {
+) -> Result<f64, OpsError> {
     let m = rhs.len() / da.max(1);
     let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
     let mut rv = MatMut::from_column_major_slice_mut(&mut rhs, da, m);
+    let lambda = r.lambda((0..da).map(|i| gv[(i, i)]).sum())?;
     for i in 0..da {
-        gv[(i, i)] += r.lambda;
+        gv[(i, i)] += lambda;
     }
     factor(gv.as_mut())?;
     solve_factored(gv.as_ref(), rv.as_mut());
@@ -222,7 +230,7 @@ pub(super) fn solve_system(
         }
     }
     sink(Tile { values: &narrow, cols: m, row0: 0, col0: 0 });
-    Ok(())
+    Ok(lambda)
 }
 
 /// Add `X_aug^T X_aug` (lower triangle) and `X_aug^T e` of rows `start..stop` into the `f64`

@@ -328,7 +328,7 @@ pub fn ridge_update_from_sums(
         RidgeScale::Absolute => cfg.lambda,
         RidgeScale::Relative => cfg.lambda * trace / da as f64,
     };
-    let system = Ridge { lambda, alpha: cfg.alpha, chunk: CHUNK };
+    let system = Ridge { lambda: Lambda::Fixed(lambda), alpha: cfg.alpha, chunk: CHUNK, input: (0, d) };
     let mut collected = TileCollector::new(d, m);
     let mut finite = true;
     double::solve_system(g, rhs, da, &system, &mut |tile| {
@@ -468,20 +468,24 @@ fn solve_tiles(
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     OpsError::check(OP, "error", &[Dim::Exact(n), Dim::Any], &[e.rows(), m])?;
     let da = d + 1;
-    // trace(X_aug^T X_aug) = ||X||_F^2 + n (the ones column), summed in f64.
-    let trace = n as f64 + sum_of_squares(x.as_slice());
-    if !trace.is_finite() {
-        return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows: n, cols: d });
-    }
     if !all_finite(e.as_slice()) {
         return Err(OpsError::NonFinite { op: OP, what: "the error", rows: n, cols: m });
     }
-    let lambda = match cfg.scale {
-        RidgeScale::Absolute => cfg.lambda,
-        RidgeScale::Relative => cfg.lambda * trace / da as f64,
+    // A relative ridge is `lambda_rel * trace / (d+1)`, with trace(X_aug^T X_aug) = ||X||_F^2 + n
+    // read from the system's diagonal once it is formed (a non-finite input shows there),
+    // and the condition bound `1 + trace / lambda` does not depend on the trace. An absolute
+    // ridge's bound does: it takes a pass over the input first.
+    let (lambda, bound) = match cfg.scale {
+        RidgeScale::Relative => (Lambda::PerTrace(cfg.lambda / da as f64), 1.0 + da as f64 / cfg.lambda),
+        RidgeScale::Absolute => {
+            let trace = n as f64 + sum_of_squares(x.as_slice());
+            if !trace.is_finite() {
+                return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows: n, cols: d });
+            }
+            (Lambda::Fixed(cfg.lambda), 1.0 + trace / cfg.lambda)
+        }
     };
     let dual = cfg.dual(n, d);
-    let bound = 1.0 + trace / lambda;
     let single = cfg.precision == Precision::Auto && bound <= F32_CONDITION_LIMIT;
     let f32_products = cfg.precision == Precision::Auto && bound <= F32_PRODUCTS_CONDITION_LIMIT;
     let mut finite = true;
@@ -493,26 +497,53 @@ fn solve_tiles(
             }
         }
     };
-    let system = Ridge { lambda, alpha: cfg.alpha, chunk };
-    match (single, dual, rhs) {
+    let system = Ridge { lambda, alpha: cfg.alpha, chunk, input: (n, d) };
+    let lambda = match (single, dual, rhs) {
         (true, true, Rhs::Owned(e)) => single::solve_dual_in_place(x, e, &system, &mut checked)?,
         (true, true, rhs) => single::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
         (true, false, rhs) => single::solve_primal(x, rhs.matrix(), &system, &mut checked)?,
         (false, true, rhs) => double::solve_dual(x, rhs.matrix(), &system, &mut checked)?,
         (false, false, rhs) => double::solve_primal(x, rhs.matrix(), &system, f32_products, &mut checked)?,
-    }
+    };
     if !finite {
         return Err(OpsError::NonFinite { op: OP, what: "the solved update", rows: da, cols: m });
     }
     Ok(SolveInfo { lambda_used: lambda, dual, single })
 }
 
-/// The numbers a route needs: the ridge actually added, the step, and the slice width.
+/// The numbers a route needs: the ridge's rule, the step, the slice width, and the input's
+/// shape (for errors).
 #[derive(Debug, Clone, Copy)]
 struct Ridge {
-    lambda: f64,
+    lambda: Lambda,
     alpha: f64,
     chunk: usize,
+    input: (usize, usize),
+}
+
+/// The ridge added to a system's diagonal.
+#[derive(Debug, Clone, Copy)]
+enum Lambda {
+    /// This value.
+    Fixed(f64),
+    /// This factor times the system's trace (before the ridge): the relative ridge, without
+    /// a pass over the input of its own (the CNN's passes took 5% of its PL epoch).
+    PerTrace(f64),
+}
+
+impl Ridge {
+    /// The ridge for a system whose diagonal sums to `trace`, or the error of a non-finite
+    /// input, which every route's diagonal shows (a sum of squares of the values).
+    fn lambda(&self, trace: f64) -> Result<f64, OpsError> {
+        if !trace.is_finite() {
+            let (rows, cols) = self.input;
+            return Err(OpsError::NonFinite { op: OP, what: "the layer input", rows, cols });
+        }
+        Ok(match self.lambda {
+            Lambda::Fixed(lambda) => lambda,
+            Lambda::PerTrace(factor) => factor * trace,
+        })
+    }
 }
 
 /// Rows per block of a primal route's per-thread accumulation: about 256 KiB of `f64` input,
@@ -753,7 +784,15 @@ mod tests {
                 let (q, qi) = solve_with_info(&x, &e, &q, CHUNK);
                 assert_eq!(pi.single, precision == Precision::Auto);
                 assert_eq!(qi.single, pi.single);
-                assert_eq!(p.lambda_used, q.lambda_used);
+                // The ridge comes from each system's diagonal: the trace in f64 loops.
+                let squares: f64 = x.as_slice().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                let want = lambda * (squares + n as f64) / (d + 1) as f64;
+                for got in [p.lambda_used, q.lambda_used] {
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want,
+                        "{precision:?} n={n} d={d}: ridge {got} vs {want}"
+                    );
+                }
                 let (diff, max) = max_abs_diff(&p, &q);
                 assert!(diff <= 1e-4 * max, "{precision:?} n={n} d={d}: differ by {diff} (max {max})");
             }

@@ -192,6 +192,15 @@ where
     }
 }
 
+impl Packed<f32> {
+    /// The sum of the diagonal entries, in `f64`.
+    pub fn diagonal_sum(&self) -> f64 {
+        let BlocksRef { a11, a22, .. } = self.blocks();
+        let sum = |a: MatRef<'_, f32>| (0..a.nrows()).map(|i| f64::from(a[(i, i)])).sum::<f64>();
+        sum(a11) + sum(a22)
+    }
+}
+
 /// Largest block factored by faer directly (through a copy, see [`factor_lower`]).
 const LEAF: usize = 64;
 

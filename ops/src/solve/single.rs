@@ -88,15 +88,17 @@ pub(super) fn in_place_workspace_bytes(n: usize, d: usize, m: usize) -> usize {
     (Packed::<f32>::len(n) + rows * m + m) * size_of::<f32>()
 }
 
-/// The factored kernel `K = X X^T + 1 1^T + lambda I`, packed (half an `n x n` matrix).
-fn kernel(x: &Matrix, lambda: f64) -> Result<Packed<f32>, OpsError> {
+/// The factored kernel `K = X X^T + 1 1^T + lambda I`, packed (half an `n x n` matrix), and
+/// the ridge added.
+fn kernel(x: &Matrix, ridge: &Ridge) -> Result<(Packed<f32>, f64), OpsError> {
     let mut k = Packed::<f32>::zeros(x.rows());
     let (h, r) = k.split();
     k.set_gram(x.view().subrows(0, h), x.view().subrows(h, r));
     k.add_to_lower(1.0);
+    let lambda = ridge.lambda(k.diagonal_sum())?;
     k.add_diagonal(lambda as f32);
     k.factor()?;
-    Ok(k)
+    Ok((k, lambda))
 }
 
 /// Dual route over the error's own storage (its last use): `Z = K^-1 e` in place for all
@@ -106,9 +108,9 @@ pub(super) fn solve_dual_in_place(
     mut e: Matrix,
     r: &Ridge,
     sink: &mut TileSink<'_>,
-) -> Result<(), OpsError> {
+) -> Result<f64, OpsError> {
     let (d, m) = (x.cols(), e.cols());
-    let k = kernel(x, r.lambda)?;
+    let (k, lambda) = kernel(x, r)?;
     k.solve_in_place(e.view_mut());
     let rows = balanced_rows(d, m, TILE_VALUES);
     let mut out = Buffer::<f32>::zeros(rows * m);
@@ -121,15 +123,20 @@ pub(super) fn solve_dual_in_place(
     let mut bias = Buffer::<f32>::zeros(m);
     column_sums(e.as_slice(), m, |c, s| bias[c] = (-r.alpha * s) as f32);
     sink(Tile { values: &bias, cols: m, row0: d, col0: 0 });
-    Ok(())
+    Ok(lambda)
 }
 
 /// Dual route: `K = X X^T + 1 1^T + lambda I` (n x n), then for each block of error columns
 /// `Z = K^-1 e_b`, `dW_b = -alpha X^T Z` in tiles of rows and `db_b = -alpha 1^T Z`.
-pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<'_>) -> Result<(), OpsError> {
+pub(super) fn solve_dual(
+    x: &Matrix,
+    e: &Matrix,
+    r: &Ridge,
+    sink: &mut TileSink<'_>,
+) -> Result<f64, OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let chunk = r.chunk;
-    let k = kernel(x, r.lambda)?;
+    let (k, lambda) = kernel(x, r)?;
     let (bw, cw) = (chunk.min(m), chunk.min(d.max(1)));
     let mut z = Buffer::<f32>::zeros(n * bw);
     let mut out = Buffer::<f32>::zeros(cw * bw);
@@ -154,7 +161,7 @@ pub(super) fn solve_dual(x: &Matrix, e: &Matrix, r: &Ridge, sink: &mut TileSink<
         column_sums(&z[..n * w], w, |c, s| bias[c] = (-r.alpha * s) as f32);
         sink(Tile { values: &bias[..w], cols: w, row0: d, col0: b0 });
     }
-    Ok(())
+    Ok(lambda)
 }
 
 /// Primal route: `G = X_aug^T X_aug + lambda I` and `R = X_aug^T e` (row `d` of each from
@@ -166,28 +173,29 @@ pub(super) fn solve_primal(
     e: &Matrix,
     r: &Ridge,
     sink: &mut TileSink<'_>,
-) -> Result<(), OpsError> {
+) -> Result<f64, OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
-    let mut rhs = if packed_primal(n, da) {
+    let (mut rhs, lambda) = if packed_primal(n, da) {
         let mut g = packed_gram(x);
+        let lambda = r.lambda(g.diagonal_sum())?;
         let mut rhs = right_hand_side(x, e, 0, n, par());
-        g.add_diagonal(r.lambda as f32);
+        g.add_diagonal(lambda as f32);
         g.factor()?;
         g.solve_in_place(MatMut::from_row_major_slice_mut(&mut rhs, da, m));
-        rhs
+        (rhs, lambda)
     } else {
         solve_partial_systems(x, e, r)?
     };
     let alpha = r.alpha as f32;
     rhs.iter_mut().for_each(|v| *v *= -alpha);
     sink(Tile { values: &rhs, cols: m, row0: 0, col0: 0 });
-    Ok(())
+    Ok(lambda)
 }
 
 /// `G^-1 R` from partial systems over contiguous row ranges, summed in range order (no
-/// dependence on scheduling or thread count).
-fn solve_partial_systems(x: &Matrix, e: &Matrix, r: &Ridge) -> Result<Buffer<f32>, OpsError> {
+/// dependence on scheduling or thread count), and the ridge added.
+fn solve_partial_systems(x: &Matrix, e: &Matrix, r: &Ridge) -> Result<(Buffer<f32>, f64), OpsError> {
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
     let da = d + 1;
     let parts = primal_systems(n, da);
@@ -213,12 +221,13 @@ fn solve_partial_systems(x: &Matrix, e: &Matrix, r: &Ridge) -> Result<Buffer<f32
     }
     drop(systems);
     let mut gv = MatMut::from_column_major_slice_mut(&mut g, da, da);
+    let lambda = r.lambda((0..da).map(|i| f64::from(gv[(i, i)])).sum())?;
     for i in 0..da {
-        gv[(i, i)] += r.lambda as f32;
+        gv[(i, i)] += lambda as f32;
     }
     factor(gv.as_mut())?;
     solve_factored(gv.as_ref(), MatMut::from_row_major_slice_mut(&mut rhs, da, m));
-    Ok(rhs)
+    Ok((rhs, lambda))
 }
 
 /// The packed Gram `X_aug^T X_aug` of all rows (the ones column's row from column sums).
