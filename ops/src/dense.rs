@@ -124,12 +124,23 @@ pub fn error_scratch_bytes(rows: usize, cols: usize, threads: usize) -> usize {
 /// Column sums of `delta` (`n x m`): the bias gradient.
 fn bias_gradient(delta: &Matrix, m: usize) -> Matrix {
     let mut gb = Matrix::zeros(1, m);
-    for row in delta.as_slice().chunks_exact(m.max(1)) {
-        for (g, &v) in gb.as_mut_slice().iter_mut().zip(row) {
+    add_rows(delta.as_slice(), gb.as_mut_slice());
+    gb
+}
+
+widest_vectors! {
+    /// `sum += each row of rows` (rows as wide as `sum`), in the widest vector lanes the CPU
+    /// has, as PL's column sums are (a pointwise layer's error has a row per position).
+    fn add_rows(rows: &[f32], sum: &mut [f32]) => add_rows_loop
+}
+
+#[inline(always)]
+fn add_rows_loop(rows: &[f32], sum: &mut [f32]) {
+    for row in rows.chunks_exact(sum.len().max(1)) {
+        for (g, &v) in sum.iter_mut().zip(row) {
             *g += v;
         }
     }
-    gb
 }
 
 impl Op for Dense {
