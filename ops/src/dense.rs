@@ -5,8 +5,8 @@ use crate::error::Dim;
 use crate::layer::{Combine, ErrorMode, GradientSink, Op, PerSample};
 use crate::ledger::Buffer;
 use crate::solve::{
-    RidgeConfig, RidgeUpdate, balanced_rows, primal_partial, product_by_row_shares, ridge_update,
-    ridge_update_from_sums, ridge_update_tiles, ridge_update_tiles_consuming,
+    RidgeConfig, RidgeUpdate, balanced_rows, gradient_product, primal_partial, product_by_row_shares,
+    ridge_update, ridge_update_from_sums, ridge_update_tiles, ridge_update_tiles_consuming,
 };
 use crate::sparse::Mask;
 use crate::update::{LayerState, Pending, UpdateRule};
@@ -330,7 +330,7 @@ impl Op for Dense {
         self.check_pair("dense gradient", input, delta)?;
         let (d, m) = (self.inputs(), self.outputs());
         let mut gw = Matrix::zeros(d, m);
-        matmul(gw.view_mut(), Accum::Replace, input.view().transpose(), delta.view(), 1.0, par());
+        gradient_product(&mut gw, input, delta);
         Ok(Some((gw, bias_gradient(delta, m))))
     }
 

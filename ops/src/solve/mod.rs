@@ -29,9 +29,11 @@ mod packed;
 mod single;
 
 use crate::error::Dim;
+use crate::ledger::Buffer;
 use crate::{Matrix, OpsError};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::cholesky::llt;
+use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -637,6 +639,42 @@ fn solve_factored<T: ComplexField + Send + Sync>(l: MatRef<'_, T>, b: MatMut<'_,
     });
 }
 
+/// `gw = x^T e` for a weight gradient (`x` the layer's `n x d` input, `e` its `n x m` error).
+/// A narrow layer's (`d + 1` up to the primal route's partial-system limit) is cut like the
+/// PL primal route's partial systems: [`PARTIAL_SYSTEMS`] contiguous row ranges, each a
+/// single-threaded product, side by side and added in range order (the same bits on any
+/// thread count); faer's parallel product of a long, thin pair waited in its barriers for
+/// 7% of the CNN's backprop epoch. A wide layer's is one parallel product.
+pub(crate) fn gradient_product(gw: &mut Matrix, x: &Matrix, e: &Matrix) {
+    let (n, d, m) = (x.rows(), x.cols(), e.cols());
+    let ranges = PARTIAL_SYSTEMS.min(n / PRODUCT_ROWS_PER_THREAD).max(1);
+    if !single::partial_systems_for(d + 1) || ranges < 2 {
+        matmul(gw.view_mut(), Accum::Replace, x.view().transpose(), e.view(), 1.0, crate::par());
+        return;
+    }
+    let h = n.div_ceil(ranges);
+    let mut rest = Buffer::<f32>::zeros(d * m);
+    let (xv, ev) = (x.view(), e.view());
+    rayon::join(
+        || {
+            matmul(
+                gw.view_mut(),
+                Accum::Replace,
+                xv.subrows(0, h).transpose(),
+                ev.subrows(0, h),
+                1.0,
+                Par::Seq,
+            )
+        },
+        || {
+            let dst = MatMut::from_row_major_slice_mut(&mut rest, d, m);
+            let (xr, er) = (xv.subrows(h, n - h), ev.subrows(h, n - h));
+            matmul(dst, Accum::Replace, xr.transpose(), er, 1.0, Par::Seq);
+        },
+    );
+    gw.as_mut_slice().iter_mut().zip(rest.iter()).for_each(|(g, &r)| *g += r);
+}
+
 /// Fewest rows of a product's destination worth a thread of their own in
 /// [`product_by_row_shares`].
 const PRODUCT_ROWS_PER_THREAD: usize = 16;
@@ -920,6 +958,27 @@ mod tests {
                 assert!(r < 1e-4, "n={n} d={d}: relative residual {r}");
                 let (diff, max) = max_abs_diff(&chunked, &whole);
                 assert!(diff <= 1e-5 * max.max(1e-3), "{precision:?}: differ by {diff}");
+            }
+        }
+    }
+
+    /// A weight gradient from row ranges (narrow layers) or one parallel product (wide ones,
+    /// short inputs) against plain f64 loops.
+    #[test]
+    fn gradient_products_match_plain_loops() {
+        for (n, d, m) in [(300, 40, 7), (301, 255, 3), (20, 10, 4), (70, 300, 5)] {
+            let (x, e) = (random(n, d, 11), random(n, m, 12));
+            let mut gw = Matrix::zeros(d, m);
+            gradient_product(&mut gw, &x, &e);
+            for i in 0..d {
+                for j in 0..m {
+                    let want: f64 = (0..n).map(|r| f64::from(x.row(r)[i]) * f64::from(e.row(r)[j])).sum();
+                    let got = f64::from(gw.row(i)[j]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{n}x{d}x{m} ({i}, {j}): {got} vs {want}"
+                    );
+                }
             }
         }
     }

@@ -39,6 +39,11 @@ fn primal_systems(n: usize, da: usize) -> usize {
     if da > PARTIALS_UP_TO { 1 } else { primal_parts(n, primal_rows(super::CHUNK, da, n)) }
 }
 
+/// Whether a system of `da` rows is small enough for one partial system per row range.
+pub(super) fn partial_systems_for(da: usize) -> bool {
+    da <= PARTIALS_UP_TO
+}
+
 /// Whether the primal route builds one packed system (rather than partial square ones).
 fn packed_primal(n: usize, da: usize) -> bool {
     da >= 2 && primal_systems(n, da) == 1
