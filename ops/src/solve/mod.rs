@@ -640,37 +640,27 @@ fn solve_factored<T: ComplexField + Send + Sync>(l: MatRef<'_, T>, b: MatMut<'_,
 }
 
 /// `gw = x^T e` for a weight gradient (`x` the layer's `n x d` input, `e` its `n x m` error).
-/// A narrow layer's (`d + 1` up to the primal route's partial-system limit) is cut like the
-/// PL primal route's partial systems: [`PARTIAL_SYSTEMS`] contiguous row ranges, each a
+/// A narrow layer's (`d + 1` up to the primal route's partial-system limit) is cut as the PL
+/// primal route's partial systems are: two contiguous row ranges (`PARTIAL_SYSTEMS`), each a
 /// single-threaded product, side by side and added in range order (the same bits on any
 /// thread count); faer's parallel product of a long, thin pair waited in its barriers for
 /// 7% of the CNN's backprop epoch. A wide layer's is one parallel product.
 pub(crate) fn gradient_product(gw: &mut Matrix, x: &Matrix, e: &Matrix) {
+    const _: () = assert!(PARTIAL_SYSTEMS == 2, "gradient_product cuts its rows in two");
     let (n, d, m) = (x.rows(), x.cols(), e.cols());
-    let ranges = PARTIAL_SYSTEMS.min(n / PRODUCT_ROWS_PER_THREAD).max(1);
-    if !single::partial_systems_for(d + 1) || ranges < 2 {
+    if !single::partial_systems_for(d + 1) || n < 2 * PRODUCT_ROWS_PER_THREAD {
         matmul(gw.view_mut(), Accum::Replace, x.view().transpose(), e.view(), 1.0, crate::par());
         return;
     }
-    let h = n.div_ceil(ranges);
+    let h = n.div_ceil(2);
     let mut rest = Buffer::<f32>::zeros(d * m);
-    let (xv, ev) = (x.view(), e.view());
+    let product = |dst: MatMut<'_, f32>, rows: std::ops::Range<usize>| {
+        let (xr, er) = (x.view().subrows(rows.start, rows.len()), e.view().subrows(rows.start, rows.len()));
+        matmul(dst, Accum::Replace, xr.transpose(), er, 1.0, Par::Seq);
+    };
     rayon::join(
-        || {
-            matmul(
-                gw.view_mut(),
-                Accum::Replace,
-                xv.subrows(0, h).transpose(),
-                ev.subrows(0, h),
-                1.0,
-                Par::Seq,
-            )
-        },
-        || {
-            let dst = MatMut::from_row_major_slice_mut(&mut rest, d, m);
-            let (xr, er) = (xv.subrows(h, n - h), ev.subrows(h, n - h));
-            matmul(dst, Accum::Replace, xr.transpose(), er, 1.0, Par::Seq);
-        },
+        || product(gw.view_mut(), 0..h),
+        || product(MatMut::from_row_major_slice_mut(&mut rest, d, m), h..n),
     );
     gw.as_mut_slice().iter_mut().zip(rest.iter()).for_each(|(g, &r)| *g += r);
 }
