@@ -831,7 +831,14 @@ mod tests {
     }
 
     fn ridge(lambda: f64, precision: Precision) -> RidgeConfig {
-        RidgeConfig { alpha: 0.3, lambda, scale: RidgeScale::Relative, path: SolvePath::Auto, precision }
+        RidgeConfig {
+            alpha: 0.3,
+            lambda,
+            scale: RidgeScale::Relative,
+            path: SolvePath::Auto,
+            precision,
+            error_checked: false,
+        }
     }
 
     /// The per-channel solve satisfies its normal equations, checked with an explicitly built

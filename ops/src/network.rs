@@ -9,6 +9,7 @@
 use crate::error::Dim;
 pub use crate::layer::{ErrorMode, Layer};
 use crate::{Matrix, OpsError};
+use std::sync::{Mutex, PoisonError};
 
 /// What one training step saw, for the run's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -161,10 +162,43 @@ impl Network {
         &self,
         l: usize,
         err: &Matrix,
-        mut below: Matrix,
+        below: Matrix,
         batch: usize,
         mode: ErrorMode,
         skips: &[&Matrix],
+    ) -> Result<Matrix, LayerError> {
+        self.propagate_error(l, err, below, batch, (mode, skips), None)
+    }
+
+    /// [`Network::error_below_in_place`] and the sum of squares of the error formed, in
+    /// `f64`: each block's share is summed while the block is still in cache (a separate pass
+    /// over a CNN's error maps took 3.5% of its PL epoch), and the shares are added in the
+    /// blocks' order, so the sum does not depend on which thread finished first. A finite
+    /// sum also says that every value is finite.
+    pub(crate) fn error_below_measured(
+        &self,
+        l: usize,
+        err: &Matrix,
+        below: Matrix,
+        batch: usize,
+        mode: ErrorMode,
+        skips: &[&Matrix],
+    ) -> Result<(Matrix, f64), LayerError> {
+        let shares = Mutex::new(Vec::new());
+        let below = self.propagate_error(l, err, below, batch, (mode, skips), Some(&shares))?;
+        let mut shares = shares.into_inner().unwrap_or_else(PoisonError::into_inner);
+        shares.sort_unstable_by_key(|&(offset, _)| offset);
+        Ok((below, shares.iter().map(|&(_, s)| s).sum()))
+    }
+
+    fn propagate_error(
+        &self,
+        l: usize,
+        err: &Matrix,
+        mut below: Matrix,
+        batch: usize,
+        (mode, skips): (ErrorMode, &[&Matrix]),
+        squares: Option<&Mutex<Vec<(usize, f64)>>>,
     ) -> Result<Matrix, LayerError> {
         let layer = &self.layers[l];
         let derivative = self.layers[l - 1].activation;
@@ -193,6 +227,10 @@ impl Network {
             }
             derivative.scale_by_derivative(scratch, a);
             a.copy_from_slice(scratch);
+            if let Some(squares) = squares {
+                let share = crate::solve::block_sum_of_squares(scratch);
+                squares.lock().unwrap_or_else(PoisonError::into_inner).push((offset, share));
+            }
         };
         layer.op.error_in_place(err, &mut below, batch, mode, &combine).map_err(at(l))?;
         let (rows, cols) = self.layers[l - 1].output_shape(batch);
@@ -318,8 +356,40 @@ mod tests {
                     for (g, w) in got.as_slice().iter().zip(want.as_slice()) {
                         assert!((g - w).abs() < 1e-6, "layer {l}, {pool:?}: {g} vs {w}");
                     }
+                    // The measured variant: the same error, and its sum of squares.
+                    let (measured, squares) = net
+                        .error_below_measured(l, &err, below.clone(), batch, pool, &skips)
+                        .expect("measured");
+                    assert_eq!(measured.as_slice(), got.as_slice(), "layer {l}");
+                    let plain: f64 = got.as_slice().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                    assert!(
+                        (squares - plain).abs() <= 1e-12 * plain.max(1.0),
+                        "layer {l}: {squares} vs {plain}"
+                    );
                 }
             }
+        }
+    }
+
+    /// A non-finite value in the error formed makes its sum of squares non-finite: the sum
+    /// is what lets PL's solve skip its own scan of the error.
+    #[test]
+    fn a_non_finite_error_shows_in_its_sum_of_squares() {
+        let net = Network {
+            layers: vec![
+                Layer::dense(
+                    Dense::new(Matrix::from_vec(2, 2, vec![1.0, 0.5, -1.0, 2.0])),
+                    Activation::Linear,
+                ),
+                Layer::dense(Dense::new(Matrix::from_vec(2, 1, vec![1.0, 1.0])), Activation::Linear),
+            ],
+        };
+        let below = Matrix::from_vec(2, 2, vec![0.5, 1.0, -0.5, 2.0]);
+        for (bad, finite) in [(1.0, true), (f32::NAN, false), (f32::INFINITY, false)] {
+            let err = Matrix::from_vec(2, 1, vec![0.25, bad]);
+            let (_, squares) =
+                net.error_below_measured(1, &err, below.clone(), 2, ErrorMode::Target, &[]).expect("shapes");
+            assert_eq!(squares.is_finite(), finite, "{bad}");
         }
     }
 }

@@ -82,6 +82,7 @@ impl PlConfig {
                 scale: RidgeScale::Relative,
                 path: SolvePath::Auto,
                 precision: Precision::Auto,
+                error_checked: false,
             },
             rule: UpdateRule {
                 metaplasticity: None,
@@ -225,6 +226,9 @@ impl PlTrainer {
         let mut pending: Vec<(usize, Matrix)> = Vec::new();
         // The factor the current error is to be taken at (see `ErrorScale::Output` below).
         let mut err_scale = 1.0f32;
+        // Whether every value of the current error is known finite (a finite sum of squares),
+        // so its solve need not scan it.
+        let mut err_checked = output_rms.is_finite();
 
         for l in (0..count).rev() {
             let clock = Instant::now();
@@ -233,6 +237,7 @@ impl PlTrainer {
             // step `s alpha`, with no pass over the error to scale it.
             let mut ridge = cfg.ridge;
             ridge.alpha *= f64::from(err_scale);
+            ridge.error_checked = err_checked;
             if l == 0 {
                 // No error is propagated below the first layer, so nothing needs its old
                 // weights: the layer may consume its error and stream its update.
@@ -268,13 +273,17 @@ impl PlTrainer {
             let skips = net.skips_for(l, skip.as_ref().map(|(_, e)| e.as_ref()), &pending);
             // The error below is rescaled as a whole, so this one's scale does not matter
             // to it, unless skips are added in (above).
-            let previous = net.error_below_in_place(l, &err, below, batch, ErrorMode::Target, &skips)?;
+            let (previous, squares) =
+                net.error_below_measured(l, &err, below, batch, ErrorMode::Target, &skips)?;
             pending.retain(|(r, _)| *r != l - 1);
             if let Some((r, e)) = skip.filter(|&(r, _)| r + 1 < l) {
                 pending.push((r, e.into_owned()));
             }
             let below_scale = match cfg.error_scale {
-                ErrorScale::Output => (output_rms / rms(&previous).max(f64::MIN_POSITIVE)) as f32,
+                ErrorScale::Output => {
+                    let size = (squares / previous.as_slice().len().max(1) as f64).sqrt();
+                    (output_rms / size.max(f64::MIN_POSITIVE)) as f32
+                }
                 ErrorScale::Raw => err_scale,
             };
             let propagated = Instant::now();
@@ -291,6 +300,7 @@ impl PlTrainer {
                 solved.duration_since(clock).as_secs_f64() + propagated.elapsed().as_secs_f64();
             err = previous;
             err_scale = below_scale;
+            err_checked = squares.is_finite();
         }
         Ok(stats)
     }

@@ -971,6 +971,7 @@ mod tests {
             scale: RidgeScale::Relative,
             path: SolvePath::Auto,
             precision: Precision::F64,
+            error_checked: false,
         };
         let cases = [
             (false, Some(0.9), Storage::F32),
@@ -1151,6 +1152,7 @@ mod tests {
             scale: RidgeScale::Relative,
             path: SolvePath::Auto,
             precision: Precision::F64,
+            error_checked: false,
         };
         for masked in [false, true] {
             for mp in [None, Some(MP)] {

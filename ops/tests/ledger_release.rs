@@ -164,6 +164,7 @@ fn solve_workspace_is_its_ledger_peak() {
             scale: RidgeScale::Relative,
             path: SolvePath::Auto,
             precision: Precision::Auto,
+            error_checked: false,
         };
         let route = cfg.planned_route(n, d);
         for delivery in [Delivery::Whole, Delivery::Tiles, Delivery::TilesConsuming] {

@@ -230,6 +230,7 @@ impl PlSpec {
                     PrecisionSpec::Auto => Precision::Auto,
                     PrecisionSpec::F64 => Precision::F64,
                 },
+                error_checked: false,
             },
             rule: UpdateRule {
                 metaplasticity: self.metaplasticity.map(|m| Metaplasticity {
