@@ -22,12 +22,12 @@ fn check_prints_every_layer_with_shapes_and_memory() {
     // Each solve's system and precision: lambda 6 (relative) bounds the condition numbers
     // well below the f32 limit; lambda 0.01 on the 513-wide layer does not.
     assert!(
-        stdout.contains("solves: net.0 dual 512 f32, net.1 dual 512 f32, net.2 primal 129 f32"),
+        stdout.contains("solves: net.0 dual 256 f32, net.1 dual 256 f32, net.2 primal 129 f32"),
         "{stdout}"
     );
     let small = plflow(&root(), &["check", "pipelines/mnist.yaml", "--set", "train.lambda=0.01"], &[]);
     let (stdout, _) = text(&small);
-    assert!(stdout.contains("net.0 dual 512 f64, net.1 dual 512 f64, net.2 primal 129 f64"), "{stdout}");
+    assert!(stdout.contains("net.0 dual 256 f64, net.1 dual 256 f64, net.2 primal 129 f64"), "{stdout}");
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn invalid_pipelines_fail_before_any_data_is_read_with_file_and_line() {
         text(&out).1
     };
     let good = std::fs::read_to_string(root().join("pipelines/mnist.yaml")).expect("read");
-    let err = text_of(&good.replace("batch_size: 512", "batch_sise: 512"));
+    let err = text_of(&good.replace("batch_size: 256", "batch_sise: 256"));
     assert!(err.contains("bad.yaml:18: stage `train`: unknown field `batch_sise`"), "{err}");
     let err = text_of(&good.replace("input: train", "input: nowhere"));
     assert!(err.contains("there is no stage `nowhere`"), "{err}");
