@@ -272,8 +272,16 @@ trait SegmentSum:
 {
     /// `dst[i] = src[i]` in this arithmetic.
     fn load(dst: &mut [Self], src: &[f32]);
+    /// `self * a + b` rounded once: one instruction where the sums are compiled for vectors
+    /// with FMA, the correctly rounded (and much slower) library function on a CPU without
+    /// it, for the same bits.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 impl SegmentSum for f32 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
     /// A plain copy: written as a per-value conversion, the compiler unrolled it into one
     /// scalar load and store per value, a third of the stride-2 solve's time.
     #[inline(always)]
@@ -282,6 +290,10 @@ impl SegmentSum for f32 {
     }
 }
 impl SegmentSum for f64 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
     #[inline(always)]
     fn load(dst: &mut [Self], src: &[f32]) {
         for (d, &v) in dst.iter_mut().zip(src) {
@@ -363,17 +375,17 @@ fn error_values(g: &Geometry, kernel: &[f32], err: &[f32], dst: &mut [f32]) {
 
 /// [`accumulate_sample`] compiled for the widest vectors the CPU has: the crate is built for
 /// baseline x86-64 (four `f32` lanes), and these loops run 16 wide with AVX-512. Every lane
-/// does the same operations in the same order whatever the width (no fused multiply-add is
-/// formed), so the sums are the same bits on every CPU.
+/// does the same operations in the same order whatever the width, and every multiply-add is
+/// fused explicitly ([`SegmentSum::mul_add`]), so the sums are the same bits on every CPU.
 fn accumulate<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX-512F and FMA, the features the function is compiled for.
             return unsafe { accumulate_avx512::<T>(sample, acc) };
         }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
             return unsafe { accumulate_avx2::<T>(sample, acc) };
         }
     }
@@ -381,13 +393,13 @@ fn accumulate<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn accumulate_avx512<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
     accumulate_sample::<T>(sample, acc);
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn accumulate_avx2<T: SegmentSum>(sample: Sample<'_>, acc: &mut [f64]) {
     accumulate_sample::<T>(sample, acc);
 }
@@ -899,16 +911,25 @@ mod tests {
 
     /// The per-channel sums, formed in vector blocks of channels and one channel at a time (53
     /// channels: blocks of 32 and 16 at stride 1, of 16 at stride 2, then single channels), by
-    /// tap pair or (stride 1) by offset on maps from the smallest to wider than a segment, match
+    /// tap pair or (stride 1) by offset on maps from the smallest to wider than a segment (3x3
+    /// rows by position: a one-position interior, one exactly a segment, a segment and one), match
     /// plain `f64` loops over every patch, and the CPU's widest vectors give the baseline
     /// loop's bits, for both arithmetics and both kinds of sums.
     #[test]
     fn sums_match_plain_loops_and_the_baseline_bits() {
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         let c = 53;
-        for (h, w, k, stride) in
-            [(9, 11, 3, 1), (8, 70, 3, 2), (6, 5, 5, 1), (4, 75, 3, 1), (3, 3, 3, 1), (7, 8, 5, 2)]
-        {
+        for (h, w, k, stride) in [
+            (9, 11, 3, 1),
+            (8, 70, 3, 2),
+            (6, 5, 5, 1),
+            (4, 75, 3, 1),
+            (3, 3, 3, 1),
+            (7, 8, 5, 2),
+            (5, 5, 3, 1),
+            (4, 36, 3, 1),
+            (5, 37, 3, 1),
+        ] {
             let g = Geometry { h, w, k, stride };
             let (oh, ow, taps) = (g.out_h(), g.out_w(), k * k);
             let x = xavier_normal(h * w, c, &mut rng);

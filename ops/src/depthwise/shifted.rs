@@ -11,9 +11,11 @@
 //! has no such sharing; its tap rows are read where they lie, a row of positions at a time.
 //!
 //! Rows and columns are read as contiguous runs of positions (`c` values apart), so nothing
-//! is copied or padded and the loops stay branch-free inside a run.
+//! is copied or padded and the loops stay branch-free inside a run. For a 3x3 kernel the
+//! rows whose partners are all in the map are summed by position instead ([`gram_row`],
+//! [`rhs_row`]): each position's values are loaded once for all its offsets or taps.
 
-use super::{GROUP, Geometry, SEGMENT, SegmentSum, Sums, add_dot, rows};
+use super::{Geometry, LANES, SEGMENT, SegmentSum, Sums};
 use std::ops::Range;
 
 /// Whether a geometry's sums can be formed by offset: stride 1 (so the output has the
@@ -125,24 +127,16 @@ impl Layout {
     }
 }
 
-/// `sum_q a[q * c + l] * b[q * c + l]` over `n` positions, per lane, in the sums' arithmetic:
-/// groups of [`GROUP`] products summed as a balanced tree (the last group padded with zeros).
+/// `sum_q a[q * c + l] * b[q * c + l]` over `n` positions, per lane, in the sums' arithmetic
+/// (one fused multiply-add per product, in position order): the runs the row kernels below
+/// leave, rows at the map's bottom and kernels other than 3x3.
 #[inline(always)]
 fn dot<T: SegmentSum, const L: usize>(a: &[f32], b: &[f32], n: usize, c: usize) -> [T; L] {
     let mut s = [T::default(); L];
-    let mut q0 = 0;
-    while q0 + GROUP <= n {
-        let (ra, rb) = (rows::<L>(|q| &a[(q0 + q) * c..], 0), rows::<L>(|q| &b[(q0 + q) * c..], 0));
-        add_dot::<T, L>(&mut s, |q, l| T::from(ra[q][l]), |q, l| T::from(rb[q][l]));
-        q0 += GROUP;
-    }
-    if q0 < n {
-        let mut last = [[T::default(); L]; GROUP];
-        for (q, p) in last[..n - q0].iter_mut().enumerate() {
-            let (ra, rb) = (lanes::<L>(a, (q0 + q) * c), lanes::<L>(b, (q0 + q) * c));
-            *p = std::array::from_fn(|l| T::from(ra[l]) * T::from(rb[l]));
+    for q in 0..n {
+        for ((s, &x), &y) in s.iter_mut().zip(lanes::<L>(a, q * c)).zip(lanes::<L>(b, q * c)) {
+            *s = T::from(x).mul_add(T::from(y), *s);
         }
-        add_dot::<T, L>(&mut s, |q, l| last[q][l], |_, _| T::from(1.0));
     }
     s
 }
@@ -185,11 +179,24 @@ pub(super) fn accumulate_block<T: SegmentSum, const L: usize>(
 ) {
     let (h, w, p) = (g.h, g.w, lay.p);
     let at = |y: usize, x: usize| (y * w + x) * c + c0;
+    // Interior positions (every offset's or tap's partner inside the map) are summed by
+    // position, the rest by offset or tap over the runs left.
+    let k3 = K3_OFFSETS == lay.d() && g.k == 3 && w > 4;
     if lay.which == Sums::GramAndRhs {
         for u in 0..h {
             let edge = lay.edge(u, h);
+            let inner = k3 && u + 2 < h;
+            if inner {
+                for (c1, wide) in by_vectors::<L>(c0) {
+                    if wide {
+                        gram_row::<T, LANES>(g, lay, (src, c), acc, (u, c1), edge);
+                    } else {
+                        gram_row::<T, 1>(g, lay, (src, c), acc, (u, c1), edge);
+                    }
+                }
+            }
             for (d, &(dy, dx)) in lay.offsets.iter().enumerate() {
-                if u + dy >= h {
+                if inner || u + dy >= h {
                     continue;
                 }
                 let (v0, v1) = (dx.min(0).unsigned_abs(), w - dx.max(0) as usize);
@@ -213,11 +220,22 @@ pub(super) fn accumulate_block<T: SegmentSum, const L: usize>(
         }
         edge_columns::<T, L>(g, lay, (src, c), acc, c0);
     }
+    let inner_rows = if k3 { 1..h - 1 } else { 0..0 };
+    for (oy, (c1, wide)) in inner_rows.clone().flat_map(|oy| by_vectors::<L>(c0).map(move |b| (oy, b))) {
+        if wide {
+            rhs_row::<T, LANES>(g, lay, (src, err, c), acc, (oy, c1));
+        } else {
+            rhs_row::<T, 1>(g, lay, (src, err, c), acc, (oy, c1));
+        }
+    }
     for t in 0..lay.taps {
         let (ty, tx) = (t / g.k, t % g.k);
         // Output column ox reads input column ox + tx - p, inside the map for these ox.
         let (o0, o1) = (p.saturating_sub(tx), (w + p - tx).min(w));
         for oy in 0..h {
+            if inner_rows.contains(&oy) {
+                continue;
+            }
             let Some(y) = (oy + ty).checked_sub(p).filter(|&y| y < h) else { continue };
             for s0 in (o0..o1).step_by(SEGMENT) {
                 let n = SEGMENT.min(o1 - s0);
@@ -230,6 +248,124 @@ pub(super) fn accumulate_block<T: SegmentSum, const L: usize>(
         for s0 in (0..w).step_by(SEGMENT) {
             let s = total::<T, L>(&err[at(oy, s0)..], SEGMENT.min(w - s0), c);
             add_row(acc, c, lay.rhs(lay.taps), c0, &s);
+        }
+    }
+}
+
+/// Channels `c0..c0 + L` as the first channels of calls of [`LANES`] channels (`true`), or
+/// one channel at a time (`false`) when `L` is not a multiple of it: for the kernels that
+/// hold a tap's or a position's values in registers (over a wider block they keep more sums
+/// than there are registers, and the compiler gives up on vectors).
+#[inline(always)]
+fn by_vectors<const L: usize>(c0: usize) -> impl Iterator<Item = (usize, bool)> {
+    let wide = L.is_multiple_of(LANES);
+    (c0..c0 + L).step_by(if wide { LANES } else { 1 }).map(move |c1| (c1, wide))
+}
+
+/// Offsets of a 3x3 kernel's Gram ([`Layout::offsets`]): the only size summed by position.
+const K3_OFFSETS: usize = 13;
+
+/// `s[j] += a[q] * b[q + j - back]` per lane for positions `q` in `run` of two rows of
+/// `w` positions `c` values apart (`a`, `b` from the block's first channel), `N` partners per
+/// position, and at the positions `edges`, whose partners outside the row are left out:
+/// `a`'s values are loaded once for all `N` products and the `N` sums stay in registers
+/// (summed by partner, every product loaded both its factors and the loads bounded the
+/// loop).
+#[inline(always)]
+fn row_products<T: SegmentSum, const M: usize, const N: usize>(
+    (a, b, c, w): (&[f32], &[f32], usize, usize),
+    run: Range<usize>,
+    edges: [Range<usize>; 2],
+    back: usize,
+) -> [[T; M]; N] {
+    let mut s = [[T::default(); M]; N];
+    for q in edges.into_iter().flatten() {
+        let x = lanes::<M>(a, q * c).map(T::from);
+        for (j, s) in s.iter_mut().enumerate() {
+            if let Some(p) = (q + j).checked_sub(back).filter(|&p| p < w) {
+                for ((s, &x), &y) in s.iter_mut().zip(&x).zip(lanes::<M>(b, p * c)) {
+                    *s = T::from(y).mul_add(x, *s);
+                }
+            }
+        }
+    }
+    for q in run {
+        let x = lanes::<M>(a, q * c).map(T::from);
+        let near = &b[(q - back) * c..];
+        for (j, s) in s.iter_mut().enumerate() {
+            let y = lanes::<M>(near, j * c);
+            for ((s, &x), &y) in s.iter_mut().zip(&x).zip(y) {
+                *s = T::from(y).mul_add(x, *s);
+            }
+        }
+    }
+    s
+}
+
+/// The [`SEGMENT`]-long pieces of a row's interior `margin..w - margin`, each with the edge
+/// positions added to it: the first `margin` positions with the first piece, the last with
+/// the last.
+fn pieces(w: usize, margin: usize) -> impl Iterator<Item = (Range<usize>, [Range<usize>; 2])> {
+    let inner = margin..w - margin;
+    inner.clone().step_by(SEGMENT).map(move |s0| {
+        let run = s0..(s0 + SEGMENT).min(inner.end);
+        let left = if run.start == inner.start { 0..margin } else { 0..0 };
+        let right = if run.end == inner.end { inner.end..w } else { 0..0 };
+        (run, [left, right])
+    })
+}
+
+/// Row `u`'s products with all 13 offsets (the caller checked `u + 2 < h`, so every offset's
+/// row is in the map), channels `c1..c1 + M`, added into the full sums and, on an edge row,
+/// its share: per row of partners, the 3 (same row) or 5 (rows below) offsets at once.
+#[inline(always)]
+fn gram_row<T: SegmentSum, const M: usize>(
+    g: &Geometry,
+    lay: &Layout,
+    (src, c): (&[f32], usize),
+    acc: &mut [f64],
+    (u, c1): (usize, usize),
+    edge: Option<usize>,
+) {
+    let w = g.w;
+    let row = |y: usize| &src[y * w * c + c1..];
+    let mut add = |d0: usize, sums: &[[T; M]]| {
+        for (d, s) in sums.iter().enumerate() {
+            add_row(acc, c, lay.full(d0 + d), c1, s);
+            if let Some(e) = edge {
+                add_row(acc, c, lay.row_share(e, d0 + d), c1, s);
+            }
+        }
+    };
+    for (run, edges) in pieces(w, 2) {
+        // Offsets (0, 0..=2), then (1, -2..=2) and (2, -2..=2): Layout::offsets' order.
+        add(0, &row_products::<T, M, 3>((row(u), row(u), c, w), run.clone(), edges.clone(), 0));
+        add(3, &row_products::<T, M, 5>((row(u), row(u + 1), c, w), run.clone(), edges.clone(), 2));
+        add(8, &row_products::<T, M, 5>((row(u), row(u + 2), c, w), run, edges, 2));
+    }
+}
+
+/// Output row `oy`'s right-hand-side products for all 9 taps (the caller checked
+/// `0 < oy < h - 1`, so every tap's row is in the map), channels `c1..c1 + M`: per input
+/// row, its 3 taps at once.
+#[inline(always)]
+fn rhs_row<T: SegmentSum, const M: usize>(
+    g: &Geometry,
+    lay: &Layout,
+    (src, err, c): (&[f32], &[f32], usize),
+    acc: &mut [f64],
+    (oy, c1): (usize, usize),
+) {
+    let w = g.w;
+    let start = |y: usize| y * w * c + c1;
+    for (run, edges) in pieces(w, 1) {
+        for ty in 0..3 {
+            // Tap (ty, tx) of output position q reads input (oy + ty - 1, q + tx - 1).
+            let rows = (&err[start(oy)..], &src[start(oy + ty - 1)..], c, w);
+            let sums = row_products::<T, M, 3>(rows, run.clone(), edges.clone(), 1);
+            for (tx, s) in sums.iter().enumerate() {
+                add_row(acc, c, lay.rhs(ty * 3 + tx), c1, s);
+            }
         }
     }
 }
