@@ -26,10 +26,13 @@ fn exp_m1_nonpositive(x: f32) -> f32 {
     let rounded = x * std::f32::consts::LOG2_E + ROUND;
     let k = rounded - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
+    // Every coefficient a constant to multiply by: `r / 5040.0` was a vector division per
+    // value (16 cycles a vector on AVX-512), half the loop's time.
+    const C7: f32 = 1.0 / 5040.0;
     let p = r
         * (1.0
             + r * (1.0 / 2.0
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * C7))))));
     // k (an integer in -126..=0) sits in the low bits of `rounded`'s mantissa: reading it
     // there keeps the loop in vector lanes (`k as i32`, a saturating cast, does not vectorise).
     let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
