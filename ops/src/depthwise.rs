@@ -11,6 +11,7 @@
 //! ([`depthwise_ridge_update`]); the `(k*k + 1)^2` Gram matrices are accumulated straight
 //! from the input, without materialising the patch matrix.
 
+use crate::activation::Activation;
 use crate::dense::Dense;
 use crate::error::Dim;
 use crate::layer::{Combine, ErrorMode, Op, PerSample};
@@ -97,16 +98,25 @@ impl Depthwise {
 
     /// Convolve a batch of maps (`B*H*W x C`) into `B*Ho*Wo x C`.
     pub fn forward(&self, x: &Matrix) -> Result<Matrix, OpsError> {
+        self.forward_activated(x, Activation::Linear)
+    }
+
+    /// [`Depthwise::forward`] with `act` applied to each sample's output map as soon as it
+    /// is formed, while it is in cache: a pass of its own over a 28x28x32 batch read and
+    /// wrote 12.8 MB from memory.
+    pub fn forward_activated(&self, x: &Matrix, act: Activation) -> Result<Matrix, OpsError> {
         let g = self.geometry;
         let c = self.channels();
         let batch = g.check("depthwise forward", x, c)?;
         let (per_in, per_out) = (g.h * g.w, g.out_h() * g.out_w());
         let mut out = Matrix::zeros(batch * per_out, c);
         let (kernel, bias) = (self.params.weights.as_slice(), self.params.bias.as_slice());
-        out.as_mut_slice()
-            .par_chunks_mut(per_out * c)
-            .zip(x.as_slice().par_chunks(per_in * c))
-            .for_each(|(dst, src)| forward_sample(&g, kernel, bias, src, dst));
+        out.as_mut_slice().par_chunks_mut(per_out * c).zip(x.as_slice().par_chunks(per_in * c)).for_each(
+            |(dst, src)| {
+                forward_sample(&g, kernel, bias, src, dst);
+                act.apply(dst);
+            },
+        );
         Ok(out)
     }
 
@@ -192,6 +202,10 @@ impl Op for Depthwise {
 
     fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError> {
         Depthwise::forward(self, input)
+    }
+
+    fn forward_activated(&self, input: &Matrix, act: Activation) -> Result<Matrix, OpsError> {
+        Depthwise::forward_activated(self, input, act)
     }
 
     fn input_error(&self, err: &Matrix, _: ErrorMode) -> Result<Matrix, OpsError> {
@@ -770,6 +784,23 @@ mod tests {
             for (a, b) in got.as_slice().iter().zip(naive(&x, &l, batch)) {
                 assert!((a - b).abs() < 1e-5, "{h}x{w} k{k} s{stride}: {a} vs {b}");
             }
+        }
+    }
+
+    /// Activated sample by sample as it is formed, the output is the whole convolution's,
+    /// activated after: the same bits.
+    #[test]
+    fn activated_samples_give_the_whole_convolutions_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let act = Activation::Elu { clip: 10.0 };
+        for (h, w, k, stride) in CASES {
+            let l = layer(Geometry { h, w, k, stride }, 5, &mut rng);
+            let x = xavier_normal(3 * h * w, 5, &mut rng);
+            let got = l.forward_activated(&x, act).expect("shapes");
+            let mut want = l.forward(&x).expect("shapes");
+            act.apply(want.as_mut_slice());
+            let bits = |m: &Matrix| m.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{h}x{w} k{k} s{stride}");
         }
     }
 

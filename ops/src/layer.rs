@@ -8,6 +8,7 @@
 //! Shapes: a batch is a [`Matrix`] of `batch * rows-per-sample` rows. Flat inputs have one
 //! row per sample; feature maps are NHWC with one row per position.
 
+use crate::activation::Activation;
 use crate::dense::Dense;
 use crate::error::Dim;
 use crate::solve::{RidgeConfig, RidgeUpdate};
@@ -102,6 +103,15 @@ pub trait Op: Debug + Send + Sync + Any {
 
     /// The output before the activation, for `input` in the input shape.
     fn forward(&self, input: &Matrix) -> Result<Matrix, OpsError>;
+
+    /// The output after `act`, for `input` in the input shape. By default `act` is applied
+    /// to [`Op::forward`]'s result in a pass of its own; kinds with large outputs apply it
+    /// to each piece as it is formed, while it is still in cache (the same values).
+    fn forward_activated(&self, input: &Matrix, act: Activation) -> Result<Matrix, OpsError> {
+        let mut z = self.forward(input)?;
+        act.apply(z.as_mut_slice());
+        Ok(z)
+    }
 
     /// The error reaching the input from the output error `err`, in a new matrix (before the
     /// input activation's derivative).
@@ -273,7 +283,7 @@ pub struct Layer {
     /// What it computes, with its parameters.
     pub op: Box<dyn Op>,
     /// The activation after it.
-    pub activation: crate::activation::Activation,
+    pub activation: Activation,
     /// Persistent sparse connectivity: weights outside the mask stay zero through training.
     pub mask: Option<Mask>,
     /// Rows of input per sample: 1 for a dense layer on flat inputs, `H * W` on maps.
@@ -286,12 +296,12 @@ pub struct Layer {
 
 impl Layer {
     /// A layer of `op` on `positions` rows per sample.
-    pub fn new(op: impl Op, activation: crate::activation::Activation, positions: usize) -> Self {
+    pub fn new(op: impl Op, activation: Activation, positions: usize) -> Self {
         Self { op: Box::new(op), activation, mask: None, input_positions: positions, residual: None }
     }
 
     /// A dense layer on flat inputs.
-    pub fn dense(dense: Dense, activation: crate::activation::Activation) -> Self {
+    pub fn dense(dense: Dense, activation: Activation) -> Self {
         Self::new(dense, activation, 1)
     }
 
@@ -329,23 +339,22 @@ impl Layer {
     /// added before the activation, to the whole result or to the op's
     /// [`Op::skip_columns`].
     pub fn forward_with(&self, input: &Matrix, skip: Option<&Matrix>) -> Result<Matrix, OpsError> {
+        let Some(skip) = skip else {
+            return self.op.forward_activated(input, self.activation);
+        };
         let mut z = self.op.forward(input)?;
-        if let Some(skip) = skip {
-            let skip = skip.as_slice();
-            match self.op.skip_columns() {
-                None => {
-                    let op = "residual add";
-                    OpsError::check(op, "skip", &[Dim::Exact(z.as_slice().len())], &[skip.len()])?;
-                    z.as_mut_slice().iter_mut().zip(skip).for_each(|(z, s)| *z += s);
-                }
-                Some((first, count)) => {
-                    let (rows, w) = (z.rows(), z.cols().max(1));
-                    OpsError::check("concat", "skip", &[Dim::Exact(rows * count)], &[skip.len()])?;
-                    let pairs = z.as_mut_slice().chunks_exact_mut(w).zip(skip.chunks_exact(count.max(1)));
-                    pairs.for_each(|(z, s)| {
-                        z[first..first + count].iter_mut().zip(s).for_each(|(z, s)| *z += s)
-                    });
-                }
+        let skip = skip.as_slice();
+        match self.op.skip_columns() {
+            None => {
+                let op = "residual add";
+                OpsError::check(op, "skip", &[Dim::Exact(z.as_slice().len())], &[skip.len()])?;
+                z.as_mut_slice().iter_mut().zip(skip).for_each(|(z, s)| *z += s);
+            }
+            Some((first, count)) => {
+                let (rows, w) = (z.rows(), z.cols().max(1));
+                OpsError::check("concat", "skip", &[Dim::Exact(rows * count)], &[skip.len()])?;
+                let pairs = z.as_mut_slice().chunks_exact_mut(w).zip(skip.chunks_exact(count.max(1)));
+                pairs.for_each(|(z, s)| z[first..first + count].iter_mut().zip(s).for_each(|(z, s)| *z += s));
             }
         }
         self.activation.apply(z.as_mut_slice());
