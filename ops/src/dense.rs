@@ -49,14 +49,15 @@ impl Dense {
         self.inputs() * self.outputs() + self.outputs()
     }
 
+    /// Check that a batch `x` to run forward is `n x inputs`.
+    fn check_input(&self, x: &Matrix) -> Result<(), OpsError> {
+        let (expected, actual) = ([Dim::Any, Dim::Exact(self.inputs())], [x.rows(), x.cols()]);
+        OpsError::check("dense forward", "input", &expected, &actual)
+    }
+
     /// `x W + b` for a batch `x` of shape `n x inputs`.
     pub fn forward(&self, x: &Matrix) -> Result<Matrix, OpsError> {
-        OpsError::check(
-            "dense forward",
-            "input",
-            &[Dim::Any, Dim::Exact(self.inputs())],
-            &[x.rows(), x.cols()],
-        )?;
+        self.check_input(x)?;
         let mut out = Matrix::zeros(x.rows(), self.outputs());
         let b = self.bias.as_slice();
         for row in out.as_mut_slice().chunks_exact_mut(b.len().max(1)) {
@@ -76,12 +77,7 @@ impl Dense {
             act.apply(z.as_mut_slice());
             return Ok(z);
         }
-        OpsError::check(
-            "dense forward",
-            "input",
-            &[Dim::Any, Dim::Exact(self.inputs())],
-            &[x.rows(), x.cols()],
-        )?;
+        self.check_input(x)?;
         let mut out = Matrix::zeros(x.rows(), m);
         let (b, rows) = (self.bias.as_slice(), (ACTIVATED_BLOCK / m).max(1));
         out.as_mut_slice().par_chunks_mut(rows * m).enumerate().for_each(|(i, block)| {

@@ -181,7 +181,7 @@ pub(super) fn accumulate_block<T: SegmentSum, const L: usize>(
     let at = |y: usize, x: usize| (y * w + x) * c + c0;
     // Interior positions (every offset's or tap's partner inside the map) are summed by
     // position, the rest by offset or tap over the runs left.
-    let k3 = K3_OFFSETS == lay.d() && g.k == 3 && w > 4;
+    let k3 = g.k == 3 && w > 4;
     if lay.which == Sums::GramAndRhs {
         for u in 0..h {
             let edge = lay.edge(u, h);
@@ -221,11 +221,13 @@ pub(super) fn accumulate_block<T: SegmentSum, const L: usize>(
         edge_columns::<T, L>(g, lay, (src, c), acc, c0);
     }
     let inner_rows = if k3 { 1..h - 1 } else { 0..0 };
-    for (oy, (c1, wide)) in inner_rows.clone().flat_map(|oy| by_vectors::<L>(c0).map(move |b| (oy, b))) {
-        if wide {
-            rhs_row::<T, LANES>(g, lay, (src, err, c), acc, (oy, c1));
-        } else {
-            rhs_row::<T, 1>(g, lay, (src, err, c), acc, (oy, c1));
+    for oy in inner_rows.clone() {
+        for (c1, wide) in by_vectors::<L>(c0) {
+            if wide {
+                rhs_row::<T, LANES>(g, lay, (src, err, c), acc, (oy, c1));
+            } else {
+                rhs_row::<T, 1>(g, lay, (src, err, c), acc, (oy, c1));
+            }
         }
     }
     for t in 0..lay.taps {
@@ -261,9 +263,6 @@ fn by_vectors<const L: usize>(c0: usize) -> impl Iterator<Item = (usize, bool)> 
     let wide = L.is_multiple_of(LANES);
     (c0..c0 + L).step_by(if wide { LANES } else { 1 }).map(move |c1| (c1, wide))
 }
-
-/// Offsets of a 3x3 kernel's Gram ([`Layout::offsets`]): the only size summed by position.
-const K3_OFFSETS: usize = 13;
 
 /// `s[j] += a[q] * b[q + j - back]` per lane for positions `q` in `run` of two rows of
 /// `w` positions `c` values apart (`a`, `b` from the block's first channel), `N` partners per
@@ -338,7 +337,8 @@ fn gram_row<T: SegmentSum, const M: usize>(
         }
     };
     for (run, edges) in pieces(w, 2) {
-        // Offsets (0, 0..=2), then (1, -2..=2) and (2, -2..=2): Layout::offsets' order.
+        // A 3x3 kernel's 13 offsets in Layout::offsets' order: (0, 0..=2), then (1, -2..=2)
+        // and (2, -2..=2).
         add(0, &row_products::<T, M, 3>((row(u), row(u), c, w), run.clone(), edges.clone(), 0));
         add(3, &row_products::<T, M, 5>((row(u), row(u + 1), c, w), run.clone(), edges.clone(), 2));
         add(8, &row_products::<T, M, 5>((row(u), row(u + 2), c, w), run, edges, 2));
